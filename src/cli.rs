@@ -1,0 +1,207 @@
+//! What `canaryd check` and `canaryd route` print. Kept in the library so tests and the
+//! binary share it; `main.rs` only parses arguments and chooses exit codes.
+
+use crate::config::{Condition, Config, RuleConfig, ValueTest, Weight};
+use crate::router::{self, BUCKETS, Reason, Route, Router};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
+use std::fmt::Write;
+
+/// The summary `canaryd check` prints for a valid config.
+pub fn check_summary(source: &str, cfg: &Config) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "{source}: config OK");
+    let listeners: Vec<String> = cfg
+        .listeners
+        .iter()
+        .map(|l| l.address.to_string())
+        .collect();
+    let _ = writeln!(out, "listeners: {}", listeners.join(", "));
+    if let Some(a) = &cfg.admin {
+        let _ = writeln!(out, "admin: {}", a.address);
+    }
+    for r in &cfg.routes {
+        let host = r
+            .host
+            .as_ref()
+            .map(|h| h.to_string())
+            .unwrap_or_else(|| "*".into());
+        let _ = writeln!(
+            out,
+            "route {}: host {} path_prefix {}",
+            r.name, host, r.path_prefix
+        );
+        for (i, v) in r.versions.iter().enumerate() {
+            let eps: Vec<String> = v.endpoints.iter().map(|e| e.to_string()).collect();
+            let role = if i == 0 { " (primary)" } else { "" };
+            let _ = writeln!(
+                out,
+                "  {:<12} {:>6}%  {}{}",
+                v.name,
+                v.weight,
+                eps.join(", "),
+                role
+            );
+        }
+        for (i, rule) in r.rules.iter().enumerate() {
+            let _ = writeln!(out, "  rule {i}: {}", describe_rule(rule, r));
+        }
+        if let Some(s) = &r.sticky {
+            let assign = s
+                .assign_cookie
+                .as_ref()
+                .map(|c| format!(", assign cookie {c}"))
+                .unwrap_or_default();
+            let _ = writeln!(out, "  sticky: {}{}", s.key, assign);
+        }
+    }
+    out
+}
+
+fn describe_rule(rule: &RuleConfig, route: &crate::config::RouteConfig) -> String {
+    let conds: Vec<String> = rule
+        .conditions
+        .iter()
+        .map(|c| match c {
+            Condition::Header { name, test } => format!("header {name} {}", describe_test(test)),
+            Condition::Cookie { name, test } => format!("cookie {name} {}", describe_test(test)),
+        })
+        .collect();
+    let name = rule
+        .name
+        .as_ref()
+        .map(|n| format!(" [{n}]"))
+        .unwrap_or_default();
+    format!(
+        "{} → {}{}",
+        conds.join(" and "),
+        route.versions[rule.to].name,
+        name
+    )
+}
+
+fn describe_test(t: &ValueTest) -> String {
+    match t {
+        ValueTest::Equals(v) => format!("equals {v:?}"),
+        ValueTest::Matches(re) => format!("matches /{}/", re.as_str()),
+        ValueTest::Present(true) => "present".to_string(),
+        ValueTest::Present(false) => "absent".to_string(),
+    }
+}
+
+/// Bucket ranges of a route's versions, e.g. `canary 10.00% (buckets 0-999)`.
+fn describe_table(route: &Route) -> String {
+    let mut parts = Vec::new();
+    let mut lo = 0u32;
+    let versions = &route.config.versions;
+    for v in versions.iter().skip(1).filter(|v| v.weight.0 > 0) {
+        parts.push(format!(
+            "{} {}% (buckets {}-{})",
+            v.name,
+            v.weight,
+            lo,
+            lo + v.weight.0 - 1
+        ));
+        lo += v.weight.0;
+    }
+    if lo < BUCKETS {
+        parts.push(format!(
+            "{} {}% (buckets {}-{})",
+            versions[0].name,
+            Weight(BUCKETS - lo),
+            lo,
+            BUCKETS - 1
+        ));
+    }
+    parts.join(", ")
+}
+
+/// Explain which route and version a request would get, as `canaryd route` prints it.
+/// `headers` are `name:value`, `cookies` are `name=value`.
+pub fn explain(
+    cfg: &Config,
+    method: &str,
+    url: &str,
+    headers: &[String],
+    cookies: &[String],
+) -> Result<String, String> {
+    let _: Method = method
+        .parse()
+        .map_err(|_| format!("--method: `{method}` is not an HTTP method"))?;
+    let uri: Uri = url.parse().map_err(|_| {
+        format!("--url: `{url}` is not a URL; write e.g. http://shop.example.com/cart")
+    })?;
+    let mut map = HeaderMap::new();
+    for h in headers {
+        let (k, v) = h
+            .split_once(':')
+            .ok_or_else(|| format!("--header: `{h}` is not name:value"))?;
+        let name = HeaderName::from_bytes(k.trim().to_ascii_lowercase().as_bytes())
+            .map_err(|_| format!("--header: `{k}` is not a valid header name"))?;
+        let value = HeaderValue::from_str(v.trim())
+            .map_err(|_| format!("--header: the value of `{k}` is not a valid header value"))?;
+        map.append(name, value);
+    }
+    if !cookies.is_empty() {
+        for c in cookies {
+            if !c.contains('=') {
+                return Err(format!("--cookie: `{c}` is not name=value"));
+            }
+        }
+        let v = HeaderValue::from_str(&cookies.join("; "))
+            .map_err(|_| "--cookie: not a valid cookie header value".to_string())?;
+        map.append(http::header::COOKIE, v);
+    }
+
+    let router = Router::new(cfg);
+    let host = router::request_host(&uri, &map);
+    let mut rng = rand::rng();
+    let Some(d) = router.decide(host, uri.path(), &map, &mut rng) else {
+        return Err(format!(
+            "no route matches host {} path {}: canaryd answers 404",
+            host.unwrap_or("(none)"),
+            uri.path()
+        ));
+    };
+    let route = &router.routes[d.route];
+    let rc = &route.config;
+    let mut out = String::new();
+    let host_desc = rc
+        .host
+        .as_ref()
+        .map(|h| h.to_string())
+        .unwrap_or_else(|| "*".into());
+    let _ = writeln!(
+        out,
+        "route:   {} (host {}, path_prefix {})",
+        rc.name, host_desc, rc.path_prefix
+    );
+    let _ = writeln!(out, "version: {}", rc.versions[d.version].name);
+    let why = match d.reason {
+        Reason::Rule(i) => format!("rule {i} matched: {}", describe_rule(&rc.rules[i], rc)),
+        Reason::Sticky { bucket } => {
+            let sticky = rc
+                .sticky
+                .as_ref()
+                .expect("sticky reason implies sticky config");
+            let source = if d.assign.is_some() {
+                format!(
+                    "no {} and no {} cookie: a new id is assigned in that cookie",
+                    sticky.key,
+                    sticky.assign_cookie.as_deref().unwrap_or("?")
+                )
+            } else {
+                format!("key from {}", sticky.key)
+            };
+            format!(
+                "sticky: {source}; bucket {bucket} of {BUCKETS}; {}",
+                describe_table(route)
+            )
+        }
+        Reason::Weight { draw } => format!(
+            "weight draw (random per request; no rule matched, no sticky key): this draw landed on bucket {draw}; {}",
+            describe_table(route)
+        ),
+    };
+    let _ = writeln!(out, "reason:  {why}");
+    Ok(out)
+}

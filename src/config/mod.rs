@@ -1,0 +1,848 @@
+//! Configuration: YAML text → validated runtime types.
+//!
+//! Two layers, as in rust-rpxy: [`raw`] holds serde types that mirror the file; this module
+//! validates them into [`Config`], collecting *every* problem (not just the first) as a
+//! [`FieldError`] that names the field path (`routes[0].versions.canary.weight`), what was
+//! wrong and what is allowed. `canaryd check` and every reload go through [`Config::from_yaml`],
+//! so both reject exactly the same inputs with exactly the same messages.
+
+pub mod raw;
+
+use http::HeaderName;
+use http::uri::Authority;
+use raw::*;
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+/// Resolution of weights: 1 unit = 0.01 percent, so 100 % = 10 000 units. The sticky bucket
+/// space has the same size, so every weight maps to an exact number of buckets.
+pub const WEIGHT_SCALE: u32 = 10_000;
+
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// One validation problem, tied to the field that caused it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    /// Path of the offending field, e.g. `routes[0].versions.canary.weight`.
+    pub field: String,
+    /// What was wrong and what is allowed.
+    pub message: String,
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+/// Every problem found in one config document.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub errors: Vec<FieldError>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.errors.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// A validated configuration: every value here has been checked and means what it says.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listeners: Vec<Listener>,
+    pub admin: Option<Admin>,
+    pub proxy: ProxySettings,
+    pub routes: Vec<RouteConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listener {
+    pub address: SocketAddr,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Admin {
+    pub address: SocketAddr,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxySettings {
+    /// Add `x-canaryd-version` to responses, naming the version that served.
+    pub version_header: bool,
+    /// Defaults for routes that set no `timeouts`.
+    pub timeouts: Timeouts,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    pub connect: Duration,
+    pub response: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect: DEFAULT_CONNECT_TIMEOUT,
+            response: DEFAULT_RESPONSE_TIMEOUT,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    pub name: String,
+    pub host: Option<HostMatch>,
+    pub path_prefix: String,
+    /// Ordered; index 0 is the primary (stable) version.
+    pub versions: Vec<VersionConfig>,
+    pub rules: Vec<RuleConfig>,
+    pub sticky: Option<StickyConfig>,
+    pub timeouts: Timeouts,
+}
+
+/// Host part of a route match, lowercased at validation so matching needs no allocation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostMatch {
+    /// `shop.example.com`
+    Exact(String),
+    /// `*.example.com`, stored as the suffix `.example.com`.
+    Wildcard(String),
+}
+
+impl fmt::Display for HostMatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HostMatch::Exact(h) => f.write_str(h),
+            HostMatch::Wildcard(s) => write!(f, "*{s}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct VersionConfig {
+    pub name: String,
+    pub endpoints: Vec<Endpoint>,
+    /// For non-primary versions, the configured share; for the primary, the remainder.
+    pub weight: Weight,
+}
+
+/// A percentage in hundredths: `Weight(1050)` is 10.50 %.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub struct Weight(pub u32);
+
+impl Weight {
+    pub fn percent(self) -> f64 {
+        f64::from(self.0) / 100.0
+    }
+
+    /// Parse a percentage with at most two decimals, 0 to 100.
+    pub fn from_percent(p: f64) -> Result<Weight, String> {
+        if !p.is_finite() || !(0.0..=100.0).contains(&p) {
+            return Err(format!(
+                "must be a percentage from 0 to 100 (got {p}); decimals down to 0.01 are allowed"
+            ));
+        }
+        let scaled = p * 100.0;
+        let rounded = scaled.round();
+        if (scaled - rounded).abs() > 1e-6 {
+            return Err(format!(
+                "{p} has more than two decimals; the resolution of weights is 0.01 percent"
+            ));
+        }
+        Ok(Weight(rounded as u32))
+    }
+}
+
+impl fmt::Display for Weight {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{:02}", self.0 / 100, self.0 % 100)
+    }
+}
+
+/// An upstream `host:port`. DNS names are kept as written and resolved at connect time.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Endpoint {
+    pub authority: Authority,
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.authority.as_str())
+    }
+}
+
+impl Endpoint {
+    pub fn parse(s: &str) -> Result<Endpoint, String> {
+        if s.contains("://") {
+            return Err(format!(
+                "`{s}` has a scheme; an endpoint is host:port, e.g. 127.0.0.1:9001 or app.default.svc:8080"
+            ));
+        }
+        let authority: Authority = s.parse().map_err(|_| {
+            format!("`{s}` is not host:port, e.g. 127.0.0.1:9001, [::1]:9001 or app.svc:8080")
+        })?;
+        if authority.as_str().contains('@') {
+            return Err(format!("`{s}` carries user info; an endpoint is host:port"));
+        }
+        match authority.port_u16() {
+            None => Err(format!("`{s}` has no port; an endpoint is host:port")),
+            Some(0) => Err(format!(
+                "`{s}` has port 0; use the port the service listens on"
+            )),
+            Some(_) if authority.host().is_empty() => Err(format!("`{s}` has no host")),
+            Some(_) => Ok(Endpoint { authority }),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RuleConfig {
+    /// Set for runtime rules (admin API) and optionally in the file; shown by `canaryd route`.
+    pub name: Option<String>,
+    /// Index into the route's versions.
+    pub to: usize,
+    /// All must hold (AND).
+    pub conditions: Vec<Condition>,
+}
+
+#[derive(Debug, Clone)]
+pub enum Condition {
+    Header { name: HeaderName, test: ValueTest },
+    Cookie { name: String, test: ValueTest },
+}
+
+#[derive(Debug, Clone)]
+pub enum ValueTest {
+    Equals(String),
+    /// Unanchored search, like nginx `~`; write `^…$` for a full match.
+    Matches(regex::bytes::Regex),
+    /// `true`: the header is present; `false`: it is absent.
+    Present(bool),
+}
+
+#[derive(Debug, Clone)]
+pub struct StickyConfig {
+    pub key: StickyKey,
+    /// Cookie holding a random id, set on the response when the key is absent and also read
+    /// as the key's fallback so the assigned user stays where the first request sent them.
+    pub assign_cookie: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub enum StickyKey {
+    Cookie(String),
+    Header(HeaderName),
+}
+
+impl fmt::Display for StickyKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StickyKey::Cookie(c) => write!(f, "cookie {c}"),
+            StickyKey::Header(h) => write!(f, "header {h}"),
+        }
+    }
+}
+
+impl Config {
+    /// Parse and validate a YAML document, reporting every problem found.
+    pub fn from_yaml(text: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig = serde_yaml_ng::from_str(text).map_err(|e| ConfigError {
+            errors: vec![yaml_error(e)],
+        })?;
+        Config::try_from(raw)
+    }
+
+    /// Read a file and validate it; I/O errors are reported like validation errors.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            errors: vec![FieldError {
+                field: path.display().to_string(),
+                message: format!("cannot read config file: {e}"),
+            }],
+        })?;
+        Config::from_yaml(&text)
+    }
+}
+
+fn yaml_error(e: serde_yaml_ng::Error) -> FieldError {
+    // serde_yaml_ng prefixes the message with the field path it was in (`routes[0]: …`).
+    let msg = e.to_string();
+    match msg.split_once(": ") {
+        Some((path, rest)) if !path.contains(' ') => FieldError {
+            field: path.to_string(),
+            message: rest.to_string(),
+        },
+        _ => FieldError {
+            field: "(document)".to_string(),
+            message: msg,
+        },
+    }
+}
+
+/// Accumulates errors while validating so one run reports all of them.
+#[derive(Default)]
+pub(crate) struct Errors(Vec<FieldError>);
+
+impl Errors {
+    fn push(&mut self, field: impl Into<String>, message: impl Into<String>) {
+        self.0.push(FieldError {
+            field: field.into(),
+            message: message.into(),
+        });
+    }
+}
+
+impl TryFrom<RawConfig> for Config {
+    type Error = ConfigError;
+
+    fn try_from(raw: RawConfig) -> Result<Config, ConfigError> {
+        let mut errs = Errors::default();
+
+        if raw.listeners.is_empty() {
+            errs.push(
+                "listeners",
+                "at least one listener is required, e.g. `listeners: [{ address: 0.0.0.0:8080 }]`",
+            );
+        }
+        let mut listeners = Vec::new();
+        let mut seen_addrs = HashSet::new();
+        for (i, l) in raw.listeners.iter().enumerate() {
+            let field = format!("listeners[{i}]");
+            if l.tls.is_some() {
+                errs.push(
+                    format!("{field}.tls"),
+                    "TLS termination is not available in this build yet; terminate TLS in front of canaryd or remove `tls`",
+                );
+            }
+            match parse_socket_addr(&l.address) {
+                Ok(a) => {
+                    if !seen_addrs.insert(a) {
+                        errs.push(format!("{field}.address"), format!("{a} is listed twice"));
+                    }
+                    listeners.push(Listener { address: a });
+                }
+                Err(m) => errs.push(format!("{field}.address"), m),
+            }
+        }
+
+        let admin = match &raw.admin {
+            None => None,
+            Some(a) => match parse_socket_addr(&a.address) {
+                Ok(address) => {
+                    if seen_addrs.contains(&address) {
+                        errs.push(
+                            "admin.address",
+                            format!("{address} is also a proxy listener"),
+                        );
+                    }
+                    Some(Admin { address })
+                }
+                Err(m) => {
+                    errs.push("admin.address", m);
+                    None
+                }
+            },
+        };
+
+        let default_timeouts = validate_timeouts(
+            &raw.proxy.timeouts,
+            Timeouts::default(),
+            "proxy.timeouts",
+            &mut errs,
+        );
+        let proxy = ProxySettings {
+            version_header: raw.proxy.version_header,
+            timeouts: default_timeouts,
+        };
+
+        let mut routes = Vec::new();
+        let mut names = HashSet::new();
+        let mut matches: Vec<(Option<HostMatch>, String, usize)> = Vec::new();
+        for (i, r) in raw.routes.into_iter().enumerate() {
+            let field = format!("routes[{i}]");
+            if let Some(route) = validate_route(r, &field, default_timeouts, &mut errs) {
+                if !names.insert(route.name.clone()) {
+                    errs.push(
+                        format!("{field}.name"),
+                        format!(
+                            "route name `{}` is used twice; names must be unique",
+                            route.name
+                        ),
+                    );
+                }
+                if let Some((_, _, j)) = matches
+                    .iter()
+                    .find(|(h, p, _)| *h == route.host && *p == route.path_prefix)
+                {
+                    errs.push(
+                        format!("{field}.match"),
+                        format!("same host and path_prefix as routes[{j}]; one of them could never match"),
+                    );
+                }
+                matches.push((route.host.clone(), route.path_prefix.clone(), i));
+                routes.push(route);
+            }
+        }
+        if routes.is_empty() && errs.0.is_empty() {
+            errs.push("routes", "at least one route is required");
+        }
+
+        if errs.0.is_empty() {
+            Ok(Config {
+                listeners,
+                admin,
+                proxy,
+                routes,
+            })
+        } else {
+            Err(ConfigError { errors: errs.0 })
+        }
+    }
+}
+
+fn parse_socket_addr(s: &str) -> Result<SocketAddr, String> {
+    s.parse().map_err(|_| {
+        format!("`{s}` is not an IP:port address, e.g. 0.0.0.0:8080, 127.0.0.1:9901 or [::]:8080")
+    })
+}
+
+fn parse_duration(s: &str, field: &str, errs: &mut Errors) -> Option<Duration> {
+    match humantime::parse_duration(s) {
+        Ok(d) if d.is_zero() => {
+            errs.push(field, "must be greater than zero");
+            None
+        }
+        Ok(d) => Some(d),
+        Err(e) => {
+            errs.push(
+                field,
+                format!("`{s}` is not a duration ({e}); write e.g. 500ms, 2s, 1m"),
+            );
+            None
+        }
+    }
+}
+
+fn validate_timeouts(
+    raw: &RawTimeouts,
+    base: Timeouts,
+    field: &str,
+    errs: &mut Errors,
+) -> Timeouts {
+    let mut t = base;
+    if let Some(s) = &raw.connect {
+        if let Some(d) = parse_duration(s, &format!("{field}.connect"), errs) {
+            t.connect = d;
+        }
+    }
+    if let Some(s) = &raw.response {
+        if let Some(d) = parse_duration(s, &format!("{field}.response"), errs) {
+            t.response = d;
+        }
+    }
+    t
+}
+
+/// Names that become metric labels: short, lowercase, no surprises in PromQL.
+fn check_label_name(name: &str, what: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{what} `{name}` is not allowed; use 1 to 64 characters from a-z, 0-9, `_` and `-`"
+        ))
+    }
+}
+
+fn check_cookie_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{name}` is not a valid cookie name (RFC 6265 token)"
+        ))
+    }
+}
+
+fn parse_header_name(name: &str) -> Result<HeaderName, String> {
+    HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes())
+        .map_err(|_| format!("`{name}` is not a valid HTTP header name"))
+}
+
+fn validate_host(h: &str) -> Result<HostMatch, String> {
+    let lower = h.to_ascii_lowercase();
+    let (wild, rest) = match lower.strip_prefix("*.") {
+        Some(rest) => (true, rest),
+        None => (false, lower.as_str()),
+    };
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    };
+    if rest.is_empty() || !rest.split('.').all(label_ok) {
+        return Err(format!(
+            "`{h}` is not a host name; write `shop.example.com` or a wildcard `*.example.com` (no port, no scheme)"
+        ));
+    }
+    Ok(if wild {
+        HostMatch::Wildcard(format!(".{rest}"))
+    } else {
+        HostMatch::Exact(lower)
+    })
+}
+
+fn validate_route(
+    r: RawRoute,
+    field: &str,
+    default_timeouts: Timeouts,
+    errs: &mut Errors,
+) -> Option<RouteConfig> {
+    let before = errs.0.len();
+    if let Err(m) = check_label_name(&r.name, "route name") {
+        errs.push(format!("{field}.name"), m);
+    }
+
+    let host = match &r.match_.host {
+        None => None,
+        Some(h) => match validate_host(h) {
+            Ok(m) => Some(m),
+            Err(m) => {
+                errs.push(format!("{field}.match.host"), m);
+                None
+            }
+        },
+    };
+    let path_prefix = r
+        .match_
+        .path_prefix
+        .clone()
+        .unwrap_or_else(|| "/".to_string());
+    if !path_prefix.starts_with('/') {
+        errs.push(
+            format!("{field}.match.path_prefix"),
+            format!("`{path_prefix}` must start with `/`"),
+        );
+    }
+
+    let versions = validate_versions(&r.versions, field, errs);
+
+    let mut rules = Vec::new();
+    let mut rule_names = HashSet::new();
+    for (i, raw) in r.rules.iter().enumerate() {
+        let rf = format!("{field}.rules[{i}]");
+        if let Some(rule) = validate_rule(raw, &versions, &rf, errs) {
+            if let Some(n) = &rule.name {
+                if !rule_names.insert(n.clone()) {
+                    errs.push(
+                        format!("{rf}.name"),
+                        format!("rule name `{n}` is used twice"),
+                    );
+                }
+            }
+            rules.push(rule);
+        }
+    }
+
+    let sticky = r
+        .sticky
+        .as_ref()
+        .and_then(|s| validate_sticky(s, &format!("{field}.sticky"), errs));
+
+    if r.mirror.is_some() {
+        errs.push(
+            format!("{field}.mirror"),
+            "shadow traffic (mirror) is not available in this build yet; remove `mirror`",
+        );
+    }
+
+    let timeouts = match &r.timeouts {
+        Some(t) => validate_timeouts(t, default_timeouts, &format!("{field}.timeouts"), errs),
+        None => default_timeouts,
+    };
+
+    if errs.0.len() > before {
+        return None;
+    }
+    Some(RouteConfig {
+        name: r.name,
+        host,
+        path_prefix,
+        versions,
+        rules,
+        sticky,
+        timeouts,
+    })
+}
+
+fn validate_versions(
+    raw: &OrderedMap<RawVersion>,
+    field: &str,
+    errs: &mut Errors,
+) -> Vec<VersionConfig> {
+    let vf = format!("{field}.versions");
+    if raw.0.is_empty() {
+        errs.push(
+            &vf,
+            "at least one version is required; the first listed is the primary",
+        );
+        return Vec::new();
+    }
+    let mut out: Vec<VersionConfig> = Vec::new();
+    let mut seen = HashSet::new();
+    let mut total = 0u32;
+    for (idx, (name, v)) in raw.0.iter().enumerate() {
+        let f = format!("{vf}.{name}");
+        if let Err(m) = check_label_name(name, "version name") {
+            errs.push(&f, m);
+        }
+        if !seen.insert(name.as_str()) {
+            errs.push(&f, format!("version `{name}` is listed twice"));
+        }
+        if v.endpoints.is_empty() {
+            errs.push(
+                format!("{f}.endpoints"),
+                "at least one endpoint (host:port) is required",
+            );
+        }
+        let mut endpoints = Vec::new();
+        for (j, e) in v.endpoints.iter().enumerate() {
+            match Endpoint::parse(e) {
+                Ok(ep) => endpoints.push(ep),
+                Err(m) => errs.push(format!("{f}.endpoints[{j}]"), m),
+            }
+        }
+        let weight = match (idx, v.weight) {
+            (0, Some(_)) => {
+                errs.push(
+                    format!("{f}.weight"),
+                    "the first version is the primary and receives whatever the others leave; set weights only on the other versions",
+                );
+                Weight(0)
+            }
+            (_, None) => Weight(0),
+            (_, Some(p)) => match Weight::from_percent(p) {
+                Ok(w) => w,
+                Err(m) => {
+                    errs.push(format!("{f}.weight"), m);
+                    Weight(0)
+                }
+            },
+        };
+        total += weight.0;
+        out.push(VersionConfig {
+            name: name.clone(),
+            endpoints,
+            weight,
+        });
+    }
+    if total > WEIGHT_SCALE {
+        errs.push(
+            &vf,
+            format!(
+                "weights of the non-primary versions sum to {}%, more than 100%",
+                Weight(total)
+            ),
+        );
+    } else {
+        out[0].weight = Weight(WEIGHT_SCALE - total);
+    }
+    out
+}
+
+/// Validate one rule against a route's versions. Public within the crate so runtime rules
+/// from the admin API go through exactly the same checks as file rules.
+pub(crate) fn validate_rule(
+    raw: &RawRule,
+    versions: &[VersionConfig],
+    field: &str,
+    errs: &mut Errors,
+) -> Option<RuleConfig> {
+    let before = errs.0.len();
+    if let Some(n) = &raw.name {
+        if let Err(m) = check_label_name(n, "rule name") {
+            errs.push(format!("{field}.name"), m);
+        }
+    }
+    let to = versions.iter().position(|v| v.name == raw.to);
+    if to.is_none() {
+        let known: Vec<&str> = versions.iter().map(|v| v.name.as_str()).collect();
+        errs.push(
+            format!("{field}.to"),
+            format!(
+                "unknown version `{}`; this route has: {}",
+                raw.to,
+                known.join(", ")
+            ),
+        );
+    }
+    let mut conditions = Vec::new();
+    if let Some(hs) = raw.when.header.clone() {
+        let hs = hs.into_vec();
+        let many = hs.len() > 1;
+        for (i, h) in hs.iter().enumerate() {
+            let hf = if many {
+                format!("{field}.when.header[{i}]")
+            } else {
+                format!("{field}.when.header")
+            };
+            let name = match parse_header_name(&h.name) {
+                Ok(n) => Some(n),
+                Err(m) => {
+                    errs.push(format!("{hf}.name"), m);
+                    None
+                }
+            };
+            let test = value_test(h.equals.as_ref(), h.matches.as_ref(), h.present, &hf, errs);
+            if let (Some(name), Some(test)) = (name, test) {
+                conditions.push(Condition::Header { name, test });
+            }
+        }
+    }
+    if let Some(cs) = raw.when.cookie.clone() {
+        let cs = cs.into_vec();
+        let many = cs.len() > 1;
+        for (i, c) in cs.iter().enumerate() {
+            let cf = if many {
+                format!("{field}.when.cookie[{i}]")
+            } else {
+                format!("{field}.when.cookie")
+            };
+            if let Err(m) = check_cookie_name(&c.name) {
+                errs.push(format!("{cf}.name"), m);
+            }
+            let test = value_test(c.equals.as_ref(), c.matches.as_ref(), None, &cf, errs);
+            if let Some(test) = test {
+                conditions.push(Condition::Cookie {
+                    name: c.name.clone(),
+                    test,
+                });
+            }
+        }
+    }
+    if raw.when.header.is_none() && raw.when.cookie.is_none() {
+        errs.push(
+            format!("{field}.when"),
+            "a rule needs at least one condition (`header` or `cookie`)",
+        );
+    }
+    match to {
+        Some(to) if errs.0.len() == before => Some(RuleConfig {
+            name: raw.name.clone(),
+            to,
+            conditions,
+        }),
+        _ => None,
+    }
+}
+
+fn value_test(
+    equals: Option<&String>,
+    matches: Option<&String>,
+    present: Option<bool>,
+    field: &str,
+    errs: &mut Errors,
+) -> Option<ValueTest> {
+    let allowed = if present.is_some() || field.contains(".header") {
+        "`equals`, `matches` or `present`"
+    } else {
+        "`equals` or `matches`"
+    };
+    match (equals, matches, present) {
+        (Some(e), None, None) => Some(ValueTest::Equals(e.clone())),
+        (None, Some(m), None) => match regex::bytes::Regex::new(m) {
+            Ok(re) => Some(ValueTest::Matches(re)),
+            Err(e) => {
+                // The regex error is multi-line with a caret; keep its last line, the reason.
+                let reason = e.to_string();
+                let reason = reason
+                    .lines()
+                    .last()
+                    .unwrap_or("invalid")
+                    .trim()
+                    .to_string();
+                errs.push(
+                    format!("{field}.matches"),
+                    format!("`{m}` is not a valid regular expression: {reason}"),
+                );
+                None
+            }
+        },
+        (None, None, Some(p)) => Some(ValueTest::Present(p)),
+        (None, None, None) => {
+            errs.push(field, format!("needs one test: {allowed}"));
+            None
+        }
+        _ => {
+            errs.push(
+                field,
+                format!("has more than one test; use exactly one of {allowed}"),
+            );
+            None
+        }
+    }
+}
+
+fn validate_sticky(s: &RawSticky, field: &str, errs: &mut Errors) -> Option<StickyConfig> {
+    let before = errs.0.len();
+    let key = match (&s.key.cookie, &s.key.header) {
+        (Some(c), None) => {
+            if let Err(m) = check_cookie_name(c) {
+                errs.push(format!("{field}.key.cookie"), m);
+            }
+            Some(StickyKey::Cookie(c.clone()))
+        }
+        (None, Some(h)) => match parse_header_name(h) {
+            Ok(n) => Some(StickyKey::Header(n)),
+            Err(m) => {
+                errs.push(format!("{field}.key.header"), m);
+                None
+            }
+        },
+        _ => {
+            errs.push(
+                format!("{field}.key"),
+                "set exactly one of `cookie: NAME` or `header: NAME`",
+            );
+            None
+        }
+    };
+    if let Some(c) = &s.assign_cookie {
+        if let Err(m) = check_cookie_name(c) {
+            errs.push(format!("{field}.assign_cookie"), m);
+        }
+    }
+    match key {
+        Some(key) if errs.0.len() == before => Some(StickyConfig {
+            key,
+            assign_cookie: s.assign_cookie.clone(),
+        }),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests;

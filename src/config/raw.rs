@@ -1,0 +1,192 @@
+//! Raw configuration as written in YAML: serde types that mirror the file one to one.
+//!
+//! Nothing here is trusted. Every struct denies unknown fields so a typo is an error rather
+//! than a silently ignored setting; `super::validate` turns these into runtime types and is
+//! the only place that decides what a value means.
+
+use serde::Deserialize;
+use serde::de::{self, MapAccess, Visitor};
+use std::fmt;
+use std::marker::PhantomData;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// Downstream listeners; at least one.
+    #[serde(default)]
+    pub listeners: Vec<RawListener>,
+    /// Admin listener (metrics, health, API); absent = no admin listener.
+    pub admin: Option<RawAdmin>,
+    /// Proxy-wide defaults (timeouts, response headers).
+    #[serde(default)]
+    pub proxy: RawProxy,
+    #[serde(default)]
+    pub routes: Vec<RawRoute>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListener {
+    pub address: String,
+    pub tls: Option<RawTls>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    pub cert: String,
+    pub key: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    pub address: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProxy {
+    /// Add `x-canaryd-version: <version>` to every proxied response.
+    #[serde(default)]
+    pub version_header: bool,
+    #[serde(default)]
+    pub timeouts: RawTimeouts,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTimeouts {
+    /// TCP connect to an endpoint, e.g. "2s".
+    pub connect: Option<String>,
+    /// From sending the request to receiving the upstream's response headers, e.g. "30s".
+    pub response: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    pub name: String,
+    #[serde(default, rename = "match")]
+    pub match_: RawMatch,
+    pub versions: OrderedMap<RawVersion>,
+    #[serde(default)]
+    pub rules: Vec<RawRule>,
+    pub sticky: Option<RawSticky>,
+    pub mirror: Option<RawMirror>,
+    /// Per-route override of `proxy.timeouts`.
+    pub timeouts: Option<RawTimeouts>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMatch {
+    pub host: Option<String>,
+    pub path_prefix: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawVersion {
+    #[serde(default)]
+    pub endpoints: Vec<String>,
+    pub weight: Option<f64>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRule {
+    /// Optional name; runtime rules set through the admin API always have one.
+    pub name: Option<String>,
+    pub to: String,
+    pub when: RawWhen,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWhen {
+    /// One header condition or a list of them (all must hold).
+    pub header: Option<OneOrMany<RawHeaderCond>>,
+    /// One cookie condition or a list of them (all must hold).
+    pub cookie: Option<OneOrMany<RawCookieCond>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHeaderCond {
+    pub name: String,
+    pub equals: Option<String>,
+    pub matches: Option<String>,
+    pub present: Option<bool>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCookieCond {
+    pub name: String,
+    pub equals: Option<String>,
+    pub matches: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSticky {
+    pub key: RawStickyKey,
+    pub assign_cookie: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStickyKey {
+    pub cookie: Option<String>,
+    pub header: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMirror {
+    pub to: String,
+    pub percent: f64,
+}
+
+/// `x: {..}` or `x: [{..}, {..}]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany<T> {
+    One(T),
+    Many(Vec<T>),
+}
+
+impl<T> OneOrMany<T> {
+    pub fn into_vec(self) -> Vec<T> {
+        match self {
+            OneOrMany::One(t) => vec![t],
+            OneOrMany::Many(v) => v,
+        }
+    }
+}
+
+/// A YAML mapping whose key order matters (the first version is the primary) and whose
+/// duplicate keys must be reported rather than silently collapsed.
+#[derive(Debug)]
+pub struct OrderedMap<V>(pub Vec<(String, V)>);
+
+impl<'de, V: Deserialize<'de>> Deserialize<'de> for OrderedMap<V> {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V_<V>(PhantomData<V>);
+        impl<'de, V: Deserialize<'de>> Visitor<'de> for V_<V> {
+            type Value = OrderedMap<V>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a mapping of version name to version")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut out: Vec<(String, V)> = Vec::new();
+                while let Some((k, v)) = map.next_entry::<String, V>()? {
+                    out.push((k, v));
+                }
+                Ok(OrderedMap(out))
+            }
+        }
+        d.deserialize_map(V_(PhantomData))
+    }
+}

@@ -1,0 +1,25 @@
+//! canaryd: a traffic-splitting reverse proxy for progressive delivery.
+//!
+//! # Layout
+//! - [`config`]: YAML → raw serde types → validated [`config::Config`] (every error names its field).
+//! - [`router`]: the pure routing decision: host/path → route; rules → sticky → weights → version.
+//! - [`state`]: the current [`state::Snapshot`] in one `ArcSwap`, and the upstream client pools.
+//! - [`proxy`]: the request path (phases listed there) from downstream request to response.
+//! - [`headers`]: hop-by-hop stripping and `X-Forwarded-*`.
+//! - [`error`]: every request failure and its single mapping to a status code.
+//! - [`body`]: the response body type (streamed upstream body or a small fixed one).
+//! - [`server`]: listeners, connection serving (HTTP/1.1 + h2c on one port), graceful drain.
+//! - [`cli`]: what `canaryd check` and `canaryd route` print.
+//! - [`demo`]: `canaryd demo`: two demo backends and the proxy on built-in defaults.
+#![forbid(unsafe_code)]
+
+pub mod body;
+pub mod cli;
+pub mod config;
+pub mod demo;
+pub mod error;
+pub mod headers;
+pub mod proxy;
+pub mod router;
+pub mod server;
+pub mod state;

@@ -1,0 +1,154 @@
+//! The `canaryd` binary: argument parsing, logging and exit codes. Everything else lives in
+//! the library so tests drive the same code.
+
+use anyhow::Context;
+use canaryd::config::Config;
+use canaryd::server::Server;
+use clap::{Parser, Subcommand};
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "canaryd",
+    version,
+    about = "Traffic-splitting reverse proxy for progressive delivery"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy.
+    Run {
+        /// Config file (YAML).
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+    /// Validate a config file, like `nginx -t`: exit 0 with a summary or 1 with every error.
+    Check { file: PathBuf },
+    /// Start two demo backends and the proxy on built-in defaults (10 % canary).
+    Demo {
+        /// Proxy listen address.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+    },
+    /// Show which route and version a request would get, and why.
+    Route {
+        file: PathBuf,
+        #[arg(long, default_value = "GET")]
+        method: String,
+        /// Full URL, e.g. http://shop.example.com/cart
+        #[arg(long)]
+        url: String,
+        /// Request header `name:value` (repeatable).
+        #[arg(long = "header", short = 'H')]
+        headers: Vec<String>,
+        /// Cookie `name=value` (repeatable).
+        #[arg(long = "cookie")]
+        cookies: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check { file } => match Config::from_file(&file) {
+            Ok(cfg) => {
+                print!(
+                    "{}",
+                    canaryd::cli::check_summary(&file.display().to_string(), &cfg)
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{}: {} error(s)", file.display(), e.errors.len());
+                for err in &e.errors {
+                    eprintln!("  {err}");
+                }
+                ExitCode::FAILURE
+            }
+        },
+        Command::Route {
+            file,
+            method,
+            url,
+            headers,
+            cookies,
+        } => {
+            let cfg = match Config::from_file(&file) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("{}: invalid config:\n{e}", file.display());
+                    return ExitCode::FAILURE;
+                }
+            };
+            match canaryd::cli::explain(&cfg, &method, &url, &headers, &cookies) {
+                Ok(s) => {
+                    print!("{s}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Run { config } => serve(|| async move {
+            let cfg = Config::from_file(&config)
+                .map_err(|e| anyhow::anyhow!("{}: invalid config:\n{e}", config.display()))?;
+            let server = Server::bind(cfg).await?;
+            server.run(shutdown_signal()).await
+        }),
+        Command::Demo { listen } => serve(|| canaryd::demo::run(listen, shutdown_signal())),
+    }
+}
+
+/// Set up logging and the runtime, run `f`, map its error to exit code 1.
+fn serve<F, Fut>(f: F) -> ExitCode
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("CANARYD_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    let result = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+        .and_then(|rt| rt.block_on(f()));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("canaryd: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("install SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

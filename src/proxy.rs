@@ -1,0 +1,145 @@
+//! The request path, in phases:
+//!
+//! 1. load the snapshot once (the whole request sees one config generation);
+//! 2. route: host/path → route, then rules → sticky → weights → version (pure, see `router`);
+//! 3. pick an endpoint of that version (round robin);
+//! 4. rewrite: strip hop-by-hop, add `X-Forwarded-*`, absolute upstream URI, keep `Host`;
+//! 5. forward through the pooled client under the route's response-header timeout;
+//! 6. response: strip hop-by-hop, optional `x-canaryd-version`, `Set-Cookie` for new sticky ids;
+//!    the body streams through untouched.
+//!
+//! Every failure is a [`ProxyError`], turned into a response in exactly one place.
+
+use crate::body::ProxyBody;
+use crate::error::ProxyError;
+use crate::headers::{self, X_CANARYD_VERSION};
+use crate::router::{self, Decision};
+use crate::state::{Snapshot, State};
+use http::header::{HOST, SET_COOKIE};
+use http::uri::{PathAndQuery, Scheme};
+use http::{HeaderValue, Request, Response, Uri, Version};
+use hyper::body::Incoming;
+use rand::SeedableRng;
+use rand::rngs::SmallRng;
+use std::cell::RefCell;
+use std::net::SocketAddr;
+
+/// Facts about the downstream connection a request arrived on.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    /// `http` or `https`, for `X-Forwarded-Proto`.
+    pub proto: &'static str,
+}
+
+thread_local! {
+    /// Per-thread fast RNG for unsticky weight draws and new sticky ids; seeded from the OS so
+    /// replicas and restarts do not share a sequence.
+    static RNG: RefCell<SmallRng> = RefCell::new(SmallRng::from_os_rng());
+}
+
+/// Serve one downstream request. Never fails: errors become responses here.
+pub async fn handle(state: &State, conn: ConnInfo, req: Request<Incoming>) -> Response<ProxyBody> {
+    let snap = state.snapshot();
+    match forward(&snap, conn, req).await {
+        Ok(resp) => resp,
+        Err(e) => {
+            tracing::debug!(error = %e, "request failed");
+            e.into_response()
+        }
+    }
+}
+
+async fn forward(
+    snap: &Snapshot,
+    conn: ConnInfo,
+    req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let (mut parts, body) = req.into_parts();
+
+    let decision: Decision = {
+        let host = router::request_host(&parts.uri, &parts.headers);
+        RNG.with(|rng| {
+            snap.router.decide(
+                host,
+                parts.uri.path(),
+                &parts.headers,
+                &mut *rng.borrow_mut(),
+            )
+        })
+        .ok_or(ProxyError::NoRoute)?
+    };
+    let route = &snap.router.routes[decision.route];
+    let runtime = &snap.routes[decision.route];
+    let version = &route.config.versions[decision.version];
+    let vrt = &runtime.versions[decision.version];
+    let endpoint = &version.endpoints[vrt.next_endpoint(version.endpoints.len())];
+
+    // The host the client asked for: HTTP/2 carries it as :authority, HTTP/1 as Host.
+    let client_host: Option<HeaderValue> = match parts.headers.get(HOST) {
+        Some(h) => Some(h.clone()),
+        None => parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+    };
+    headers::strip_hop_by_hop(&mut parts.headers);
+    headers::add_forwarded(
+        &mut parts.headers,
+        conn.peer.ip(),
+        conn.proto,
+        client_host.clone(),
+    );
+    if let Some(h) = client_host {
+        // Host passes through unchanged; for HTTP/2 clients it is rebuilt from :authority.
+        parts.headers.insert(HOST, h);
+    }
+
+    let path_and_query = parts
+        .uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let mut uri = http::uri::Parts::default();
+    uri.scheme = Some(Scheme::HTTP);
+    uri.authority = Some(endpoint.authority.clone());
+    uri.path_and_query = Some(path_and_query);
+    parts.uri = Uri::from_parts(uri).map_err(|_| ProxyError::BadRequest)?;
+    // Upstreams speak HTTP/1.1 whatever the client spoke.
+    parts.version = Version::HTTP_11;
+
+    let upstream_req = Request::from_parts(parts, body);
+    let resp = match tokio::time::timeout(
+        route.timeouts().response,
+        runtime.client.request(upstream_req),
+    )
+    .await
+    {
+        Err(_elapsed) => return Err(ProxyError::ResponseTimeout),
+        Ok(Err(e)) => {
+            tracing::debug!(error = ?e, endpoint = %endpoint, "upstream request failed");
+            return Err(ProxyError::from_client(&e));
+        }
+        Ok(Ok(r)) => r,
+    };
+
+    let (mut rparts, rbody) = resp.into_parts();
+    headers::strip_hop_by_hop(&mut rparts.headers);
+    if snap.config.proxy.version_header {
+        rparts
+            .headers
+            .insert(&X_CANARYD_VERSION, vrt.header_value.clone());
+    }
+    if let (Some(id), Some(sticky)) = (decision.assign, &route.config.sticky) {
+        if let Some(cookie) = &sticky.assign_cookie {
+            let v = format!(
+                "{cookie}={}; Path=/; Max-Age=31536000; HttpOnly; SameSite=Lax",
+                router::format_id(id)
+            );
+            if let Ok(v) = HeaderValue::from_str(&v) {
+                rparts.headers.append(SET_COOKIE, v);
+            }
+        }
+    }
+    Ok(Response::from_parts(rparts, ProxyBody::Upstream(rbody)))
+}

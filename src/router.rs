@@ -1,0 +1,326 @@
+//! The routing decision: which route, then which version. Pure: no I/O, no clock; randomness
+//! is passed in so every branch is unit-testable and the sticky path is reproducible.
+//!
+//! Order of decision inside a route: rules (first match wins) → sticky bucket → weighted draw.
+//!
+//! Sticky assignment is deterministic and monotonic. A user's bucket is
+//! `stable_hash(route name, key) mod 10 000`; non-primary versions own consecutive ranges from
+//! bucket 0 upwards in listed order and the primary owns the rest. Raising a canary's weight
+//! only extends its range, so users move primary → canary and never back, and every replica
+//! that loads the same config computes the same answer with no shared state.
+
+use crate::config::{
+    Condition, Config, HostMatch, RouteConfig, RuleConfig, StickyKey, Timeouts, ValueTest,
+    WEIGHT_SCALE, Weight,
+};
+use http::HeaderMap;
+use http::header::COOKIE;
+use rand::Rng;
+
+/// Size of the sticky bucket space; equal to the weight scale so 0.01 % = one bucket.
+pub const BUCKETS: u32 = WEIGHT_SCALE;
+
+/// Routes compiled from one config, ordered most specific first.
+#[derive(Debug)]
+pub struct Router {
+    /// Indices into `routes`, most specific match first (exact host, then wildcard by suffix
+    /// length, then no host; within each, longest path prefix first; then file order).
+    order: Vec<usize>,
+    pub routes: Vec<Route>,
+}
+
+/// One route, ready for the hot path.
+#[derive(Debug)]
+pub struct Route {
+    pub config: RouteConfig,
+    /// Cumulative bucket upper bounds, parallel to `table_versions`: bucket `b` goes to the
+    /// first entry whose bound is greater than `b`. Built once per config.
+    table_bounds: Vec<u32>,
+    table_versions: Vec<usize>,
+}
+
+/// Why a version was chosen; printed by `canaryd route` and logged in access logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// Rule at this index matched.
+    Rule(usize),
+    /// Sticky key present (or assigned now); its bucket.
+    Sticky { bucket: u32 },
+    /// No rule and no sticky key: a weighted random draw landed on this bucket.
+    Weight { draw: u32 },
+}
+
+/// The result of routing one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decision {
+    /// Index of the route in `Router::routes`.
+    pub route: usize,
+    /// Index of the version in the route's `versions`.
+    pub version: usize,
+    pub reason: Reason,
+    /// A fresh sticky id to send back in the route's `assign_cookie`.
+    pub assign: Option<u128>,
+}
+
+impl Router {
+    pub fn new(config: &Config) -> Router {
+        let routes: Vec<Route> = config.routes.iter().cloned().map(Route::new).collect();
+        let mut order: Vec<usize> = (0..routes.len()).collect();
+        order.sort_by_key(|&i| {
+            let r = &routes[i].config;
+            let host_rank = match &r.host {
+                Some(HostMatch::Exact(_)) => (2, 0),
+                Some(HostMatch::Wildcard(s)) => (1, s.len()),
+                None => (0, 0),
+            };
+            (
+                std::cmp::Reverse(host_rank),
+                std::cmp::Reverse(r.path_prefix.len()),
+                i,
+            )
+        });
+        Router { order, routes }
+    }
+
+    /// Pick the route for a host (port stripped, any case) and path.
+    pub fn select(&self, host: Option<&str>, path: &str) -> Option<usize> {
+        self.order
+            .iter()
+            .copied()
+            .find(|&i| self.routes[i].matches(host, path))
+    }
+
+    /// The full decision for a request: route, then version.
+    pub fn decide<R: Rng + ?Sized>(
+        &self,
+        host: Option<&str>,
+        path: &str,
+        headers: &HeaderMap,
+        rng: &mut R,
+    ) -> Option<Decision> {
+        let route = self.select(host, path)?;
+        let (version, reason, assign) = self.routes[route].decide(headers, rng);
+        Some(Decision {
+            route,
+            version,
+            reason,
+            assign,
+        })
+    }
+}
+
+impl Route {
+    pub fn new(config: RouteConfig) -> Route {
+        let mut table_bounds = Vec::with_capacity(config.versions.len());
+        let mut table_versions = Vec::with_capacity(config.versions.len());
+        let mut upper = 0u32;
+        for (i, v) in config.versions.iter().enumerate().skip(1) {
+            if v.weight.0 > 0 {
+                upper += v.weight.0;
+                table_bounds.push(upper);
+                table_versions.push(i);
+            }
+        }
+        table_bounds.push(BUCKETS);
+        table_versions.push(0);
+        Route {
+            config,
+            table_bounds,
+            table_versions,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    pub fn timeouts(&self) -> Timeouts {
+        self.config.timeouts
+    }
+
+    /// Effective weight of each version, in config order.
+    pub fn weights(&self) -> impl Iterator<Item = (&str, Weight)> {
+        self.config
+            .versions
+            .iter()
+            .map(|v| (v.name.as_str(), v.weight))
+    }
+
+    fn matches(&self, host: Option<&str>, path: &str) -> bool {
+        let host_ok = match (&self.config.host, host) {
+            (None, _) => true,
+            (Some(_), None) => false,
+            (Some(HostMatch::Exact(h)), Some(req)) => req.eq_ignore_ascii_case(h),
+            (Some(HostMatch::Wildcard(suffix)), Some(req)) => {
+                req.len() > suffix.len()
+                    && req.is_char_boundary(req.len() - suffix.len())
+                    && req[req.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
+            }
+        };
+        host_ok && path.starts_with(self.config.path_prefix.as_str())
+    }
+
+    /// Version for a bucket in `0..BUCKETS`.
+    pub fn version_for_bucket(&self, bucket: u32) -> usize {
+        let i = self
+            .table_bounds
+            .iter()
+            .position(|&b| bucket < b)
+            .unwrap_or(self.table_bounds.len() - 1);
+        self.table_versions[i]
+    }
+
+    /// Rules → sticky → weights. Returns (version index, reason, fresh sticky id to assign).
+    pub fn decide<R: Rng + ?Sized>(
+        &self,
+        headers: &HeaderMap,
+        rng: &mut R,
+    ) -> (usize, Reason, Option<u128>) {
+        if let Some(i) = self
+            .config
+            .rules
+            .iter()
+            .position(|r| rule_matches(r, headers))
+        {
+            return (self.config.rules[i].to, Reason::Rule(i), None);
+        }
+        if let Some(sticky) = &self.config.sticky {
+            let key = match &sticky.key {
+                StickyKey::Cookie(c) => cookie(headers, c),
+                StickyKey::Header(h) => headers.get(h).map(|v| v.as_bytes()),
+            };
+            let key = key.or_else(|| {
+                sticky
+                    .assign_cookie
+                    .as_deref()
+                    .and_then(|c| cookie(headers, c))
+            });
+            if let Some(key) = key {
+                let bucket = sticky_bucket(&self.config.name, key);
+                return (
+                    self.version_for_bucket(bucket),
+                    Reason::Sticky { bucket },
+                    None,
+                );
+            }
+            if sticky.assign_cookie.is_some() {
+                // New user: mint an id and route by it now, so this first response and every
+                // later request carrying the cookie land on the same version.
+                let id: u128 = rng.random();
+                let bucket = sticky_bucket(&self.config.name, format_id(id).as_bytes());
+                return (
+                    self.version_for_bucket(bucket),
+                    Reason::Sticky { bucket },
+                    Some(id),
+                );
+            }
+        }
+        let draw = rng.random_range(0..BUCKETS);
+        (self.version_for_bucket(draw), Reason::Weight { draw }, None)
+    }
+}
+
+/// The text form of an assigned sticky id, as sent in the cookie (32 hex digits).
+pub fn format_id(id: u128) -> String {
+    format!("{id:032x}")
+}
+
+fn rule_matches(rule: &RuleConfig, headers: &HeaderMap) -> bool {
+    rule.conditions
+        .iter()
+        .all(|c| condition_matches(c, headers))
+}
+
+fn condition_matches(cond: &Condition, headers: &HeaderMap) -> bool {
+    match cond {
+        Condition::Header { name, test } => match test {
+            ValueTest::Present(want) => headers.contains_key(name) == *want,
+            ValueTest::Equals(_) | ValueTest::Matches(_) => headers
+                .get_all(name)
+                .iter()
+                .any(|v| value_matches(test, v.as_bytes())),
+        },
+        Condition::Cookie { name, test } => {
+            cookie(headers, name).is_some_and(|v| value_matches(test, v))
+        }
+    }
+}
+
+fn value_matches(test: &ValueTest, value: &[u8]) -> bool {
+    match test {
+        ValueTest::Equals(e) => value == e.as_bytes(),
+        ValueTest::Matches(re) => re.is_match(value),
+        ValueTest::Present(p) => *p,
+    }
+}
+
+/// Value of the first cookie named `name` across all `Cookie` headers; no allocation.
+pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a [u8]> {
+    headers.get_all(COOKIE).iter().find_map(|h| {
+        h.as_bytes().split(|&b| b == b';').find_map(|pair| {
+            let pair = pair.trim_ascii();
+            let eq = pair.iter().position(|&b| b == b'=')?;
+            let (k, v) = (&pair[..eq], &pair[eq + 1..]);
+            if k.trim_ascii() == name.as_bytes() {
+                let v = v.trim_ascii();
+                // RFC 6265 allows a value in double quotes.
+                Some(
+                    v.strip_prefix(b"\"")
+                        .and_then(|v| v.strip_suffix(b"\""))
+                        .unwrap_or(v),
+                )
+            } else {
+                None
+            }
+        })
+    })
+}
+
+/// Stable hash of (route, key) into `0..BUCKETS`.
+///
+/// This function is part of the product contract: changing it reshuffles every sticky user
+/// and makes replicas running different releases disagree. FNV-1a over the bytes (with a
+/// separator so ("ab","c") ≠ ("a","bc")), then the murmur3 64-bit finalizer for avalanche so
+/// the modulo sees well-mixed bits.
+pub fn sticky_bucket(route: &str, key: &[u8]) -> u32 {
+    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    let mut h = OFFSET;
+    for &b in route.as_bytes().iter().chain(&[0xffu8]).chain(key) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(PRIME);
+    }
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^= h >> 33;
+    (h % u64::from(BUCKETS)) as u32
+}
+
+/// Host of a request without port: the URI authority (HTTP/2 `:authority`, absolute-form
+/// HTTP/1) wins over the `Host` header, as RFC 9112 §3.2.2 requires.
+pub fn request_host<'a>(uri: &'a http::Uri, headers: &'a HeaderMap) -> Option<&'a str> {
+    if let Some(a) = uri.authority() {
+        return Some(a.host());
+    }
+    let h = headers.get(http::header::HOST)?.to_str().ok()?;
+    Some(strip_port(h))
+}
+
+fn strip_port(h: &str) -> &str {
+    if h.starts_with('[') {
+        // [v6]:port → [v6]
+        return match h.find(']') {
+            Some(i) => &h[..=i],
+            None => h,
+        };
+    }
+    match h.rfind(':') {
+        Some(i) if h[i + 1..].bytes().all(|b| b.is_ascii_digit()) => &h[..i],
+        _ => h,
+    }
+}
+
+#[cfg(test)]
+mod tests;
