@@ -168,7 +168,8 @@ impl Weight {
 
 impl fmt::Display for Weight {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}.{:02}", self.0 / 100, self.0 % 100)
+        // `pad` so `{:>6}` aligns weights in `canaryd check` output.
+        f.pad(&format!("{}.{:02}", self.0 / 100, self.0 % 100))
     }
 }
 

@@ -149,9 +149,10 @@ pub struct RawMirror {
     pub percent: f64,
 }
 
-/// `x: {..}` or `x: [{..}, {..}]`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
+/// `x: {..}` or `x: [{..}, {..}]`. Hand-written rather than `#[serde(untagged)]` so the
+/// inner error (e.g. "unknown field `presnt`") reaches the user instead of "did not match any
+/// variant".
+#[derive(Debug, Clone)]
 pub enum OneOrMany<T> {
     One(T),
     Many(Vec<T>),
@@ -163,6 +164,26 @@ impl<T> OneOrMany<T> {
             OneOrMany::One(t) => vec![t],
             OneOrMany::Many(v) => v,
         }
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for OneOrMany<T> {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V_<T>(PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for V_<T> {
+            type Value = OneOrMany<T>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a condition or a list of conditions")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                T::deserialize(de::value::MapAccessDeserializer::new(map)).map(OneOrMany::One)
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+                Vec::<T>::deserialize(de::value::SeqAccessDeserializer::new(seq))
+                    .map(OneOrMany::Many)
+            }
+        }
+        d.deserialize_any(V_(PhantomData))
     }
 }
 

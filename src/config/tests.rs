@@ -1,1 +1,414 @@
+//! One test per validation rule: each feeds a config with exactly one problem and checks
+//! the error names the right field and says what is wrong.
 
+use super::*;
+
+const GOOD: &str = r#"
+listeners:
+  - address: 127.0.0.1:8080
+admin:
+  address: 127.0.0.1:9901
+routes:
+  - name: shop
+    match: { host: shop.example.com, path_prefix: / }
+    versions:
+      stable: { endpoints: ["127.0.0.1:9001"] }
+      canary: { endpoints: ["127.0.0.1:9002"], weight: 10 }
+    rules:
+      - { to: canary, when: { header: { name: x-canary, equals: always } } }
+      - { to: stable, when: { header: { name: x-canary, equals: never } } }
+      - { to: canary, when: { cookie: { name: canary, equals: always } } }
+      - { to: canary, when: { header: { name: x-user-group, matches: "^(beta|staff)$" } } }
+    sticky:
+      key: { cookie: session }
+      assign_cookie: canaryd_uid
+"#;
+
+/// Errors for `GOOD` with `from` replaced by `to` (the replacement must apply).
+fn errors_with(from: &str, to: &str) -> Vec<FieldError> {
+    assert!(GOOD.contains(from), "test bug: {from:?} not in GOOD");
+    let text = GOOD.replacen(from, to, 1);
+    match Config::from_yaml(&text) {
+        Ok(_) => panic!("expected an error after replacing {from:?} with {to:?}"),
+        Err(e) => e.errors,
+    }
+}
+
+#[track_caller]
+fn assert_error(errors: &[FieldError], field: &str, needle: &str) {
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.field == field && e.message.contains(needle)),
+        "no error at {field} containing {needle:?}; got:\n{}",
+        errors
+            .iter()
+            .map(|e| e.to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
+
+#[test]
+fn design_example_is_valid_and_primary_gets_the_rest() {
+    let cfg = Config::from_yaml(GOOD).unwrap();
+    let r = &cfg.routes[0];
+    assert_eq!(r.versions[0].name, "stable");
+    assert_eq!(r.versions[0].weight, Weight(9000));
+    assert_eq!(r.versions[1].weight, Weight(1000));
+    assert_eq!(r.rules.len(), 4);
+    assert_eq!(r.host, Some(HostMatch::Exact("shop.example.com".into())));
+    assert_eq!(
+        cfg.admin.unwrap().address,
+        "127.0.0.1:9901".parse().unwrap()
+    );
+    assert_eq!(r.timeouts, Timeouts::default());
+}
+
+#[test]
+fn unknown_field_is_rejected_with_its_name() {
+    let e = errors_with("weight: 10", "wieght: 10");
+    assert!(
+        e[0].message.contains("unknown field `wieght`"),
+        "{:?}",
+        e[0]
+    );
+    assert!(e[0].field.contains("routes[0]"), "{:?}", e[0]);
+}
+
+#[test]
+fn yaml_syntax_error_has_a_location() {
+    let e = Config::from_yaml("listeners: [\n").unwrap_err().errors;
+    assert!(e[0].to_string().contains("line"), "{:?}", e[0]);
+}
+
+#[test]
+fn listeners_are_required() {
+    let e = errors_with("  - address: 127.0.0.1:8080\n", "");
+    assert_error(&e, "listeners", "at least one listener");
+}
+
+#[test]
+fn listener_address_must_be_ip_port() {
+    let e = errors_with("address: 127.0.0.1:8080", "address: localhost");
+    assert_error(&e, "listeners[0].address", "not an IP:port");
+}
+
+#[test]
+fn duplicate_listener_is_rejected() {
+    let e = errors_with(
+        "  - address: 127.0.0.1:8080\n",
+        "  - address: 127.0.0.1:8080\n  - address: 127.0.0.1:8080\n",
+    );
+    assert_error(&e, "listeners[1].address", "listed twice");
+}
+
+#[test]
+fn tls_listener_is_refused_until_supported() {
+    let e = errors_with(
+        "address: 127.0.0.1:8080",
+        "address: 127.0.0.1:8443\n    tls: { cert: a.crt, key: a.key }",
+    );
+    assert_error(&e, "listeners[0].tls", "not available");
+}
+
+#[test]
+fn admin_address_is_validated() {
+    let e = errors_with("address: 127.0.0.1:9901", "address: nine");
+    assert_error(&e, "admin.address", "not an IP:port");
+    let e = errors_with("address: 127.0.0.1:9901", "address: 127.0.0.1:8080");
+    assert_error(&e, "admin.address", "also a proxy listener");
+}
+
+#[test]
+fn timeouts_must_be_positive_durations() {
+    let base = "listeners:\n  - address: 127.0.0.1:8080\n";
+    let e = Config::from_yaml(&format!(
+        "{base}proxy: {{ timeouts: {{ connect: soon }} }}\n{}",
+        GOOD.split_once("routes:")
+            .map(|(_, r)| format!("routes:{r}"))
+            .unwrap()
+    ))
+    .unwrap_err()
+    .errors;
+    assert_error(&e, "proxy.timeouts.connect", "not a duration");
+    let e = errors_with("    sticky:", "    timeouts: { response: 0s }\n    sticky:");
+    assert_error(&e, "routes[0].timeouts.response", "greater than zero");
+}
+
+#[test]
+fn route_timeouts_override_defaults() {
+    let text = GOOD.replacen(
+        "    sticky:",
+        "    timeouts: { response: 250ms }\n    sticky:",
+        1,
+    );
+    let cfg = Config::from_yaml(&text).unwrap();
+    assert_eq!(cfg.routes[0].timeouts.response, Duration::from_millis(250));
+    assert_eq!(cfg.routes[0].timeouts.connect, DEFAULT_CONNECT_TIMEOUT);
+}
+
+#[test]
+fn route_name_charset() {
+    let e = errors_with("name: shop", "name: Shop Front");
+    assert_error(&e, "routes[0].name", "a-z, 0-9");
+}
+
+#[test]
+fn route_names_are_unique() {
+    let route = GOOD.split_once("routes:\n").unwrap().1;
+    let second = route.replacen("shop.example.com", "other.example.com", 1);
+    let text = format!(
+        "{}routes:\n{route}{second}",
+        GOOD.split_once("routes:\n").unwrap().0
+    );
+    let e = Config::from_yaml(&text).unwrap_err().errors;
+    assert_error(&e, "routes[1].name", "used twice");
+}
+
+#[test]
+fn duplicate_match_is_rejected() {
+    let route = GOOD.split_once("routes:\n").unwrap().1;
+    let second = route.replacen("name: shop", "name: shop2", 1);
+    let text = format!(
+        "{}routes:\n{route}{second}",
+        GOOD.split_once("routes:\n").unwrap().0
+    );
+    let e = Config::from_yaml(&text).unwrap_err().errors;
+    assert_error(
+        &e,
+        "routes[1].match",
+        "same host and path_prefix as routes[0]",
+    );
+}
+
+#[test]
+fn host_must_be_a_host_name_or_wildcard() {
+    let e = errors_with(
+        "host: shop.example.com",
+        "host: \"http://shop.example.com:80\"",
+    );
+    assert_error(&e, "routes[0].match.host", "not a host name");
+    let cfg =
+        Config::from_yaml(&GOOD.replacen("host: shop.example.com", "host: \"*.Example.com\"", 1))
+            .unwrap();
+    assert_eq!(
+        cfg.routes[0].host,
+        Some(HostMatch::Wildcard(".example.com".into()))
+    );
+}
+
+#[test]
+fn path_prefix_starts_with_slash() {
+    let e = errors_with("path_prefix: /", "path_prefix: api");
+    assert_error(&e, "routes[0].match.path_prefix", "must start with `/`");
+}
+
+#[test]
+fn versions_are_required() {
+    let e = errors_with(
+        "      stable: { endpoints: [\"127.0.0.1:9001\"] }\n      canary: { endpoints: [\"127.0.0.1:9002\"], weight: 10 }\n",
+        "      {}\n",
+    );
+    assert!(e.iter().any(|e| e.field.starts_with("routes[0]")), "{e:?}");
+}
+
+#[test]
+fn version_names_charset_and_unique() {
+    let e = errors_with("canary: { endpoints", "Canary!: { endpoints");
+    assert_error(&e, "routes[0].versions.Canary!", "version name");
+    let e = errors_with("canary: { endpoints", "stable: { endpoints");
+    assert_error(&e, "routes[0].versions.stable", "listed twice");
+}
+
+#[test]
+fn endpoints_are_required_and_host_port() {
+    let e = errors_with("endpoints: [\"127.0.0.1:9001\"]", "endpoints: []");
+    assert_error(
+        &e,
+        "routes[0].versions.stable.endpoints",
+        "at least one endpoint",
+    );
+    let e = errors_with("\"127.0.0.1:9001\"", "\"http://127.0.0.1:9001\"");
+    assert_error(&e, "routes[0].versions.stable.endpoints[0]", "has a scheme");
+    let e = errors_with("\"127.0.0.1:9001\"", "\"127.0.0.1\"");
+    assert_error(&e, "routes[0].versions.stable.endpoints[0]", "no port");
+    let e = errors_with("\"127.0.0.1:9001\"", "\"127.0.0.1:0\"");
+    assert_error(&e, "routes[0].versions.stable.endpoints[0]", "port 0");
+    let e = errors_with("\"127.0.0.1:9001\"", "\"a b:80\"");
+    assert_error(
+        &e,
+        "routes[0].versions.stable.endpoints[0]",
+        "not host:port",
+    );
+}
+
+#[test]
+fn dns_and_ipv6_endpoints_are_accepted() {
+    let text = GOOD.replacen(
+        "\"127.0.0.1:9001\"",
+        "\"app.default.svc:8080\", \"[::1]:9001\"",
+        1,
+    );
+    let cfg = Config::from_yaml(&text).unwrap();
+    assert_eq!(
+        cfg.routes[0].versions[0].endpoints[0].to_string(),
+        "app.default.svc:8080"
+    );
+    assert_eq!(
+        cfg.routes[0].versions[0].endpoints[1].to_string(),
+        "[::1]:9001"
+    );
+}
+
+#[test]
+fn primary_takes_no_weight() {
+    let e = errors_with("\"127.0.0.1:9001\"] }", "\"127.0.0.1:9001\"], weight: 90 }");
+    assert_error(&e, "routes[0].versions.stable.weight", "primary");
+}
+
+#[test]
+fn weight_range_and_resolution() {
+    let e = errors_with("weight: 10", "weight: 120");
+    assert_error(&e, "routes[0].versions.canary.weight", "from 0 to 100");
+    let e = errors_with("weight: 10", "weight: -1");
+    assert_error(&e, "routes[0].versions.canary.weight", "from 0 to 100");
+    let e = errors_with("weight: 10", "weight: 0.001");
+    assert_error(&e, "routes[0].versions.canary.weight", "0.01 percent");
+    let cfg = Config::from_yaml(&GOOD.replacen("weight: 10", "weight: 0.01", 1)).unwrap();
+    assert_eq!(cfg.routes[0].versions[1].weight, Weight(1));
+    assert_eq!(cfg.routes[0].versions[0].weight.to_string(), "99.99");
+}
+
+#[test]
+fn weights_sum_at_most_100() {
+    let e = errors_with(
+        "      canary: { endpoints: [\"127.0.0.1:9002\"], weight: 10 }\n",
+        "      canary: { endpoints: [\"127.0.0.1:9002\"], weight: 60.5 }\n      beta: { endpoints: [\"127.0.0.1:9003\"], weight: 40 }\n",
+    );
+    assert_error(&e, "routes[0].versions", "sum to 100.50%");
+}
+
+#[test]
+fn rule_target_must_be_a_version() {
+    let e = errors_with(
+        "{ to: canary, when: { header: { name: x-canary, equals: always",
+        "{ to: canery, when: { header: { name: x-canary, equals: always",
+    );
+    assert_error(
+        &e,
+        "routes[0].rules[0].to",
+        "unknown version `canery`; this route has: stable, canary",
+    );
+}
+
+#[test]
+fn rule_needs_a_condition() {
+    let e = errors_with(
+        "{ to: stable, when: { header: { name: x-canary, equals: never } } }",
+        "{ to: stable, when: {} }",
+    );
+    assert_error(&e, "routes[0].rules[1].when", "at least one condition");
+}
+
+#[test]
+fn header_condition_needs_exactly_one_test() {
+    let e = errors_with("{ name: x-canary, equals: always }", "{ name: x-canary }");
+    assert_error(&e, "routes[0].rules[0].when.header", "needs one test");
+    let e = errors_with(
+        "{ name: x-canary, equals: always }",
+        "{ name: x-canary, equals: a, present: true }",
+    );
+    assert_error(&e, "routes[0].rules[0].when.header", "more than one test");
+}
+
+#[test]
+fn header_name_must_be_valid() {
+    let e = errors_with(
+        "{ name: x-canary, equals: always }",
+        "{ name: \"x canary\", equals: always }",
+    );
+    assert_error(
+        &e,
+        "routes[0].rules[0].when.header.name",
+        "not a valid HTTP header name",
+    );
+}
+
+#[test]
+fn regex_must_compile() {
+    let e = errors_with("\"^(beta|staff)$\"", "\"^(beta|staff$\"");
+    assert_error(
+        &e,
+        "routes[0].rules[3].when.header.matches",
+        "not a valid regular expression",
+    );
+}
+
+#[test]
+fn cookie_condition_rules() {
+    let e = errors_with(
+        "{ name: canary, equals: always }",
+        "{ name: \"can ary\", equals: always }",
+    );
+    assert_error(&e, "routes[0].rules[2].when.cookie.name", "cookie name");
+    let e = errors_with(
+        "{ name: canary, equals: always }",
+        "{ name: canary, present: true }",
+    );
+    assert!(e[0].message.contains("unknown field `present`"), "{e:?}");
+}
+
+#[test]
+fn list_of_conditions_is_anded_and_indexed() {
+    let text = GOOD.replacen(
+        "{ header: { name: x-canary, equals: always } }",
+        "{ header: [{ name: x-canary, equals: always }, { name: x-b }] }",
+        1,
+    );
+    let e = Config::from_yaml(&text).unwrap_err().errors;
+    assert_error(&e, "routes[0].rules[0].when.header[1]", "needs one test");
+}
+
+#[test]
+fn rule_names_are_unique_and_labelled() {
+    let e = errors_with(
+        "- { to: canary, when: { cookie",
+        "- { name: Bad Name, to: canary, when: { cookie",
+    );
+    assert_error(&e, "routes[0].rules[2].name", "rule name");
+}
+
+#[test]
+fn sticky_key_needs_exactly_one_source() {
+    let e = errors_with(
+        "key: { cookie: session }",
+        "key: { cookie: session, header: x-user }",
+    );
+    assert_error(&e, "routes[0].sticky.key", "exactly one");
+    let e = errors_with("key: { cookie: session }", "key: {}");
+    assert_error(&e, "routes[0].sticky.key", "exactly one");
+    let e = errors_with("assign_cookie: canaryd_uid", "assign_cookie: \"a;b\"");
+    assert_error(&e, "routes[0].sticky.assign_cookie", "cookie name");
+}
+
+#[test]
+fn mirror_is_refused_until_supported() {
+    let e = errors_with(
+        "    sticky:",
+        "    mirror: { to: canary, percent: 5 }\n    sticky:",
+    );
+    assert_error(&e, "routes[0].mirror", "not available");
+}
+
+#[test]
+fn every_error_is_reported_at_once() {
+    let text = GOOD
+        .replacen("weight: 10", "weight: 101", 1)
+        .replacen("path_prefix: /", "path_prefix: x", 1)
+        .replacen("address: 127.0.0.1:8080", "address: nope", 1);
+    let e = Config::from_yaml(&text).unwrap_err().errors;
+    assert_error(&e, "routes[0].versions.canary.weight", "from 0 to 100");
+    assert_error(&e, "routes[0].match.path_prefix", "must start");
+    assert_error(&e, "listeners[0].address", "not an IP:port");
+}

@@ -1,0 +1,324 @@
+//! End-to-end proxying through real HTTP on loopback: splits, rules, sticky, host/path
+//! routing, h2c, header rewriting and the error statuses.
+
+mod support;
+
+use support::*;
+
+#[tokio::test]
+async fn weights_split_traffic_within_tolerance() {
+    let (stable, canary) = (Origin::start("stable").await, Origin::start("canary").await);
+    let proxy = Proxy::start(&split_yaml(&stable, &canary, "20", "")).await;
+    let client = TestClient::http1();
+    let mut n_canary = 0;
+    for _ in 0..3000 {
+        let r = client.get(&proxy.url("/"), &[]).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("x-canaryd-version"), Some(r.body.as_str()));
+        n_canary += usize::from(r.body == "canary");
+    }
+    // 20% of 3000 = 600, sd = 21.9; 5 sd either side.
+    assert!(
+        (490..=710).contains(&n_canary),
+        "canary served {n_canary} of 3000"
+    );
+    assert_eq!(canary.seen().len(), n_canary);
+}
+
+#[tokio::test]
+async fn header_and_cookie_rules_override_weights() {
+    let (stable, canary) = (Origin::start("stable").await, Origin::start("canary").await);
+    let rules = r#"    rules:
+      - { to: canary, when: { header: { name: x-canary, equals: always } } }
+      - { to: stable, when: { header: { name: x-canary, equals: never } } }
+      - { to: canary, when: { cookie: { name: canary, equals: always } } }
+      - { to: canary, when: { header: { name: x-user-group, matches: "^(beta|staff)$" } } }
+"#;
+    let proxy = Proxy::start(&split_yaml(&stable, &canary, "50", rules)).await;
+    let c = TestClient::http1();
+    let url = proxy.url("/");
+    for _ in 0..20 {
+        assert_eq!(c.get(&url, &[("x-canary", "always")]).await.body, "canary");
+        assert_eq!(c.get(&url, &[("X-Canary", "never")]).await.body, "stable");
+        assert_eq!(
+            c.get(&url, &[("cookie", "a=b; canary=always")]).await.body,
+            "canary"
+        );
+        assert_eq!(
+            c.get(&url, &[("x-user-group", "staff")]).await.body,
+            "canary"
+        );
+        // First match wins: `never` beats the cookie rule below it.
+        assert_eq!(
+            c.get(&url, &[("x-canary", "never"), ("cookie", "canary=always")])
+                .await
+                .body,
+            "stable"
+        );
+    }
+}
+
+#[tokio::test]
+async fn sticky_assignment_keeps_a_user_on_one_version() {
+    let (stable, canary) = (Origin::start("stable").await, Origin::start("canary").await);
+    let sticky = "    sticky:\n      key: { cookie: session }\n      assign_cookie: canaryd_uid\n";
+    let proxy = Proxy::start(&split_yaml(&stable, &canary, "50", sticky)).await;
+    let c = TestClient::http1();
+    let url = proxy.url("/");
+    let mut versions_seen = std::collections::HashSet::new();
+    for _ in 0..30 {
+        // A new user gets an id cookie; with it they stay put.
+        let first = c.get(&url, &[]).await;
+        let set_cookie = first
+            .header("set-cookie")
+            .expect("assign cookie")
+            .to_string();
+        assert!(set_cookie.starts_with("canaryd_uid="), "{set_cookie}");
+        assert!(set_cookie.contains("Path=/") && set_cookie.contains("HttpOnly"));
+        let id = set_cookie.split(';').next().unwrap();
+        for _ in 0..5 {
+            let again = c.get(&url, &[("cookie", id)]).await;
+            assert_eq!(again.body, first.body);
+            assert_eq!(
+                again.header("set-cookie"),
+                None,
+                "known users get no new id"
+            );
+        }
+        versions_seen.insert(first.body.clone());
+        // An existing session key is used as is.
+        let s = c.get(&url, &[("cookie", "session=alice")]).await;
+        assert_eq!(s.header("set-cookie"), None);
+        assert_eq!(
+            c.get(&url, &[("cookie", "session=alice")]).await.body,
+            s.body
+        );
+    }
+    assert_eq!(versions_seen.len(), 2, "at 50% both versions get new users");
+}
+
+#[tokio::test]
+async fn host_and_path_select_the_route() {
+    let (a, b, c) = (
+        Origin::start("shop").await,
+        Origin::start("shop-api").await,
+        Origin::start("wild").await,
+    );
+    let yaml = format!(
+        r#"
+listeners: [{{ address: "127.0.0.1:0" }}]
+routes:
+  - name: shop
+    match: {{ host: shop.example.com }}
+    versions: {{ stable: {{ endpoints: ["{}"] }} }}
+  - name: shop-api
+    match: {{ host: shop.example.com, path_prefix: /api }}
+    versions: {{ stable: {{ endpoints: ["{}"] }} }}
+  - name: wild
+    match: {{ host: "*.example.com" }}
+    versions: {{ stable: {{ endpoints: ["{}"] }} }}
+"#,
+        a.addr, b.addr, c.addr
+    );
+    let proxy = Proxy::start(&yaml).await;
+    let cl = TestClient::http1();
+    let get = |host: &'static str, path: &'static str| {
+        let cl = cl.clone();
+        let url = proxy.url(path);
+        async move { cl.get(&url, &[("host", host)]).await }
+    };
+    assert_eq!(get("shop.example.com", "/cart").await.body, "shop");
+    assert_eq!(
+        get("shop.example.com:8080", "/api/items").await.body,
+        "shop-api"
+    );
+    assert_eq!(get("www.example.com", "/api").await.body, "wild");
+    let none = get("other.org", "/").await;
+    assert_eq!(none.status, 404);
+    assert!(none.body.contains("no route"), "{}", none.body);
+    assert_eq!(a.seen().len() + b.seen().len() + c.seen().len(), 3);
+}
+
+#[tokio::test]
+async fn h2c_client_is_proxied_to_http1_upstream_with_host() {
+    let (stable, canary) = (Origin::start("stable").await, Origin::start("canary").await);
+    let proxy = Proxy::start(&split_yaml(&stable, &canary, "0", "")).await;
+    let r = TestClient::h2c().get(&proxy.url("/h2?q=1"), &[]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.version, http::Version::HTTP_2);
+    assert_eq!(r.body, "stable");
+    let seen = stable.last();
+    assert_eq!(seen.version, http::Version::HTTP_11);
+    assert_eq!(seen.uri, "/h2?q=1");
+    assert_eq!(seen.headers["host"], proxy.addr.to_string().as_str());
+    assert_eq!(
+        seen.headers["x-forwarded-host"],
+        proxy.addr.to_string().as_str()
+    );
+}
+
+#[tokio::test]
+async fn round_robin_across_endpoints() {
+    let (e1, e2) = (Origin::start("e1").await, Origin::start("e2").await);
+    let yaml = format!(
+        "listeners: [{{ address: \"127.0.0.1:0\" }}]\nroutes:\n  - name: r\n    versions: {{ v: {{ endpoints: [\"{}\", \"{}\"] }} }}\n",
+        e1.addr, e2.addr
+    );
+    let proxy = Proxy::start(&yaml).await;
+    let c = TestClient::http1();
+    let bodies: Vec<String> = {
+        let mut v = Vec::new();
+        for _ in 0..6 {
+            v.push(c.get(&proxy.url("/"), &[]).await.body);
+        }
+        v
+    };
+    assert_eq!(e1.seen().len(), 3, "{bodies:?}");
+    assert_eq!(e2.seen().len(), 3, "{bodies:?}");
+    assert_ne!(bodies[0], bodies[1]);
+}
+
+#[tokio::test]
+async fn hop_by_hop_headers_are_stripped_both_ways() {
+    let (stable, canary) = (Origin::start("stable").await, Origin::start("canary").await);
+    let proxy = Proxy::start(&split_yaml(&stable, &canary, "0", "")).await;
+    let r = TestClient::http1()
+        .get(
+            &proxy.url("/hop"),
+            &[
+                ("connection", "x-secret, keep-alive"),
+                ("x-secret", "token"),
+                ("keep-alive", "timeout=5"),
+                ("proxy-connection", "keep-alive"),
+                ("te", "gzip"),
+                ("upgrade", "h2c-nope"),
+                ("x-end-to-end", "kept"),
+            ],
+        )
+        .await;
+    let seen = stable.last();
+    for h in [
+        "x-secret",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "upgrade",
+    ] {
+        assert!(
+            !seen.headers.contains_key(h),
+            "{h} reached the origin: {:?}",
+            seen.headers
+        );
+    }
+    assert_eq!(seen.headers["x-end-to-end"], "kept");
+    // Response side: the origin's Connection-named header and Keep-Alive never reach the client.
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-internal"), None);
+    assert_eq!(r.header("keep-alive"), None);
+    assert_eq!(r.header("x-public"), Some("yes"));
+}
+
+#[tokio::test]
+async fn x_forwarded_headers_and_host_pass_through() {
+    let (stable, canary) = (Origin::start("stable").await, Origin::start("canary").await);
+    let proxy = Proxy::start(&split_yaml(&stable, &canary, "0", "")).await;
+    TestClient::http1()
+        .get(
+            &proxy.url("/p"),
+            &[
+                ("host", "shop.example.com"),
+                ("x-forwarded-for", "203.0.113.7"),
+            ],
+        )
+        .await;
+    let seen = stable.last();
+    assert_eq!(seen.headers["host"], "shop.example.com");
+    assert_eq!(seen.headers["x-forwarded-for"], "203.0.113.7, 127.0.0.1");
+    assert_eq!(seen.headers["x-forwarded-proto"], "http");
+    assert_eq!(seen.headers["x-forwarded-host"], "shop.example.com");
+}
+
+#[tokio::test]
+async fn version_header_is_optional() {
+    let (stable, canary) = (Origin::start("stable").await, Origin::start("canary").await);
+    let yaml = split_yaml(&stable, &canary, "0", "").replace("proxy: { version_header: true }", "");
+    let proxy = Proxy::start(&yaml).await;
+    let r = TestClient::http1().get(&proxy.url("/"), &[]).await;
+    assert_eq!(r.body, "stable");
+    assert_eq!(r.header("x-canaryd-version"), None);
+}
+
+#[tokio::test]
+async fn refused_upstream_is_502() {
+    let stable = Origin::start("stable").await;
+    let yaml = format!(
+        "listeners: [{{ address: \"127.0.0.1:0\" }}]\nroutes:\n  - name: r\n    versions:\n      stable: {{ endpoints: [\"{}\"] }}\n      canary: {{ endpoints: [\"{}\"], weight: 100 }}\n",
+        stable.addr,
+        closed_port()
+    );
+    let proxy = Proxy::start(&yaml).await;
+    let r = TestClient::http1().get(&proxy.url("/"), &[]).await;
+    assert_eq!(r.status, 502);
+    assert_eq!(r.header("content-type"), Some("text/plain; charset=utf-8"));
+    assert!(r.body.contains("connect failed"), "{}", r.body);
+    assert!(stable.seen().is_empty());
+}
+
+#[tokio::test]
+async fn slow_upstream_is_504_after_response_timeout() {
+    let (stable, canary) = (Origin::start("stable").await, Origin::start("canary").await);
+    let extra = "    timeouts: { response: 200ms }\n";
+    let proxy = Proxy::start(&split_yaml(&stable, &canary, "0", extra)).await;
+    let c = TestClient::http1();
+    let r = c.get(&proxy.url("/sleep/3000"), &[]).await;
+    assert_eq!(r.status, 504);
+    assert!(r.body.contains("timed out"), "{}", r.body);
+    // A fast request on the same route still works.
+    assert_eq!(c.get(&proxy.url("/sleep/1"), &[]).await.status, 200);
+}
+
+#[tokio::test]
+async fn upstream_statuses_and_bodies_pass_through() {
+    let (stable, canary) = (Origin::start("stable").await, Origin::start("canary").await);
+    let proxy = Proxy::start(&split_yaml(&stable, &canary, "0", "")).await;
+    let c = TestClient::http1();
+    let r = c.get(&proxy.url("/status/503"), &[]).await;
+    assert_eq!((r.status.as_u16(), r.body.as_str()), (503, "stable"));
+    let (status, len) = c.get_len(&proxy.url("/bytes/1000000")).await;
+    assert_eq!((status.as_u16(), len), (200, 1_000_000));
+    let up = c
+        .send(
+            http::Request::post(proxy.url("/sink"))
+                .body(full(vec![7u8; 300_000]))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(up.body, "300000");
+}
+
+#[tokio::test]
+async fn shutdown_drains_and_stops_accepting() {
+    let (stable, canary) = (Origin::start("stable").await, Origin::start("canary").await);
+    let proxy = Proxy::start(&split_yaml(&stable, &canary, "0", "")).await;
+    let addr = proxy.addr;
+    let c = TestClient::http1();
+    let slow = tokio::spawn({
+        let c = c.clone();
+        let url = proxy.url("/sleep/500");
+        async move { c.get(&url, &[]).await }
+    });
+    // Let the slow request reach the origin before stopping.
+    while stable.seen().is_empty() {
+        tokio::task::yield_now().await;
+    }
+    proxy.stop().await;
+    assert_eq!(
+        slow.await.unwrap().status,
+        200,
+        "in-flight request completed"
+    );
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "listener closed"
+    );
+}

@@ -1,0 +1,43 @@
+//! Bodies stream through the real binary: 1 GiB up and 1 GiB down while the proxy's peak
+//! resident memory stays far below the body size.
+
+mod support;
+
+use support::*;
+
+const GIB: u64 = 1 << 30;
+/// Allowed growth of the proxy's peak RSS while 1 GiB passes each way.
+const MAX_GROWTH_KIB: u64 = 64 * 1024;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_gib_each_way_with_flat_memory() {
+    let origin = Origin::start("stable").await;
+    let yaml = format!(
+        "listeners: [{{ address: \"127.0.0.1:0\" }}]\nroutes:\n  - name: big\n    versions: {{ stable: {{ endpoints: [\"{}\"] }} }}\n",
+        origin.addr
+    );
+    let proxy = ProxyProcess::start(&yaml);
+    let base = format!("http://{}", proxy.addr);
+    let c = TestClient::http1();
+    // Warm up the connection pools before taking the baseline.
+    assert_eq!(c.get(&format!("{base}/"), &[]).await.status, 200);
+    let (rss_before, _) = proxy.rss_kib();
+
+    let (status, len) = c.get_len(&format!("{base}/bytes/{GIB}")).await;
+    assert_eq!((status.as_u16(), len), (200, GIB));
+
+    let upload = http::Request::post(format!("{base}/sink"))
+        .body(http_body_util::BodyExt::boxed(Generated::new(GIB)))
+        .unwrap();
+    let r = c.send(upload).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, GIB.to_string(), "origin received every byte");
+
+    let (_, peak) = proxy.rss_kib();
+    let growth = peak.saturating_sub(rss_before);
+    eprintln!("proxy RSS before {rss_before} KiB, peak {peak} KiB, growth {growth} KiB");
+    assert!(
+        growth < MAX_GROWTH_KIB,
+        "proxy peak RSS grew by {growth} KiB while streaming 1 GiB each way"
+    );
+}
