@@ -9,17 +9,25 @@
 //! - [`error`]: every request failure and its single mapping to a status code.
 //! - [`body`]: the response body type (streamed upstream body or a small fixed one).
 //! - [`server`]: listeners, connection serving (HTTP/1.1 + h2c on one port), graceful drain.
+//! - [`metrics`]: Prometheus metrics; per-version handles resolved per snapshot, lock-free histogram.
+//! - [`control`]: reloads and runtime overrides composed into one config; reload status.
+//! - [`watch`]: reload triggers: directory watch with debounce, periodic re-read, SIGHUP.
+//! - [`admin`]: admin listener: `/healthz`, `/readyz`, `/metrics`, JSON API under `/api/v1`.
 //! - [`cli`]: what `canaryd check` and `canaryd route` print.
 //! - [`demo`]: `canaryd demo`: two demo backends and the proxy on built-in defaults.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod body;
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod demo;
 pub mod error;
 pub mod headers;
+pub mod metrics;
 pub mod proxy;
 pub mod router;
 pub mod server;
 pub mod state;
+pub mod watch;

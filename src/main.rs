@@ -99,9 +99,7 @@ fn main() -> ExitCode {
             }
         }
         Command::Run { config } => serve(|| async move {
-            let cfg = Config::from_file(&config)
-                .map_err(|e| anyhow::anyhow!("{}: invalid config:\n{e}", config.display()))?;
-            let server = Server::bind(cfg).await?;
+            let server = Server::bind_file(&config).await?;
             server.run(shutdown_signal()).await
         }),
         Command::Demo { listen } => serve(|| canaryd::demo::run(listen, shutdown_signal())),

@@ -19,10 +19,12 @@ use http::header::{HOST, SET_COOKIE};
 use http::uri::{PathAndQuery, Scheme};
 use http::{HeaderValue, Request, Response, Uri, Version};
 use hyper::body::Incoming;
+use prometheus_client::metrics::gauge::Gauge;
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
 use std::cell::RefCell;
 use std::net::SocketAddr;
+use std::time::Instant;
 
 /// Facts about the downstream connection a request arrived on.
 #[derive(Debug, Clone, Copy)]
@@ -40,13 +42,46 @@ thread_local! {
 
 /// Serve one downstream request. Never fails: errors become responses here.
 pub async fn handle(state: &State, conn: ConnInfo, req: Request<Incoming>) -> Response<ProxyBody> {
+    let start = Instant::now();
+    let _in_flight = GaugeGuard::new(&state.metrics.in_flight);
     let snap = state.snapshot();
-    match forward(&snap, conn, req).await {
-        Ok(resp) => resp,
+    // Set by `forward` as soon as a version is chosen, so failures are counted against it.
+    let mut target: Option<(usize, usize)> = None;
+    let result = forward(&snap, conn, req, &mut target).await;
+    let vm = target.map(|(r, v)| &snap.routes[r].versions[v].metrics);
+    match result {
+        Ok(resp) => {
+            if let Some(vm) = vm {
+                vm.record(resp.status().as_u16(), start.elapsed());
+            }
+            resp
+        }
         Err(e) => {
             tracing::debug!(error = %e, "request failed");
+            if let Some(vm) = vm {
+                if let Some(kind) = e.upstream_kind() {
+                    vm.upstream_error(kind);
+                }
+                vm.record(e.status().as_u16(), start.elapsed());
+            }
             e.into_response()
         }
+    }
+}
+
+/// Increments a gauge now and decrements it when dropped (also on cancellation).
+pub struct GaugeGuard<'a>(&'a Gauge);
+
+impl<'a> GaugeGuard<'a> {
+    pub fn new(g: &'a Gauge) -> Self {
+        g.inc();
+        GaugeGuard(g)
+    }
+}
+
+impl Drop for GaugeGuard<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 
@@ -54,6 +89,7 @@ async fn forward(
     snap: &Snapshot,
     conn: ConnInfo,
     req: Request<Incoming>,
+    target: &mut Option<(usize, usize)>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let (mut parts, body) = req.into_parts();
 
@@ -69,6 +105,7 @@ async fn forward(
         })
         .ok_or(ProxyError::NoRoute)?
     };
+    *target = Some((decision.route, decision.version));
     let route = &snap.router.routes[decision.route];
     let runtime = &snap.routes[decision.route];
     let version = &route.config.versions[decision.version];

@@ -2,8 +2,10 @@
 //! tests can bind port 0 and read the real address), [`Server::run`] accepts until the
 //! shutdown future resolves, then drains open connections.
 
-use crate::config::Config;
-use crate::proxy::{self, ConnInfo};
+use crate::admin::{self, Admin};
+use crate::config::{Config, ConfigError};
+use crate::control::Control;
+use crate::proxy::{self, ConnInfo, GaugeGuard};
 use crate::state::State;
 use anyhow::Context;
 use hyper::service::service_fn;
@@ -13,6 +15,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -25,14 +28,59 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Header-read timeout for HTTP/1 requests (slowloris): hyper enforces it only with a timer.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Environment variable holding the admin API bearer token; wins over `admin.token`.
+pub const ADMIN_TOKEN_ENV: &str = "CANARYD_ADMIN_TOKEN";
+
 pub struct Server {
     state: Arc<State>,
+    control: Arc<Control>,
     listeners: Vec<TcpListener>,
+    admin: Option<(TcpListener, Option<String>)>,
 }
 
 impl Server {
-    /// Bind every listener of `config` and build the first snapshot.
+    /// Bind every listener of `config` and build the first snapshot. No file: reloads are
+    /// not possible, runtime overrides are.
     pub async fn bind(config: Config) -> anyhow::Result<Server> {
+        Self::bind_inner(config, None, None).await
+    }
+
+    /// Read, validate and bind the config at `path`; it is watched and reloaded from then on.
+    pub async fn bind_file(path: &Path) -> anyhow::Result<Server> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        let config = Config::from_yaml(&text).map_err(|e: ConfigError| {
+            anyhow::anyhow!("{}: invalid config:\n{e}", path.display())
+        })?;
+        // Absolute, so the watcher and reloads do not depend on the working directory.
+        let path = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+        Self::bind_inner(config, Some(path), Some(&text)).await
+    }
+
+    async fn bind_inner(
+        config: Config,
+        path: Option<PathBuf>,
+        text: Option<&str>,
+    ) -> anyhow::Result<Server> {
+        let admin = match &config.admin {
+            None => None,
+            Some(a) => {
+                let token = std::env::var(ADMIN_TOKEN_ENV)
+                    .ok()
+                    .filter(|t| !t.is_empty())
+                    .or_else(|| a.token.as_ref().map(|s| s.0.clone()));
+                if !a.address.ip().is_loopback() && token.is_none() {
+                    anyhow::bail!(
+                        "admin.address {} is not loopback: set admin.token or {ADMIN_TOKEN_ENV} so the admin API is not open to the network",
+                        a.address
+                    );
+                }
+                let listener = TcpListener::bind(a.address)
+                    .await
+                    .with_context(|| format!("cannot bind admin listener {}", a.address))?;
+                Some((listener, token))
+            }
+        };
         let mut listeners = Vec::new();
         for l in &config.listeners {
             let listener = TcpListener::bind(l.address)
@@ -40,10 +88,23 @@ impl Server {
                 .with_context(|| format!("cannot bind listener {}", l.address))?;
             listeners.push(listener);
         }
+        let state = Arc::new(State::new(config));
+        let control = Arc::new(Control::new(state.clone(), path, text));
         Ok(Server {
-            state: Arc::new(State::new(config)),
+            state,
+            control,
             listeners,
+            admin,
         })
+    }
+
+    /// The admin listener's bound address, if there is one.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|(l, _)| l.local_addr().ok())
+    }
+
+    pub fn control(&self) -> Arc<Control> {
+        self.control.clone()
     }
 
     /// Actual bound addresses, in config order (port 0 resolved).
@@ -62,6 +123,24 @@ impl Server {
     /// (HTTP/1 gets `Connection: close`, HTTP/2 a GOAWAY) for up to [`DRAIN_TIMEOUT`].
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         let (stop_tx, stop_rx) = watch::channel(false);
+        let (admin_stop_tx, admin_stop_rx) = watch::channel(false);
+        let admin_task = self.admin.map(|(listener, token)| {
+            if let Ok(addr) = listener.local_addr() {
+                tracing::info!(%addr, "admin listening");
+            }
+            let admin = Arc::new(Admin {
+                control: self.control.clone(),
+                token,
+            });
+            tokio::spawn(admin::serve(listener, admin, admin_stop_rx))
+        });
+        let watcher = match self.control.path() {
+            Some(path) => {
+                tracing::info!(path = %path.display(), "watching config file");
+                Some(crate::watch::spawn(self.control.clone())?)
+            }
+            None => None,
+        };
         let mut loops = JoinSet::new();
         for listener in self.listeners {
             let addr = listener.local_addr()?;
@@ -70,8 +149,17 @@ impl Server {
         }
         shutdown.await;
         tracing::info!("shutting down: draining connections");
+        // /readyz turns 503 first, then listeners close; the admin stays up during the drain.
+        self.state.set_draining();
         let _ = stop_tx.send(true);
         while loops.join_next().await.is_some() {}
+        if let Some(w) = watcher {
+            w.abort();
+        }
+        let _ = admin_stop_tx.send(true);
+        if let Some(t) = admin_task {
+            let _ = t.await;
+        }
         Ok(())
     }
 }
@@ -112,7 +200,9 @@ async fn accept_loop(listener: TcpListener, state: Arc<State>, mut stop: watch::
             .serve_connection_with_upgrades(TokioIo::new(stream), svc)
             .into_owned();
         let conn = graceful.watch(conn);
+        let metrics = state.metrics.clone();
         tokio::spawn(async move {
+            let _open = GaugeGuard::new(&metrics.open_connections);
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, %peer, "connection ended with error");
             }

@@ -6,6 +6,7 @@
 //! connect timeout and endpoint, so endpoints that did not change keep their warm connections.
 
 use crate::config::Config;
+use crate::metrics::{Metrics, VersionMetrics};
 use crate::router::Router;
 use arc_swap::ArcSwap;
 use http::HeaderValue;
@@ -14,7 +15,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -51,6 +52,8 @@ pub struct VersionRuntime {
     pub header_value: HeaderValue,
     /// Round-robin position over the version's endpoints.
     rr: AtomicUsize,
+    /// Metric handles resolved when the snapshot was built.
+    pub metrics: VersionMetrics,
 }
 
 impl VersionRuntime {
@@ -70,6 +73,9 @@ pub struct State {
     /// Shared clients by connect timeout. The mutex also serialises `apply`, so generations
     /// are stored in the order they are numbered.
     clients: Mutex<Clients>,
+    pub metrics: Arc<Metrics>,
+    /// Set when shutdown starts: `/readyz` answers 503 so load balancers stop sending.
+    draining: AtomicBool,
 }
 
 struct Clients {
@@ -79,15 +85,27 @@ struct Clients {
 
 impl State {
     pub fn new(config: Config) -> State {
+        let metrics = Arc::new(Metrics::new());
         let mut clients = Clients {
             by_connect_timeout: HashMap::new(),
             last_generation: 0,
         };
-        let first = clients.build(config);
+        let first = clients.build(config, &metrics);
+        publish(&metrics, &first);
         State {
             snapshot: ArcSwap::from_pointee(first),
             clients: Mutex::new(clients),
+            metrics,
+            draining: AtomicBool::new(false),
         }
+    }
+
+    pub fn set_draining(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
     }
 
     /// The snapshot in force now. Hold the `Arc` for the whole request.
@@ -98,15 +116,27 @@ impl State {
     /// Build a snapshot from a validated config and swap it in; returns its generation.
     pub fn apply(&self, config: Config) -> u64 {
         let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
-        let snap = clients.build(config);
+        let snap = clients.build(config, &self.metrics);
         let generation = snap.generation;
+        publish(&self.metrics, &snap);
         self.snapshot.store(Arc::new(snap));
         generation
     }
 }
 
+/// Export a new snapshot's generation and effective weights.
+fn publish(metrics: &Metrics, snap: &Snapshot) {
+    metrics.set_generation(snap.generation);
+    metrics.set_weights(
+        snap.router
+            .routes
+            .iter()
+            .flat_map(|r| r.weights().map(move |(v, w)| (r.name(), v, w.percent()))),
+    );
+}
+
 impl Clients {
-    fn build(&mut self, config: Config) -> Snapshot {
+    fn build(&mut self, config: Config, metrics: &Arc<Metrics>) -> Snapshot {
         self.last_generation += 1;
         let router = Router::new(&config);
         let routes = router
@@ -122,6 +152,7 @@ impl Clients {
                         header_value: HeaderValue::from_str(&v.name)
                             .expect("version names are validated to [a-z0-9_-]"),
                         rr: AtomicUsize::new(0),
+                        metrics: metrics.version(r.name(), &v.name),
                     })
                     .collect(),
             })

@@ -76,6 +76,18 @@ pub struct Listener {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Admin {
     pub address: SocketAddr,
+    /// Bearer token required by `/api/v1/*` when set.
+    pub token: Option<Secret>,
+}
+
+/// A string that never appears in `Debug` output or logs.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -295,10 +307,10 @@ fn yaml_error(e: serde_yaml_ng::Error) -> FieldError {
 
 /// Accumulates errors while validating so one run reports all of them.
 #[derive(Default)]
-pub(crate) struct Errors(Vec<FieldError>);
+pub(crate) struct Errors(pub(crate) Vec<FieldError>);
 
 impl Errors {
-    fn push(&mut self, field: impl Into<String>, message: impl Into<String>) {
+    pub(crate) fn push(&mut self, field: impl Into<String>, message: impl Into<String>) {
         self.0.push(FieldError {
             field: field.into(),
             message: message.into(),
@@ -330,7 +342,8 @@ impl TryFrom<RawConfig> for Config {
             }
             match parse_socket_addr(&l.address) {
                 Ok(a) => {
-                    if !seen_addrs.insert(a) {
+                    // Port 0 asks the OS for a free port, so two of them never collide.
+                    if a.port() != 0 && !seen_addrs.insert(a) {
                         errs.push(format!("{field}.address"), format!("{a} is listed twice"));
                     }
                     listeners.push(Listener { address: a });
@@ -343,13 +356,21 @@ impl TryFrom<RawConfig> for Config {
             None => None,
             Some(a) => match parse_socket_addr(&a.address) {
                 Ok(address) => {
-                    if seen_addrs.contains(&address) {
+                    if address.port() != 0 && seen_addrs.contains(&address) {
                         errs.push(
                             "admin.address",
                             format!("{address} is also a proxy listener"),
                         );
                     }
-                    Some(Admin { address })
+                    let token = match a.token.as_deref() {
+                        Some("") => {
+                            errs.push("admin.token", "is empty; remove it or set a secret value");
+                            None
+                        }
+                        Some(t) => Some(Secret(t.to_string())),
+                        None => None,
+                    };
+                    Some(Admin { address, token })
                 }
                 Err(m) => {
                     errs.push("admin.address", m);

@@ -42,6 +42,8 @@ pub struct RawTls {
 #[serde(deny_unknown_fields)]
 pub struct RawAdmin {
     pub address: String,
+    /// Bearer token for `/api/v1/*`; `CANARYD_ADMIN_TOKEN` in the environment takes precedence.
+    pub token: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -1,0 +1,371 @@
+//! Prometheus metrics, exported in text format at `GET /metrics` on the admin listener.
+//!
+//! Label handles are resolved when a snapshot is built ([`VersionMetrics`]), never by
+//! formatting strings per request: recording a request is a few relaxed atomic adds. Status
+//! codes are resolved lazily, once per (route, version, code) per snapshot, into a fixed table.
+//! Labels come only from config names and closed enums.
+//!
+//! The latency histogram is our own lock-free one ([`LatencyHistogram`]): prometheus-client's
+//! `Histogram` takes a mutex on every observation, which we do not want on the request path.
+
+use crate::error::UpstreamErrorKind;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::{MetricType, TypedMetric};
+use prometheus_client::registry::Registry;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+/// Upper bounds of the latency buckets, in seconds: 1 ms to 10 s.
+pub const LATENCY_BUCKETS: [f64; 13] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub route: String,
+    pub version: String,
+    pub code: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VersionLabels {
+    pub route: String,
+    pub version: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamErrorLabels {
+    pub route: String,
+    pub version: String,
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: &'static str,
+}
+
+/// Outcome of a config reload attempt, a closed label set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReloadResult {
+    Success,
+    Failure,
+}
+
+impl ReloadResult {
+    fn as_str(self) -> &'static str {
+        match self {
+            ReloadResult::Success => "success",
+            ReloadResult::Failure => "failure",
+        }
+    }
+}
+
+/// A histogram with fixed buckets and atomic counters. Cloning shares the counters.
+#[derive(Clone, Debug, Default)]
+pub struct LatencyHistogram {
+    inner: Arc<HistogramInner>,
+}
+
+#[derive(Debug, Default)]
+struct HistogramInner {
+    /// Non-cumulative counts; the last slot is +Inf.
+    buckets: [AtomicU64; LATENCY_BUCKETS.len() + 1],
+    sum_nanos: AtomicU64,
+    count: AtomicU64,
+}
+
+/// Bucket bounds in nanoseconds, for integer comparison on the hot path.
+const BUCKET_NANOS: [u64; 13] = [
+    1_000_000,
+    2_500_000,
+    5_000_000,
+    10_000_000,
+    25_000_000,
+    50_000_000,
+    100_000_000,
+    250_000_000,
+    500_000_000,
+    1_000_000_000,
+    2_500_000_000,
+    5_000_000_000,
+    10_000_000_000,
+];
+
+impl LatencyHistogram {
+    pub fn observe(&self, d: Duration) {
+        let nanos = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        let i = BUCKET_NANOS
+            .iter()
+            .position(|&b| nanos <= b)
+            .unwrap_or(BUCKET_NANOS.len());
+        self.inner.buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.inner.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
+        self.inner.count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn count(&self) -> u64 {
+        self.inner.count.load(Ordering::Relaxed)
+    }
+}
+
+impl TypedMetric for LatencyHistogram {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for LatencyHistogram {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let mut buckets = [(0.0f64, 0u64); LATENCY_BUCKETS.len() + 1];
+        for (i, slot) in buckets.iter_mut().enumerate() {
+            let upper = LATENCY_BUCKETS.get(i).copied().unwrap_or(f64::INFINITY);
+            *slot = (upper, self.inner.buckets[i].load(Ordering::Relaxed));
+        }
+        // Count from the buckets so `_count` always equals the +Inf bucket in one scrape.
+        let count = buckets.iter().map(|b| b.1).sum();
+        let sum = self.inner.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+        encoder
+            .encode_histogram::<prometheus_client::encoding::NoLabelSet>(sum, count, &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
+}
+
+/// Every metric canaryd exports, registered once per process.
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    duration: Family<VersionLabels, LatencyHistogram>,
+    upstream_errors: Family<UpstreamErrorLabels, Counter>,
+    route_weight: Family<VersionLabels, Gauge<f64, AtomicU64>>,
+    config_generation: Gauge,
+    reloads: Family<ResultLabels, Counter>,
+    /// Open downstream connections (all listeners).
+    pub open_connections: Gauge,
+    /// Requests being proxied right now.
+    pub in_flight: Gauge,
+    /// Weight series published by the last snapshot (`Family` cannot be iterated), so
+    /// versions removed by a reload stop being exported.
+    published_weights: std::sync::Mutex<Vec<VersionLabels>>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("canaryd");
+        let requests = Family::<RequestLabels, Counter>::default();
+        let duration = Family::<VersionLabels, LatencyHistogram>::default();
+        let upstream_errors = Family::<UpstreamErrorLabels, Counter>::default();
+        let route_weight = Family::<VersionLabels, Gauge<f64, AtomicU64>>::default();
+        let config_generation = Gauge::default();
+        let reloads = Family::<ResultLabels, Counter>::default();
+        let open_connections = Gauge::default();
+        let in_flight = Gauge::default();
+        registry.register(
+            "requests",
+            "Proxied requests by route, version and HTTP status code",
+            requests.clone(),
+        );
+        registry.register(
+            "request_duration_seconds",
+            "Time from request arrival to the upstream's response headers, by route and version",
+            duration.clone(),
+        );
+        registry.register(
+            "upstream_errors",
+            "Failures talking to upstreams by route, version and kind (connect, timeout, reset)",
+            upstream_errors.clone(),
+        );
+        registry.register(
+            "route_weight",
+            "Effective weight of each version, percent",
+            route_weight.clone(),
+        );
+        registry.register(
+            "config_generation",
+            "Generation of the config in force",
+            config_generation.clone(),
+        );
+        registry.register(
+            "config_reloads",
+            "Config reload attempts by result",
+            reloads.clone(),
+        );
+        registry.register(
+            "open_connections",
+            "Open downstream connections",
+            open_connections.clone(),
+        );
+        registry.register(
+            "in_flight_requests",
+            "Requests being proxied now",
+            in_flight.clone(),
+        );
+        // Both results exist from the start so `rate()` and alerts see a zero, not a gap.
+        for r in [ReloadResult::Success, ReloadResult::Failure] {
+            let _ = reloads.get_or_create(&ResultLabels { result: r.as_str() });
+        }
+        Metrics {
+            registry,
+            requests,
+            duration,
+            upstream_errors,
+            route_weight,
+            config_generation,
+            reloads,
+            open_connections,
+            in_flight,
+            published_weights: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::with_capacity(16 * 1024);
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    pub fn reload(&self, result: ReloadResult) {
+        self.reloads
+            .get_or_create(&ResultLabels {
+                result: result.as_str(),
+            })
+            .inc();
+    }
+
+    pub fn set_generation(&self, generation: u64) {
+        self.config_generation
+            .set(i64::try_from(generation).unwrap_or(i64::MAX));
+    }
+
+    /// Publish the effective weights of a new snapshot, removing versions that are gone.
+    pub fn set_weights<'a>(&self, weights: impl Iterator<Item = (&'a str, &'a str, f64)>) {
+        let mut keep = Vec::new();
+        for (route, version, w) in weights {
+            let labels = VersionLabels {
+                route: route.to_string(),
+                version: version.to_string(),
+            };
+            self.route_weight.get_or_create(&labels).set(w);
+            keep.push(labels);
+        }
+        let mut last = self
+            .published_weights
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        for old in last.iter().filter(|l| !keep.contains(l)) {
+            self.route_weight.remove(old);
+        }
+        *last = keep;
+    }
+
+    /// Resolve the per-request handles of one (route, version).
+    pub fn version(self: &Arc<Self>, route: &str, version: &str) -> VersionMetrics {
+        let labels = VersionLabels {
+            route: route.to_string(),
+            version: version.to_string(),
+        };
+        let upstream_errors = UpstreamErrorKind::ALL.map(|k| {
+            self.upstream_errors
+                .get_or_create_owned(&UpstreamErrorLabels {
+                    route: route.to_string(),
+                    version: version.to_string(),
+                    kind: k.as_str(),
+                })
+        });
+        VersionMetrics {
+            duration: self.duration.get_or_create_owned(&labels),
+            labels,
+            codes: (0..CODE_SLOTS).map(|_| OnceLock::new()).collect(),
+            upstream_errors,
+            metrics: self.clone(),
+        }
+    }
+}
+
+/// Status codes 100..=599 get a slot each.
+const CODE_SLOTS: usize = 500;
+
+/// Pre-resolved metric handles for one (route, version) in one snapshot.
+#[derive(Debug)]
+pub struct VersionMetrics {
+    labels: VersionLabels,
+    /// `canaryd_requests_total` by status code, resolved on the first request with that code.
+    codes: Box<[OnceLock<Counter>]>,
+    duration: LatencyHistogram,
+    /// Indexed like `UpstreamErrorKind::ALL`.
+    upstream_errors: [Counter; 3],
+    metrics: Arc<Metrics>,
+}
+
+impl VersionMetrics {
+    /// Count one response with its status and latency. Allocation-free once the status code
+    /// has been seen on this snapshot.
+    pub fn record(&self, status: u16, elapsed: Duration) {
+        let slot = usize::from(status.clamp(100, 599) - 100);
+        self.codes[slot]
+            .get_or_init(|| {
+                self.metrics.requests.get_or_create_owned(&RequestLabels {
+                    route: self.labels.route.clone(),
+                    version: self.labels.version.clone(),
+                    code: status,
+                })
+            })
+            .inc();
+        self.duration.observe(elapsed);
+    }
+
+    pub fn upstream_error(&self, kind: UpstreamErrorKind) {
+        let i = match kind {
+            UpstreamErrorKind::Connect => 0,
+            UpstreamErrorKind::Timeout => 1,
+            UpstreamErrorKind::Reset => 2,
+        };
+        self.upstream_errors[i].inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_cumulative_in_text() {
+        let m = Arc::new(Metrics::new());
+        let v = m.version("shop", "canary");
+        v.record(200, Duration::from_micros(500));
+        v.record(200, Duration::from_millis(3));
+        v.record(503, Duration::from_secs(20));
+        let text = m.encode();
+        for line in [
+            "canaryd_requests_total{route=\"shop\",version=\"canary\",code=\"200\"} 2",
+            "canaryd_requests_total{route=\"shop\",version=\"canary\",code=\"503\"} 1",
+            "canaryd_request_duration_seconds_bucket{le=\"0.001\",route=\"shop\",version=\"canary\"} 1",
+            "canaryd_request_duration_seconds_bucket{le=\"0.005\",route=\"shop\",version=\"canary\"} 2",
+            "canaryd_request_duration_seconds_bucket{le=\"10.0\",route=\"shop\",version=\"canary\"} 2",
+            "canaryd_request_duration_seconds_bucket{le=\"+Inf\",route=\"shop\",version=\"canary\"} 3",
+            "canaryd_request_duration_seconds_count{route=\"shop\",version=\"canary\"} 3",
+            "canaryd_config_reloads_total{result=\"failure\"} 0",
+        ] {
+            assert!(text.contains(line), "missing {line}\n{text}");
+        }
+    }
+}
