@@ -105,6 +105,7 @@ fn token_matches(given: &[u8], want: &[u8]) -> bool {
 
 async fn handle(admin: &Admin, peer: SocketAddr, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let path = req.uri().path().to_string();
+    let query = req.uri().query().map(str::to_string);
     let method = req.method().clone();
     match (&method, path.as_str()) {
         (&Method::GET, "/healthz") => return text(StatusCode::OK, "ok\n"),
@@ -176,6 +177,9 @@ async fn handle(admin: &Admin, peer: SocketAddr, req: Request<Incoming>) -> Resp
         }
         (&Method::GET, ["routes"]) => control.routes_json(None),
         (&Method::GET, ["routes", route]) => control.routes_json(Some(route)),
+        (&Method::GET, ["routes", route, "analysis"]) => {
+            control.analysis_json(route, query.as_deref())
+        }
         (&Method::PUT, ["routes", route, "weights"]) => control
             .set_weights(route, &body)
             .map(|g| json!({ "generation": g })),
@@ -192,6 +196,7 @@ async fn handle(admin: &Admin, peer: SocketAddr, req: Request<Incoming>) -> Resp
         | (_, ["routes"])
         | (_, ["routes", _])
         | (_, ["routes", _, "weights"])
+        | (_, ["routes", _, "analysis"])
         | (_, ["routes", _, "rules", _])
         | (_, ["routes", _, "overrides"]) => {
             return error(

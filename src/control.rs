@@ -13,6 +13,7 @@
 //! Listeners are never re-bound: a changed `listeners` or `admin` section is reported as
 //! "needs restart" and the running one is kept.
 
+use crate::analysis;
 use crate::config::raw::{RawRule, RawWhen};
 use crate::config::{
     Admin, Condition, Config, ConfigError, Errors, FieldError, Listener, RouteConfig, StickyKey,
@@ -484,6 +485,73 @@ impl Control {
             }
             None => Ok(json!({ "generation": snap.generation, "routes": routes })),
         }
+    }
+}
+
+impl Control {
+    /// `GET /api/v1/routes/{route}/analysis?window=60s&min_requests=50`.
+    pub fn analysis_json(&self, route: &str, query: Option<&str>) -> Result<Value, ApiError> {
+        let snap = self.state.snapshot();
+        let ri = snap
+            .router
+            .routes
+            .iter()
+            .position(|r| r.name() == route)
+            .ok_or_else(|| ApiError::unknown_route(route))?;
+        let mut window = std::time::Duration::from_secs(60);
+        let mut settings = snap.config.analysis.clone();
+        for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            match k {
+                "window" => {
+                    window = humantime::parse_duration(v)
+                        .ok()
+                        .filter(|d| *d >= analysis::SLOT && *d <= analysis::MAX_WINDOW)
+                        .ok_or_else(|| {
+                            ApiError::bad_field(
+                                "window",
+                                format!(
+                                    "`{v}` must be a duration from {}s to {}s, e.g. 60s or 5m",
+                                    analysis::SLOT.as_secs(),
+                                    analysis::MAX_WINDOW.as_secs()
+                                ),
+                            )
+                        })?;
+                }
+                "min_requests" => {
+                    settings.min_requests = v.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
+                        ApiError::bad_field(
+                            "min_requests",
+                            format!("`{v}` must be a whole number above 0"),
+                        )
+                    })?;
+                }
+                other => {
+                    return Err(ApiError::bad_field(
+                        other.to_string(),
+                        "unknown query parameter; use window and min_requests",
+                    ));
+                }
+            }
+        }
+        let now = std::time::Instant::now();
+        let route_cfg = &snap.router.routes[ri].config;
+        let inputs: Vec<analysis::VersionInput<'_>> = route_cfg
+            .versions
+            .iter()
+            .zip(&snap.routes[ri].versions)
+            .map(|(v, rt)| analysis::VersionInput {
+                name: &v.name,
+                summary: rt.metrics.window.summary(now, window),
+            })
+            .collect();
+        Ok(analysis::analyse(
+            route,
+            snap.generation,
+            window,
+            &settings,
+            &inputs,
+        ))
     }
 }
 

@@ -9,6 +9,7 @@
 //! - [`error`]: every request failure and its single mapping to a status code.
 //! - [`body`]: the response body type (streamed upstream body or a small fixed one).
 //! - [`server`]: listeners, connection serving (HTTP/1.1 + h2c on one port), graceful drain.
+//! - [`analysis`]: sliding-window success rate and latency per version; canary verdicts.
 //! - [`metrics`]: Prometheus metrics; per-version handles resolved per snapshot, lock-free histogram.
 //! - [`control`]: reloads and runtime overrides composed into one config; reload status.
 //! - [`watch`]: reload triggers: directory watch with debounce, periodic re-read, SIGHUP.
@@ -18,6 +19,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod analysis;
 pub mod body;
 pub mod cli;
 pub mod config;

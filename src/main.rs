@@ -17,8 +17,24 @@ use std::process::ExitCode;
     about = "Traffic-splitting reverse proxy for progressive delivery"
 )]
 struct Cli {
+    /// Log format on stderr: `text` for people, `json` (one JSON object per line) for
+    /// log pipelines. Access-log events (proxy.access_log) use the same format.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "text",
+        env = "CANARYD_LOG_FORMAT"
+    )]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -98,28 +114,31 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Run { config } => serve(|| async move {
+        Command::Run { config } => serve(cli.log_format, || async move {
             let server = Server::bind_file(&config).await?;
             server.run(shutdown_signal()).await
         }),
-        Command::Demo { listen } => serve(|| canaryd::demo::run(listen, shutdown_signal())),
+        Command::Demo { listen } => serve(cli.log_format, || {
+            canaryd::demo::run(listen, shutdown_signal())
+        }),
     }
 }
 
 /// Set up logging and the runtime, run `f`, map its error to exit code 1.
-fn serve<F, Fut>(f: F) -> ExitCode
+fn serve<F, Fut>(format: LogFormat, f: F) -> ExitCode
 where
     F: FnOnce() -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<()>>,
 {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("CANARYD_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CANARYD_LOG")
+        .unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
     let result = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -8,6 +8,7 @@
 //! The latency histogram is our own lock-free one ([`LatencyHistogram`]): prometheus-client's
 //! `Histogram` takes a mutex on every observation, which we do not want on the request path.
 
+use crate::analysis::Window;
 use crate::error::UpstreamErrorKind;
 use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder};
 use prometheus_client::metrics::counter::Counter;
@@ -143,6 +144,8 @@ pub struct Metrics {
     duration: Family<VersionLabels, LatencyHistogram>,
     upstream_errors: Family<UpstreamErrorLabels, Counter>,
     route_weight: Family<VersionLabels, Gauge<f64, AtomicU64>>,
+    /// 1 for each route's primary version (absent for the others), for PromQL joins.
+    route_primary: Family<VersionLabels, Gauge>,
     config_generation: Gauge,
     reloads: Family<ResultLabels, Counter>,
     /// Open downstream connections (all listeners).
@@ -152,6 +155,8 @@ pub struct Metrics {
     /// Weight series published by the last snapshot (`Family` cannot be iterated), so
     /// versions removed by a reload stop being exported.
     published_weights: std::sync::Mutex<Vec<VersionLabels>>,
+    /// Analysis windows by (route, version); they outlive snapshots so reloads keep history.
+    windows: std::sync::Mutex<std::collections::HashMap<VersionLabels, Arc<Window>>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -173,6 +178,7 @@ impl Metrics {
         let duration = Family::<VersionLabels, LatencyHistogram>::default();
         let upstream_errors = Family::<UpstreamErrorLabels, Counter>::default();
         let route_weight = Family::<VersionLabels, Gauge<f64, AtomicU64>>::default();
+        let route_primary = Family::<VersionLabels, Gauge>::default();
         let config_generation = Gauge::default();
         let reloads = Family::<ResultLabels, Counter>::default();
         let open_connections = Gauge::default();
@@ -196,6 +202,11 @@ impl Metrics {
             "route_weight",
             "Effective weight of each version, percent",
             route_weight.clone(),
+        );
+        registry.register(
+            "route_primary",
+            "1 for the primary (stable) version of each route",
+            route_primary.clone(),
         );
         registry.register(
             "config_generation",
@@ -227,11 +238,13 @@ impl Metrics {
             duration,
             upstream_errors,
             route_weight,
+            route_primary,
             config_generation,
             reloads,
             open_connections,
             in_flight,
             published_weights: std::sync::Mutex::new(Vec::new()),
+            windows: std::sync::Mutex::new(std::collections::HashMap::new()),
         }
     }
 
@@ -256,15 +269,21 @@ impl Metrics {
             .set(i64::try_from(generation).unwrap_or(i64::MAX));
     }
 
-    /// Publish the effective weights of a new snapshot, removing versions that are gone.
-    pub fn set_weights<'a>(&self, weights: impl Iterator<Item = (&'a str, &'a str, f64)>) {
+    /// Publish the effective weights (and primaries) of a new snapshot, removing versions
+    /// that are gone. Items: (route, version, weight percent, is primary).
+    pub fn set_weights<'a>(&self, weights: impl Iterator<Item = (&'a str, &'a str, f64, bool)>) {
         let mut keep = Vec::new();
-        for (route, version, w) in weights {
+        for (route, version, w, primary) in weights {
             let labels = VersionLabels {
                 route: route.to_string(),
                 version: version.to_string(),
             };
             self.route_weight.get_or_create(&labels).set(w);
+            if primary {
+                self.route_primary.get_or_create(&labels).set(1);
+            } else {
+                self.route_primary.remove(&labels);
+            }
             keep.push(labels);
         }
         let mut last = self
@@ -273,6 +292,7 @@ impl Metrics {
             .unwrap_or_else(|e| e.into_inner());
         for old in last.iter().filter(|l| !keep.contains(l)) {
             self.route_weight.remove(old);
+            self.route_primary.remove(old);
         }
         *last = keep;
     }
@@ -291,7 +311,15 @@ impl Metrics {
                     kind: k.as_str(),
                 })
         });
+        let window = self
+            .windows
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(labels.clone())
+            .or_default()
+            .clone();
         VersionMetrics {
+            window,
             duration: self.duration.get_or_create_owned(&labels),
             labels,
             codes: (0..CODE_SLOTS).map(|_| OnceLock::new()).collect(),
@@ -313,13 +341,16 @@ pub struct VersionMetrics {
     duration: LatencyHistogram,
     /// Indexed like `UpstreamErrorKind::ALL`.
     upstream_errors: [Counter; 3],
+    /// Sliding window for the analysis endpoint.
+    pub window: Arc<Window>,
     metrics: Arc<Metrics>,
 }
 
 impl VersionMetrics {
-    /// Count one response with its status and latency. Allocation-free once the status code
-    /// has been seen on this snapshot.
-    pub fn record(&self, status: u16, elapsed: Duration) {
+    /// Count one response with its status and latency (`now` is when it completed).
+    /// Allocation-free once the status code has been seen on this snapshot.
+    pub fn record(&self, status: u16, elapsed: Duration, now: std::time::Instant) {
+        self.window.record(now, status, elapsed);
         let slot = usize::from(status.clamp(100, 599) - 100);
         self.codes[slot]
             .get_or_init(|| {
@@ -351,9 +382,10 @@ mod tests {
     fn histogram_buckets_are_cumulative_in_text() {
         let m = Arc::new(Metrics::new());
         let v = m.version("shop", "canary");
-        v.record(200, Duration::from_micros(500));
-        v.record(200, Duration::from_millis(3));
-        v.record(503, Duration::from_secs(20));
+        let now = std::time::Instant::now();
+        v.record(200, Duration::from_micros(500), now);
+        v.record(200, Duration::from_millis(3), now);
+        v.record(503, Duration::from_secs(20), now);
         let text = m.encode();
         for line in [
             "canaryd_requests_total{route=\"shop\",version=\"canary\",code=\"200\"} 2",

@@ -13,7 +13,7 @@
 use crate::body::ProxyBody;
 use crate::error::ProxyError;
 use crate::headers::{self, X_CANARYD_VERSION};
-use crate::router::{self, Decision};
+use crate::router::{self, Decision, Reason};
 use crate::state::{Snapshot, State};
 use http::header::{HOST, SET_COOKIE};
 use http::uri::{PathAndQuery, Scheme};
@@ -40,33 +40,107 @@ thread_local! {
     static RNG: RefCell<SmallRng> = RefCell::new(SmallRng::from_os_rng());
 }
 
+/// What `forward` decided, kept for metrics and the access log even when forwarding fails.
+#[derive(Debug, Clone, Copy)]
+struct Target {
+    route: usize,
+    version: usize,
+    reason: Reason,
+    endpoint: usize,
+}
+
 /// Serve one downstream request. Never fails: errors become responses here.
 pub async fn handle(state: &State, conn: ConnInfo, req: Request<Incoming>) -> Response<ProxyBody> {
     let start = Instant::now();
     let _in_flight = GaugeGuard::new(&state.metrics.in_flight);
     let snap = state.snapshot();
-    // Set by `forward` as soon as a version is chosen, so failures are counted against it.
-    let mut target: Option<(usize, usize)> = None;
+    // Only copied when the access log is on: nothing is allocated for it otherwise.
+    let log_req = snap
+        .config
+        .proxy
+        .access_log
+        .then(|| (req.method().clone(), req.uri().path().to_owned()));
+    let mut target: Option<Target> = None;
     let result = forward(&snap, conn, req, &mut target).await;
-    let vm = target.map(|(r, v)| &snap.routes[r].versions[v].metrics);
-    match result {
-        Ok(resp) => {
-            if let Some(vm) = vm {
-                vm.record(resp.status().as_u16(), start.elapsed());
-            }
-            resp
+    let (status, upstream_kind) = match &result {
+        Ok(resp) => (resp.status(), None),
+        Err(e) => (e.status(), e.upstream_kind()),
+    };
+    let now = Instant::now();
+    let elapsed = now - start;
+    if let Some(t) = target {
+        let vm = &snap.routes[t.route].versions[t.version].metrics;
+        if let Some(kind) = upstream_kind {
+            vm.upstream_error(kind);
         }
+        vm.record(status.as_u16(), elapsed, now);
+    }
+    if let Some((method, path)) = log_req {
+        access_log(
+            &snap, conn, target, &method, &path, status, elapsed, &result,
+        );
+    }
+    match result {
+        Ok(resp) => resp,
         Err(e) => {
             tracing::debug!(error = %e, "request failed");
-            if let Some(vm) = vm {
-                if let Some(kind) = e.upstream_kind() {
-                    vm.upstream_error(kind);
-                }
-                vm.record(e.status().as_u16(), start.elapsed());
-            }
             e.into_response()
         }
     }
+}
+
+/// One structured line per request, target `canaryd::access` (JSON with `--log-format json`).
+#[allow(clippy::too_many_arguments)]
+fn access_log(
+    snap: &Snapshot,
+    conn: ConnInfo,
+    target: Option<Target>,
+    method: &http::Method,
+    path: &str,
+    status: http::StatusCode,
+    elapsed: std::time::Duration,
+    result: &Result<Response<ProxyBody>, ProxyError>,
+) {
+    let (route, version, reason, detail, upstream) = match target {
+        Some(t) => {
+            let r = &snap.router.routes[t.route].config;
+            let v = &r.versions[t.version];
+            let (reason, detail) = match t.reason {
+                Reason::Rule(i) => ("rule", i as u64),
+                Reason::Sticky { bucket } => ("sticky", u64::from(bucket)),
+                Reason::Weight { draw } => ("weight", u64::from(draw)),
+            };
+            (
+                r.name.as_str(),
+                v.name.as_str(),
+                reason,
+                Some(detail),
+                Some(v.endpoints[t.endpoint].to_string()),
+            )
+        }
+        None => ("", "", "no_route", None, None),
+    };
+    let bytes = result.as_ref().ok().and_then(|r| {
+        r.headers()
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+    });
+    tracing::info!(
+        target: "canaryd::access",
+        client = %conn.peer.ip(),
+        method = %method,
+        path,
+        route,
+        version,
+        reason,
+        reason_detail = detail,
+        status = status.as_u16(),
+        duration_ms = elapsed.as_secs_f64() * 1e3,
+        bytes,
+        upstream = upstream.as_deref(),
+        "request"
+    );
 }
 
 /// Increments a gauge now and decrements it when dropped (also on cancellation).
@@ -89,7 +163,7 @@ async fn forward(
     snap: &Snapshot,
     conn: ConnInfo,
     req: Request<Incoming>,
-    target: &mut Option<(usize, usize)>,
+    target: &mut Option<Target>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let (mut parts, body) = req.into_parts();
 
@@ -105,12 +179,18 @@ async fn forward(
         })
         .ok_or(ProxyError::NoRoute)?
     };
-    *target = Some((decision.route, decision.version));
     let route = &snap.router.routes[decision.route];
     let runtime = &snap.routes[decision.route];
     let version = &route.config.versions[decision.version];
     let vrt = &runtime.versions[decision.version];
-    let endpoint = &version.endpoints[vrt.next_endpoint(version.endpoints.len())];
+    let endpoint_index = vrt.next_endpoint(version.endpoints.len());
+    let endpoint = &version.endpoints[endpoint_index];
+    *target = Some(Target {
+        route: decision.route,
+        version: decision.version,
+        reason: decision.reason,
+        endpoint: endpoint_index,
+    });
 
     // The host the client asked for: HTTP/2 carries it as :authority, HTTP/1 as Host.
     let client_host: Option<HeaderValue> = match parts.headers.get(HOST) {

@@ -127,12 +127,11 @@ impl State {
 /// Export a new snapshot's generation and effective weights.
 fn publish(metrics: &Metrics, snap: &Snapshot) {
     metrics.set_generation(snap.generation);
-    metrics.set_weights(
-        snap.router
-            .routes
-            .iter()
-            .flat_map(|r| r.weights().map(move |(v, w)| (r.name(), v, w.percent()))),
-    );
+    metrics.set_weights(snap.router.routes.iter().flat_map(|r| {
+        r.weights()
+            .enumerate()
+            .map(move |(i, (v, w))| (r.name(), v, w.percent(), i == 0))
+    }));
 }
 
 impl Clients {

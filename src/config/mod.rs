@@ -66,6 +66,31 @@ pub struct Config {
     pub admin: Option<Admin>,
     pub proxy: ProxySettings,
     pub routes: Vec<RouteConfig>,
+    pub analysis: AnalysisSettings,
+}
+
+/// Thresholds of the canary analysis endpoint.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AnalysisSettings {
+    /// Below this many requests in the window a version is "inconclusive".
+    pub min_requests: u64,
+    /// Percentage points the success rate may trail the primary's before "fail".
+    pub max_success_rate_drop_pp: f64,
+    /// p99 ratio (version / primary) above which latency is a "fail"…
+    pub max_p99_ratio: f64,
+    /// …unless the absolute p99 difference is below this.
+    pub latency_floor: Duration,
+}
+
+impl Default for AnalysisSettings {
+    fn default() -> Self {
+        AnalysisSettings {
+            min_requests: 50,
+            max_success_rate_drop_pp: 1.0,
+            max_p99_ratio: 1.5,
+            latency_floor: Duration::from_millis(5),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -94,6 +119,8 @@ impl fmt::Debug for Secret {
 pub struct ProxySettings {
     /// Add `x-canaryd-version` to responses, naming the version that served.
     pub version_header: bool,
+    /// Emit one structured access-log event per request.
+    pub access_log: bool,
     /// Defaults for routes that set no `timeouts`.
     pub timeouts: Timeouts,
 }
@@ -387,6 +414,7 @@ impl TryFrom<RawConfig> for Config {
         );
         let proxy = ProxySettings {
             version_header: raw.proxy.version_header,
+            access_log: raw.proxy.access_log,
             timeouts: default_timeouts,
         };
 
@@ -422,17 +450,61 @@ impl TryFrom<RawConfig> for Config {
             errs.push("routes", "at least one route is required");
         }
 
+        let analysis = validate_analysis(&raw.analysis, &mut errs);
+
         if errs.0.is_empty() {
             Ok(Config {
                 listeners,
                 admin,
                 proxy,
                 routes,
+                analysis,
             })
         } else {
             Err(ConfigError { errors: errs.0 })
         }
     }
+}
+
+fn validate_analysis(raw: &RawAnalysis, errs: &mut Errors) -> AnalysisSettings {
+    let mut a = AnalysisSettings::default();
+    if let Some(n) = raw.min_requests {
+        if n == 0 {
+            errs.push("analysis.min_requests", "must be at least 1");
+        } else {
+            a.min_requests = n;
+        }
+    }
+    if let Some(d) = raw.max_success_rate_drop {
+        if !(0.0..=100.0).contains(&d) {
+            errs.push(
+                "analysis.max_success_rate_drop",
+                format!("{d} is not a number of percentage points from 0 to 100"),
+            );
+        } else {
+            a.max_success_rate_drop_pp = d;
+        }
+    }
+    if let Some(r) = raw.max_p99_ratio {
+        if !r.is_finite() || r < 1.0 {
+            errs.push(
+                "analysis.max_p99_ratio",
+                format!("{r} must be a ratio of at least 1.0"),
+            );
+        } else {
+            a.max_p99_ratio = r;
+        }
+    }
+    if let Some(s) = &raw.latency_floor {
+        match humantime::parse_duration(s) {
+            Ok(d) => a.latency_floor = d,
+            Err(e) => errs.push(
+                "analysis.latency_floor",
+                format!("`{s}` is not a duration ({e}); write e.g. 5ms"),
+            ),
+        }
+    }
+    a
 }
 
 fn parse_socket_addr(s: &str) -> Result<SocketAddr, String> {

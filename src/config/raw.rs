@@ -22,6 +22,21 @@ pub struct RawConfig {
     pub proxy: RawProxy,
     #[serde(default)]
     pub routes: Vec<RawRoute>,
+    /// Thresholds for `GET /api/v1/routes/{route}/analysis`.
+    #[serde(default)]
+    pub analysis: RawAnalysis,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAnalysis {
+    pub min_requests: Option<u64>,
+    /// Percentage points the canary's success rate may trail the primary's.
+    pub max_success_rate_drop: Option<f64>,
+    /// How many times the primary's p99 the canary's p99 may be.
+    pub max_p99_ratio: Option<f64>,
+    /// p99 differences below this are never a failure, e.g. "5ms".
+    pub latency_floor: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -52,6 +67,9 @@ pub struct RawProxy {
     /// Add `x-canaryd-version: <version>` to every proxied response.
     #[serde(default)]
     pub version_header: bool,
+    /// One structured log line per request (target `canaryd::access`).
+    #[serde(default)]
+    pub access_log: bool,
     #[serde(default)]
     pub timeouts: RawTimeouts,
 }

@@ -412,3 +412,46 @@ fn every_error_is_reported_at_once() {
     assert_error(&e, "routes[0].match.path_prefix", "must start");
     assert_error(&e, "listeners[0].address", "not an IP:port");
 }
+
+#[test]
+fn analysis_thresholds_are_validated() {
+    let with = |a: &str| Config::from_yaml(&format!("{GOOD}analysis: {{ {a} }}\n"));
+    let cfg =
+        with("min_requests: 20, max_success_rate_drop: 0.5, max_p99_ratio: 2, latency_floor: 10ms")
+            .unwrap();
+    assert_eq!(cfg.analysis.min_requests, 20);
+    assert_eq!(cfg.analysis.latency_floor, Duration::from_millis(10));
+    assert_eq!(
+        Config::from_yaml(GOOD).unwrap().analysis,
+        AnalysisSettings::default()
+    );
+    assert_error(
+        &with("min_requests: 0").unwrap_err().errors,
+        "analysis.min_requests",
+        "at least 1",
+    );
+    assert_error(
+        &with("max_success_rate_drop: 150").unwrap_err().errors,
+        "analysis.max_success_rate_drop",
+        "percentage points",
+    );
+    assert_error(
+        &with("max_p99_ratio: 0.5").unwrap_err().errors,
+        "analysis.max_p99_ratio",
+        "at least 1.0",
+    );
+    assert_error(
+        &with("latency_floor: fast").unwrap_err().errors,
+        "analysis.latency_floor",
+        "not a duration",
+    );
+}
+
+#[test]
+fn admin_token_must_not_be_empty() {
+    let e = errors_with(
+        "address: 127.0.0.1:9901",
+        "address: 127.0.0.1:9901\n  token: \"\"",
+    );
+    assert_error(&e, "admin.token", "is empty");
+}

@@ -1,0 +1,438 @@
+//! Canary analysis: per-version request counts, success rate and latency percentiles over a
+//! sliding window, and the verdict "is the canary worse than the primary?".
+//!
+//! Each (route, version) has a [`Window`]: a ring of 5-second slots covering 10 minutes, each
+//! with request and 5xx counts and a log-spaced latency histogram. Recording is lock-free
+//! (one slot lookup, three relaxed adds). Windows live as long as the process, not a snapshot,
+//! so weight changes and reloads during a rollout do not reset the evidence.
+//!
+//! A version with fewer requests than `min_requests` in the window is reported as
+//! "inconclusive" with the reason; its rates and percentiles are `null`, never a silent 0/NaN.
+
+use crate::config::AnalysisSettings;
+use serde_json::{Value, json};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// Width of one slot.
+pub const SLOT: Duration = Duration::from_secs(5);
+/// Longest window a query may ask for.
+pub const MAX_WINDOW: Duration = Duration::from_secs(600);
+/// Slots in the ring: the max window plus the slot being filled.
+const SLOTS: usize = (MAX_WINDOW.as_secs() / SLOT.as_secs()) as usize + 1;
+
+/// Number of latency buckets (the last is overflow).
+const NB: usize = 76;
+
+/// Upper bounds in microseconds: 100 µs growing by 1.2× per bucket (about 60 s at the top).
+const BOUNDS_US: [u64; NB - 1] = {
+    let mut b = [0u64; NB - 1];
+    let mut v = 100.0f64;
+    let mut i = 0;
+    while i < NB - 1 {
+        b[i] = v as u64;
+        v *= 1.2;
+        i += 1;
+    }
+    b
+};
+
+struct Slot {
+    /// Slot number (since the window was created, plus one) this slot currently holds; 0 = empty.
+    epoch: AtomicU64,
+    total: AtomicU64,
+    errors: AtomicU64,
+    /// Largest latency seen, in µs: caps interpolation in the top occupied bucket.
+    max_us: AtomicU64,
+    latency: [AtomicU64; NB],
+}
+
+impl Default for Slot {
+    fn default() -> Self {
+        Slot {
+            epoch: AtomicU64::new(0),
+            total: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            max_us: AtomicU64::new(0),
+            latency: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
+}
+
+/// Sliding-window statistics of one (route, version).
+pub struct Window {
+    origin: Instant,
+    slots: Box<[Slot]>,
+}
+
+impl std::fmt::Debug for Window {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Window")
+    }
+}
+
+impl Default for Window {
+    fn default() -> Self {
+        Window::new(Instant::now())
+    }
+}
+
+/// Totals over a window.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Summary {
+    pub requests: u64,
+    pub errors: u64,
+    max_us: u64,
+    latency: [u64; NB],
+}
+
+impl Window {
+    pub fn new(origin: Instant) -> Window {
+        Window {
+            origin,
+            slots: (0..SLOTS).map(|_| Slot::default()).collect(),
+        }
+    }
+
+    fn slot_number(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.origin).as_secs() / SLOT.as_secs() + 1
+    }
+
+    /// Count one response. `status` ≥ 500 is an error.
+    pub fn record(&self, now: Instant, status: u16, latency: Duration) {
+        let n = self.slot_number(now);
+        let slot = &self.slots[(n % SLOTS as u64) as usize];
+        let epoch = slot.epoch.load(Ordering::Acquire);
+        if epoch != n {
+            if epoch > n {
+                return; // A newer slot already took this place: this sample is too old.
+            }
+            // First writer of a new slot recycles it. A racing increment may land just
+            // before the reset and be lost: acceptable for a statistical window.
+            if slot
+                .epoch
+                .compare_exchange(epoch, n, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                slot.total.store(0, Ordering::Relaxed);
+                slot.errors.store(0, Ordering::Relaxed);
+                slot.max_us.store(0, Ordering::Relaxed);
+                for b in &slot.latency {
+                    b.store(0, Ordering::Relaxed);
+                }
+            }
+        }
+        slot.total.fetch_add(1, Ordering::Relaxed);
+        if status >= 500 {
+            slot.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+        slot.max_us.fetch_max(us, Ordering::Relaxed);
+        let b = BOUNDS_US.partition_point(|&bound| bound < us);
+        slot.latency[b].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Totals over the last `window` (rounded up to whole slots, including the current one).
+    pub fn summary(&self, now: Instant, window: Duration) -> Summary {
+        let n = self.slot_number(now);
+        let k = window
+            .as_secs()
+            .div_ceil(SLOT.as_secs())
+            .clamp(1, SLOTS as u64 - 1);
+        let oldest = n.saturating_sub(k);
+        let mut s = Summary {
+            requests: 0,
+            errors: 0,
+            max_us: 0,
+            latency: [0; NB],
+        };
+        for slot in self.slots.iter() {
+            let e = slot.epoch.load(Ordering::Acquire);
+            if e != 0 && e >= oldest && e <= n {
+                s.requests += slot.total.load(Ordering::Relaxed);
+                s.errors += slot.errors.load(Ordering::Relaxed);
+                s.max_us = s.max_us.max(slot.max_us.load(Ordering::Relaxed));
+                for (acc, b) in s.latency.iter_mut().zip(&slot.latency) {
+                    *acc += b.load(Ordering::Relaxed);
+                }
+            }
+        }
+        s
+    }
+}
+
+impl Summary {
+    /// Share of non-5xx responses; `None` without requests.
+    pub fn success_rate(&self) -> Option<f64> {
+        (self.requests > 0).then(|| (self.requests - self.errors) as f64 / self.requests as f64)
+    }
+
+    /// Latency quantile in seconds, interpolated inside its bucket; `None` without data.
+    pub fn quantile(&self, q: f64) -> Option<f64> {
+        let total: u64 = self.latency.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        let rank = (q * total as f64).max(1.0);
+        let mut seen = 0u64;
+        for (i, &c) in self.latency.iter().enumerate() {
+            if c == 0 {
+                continue;
+            }
+            if (seen + c) as f64 >= rank {
+                let lo = if i == 0 { 0 } else { BOUNDS_US[i - 1] } as f64;
+                // No sample exceeds the max seen, so interpolate up to it at most.
+                let hi = BOUNDS_US
+                    .get(i)
+                    .copied()
+                    .unwrap_or(u64::MAX)
+                    .min(self.max_us) as f64;
+                let hi = hi.max(lo);
+                let frac = (rank - seen as f64) / c as f64;
+                return Some((lo + (hi - lo) * frac) / 1e6);
+            }
+            seen += c;
+        }
+        None
+    }
+}
+
+/// Per-version input to [`analyse`].
+pub struct VersionInput<'a> {
+    pub name: &'a str,
+    pub summary: Summary,
+}
+
+/// Build the analysis document. `versions[0]` is the primary.
+pub fn analyse(
+    route: &str,
+    generation: u64,
+    window: Duration,
+    settings: &AnalysisSettings,
+    versions: &[VersionInput<'_>],
+) -> Value {
+    let min = settings.min_requests;
+    let mut by_name = serde_json::Map::new();
+    for (i, v) in versions.iter().enumerate() {
+        let s = &v.summary;
+        let enough = s.requests >= min;
+        let mut doc = json!({
+            "primary": i == 0,
+            "requests": s.requests,
+            "errors_5xx": s.errors,
+            "status": if enough { "ok" } else { "inconclusive" },
+            "success_rate": if enough { json!(s.success_rate()) } else { Value::Null },
+            "latency_seconds": if enough {
+                json!({ "p50": s.quantile(0.5), "p90": s.quantile(0.9), "p99": s.quantile(0.99) })
+            } else {
+                json!({ "p50": null, "p90": null, "p99": null })
+            },
+        });
+        if !enough {
+            doc["reason"] = json!(format!(
+                "{} requests in the window, fewer than min_requests {min}",
+                s.requests
+            ));
+        }
+        by_name.insert(v.name.to_string(), doc);
+    }
+
+    let mut comparison = serde_json::Map::new();
+    if let Some((primary, others)) = versions.split_first() {
+        for v in others {
+            comparison.insert(v.name.to_string(), compare(primary, v, settings));
+        }
+    }
+    json!({
+        "route": route,
+        "generation": generation,
+        "window_seconds": window.as_secs(),
+        "min_requests": min,
+        "primary": versions.first().map(|v| v.name),
+        "versions": by_name,
+        "comparison": comparison,
+    })
+}
+
+/// Verdict for one non-primary version against the primary.
+fn compare(primary: &VersionInput<'_>, v: &VersionInput<'_>, st: &AnalysisSettings) -> Value {
+    let (p, c) = (&primary.summary, &v.summary);
+    let mut reasons = Vec::new();
+    for (name, s) in [(primary.name, p), (v.name, c)] {
+        if s.requests < st.min_requests {
+            reasons.push(format!(
+                "{name} has {} requests in the window, fewer than min_requests {}",
+                s.requests, st.min_requests
+            ));
+        }
+    }
+    if !reasons.is_empty() {
+        return json!({
+            "against": primary.name,
+            "verdict": "inconclusive",
+            "reasons": reasons,
+            "success_rate_delta": null,
+            "p99_ratio": null,
+        });
+    }
+    // Both have data: these are Some.
+    let (ps, cs) = (
+        p.success_rate().unwrap_or(1.0),
+        c.success_rate().unwrap_or(1.0),
+    );
+    let (pp99, cp99) = (
+        p.quantile(0.99).unwrap_or(0.0),
+        c.quantile(0.99).unwrap_or(0.0),
+    );
+    let delta = cs - ps;
+    let ratio = if pp99 > 0.0 { Some(cp99 / pp99) } else { None };
+    let max_drop = st.max_success_rate_drop_pp / 100.0;
+    if delta < -max_drop {
+        reasons.push(format!(
+            "success rate {:.4} is {:.2} points below {}'s {:.4} (allowed: {})",
+            cs,
+            -delta * 100.0,
+            primary.name,
+            ps,
+            st.max_success_rate_drop_pp
+        ));
+    }
+    let floor = st.latency_floor.as_secs_f64();
+    if let Some(r) = ratio {
+        if r > st.max_p99_ratio && cp99 - pp99 > floor {
+            reasons.push(format!(
+                "p99 {:.1} ms is {:.2}× {}'s {:.1} ms (allowed: {}×)",
+                cp99 * 1e3,
+                r,
+                primary.name,
+                pp99 * 1e3,
+                st.max_p99_ratio
+            ));
+        }
+    }
+    json!({
+        "against": primary.name,
+        "verdict": if reasons.is_empty() { "pass" } else { "fail" },
+        "reasons": reasons,
+        "success_rate_delta": delta,
+        "p99_ratio": ratio,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> AnalysisSettings {
+        AnalysisSettings::default()
+    }
+
+    #[test]
+    fn old_slots_leave_the_window() {
+        let t0 = Instant::now();
+        let w = Window::new(t0);
+        for _ in 0..10 {
+            w.record(t0, 200, Duration::from_millis(2));
+        }
+        w.record(t0 + Duration::from_secs(30), 500, Duration::from_millis(2));
+        let now = t0 + Duration::from_secs(31);
+        assert_eq!(w.summary(now, Duration::from_secs(60)).requests, 11);
+        let recent = w.summary(now, Duration::from_secs(10));
+        assert_eq!((recent.requests, recent.errors), (1, 1));
+        // A full ring later the slot is recycled, not added to.
+        let later = t0 + MAX_WINDOW + SLOT;
+        w.record(later, 200, Duration::from_millis(1));
+        assert_eq!(w.summary(later, MAX_WINDOW).requests, 2);
+    }
+
+    #[test]
+    fn quantiles_are_close_to_the_truth() {
+        let t0 = Instant::now();
+        let w = Window::new(t0);
+        // 1..=1000 ms uniformly: p50 ≈ 500 ms, p99 ≈ 990 ms.
+        for ms in 1..=1000u64 {
+            w.record(t0, 200, Duration::from_millis(ms));
+        }
+        let s = w.summary(t0, Duration::from_secs(60));
+        let p50 = s.quantile(0.5).unwrap();
+        let p99 = s.quantile(0.99).unwrap();
+        assert!((p50 - 0.5).abs() < 0.05, "{p50}");
+        assert!((p99 - 0.99).abs() < 0.06, "{p99}");
+        assert_eq!(s.success_rate(), Some(1.0));
+    }
+
+    #[test]
+    fn empty_summary_has_no_numbers() {
+        let w = Window::default();
+        let s = w.summary(Instant::now(), Duration::from_secs(60));
+        assert_eq!((s.success_rate(), s.quantile(0.5)), (None, None));
+    }
+
+    fn filled(n: u64, errors: u64, ms: u64) -> Summary {
+        let t0 = Instant::now();
+        let w = Window::new(t0);
+        for i in 0..n {
+            let status = if i < errors { 503 } else { 200 };
+            w.record(t0, status, Duration::from_millis(ms));
+        }
+        w.summary(t0, Duration::from_secs(60))
+    }
+
+    #[test]
+    fn verdicts() {
+        let doc = |p: Summary, c: Summary| {
+            analyse(
+                "shop",
+                3,
+                Duration::from_secs(60),
+                &settings(),
+                &[
+                    VersionInput {
+                        name: "stable",
+                        summary: p,
+                    },
+                    VersionInput {
+                        name: "canary",
+                        summary: c,
+                    },
+                ],
+            )
+        };
+        let d = doc(filled(200, 0, 5), filled(20, 0, 5));
+        assert_eq!(d["comparison"]["canary"]["verdict"], "inconclusive");
+        assert_eq!(d["versions"]["canary"]["status"], "inconclusive");
+        assert!(d["versions"]["canary"]["success_rate"].is_null());
+        assert!(
+            d["versions"]["canary"]["reason"]
+                .as_str()
+                .unwrap()
+                .contains("20 requests")
+        );
+        assert_eq!(d["versions"]["stable"]["success_rate"], 1.0);
+
+        let d = doc(filled(200, 0, 5), filled(200, 0, 5));
+        assert_eq!(d["comparison"]["canary"]["verdict"], "pass", "{d}");
+
+        let d = doc(filled(200, 1, 5), filled(200, 20, 5));
+        assert_eq!(d["comparison"]["canary"]["verdict"], "fail", "{d}");
+        assert!(
+            d["comparison"]["canary"]["reasons"][0]
+                .as_str()
+                .unwrap()
+                .contains("success rate")
+        );
+
+        let d = doc(filled(200, 0, 5), filled(200, 0, 50));
+        assert_eq!(d["comparison"]["canary"]["verdict"], "fail", "{d}");
+        assert!(
+            d["comparison"]["canary"]["reasons"][0]
+                .as_str()
+                .unwrap()
+                .contains("p99")
+        );
+
+        // Slower by ratio but under the absolute floor: not a failure.
+        let d = doc(filled(200, 0, 1), filled(200, 0, 3));
+        assert_eq!(d["comparison"]["canary"]["verdict"], "pass", "{d}");
+    }
+}
