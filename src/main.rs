@@ -44,6 +44,10 @@ enum Command {
         /// Config file (YAML).
         #[arg(short, long)]
         config: PathBuf,
+        /// Worker threads; 0 = one per CPU core. 1 runs a single-threaded runtime (no
+        /// cross-thread hand-offs), the fastest choice when canaryd is pinned to one core.
+        #[arg(long, default_value_t = 0, env = "CANARYD_WORKERS")]
+        workers: usize,
     },
     /// Validate a config file, like `nginx -t`: exit 0 with a summary or 1 with every error.
     Check { file: PathBuf },
@@ -52,6 +56,9 @@ enum Command {
         /// Proxy listen address.
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
+        /// Worker threads; 0 = one per CPU core.
+        #[arg(long, default_value_t = 0)]
+        workers: usize,
     },
     /// Show which route and version a request would get, and why.
     Route {
@@ -114,18 +121,18 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Run { config } => serve(cli.log_format, || async move {
+        Command::Run { config, workers } => serve(cli.log_format, workers, || async move {
             let server = Server::bind_file(&config).await?;
             server.run(shutdown_signal()).await
         }),
-        Command::Demo { listen } => serve(cli.log_format, || {
+        Command::Demo { listen, workers } => serve(cli.log_format, workers, || {
             canaryd::demo::run(listen, shutdown_signal())
         }),
     }
 }
 
 /// Set up logging and the runtime, run `f`, map its error to exit code 1.
-fn serve<F, Fut>(format: LogFormat, f: F) -> ExitCode
+fn serve<F, Fut>(format: LogFormat, workers: usize, f: F) -> ExitCode
 where
     F: FnOnce() -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<()>>,
@@ -139,7 +146,19 @@ where
         LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
     }
-    let result = tokio::runtime::Builder::new_multi_thread()
+    let workers = match workers {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let mut builder = if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(workers);
+        b
+    };
+    tracing::info!(workers, "starting runtime");
+    let result = builder
         .enable_all()
         .build()
         .context("cannot start the async runtime")

@@ -414,3 +414,38 @@ fn request_host_prefers_authority_and_strips_port() {
     );
     assert_eq!(request_host(&origin_form, &HeaderMap::new()), None);
 }
+
+#[test]
+fn cookie_rules_and_sticky_share_one_parse_with_first_occurrence_winning() {
+    let r = router(&split("0"));
+    // `canary` appears twice: the first value decides, as with a single lookup.
+    let h = headers(&[
+        ("cookie", "canary=nope; session=s1"),
+        ("cookie", "canary=always"),
+    ]);
+    assert_eq!(version(&r, &h).0, "stable");
+    let h = headers(&[("cookie", "canary=always; canary=nope")]);
+    assert_eq!(version(&r, &h), ("canary".to_string(), Reason::Rule(3)));
+}
+
+#[test]
+fn routes_reading_many_cookies_fall_back_to_lookups() {
+    let mut yaml = split("0").replace(
+        "    sticky:\n      key: { cookie: session }\n      assign_cookie: canaryd_uid\n",
+        "",
+    );
+    let rules: String = (0..10)
+        .map(|i| {
+            format!(
+                "      - {{ to: canary, when: {{ cookie: {{ name: c{i}, equals: \"yes\" }} }} }}\n"
+            )
+        })
+        .collect();
+    yaml = yaml.replacen("    rules:\n", &format!("    rules:\n{rules}"), 1);
+    let r = router(&yaml);
+    assert_eq!(
+        version(&r, &headers(&[("cookie", "c9=yes")])),
+        ("canary".to_string(), Reason::Rule(9))
+    );
+    assert_eq!(version(&r, &headers(&[("cookie", "c9=no")])).0, "stable");
+}

@@ -1,0 +1,463 @@
+#!/usr/bin/env python3
+"""Side-by-side load comparison: canaryd vs nginx vs HAProxy on this machine, in one run.
+
+Method (also written to the results):
+- One origin pair: nginx `return 200` on two loopback ports (stable, canary), one worker.
+- Proxies, each with one worker/thread pinned to core 0 (taskset -c 0), identical 90/10 split,
+  access logs off, upstream keep-alive on:
+    nginx   : split_clients on $request_id, upstream keepalive, proxy_http_version 1.1, Connection "".
+    haproxy : weighted servers 90/10, http-reuse always, nbthread 1.
+    canaryd : --workers 1; metrics always on. `canaryd` is the full feature path (4 header/cookie
+              rules evaluated, sticky cookie key, 90/10 weights), `canaryd-simple` a single-version route.
+- Load generator and origin share core 1 (taskset -c 1).
+- Runs are interleaved (A B C D, A B C D, ...) and reported as median [min-max] over rounds,
+  because the machine is shared and noisy.
+- Figures:
+    saturated req/s, HTTP/1.1 keep-alive, 64 connections (wrk -t1 -c64)
+    proxy CPU microseconds per request: utime+stime of the proxy's processes from /proc/PID/stat
+      over the run, divided by the requests completed
+    the same two for a new connection per request (wrk with `Connection: close`)
+    latency p50/p99/p99.9 at a fixed rate = 50% of nginx's median saturated req/s
+      (oha -q RATE --latency-correction), minus the same percentiles measured direct to the origin
+    HTTP/2 downstream req/s with h2load -c 10 -m 100 (h2c prior knowledge)
+    memory per 10k idle keep-alive connections: proxy RSS delta after opening them (one request each)
+
+Usage: compare.py --canaryd PATH [--quick] [--rounds N] [--duration S] [--out FILE]
+"""
+
+import argparse
+import json
+import os
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, timeout=15):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listening on {port}")
+
+
+def descendants(pid):
+    """pid and all its children (nginx master + worker)."""
+    out = [pid]
+    try:
+        kids = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+    except FileNotFoundError:
+        kids = []
+    for k in kids:
+        out += descendants(int(k))
+    return out
+
+
+def cpu_ticks(pids):
+    total = 0
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+        except FileNotFoundError:
+            pass
+    return total
+
+
+def rss_bytes(pids):
+    total = 0
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/statm") as f:
+                total += int(f.read().split()[1]) * PAGE
+        except FileNotFoundError:
+            pass
+    return total
+
+
+class Proc:
+    def __init__(self, name, argv, port, h2_port, cpu="0"):
+        self.name, self.port, self.h2_port = name, port, h2_port
+        self.p = subprocess.Popen(["taskset", "-c", cpu] + argv, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL)
+        wait_port(port)
+        time.sleep(0.3)
+
+    def pids(self):
+        return descendants(self.p.pid)
+
+    def stop(self):
+        self.p.terminate()
+        try:
+            self.p.wait(5)
+        except subprocess.TimeoutExpired:
+            self.p.kill()
+
+
+def nginx_origin_conf(tmp, p1, p2):
+    return f"""
+worker_processes 1;
+daemon off;
+pid {tmp}/origin.pid;
+error_log stderr error;
+worker_rlimit_nofile 20000;
+events {{ worker_connections 9000; }}
+http {{
+  access_log off;
+  client_body_temp_path {tmp}/o_body; proxy_temp_path {tmp}/o_proxy;
+  fastcgi_temp_path {tmp}/o_fcgi; uwsgi_temp_path {tmp}/o_uwsgi; scgi_temp_path {tmp}/o_scgi;
+  keepalive_requests 10000000;
+  server {{ listen 127.0.0.1:{p1} backlog=4096; location / {{ return 200 "stable\\n"; }} }}
+  server {{ listen 127.0.0.1:{p2} backlog=4096; location / {{ return 200 "canary\\n"; }} }}
+}}
+"""
+
+
+def nginx_proxy_conf(tmp, port, h2, o1, o2):
+    return f"""
+worker_processes 1;
+daemon off;
+pid {tmp}/proxy.pid;
+error_log stderr error;
+worker_rlimit_nofile 20000;
+events {{ worker_connections 9000; }}
+http {{
+  access_log off;
+  client_body_temp_path {tmp}/p_body; proxy_temp_path {tmp}/p_proxy;
+  fastcgi_temp_path {tmp}/p_fcgi; uwsgi_temp_path {tmp}/p_uwsgi; scgi_temp_path {tmp}/p_scgi;
+  keepalive_requests 10000000;
+  upstream stable {{ server 127.0.0.1:{o1}; keepalive 128; }}
+  upstream canary {{ server 127.0.0.1:{o2}; keepalive 128; }}
+  split_clients "${{request_id}}" $pool {{ 10% canary; * stable; }}
+  server {{
+    listen 127.0.0.1:{port} backlog=4096;
+    listen 127.0.0.1:{h2} http2;
+    location / {{
+      proxy_pass http://$pool;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }}
+  }}
+}}
+"""
+
+
+def haproxy_conf(port, h2, o1, o2):
+    return f"""
+global
+  nbthread 1
+  maxconn 9000
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+  option http-keep-alive
+  http-reuse always
+frontend fe
+  bind 127.0.0.1:{port}
+  bind 127.0.0.1:{h2} proto h2
+  default_backend be
+backend be
+  balance roundrobin
+  server stable 127.0.0.1:{o1} weight 90
+  server canary 127.0.0.1:{o2} weight 10
+"""
+
+
+def canaryd_conf(port, admin, o1, o2, full):
+    if full:
+        route = f"""
+  - name: app
+    versions:
+      stable: {{ endpoints: ["127.0.0.1:{o1}"] }}
+      canary: {{ endpoints: ["127.0.0.1:{o2}"], weight: 10 }}
+    rules:
+      - {{ to: canary, when: {{ header: {{ name: x-canary, equals: always }} }} }}
+      - {{ to: stable, when: {{ header: {{ name: x-canary, equals: never }} }} }}
+      - {{ to: canary, when: {{ cookie: {{ name: canary, equals: always }} }} }}
+      - {{ to: canary, when: {{ header: {{ name: x-user-group, matches: "^(beta|staff)$" }} }} }}
+    sticky:
+      key: {{ cookie: session }}
+      assign_cookie: canaryd_uid
+"""
+    else:
+        route = f"""
+  - name: app
+    versions:
+      stable: {{ endpoints: ["127.0.0.1:{o1}"] }}
+"""
+    return f"""listeners: [{{ address: "127.0.0.1:{port}" }}]
+admin: {{ address: "127.0.0.1:{admin}" }}
+routes:{route}"""
+
+
+def run(cmd, timeout):
+    r = subprocess.run(["taskset", "-c", "1"] + cmd, capture_output=True, text=True, timeout=timeout)
+    if r.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed: {r.stderr.strip()[:500]}")
+    return r.stdout
+
+
+def wrk(url, duration, close=False):
+    cmd = ["wrk", "-t1", "-c64", f"-d{duration}s", "-H", "Cookie: theme=dark; session=4f1c9a7e2b; lang=en",
+           "-H", "X-User-Group: customers"]
+    if close:
+        cmd += ["-H", "Connection: close"]
+    out = run(cmd + [url], duration + 30)
+    reqs = int(re.search(r"(\d+) requests in", out).group(1))
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    sock = re.search(r"Socket errors: (.*)", out)
+    if errors:
+        raise RuntimeError(f"{url}: {errors.group(1)} non-2xx responses")
+    return reqs, rps, (sock.group(1) if sock else "")
+
+
+def h2load(url, n):
+    out = run(["h2load", "-n", str(n), "-c", "10", "-m", "100", url], 120)
+    m = re.search(r"finished in ([\d.]+)(m?s), ([\d.]+) req/s", out)
+    done = int(re.search(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded", out).group(2))
+    return done, float(m.group(3))
+
+
+def oha(url, rate, duration):
+    out = run(["oha", "-z", f"{duration}s", "-q", str(rate), "-c", "64", "--latency-correction",
+               "--no-tui", "--output-format", "json",
+               "-H", "Cookie: theme=dark; session=4f1c9a7e2b; lang=en", url], duration + 60)
+    j = json.loads(out)
+    p = j["latencyPercentiles"]
+    codes = j.get("statusCodeDistribution", {})
+    bad = sum(v for k, v in codes.items() if not k.startswith("2"))
+    if bad:
+        raise RuntimeError(f"{url}: {bad} non-2xx at fixed rate")
+    return p["p50"] * 1e6, p["p99"] * 1e6, p["p99.9"] * 1e6
+
+
+def idle_memory(proc, n):
+    """RSS growth of the proxy after `n` keep-alive connections each made one request."""
+    before = rss_bytes(proc.pids())
+    socks = []
+    req = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+    for _ in range(n):
+        s = socket.create_connection(("127.0.0.1", proc.port))
+        s.sendall(req)
+        socks.append(s)
+    for s in socks:
+        s.settimeout(10)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += s.recv(4096)
+    time.sleep(0.5)
+    after = rss_bytes(proc.pids())
+    for s in socks:
+        s.close()
+    time.sleep(0.5)
+    return (after - before) * (10_000 / n)
+
+
+def med(xs):
+    return statistics.median(xs) if xs else float("nan")
+
+
+def fmt(xs, unit="", digits=0):
+    if not xs:
+        return "n/a"
+    f = f"{{:,.{digits}f}}"
+    return f"{f.format(med(xs))}{unit} [{f.format(min(xs))}–{f.format(max(xs))}]"
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--canaryd", required=True)
+    ap.add_argument("--quick", action="store_true", help="seconds, one round: keeps the script from rotting")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--duration", type=int, default=10)
+    # This sandbox's hard limit on open files is 20,000 per process, so idle memory is measured
+    # with 5,000 connections and scaled to 10k.
+    ap.add_argument("--idle-conns", type=int, default=5_000)
+    ap.add_argument("--out", help="write a Markdown report here")
+    a = ap.parse_args()
+    if a.quick:
+        a.rounds, a.duration, a.idle_conns = 1, 2, 1000
+    for tool in ["nginx", "haproxy", "wrk", "h2load", "oha", "taskset"]:
+        if not shutil.which(tool):
+            sys.exit(f"missing {tool}: run benches/load/run.sh, which installs it")
+
+    tmp = tempfile.mkdtemp(prefix="canaryd-load-")
+    o1, o2 = free_port(), free_port()
+    with open(f"{tmp}/origin.conf", "w") as f:
+        f.write(nginx_origin_conf(tmp, o1, o2))
+    procs = []
+    try:
+        origin = Proc("origin", ["nginx", "-c", f"{tmp}/origin.conf", "-p", tmp, "-e", "stderr"], o1, None, cpu="1")
+        procs.append(origin)
+        wait_port(o2)
+
+        targets = {}
+        p, h = free_port(), free_port()
+        with open(f"{tmp}/proxy.conf", "w") as f:
+            f.write(nginx_proxy_conf(tmp, p, h, o1, o2))
+        targets["nginx"] = Proc("nginx", ["nginx", "-c", f"{tmp}/proxy.conf", "-p", tmp, "-e", "stderr"], p, h)
+        p, h = free_port(), free_port()
+        with open(f"{tmp}/haproxy.cfg", "w") as f:
+            f.write(haproxy_conf(p, h, o1, o2))
+        targets["haproxy"] = Proc("haproxy", ["haproxy", "-f", f"{tmp}/haproxy.cfg"], p, h)
+        for name, full in [("canaryd", True), ("canaryd-simple", False)]:
+            p = free_port()
+            with open(f"{tmp}/{name}.yaml", "w") as f:
+                f.write(canaryd_conf(p, free_port(), o1, o2, full))
+            targets[name] = Proc(name, [a.canaryd, "run", "--workers", "1", "-c", f"{tmp}/{name}.yaml"], p, p)
+        procs += targets.values()
+
+        R = {n: {k: [] for k in ["rps", "cpu", "rps_close", "cpu_close", "h2_rps", "h2_cpu",
+                                   "p50", "p99", "p999", "mem"]} for n in targets}
+        direct = {"p50": [], "p99": [], "p999": []}
+        h2_targets = ["nginx", "haproxy", "canaryd"]
+
+        def measure(name, key_rps, key_cpu, fn):
+            t = targets[name]
+            pids = t.pids()
+            c0 = cpu_ticks(pids)
+            reqs, rps = fn(t)
+            c1 = cpu_ticks(pids)
+            R[name][key_rps].append(rps)
+            R[name][key_cpu].append((c1 - c0) / CLK_TCK * 1e6 / max(reqs, 1))
+
+        # Warm-up: connection pools, page cache, CPU frequency.
+        for t in targets.values():
+            wrk(f"http://127.0.0.1:{t.port}/", 1)
+
+        for r in range(a.rounds):
+            for name in targets:
+                url = f"http://127.0.0.1:{targets[name].port}/"
+                measure(name, "rps", "cpu", lambda t: wrk(url, a.duration)[:2])
+            for name in targets:
+                url = f"http://127.0.0.1:{targets[name].port}/"
+                measure(name, "rps_close", "cpu_close", lambda t: wrk(url, a.duration, close=True)[:2])
+            for name in h2_targets:
+                url = f"http://127.0.0.1:{targets[name].h2_port}/"
+                n = 20_000 if a.quick else 200_000
+                measure(name, "h2_rps", "h2_cpu", lambda t: h2load(url, n))
+            print(f"round {r + 1}/{a.rounds} saturated done", file=sys.stderr)
+
+        rate = int(med(R["nginx"]["rps"]) * 0.5)
+        for r in range(a.rounds):
+            p = oha(f"http://127.0.0.1:{o1}/", rate, a.duration)
+            for k, v in zip(["p50", "p99", "p999"], p):
+                direct[k].append(v)
+            for name in targets:
+                p = oha(f"http://127.0.0.1:{targets[name].port}/", rate, a.duration)
+                for k, v in zip(["p50", "p99", "p999"], p):
+                    R[name][k].append(v)
+            print(f"round {r + 1}/{a.rounds} fixed-rate done", file=sys.stderr)
+
+        for name in ["nginx", "haproxy", "canaryd"]:
+            R[name]["mem"].append(idle_memory(targets[name], a.idle_conns))
+
+        report = render(a, R, direct, rate, targets)
+        print(report)
+        if a.out:
+            with open(a.out, "w") as f:
+                f.write(report)
+    finally:
+        for p in reversed(procs):
+            p.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def machine():
+    model = "unknown"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{os.cpu_count()} cores ({model}), {os.uname().sysname} {os.uname().release}"
+
+
+def render(a, R, direct, rate, targets):
+    def added(name, k):
+        return [x - d for x, d in zip(R[name][k], direct[k])]
+
+    def ratio(k, other, lower_is_better):
+        c, o = med(R["canaryd"][k]), med(R[other][k])
+        if not c or not o or o != o:
+            return "n/a"
+        return f"{c / o:.2f}"
+
+    lines = []
+    lines.append(f"# Load comparison: canaryd vs nginx vs HAProxy\n")
+    lines.append(f"- date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}")
+    lines.append(f"- machine: {machine()}")
+    lines.append(f"- command: `benches/load/run.sh{' --quick' if a.quick else ''}` "
+                 f"(rounds {a.rounds}, {a.duration}s per run, interleaved)")
+    lines.append(f"- versions: {tool_versions()}")
+    lines.append(f"- fixed rate for latency: {rate} req/s (50% of nginx's median saturated keep-alive req/s)")
+    lines.append("- each proxy: one worker pinned to core 0; wrk/oha/h2load and the nginx origin on core 1")
+    lines.append(f"- idle memory: {a.idle_conns} keep-alive connections opened (open-file limit), RSS delta scaled to 10k")
+    lines.append("- figures: median [min–max] over rounds\n")
+    lines.append("## Ratios (canaryd / peer; < 1 is better for CPU and latency, > 1 for req/s)\n")
+    lines.append("| figure | canaryd / nginx | canaryd / HAProxy | target |")
+    lines.append("|---|---|---|---|")
+    lines.append(f"| CPU µs per request, keep-alive | {ratio('cpu', 'nginx', True)} | {ratio('cpu', 'haproxy', True)} | ≤ 0.8 both |")
+    lines.append(f"| saturated req/s, keep-alive | {ratio('rps', 'nginx', False)} | {ratio('rps', 'haproxy', False)} | ≥ 1.2 × nginx |")
+    for k, label in [("p99", "added p99 at fixed rate")]:
+        c, n, h = med(added("canaryd", k)), med(added("nginx", k)), med(added("haproxy", k))
+        lines.append(f"| {label} | {c / n:.2f} | {c / h:.2f} | ≤ 1.0 × nginx |" if n > 0 and h > 0
+                     else f"| {label} | n/a | n/a | ≤ 1.0 × nginx |")
+    lines.append(f"| CPU µs per request, new connection each | {ratio('cpu_close', 'nginx', True)} | {ratio('cpu_close', 'haproxy', True)} | |")
+    lines.append(f"| HTTP/2 req/s (h2load -m 100) | {ratio('h2_rps', 'nginx', False)} | {ratio('h2_rps', 'haproxy', False)} | |")
+    lines.append(f"| memory per 10k idle connections | {ratio('mem', 'nginx', True)} | {ratio('mem', 'haproxy', True)} | |")
+    full, simple = med(R["canaryd"]["cpu"]), med(R["canaryd-simple"]["cpu"])
+    lines.append(f"\nFull feature path (4 rules + sticky + 90/10) vs single-version route, CPU per request: "
+                 f"{full:.1f} µs vs {simple:.1f} µs = {100 * (full / simple - 1):+.1f}% (target ≤ +5%)\n")
+    lines.append("## Absolute figures\n")
+    lines.append("| proxy | keep-alive req/s | CPU µs/req | new-conn req/s | CPU µs/req (new conn) | h2 req/s | CPU µs/req (h2) | added p50 µs | added p99 µs | added p99.9 µs | RSS per 10k idle conns |")
+    lines.append("|---|---|---|---|---|---|---|---|---|---|---|")
+    for name in targets:
+        r = R[name]
+        mem = fmt([m / 1048576 for m in r["mem"]], " MiB", 1) if r["mem"] else "n/a"
+        lat = [fmt(added(name, k)) for k in ["p50", "p99", "p999"]]
+        lines.append(f"| {name} | {fmt(r['rps'])} | {fmt(r['cpu'], '', 1)} | {fmt(r['rps_close'])} | "
+                     f"{fmt(r['cpu_close'], '', 1)} | {fmt(r['h2_rps'])} | {fmt(r['h2_cpu'], '', 1)} | "
+                     f"{lat[0]} | {lat[1]} | {lat[2]} | {mem} |")
+    lines.append(f"| direct to origin | | | | | | | p50 {fmt(direct['p50'])} | p99 {fmt(direct['p99'])} | p99.9 {fmt(direct['p999'])} | |")
+    lines.append("\nMethod: see the docstring of benches/load/compare.py.")
+    return "\n".join(lines) + "\n"
+
+
+def tool_versions():
+    def v(cmd):
+        try:
+            r = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
+            return (r.stdout + r.stderr).strip().splitlines()[0]
+        except Exception:
+            return "?"
+    return "; ".join([v(["nginx", "-v"]), v(["haproxy", "-v"]), v(["wrk", "-v"]), v(["oha", "--version"]),
+                      v(["h2load", "--version"])])
+
+
+if __name__ == "__main__":
+    main()
