@@ -213,6 +213,17 @@ async fn handle(admin: &Admin, peer: SocketAddr, req: Request<Incoming>) -> Resp
 }
 
 fn reload(control: &Control) -> Response<Full<Bytes>> {
+    if let Err(e) = control.reload_certs(Trigger::Api) {
+        return json_response(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            &json!({
+                "result": "failure",
+                "generation": control.state().snapshot().generation,
+                "error": format!("certificate rejected, the running one is kept: {e}"),
+                "errors": e.errors.iter().map(|f| json!({ "field": f.field, "message": f.message })).collect::<Vec<_>>(),
+            }),
+        );
+    }
     match control.reload(Trigger::Api, true) {
         ReloadOutcome::Applied { generation } => json_response(
             StatusCode::OK,

@@ -21,6 +21,7 @@ use crate::config::{
 };
 use crate::metrics::ReloadResult;
 use crate::state::State;
+use crate::tls::TlsListener;
 use http::StatusCode;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -164,6 +165,8 @@ impl RouteOverrides {
 pub struct Control {
     state: Arc<State>,
     path: Option<PathBuf>,
+    /// TLS listeners whose certificates reload with the config.
+    tls: Vec<Arc<TlsListener>>,
     inner: Mutex<Inner>,
 }
 
@@ -192,7 +195,12 @@ fn now() -> String {
 
 impl Control {
     /// `text` is the file content the running config came from, if any.
-    pub fn new(state: Arc<State>, path: Option<PathBuf>, text: Option<&str>) -> Control {
+    pub fn new(
+        state: Arc<State>,
+        path: Option<PathBuf>,
+        text: Option<&str>,
+        tls: Vec<Arc<TlsListener>>,
+    ) -> Control {
         let snap = state.snapshot();
         let file = (*snap.config).clone();
         let status = ReloadStatus {
@@ -212,6 +220,44 @@ impl Control {
             }),
             state,
             path,
+            tls,
+        }
+    }
+
+    /// Every file a reload reads besides the config: TLS certificates and keys.
+    pub fn watched_files(&self) -> Vec<PathBuf> {
+        self.tls
+            .iter()
+            .flat_map(|t| t.paths().into_iter().map(|p| p.to_path_buf()))
+            .collect()
+    }
+
+    /// Re-read TLS certificates; changed valid ones are swapped in for new handshakes, a bad
+    /// one keeps the old certificate and is reported like a bad config.
+    pub fn reload_certs(&self, trigger: Trigger) -> Result<usize, ConfigError> {
+        let mut swapped = 0;
+        let mut errors = Vec::new();
+        for t in &self.tls {
+            match t.reload() {
+                Ok(true) => swapped += 1,
+                Ok(false) => {}
+                Err(e) => errors.push(e),
+            }
+        }
+        if swapped > 0 {
+            tracing::info!(
+                swapped,
+                trigger = trigger_name(trigger),
+                "TLS certificates reloaded"
+            );
+        }
+        if errors.is_empty() {
+            Ok(swapped)
+        } else {
+            let e = ConfigError { errors };
+            let mut inner = self.lock();
+            self.fail(&mut inner, trigger, e.clone());
+            Err(e)
         }
     }
 
@@ -283,7 +329,10 @@ impl Control {
             Ok(c) => c,
             Err(e) => return self.fail(&mut inner, trigger, e),
         };
-        let generation = self.state.apply(composed);
+        let generation = match self.state.apply(composed) {
+            Ok(g) => g,
+            Err(e) => return self.fail(&mut inner, trigger, e),
+        };
         inner.file = config;
         inner.overrides = overrides;
         inner.last_ok = true;
@@ -331,7 +380,11 @@ impl Control {
             message: e.to_string(),
             errors: e.errors,
         })?;
-        let generation = self.state.apply(composed);
+        let generation = self.state.apply(composed).map_err(|e| ApiError {
+            status: StatusCode::BAD_REQUEST,
+            message: e.to_string(),
+            errors: e.errors,
+        })?;
         inner.overrides = candidate;
         tracing::info!(generation, "runtime override applied");
         Ok(generation)

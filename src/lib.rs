@@ -8,6 +8,7 @@
 //! - [`headers`]: hop-by-hop stripping and `X-Forwarded-*`.
 //! - [`error`]: every request failure and its single mapping to a status code.
 //! - [`body`]: the response body type (streamed upstream body or a small fixed one).
+//! - [`tls`]: rustls termination (SNI, ALPN, hot certificate reload) and upstream TLS configs.
 //! - [`server`]: listeners, connection serving (HTTP/1.1 + h2c on one port), graceful drain.
 //! - [`analysis`]: sliding-window success rate and latency per version; canary verdicts.
 //! - [`metrics`]: Prometheus metrics; per-version handles resolved per snapshot, lock-free histogram.
@@ -32,4 +33,5 @@ pub mod proxy;
 pub mod router;
 pub mod server;
 pub mod state;
+pub mod tls;
 pub mod watch;

@@ -46,6 +46,32 @@ pub struct UpstreamErrorLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GrpcLabels {
+    pub route: String,
+    pub version: String,
+    pub grpc_status: u8,
+}
+
+/// The HTTP status a gRPC status corresponds to (google.rpc.Code mapping), for the success
+/// rate: a gRPC failure travels as HTTP 200.
+pub fn grpc_http_status(code: u8) -> u16 {
+    match code {
+        0 => 200,
+        1 => 499,
+        3 | 9 | 11 => 400,
+        4 => 504,
+        5 => 404,
+        6 | 10 => 409,
+        7 => 403,
+        8 => 429,
+        12 => 501,
+        14 => 503,
+        16 => 401,
+        _ => 500, // 2 UNKNOWN, 13 INTERNAL, 15 DATA_LOSS
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
     pub result: &'static str,
 }
@@ -143,6 +169,7 @@ pub struct Metrics {
     requests: Family<RequestLabels, Counter>,
     duration: Family<VersionLabels, LatencyHistogram>,
     upstream_errors: Family<UpstreamErrorLabels, Counter>,
+    grpc: Family<GrpcLabels, Counter>,
     route_weight: Family<VersionLabels, Gauge<f64, AtomicU64>>,
     /// 1 for each route's primary version (absent for the others), for PromQL joins.
     route_primary: Family<VersionLabels, Gauge>,
@@ -177,6 +204,7 @@ impl Metrics {
         let requests = Family::<RequestLabels, Counter>::default();
         let duration = Family::<VersionLabels, LatencyHistogram>::default();
         let upstream_errors = Family::<UpstreamErrorLabels, Counter>::default();
+        let grpc = Family::<GrpcLabels, Counter>::default();
         let route_weight = Family::<VersionLabels, Gauge<f64, AtomicU64>>::default();
         let route_primary = Family::<VersionLabels, Gauge>::default();
         let config_generation = Gauge::default();
@@ -197,6 +225,11 @@ impl Metrics {
             "upstream_errors",
             "Failures talking to upstreams by route, version and kind (connect, timeout, reset)",
             upstream_errors.clone(),
+        );
+        registry.register(
+            "grpc_responses",
+            "gRPC calls by route, version and final grpc-status (a gRPC failure is HTTP 200)",
+            grpc.clone(),
         );
         registry.register(
             "route_weight",
@@ -237,6 +270,7 @@ impl Metrics {
             requests,
             duration,
             upstream_errors,
+            grpc,
             route_weight,
             route_primary,
             config_generation,
@@ -323,6 +357,7 @@ impl Metrics {
             duration: self.duration.get_or_create_owned(&labels),
             labels,
             codes: (0..CODE_SLOTS).map(|_| OnceLock::new()).collect(),
+            grpc: std::array::from_fn(|_| OnceLock::new()),
             upstream_errors,
             metrics: self.clone(),
         }
@@ -341,16 +376,21 @@ pub struct VersionMetrics {
     duration: LatencyHistogram,
     /// Indexed like `UpstreamErrorKind::ALL`.
     upstream_errors: [Counter; 3],
+    /// `canaryd_grpc_responses_total` by gRPC status 0..=16, resolved on first use.
+    grpc: [OnceLock<Counter>; 17],
     /// Sliding window for the analysis endpoint.
     pub window: Arc<Window>,
     metrics: Arc<Metrics>,
 }
 
 impl VersionMetrics {
-    /// Count one response with its status and latency (`now` is when it completed).
+    /// Count one response with its status and latency. `window`: when it completed, to feed
+    /// the analysis window (`None` for gRPC calls, which feed it from their trailers).
     /// Allocation-free once the status code has been seen on this snapshot.
-    pub fn record(&self, status: u16, elapsed: Duration, now: std::time::Instant) {
-        self.window.record(now, status, elapsed);
+    pub fn record(&self, status: u16, elapsed: Duration, window: Option<std::time::Instant>) {
+        if let Some(now) = window {
+            self.window.record(now, status, elapsed);
+        }
         let slot = usize::from(status.clamp(100, 599) - 100);
         self.codes[slot]
             .get_or_init(|| {
@@ -362,6 +402,22 @@ impl VersionMetrics {
             })
             .inc();
         self.duration.observe(elapsed);
+    }
+
+    /// A gRPC call ended with `code` (0..=16). The analysis window counts it by the HTTP
+    /// status the code corresponds to, so UNAVAILABLE is as much a failure as a 503.
+    pub fn grpc(&self, code: u8, elapsed: Duration, now: std::time::Instant) {
+        let code = code.min(16);
+        self.grpc[usize::from(code)]
+            .get_or_init(|| {
+                self.metrics.grpc.get_or_create_owned(&GrpcLabels {
+                    route: self.labels.route.clone(),
+                    version: self.labels.version.clone(),
+                    grpc_status: code,
+                })
+            })
+            .inc();
+        self.window.record(now, grpc_http_status(code), elapsed);
     }
 
     pub fn upstream_error(&self, kind: UpstreamErrorKind) {
@@ -383,9 +439,9 @@ mod tests {
         let m = Arc::new(Metrics::new());
         let v = m.version("shop", "canary");
         let now = std::time::Instant::now();
-        v.record(200, Duration::from_micros(500), now);
-        v.record(200, Duration::from_millis(3), now);
-        v.record(503, Duration::from_secs(20), now);
+        v.record(200, Duration::from_micros(500), Some(now));
+        v.record(200, Duration::from_millis(3), Some(now));
+        v.record(503, Duration::from_secs(20), Some(now));
         let text = m.encode();
         for line in [
             "canaryd_requests_total{route=\"shop\",version=\"canary\",code=\"200\"} 2",

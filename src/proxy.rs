@@ -15,15 +15,18 @@ use crate::error::ProxyError;
 use crate::headers::{self, X_CANARYD_VERSION};
 use crate::router::{self, Decision, Reason};
 use crate::state::{Snapshot, State};
-use http::header::{HOST, SET_COOKIE};
-use http::uri::{PathAndQuery, Scheme};
+use http::header::{CONTENT_TYPE, HOST, HeaderName, SET_COOKIE, UPGRADE};
+use http::uri::PathAndQuery;
 use http::{HeaderValue, Request, Response, Uri, Version};
 use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
 use prometheus_client::metrics::gauge::Gauge;
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
 use std::cell::RefCell;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Instant;
 
 /// Facts about the downstream connection a request arrived on.
@@ -61,7 +64,7 @@ pub async fn handle(state: &State, conn: ConnInfo, req: Request<Incoming>) -> Re
         .access_log
         .then(|| (req.method().clone(), req.uri().path().to_owned()));
     let mut target: Option<Target> = None;
-    let result = forward(&snap, conn, req, &mut target).await;
+    let result = forward(&snap, conn, req, &mut target, start).await;
     let (status, upstream_kind) = match &result {
         Ok(resp) => (resp.status(), None),
         Err(e) => (e.status(), e.upstream_kind()),
@@ -73,7 +76,9 @@ pub async fn handle(state: &State, conn: ConnInfo, req: Request<Incoming>) -> Re
         if let Some(kind) = upstream_kind {
             vm.upstream_error(kind);
         }
-        vm.record(status.as_u16(), elapsed, now);
+        // A gRPC call's success is known at its trailers: `GrpcDone` feeds the window then.
+        let grpc = matches!(&result, Ok(r) if matches!(r.body(), ProxyBody::Grpc(..)));
+        vm.record(status.as_u16(), elapsed, (!grpc).then_some(now));
     }
     if let Some((method, path)) = log_req {
         access_log(
@@ -160,10 +165,11 @@ impl Drop for GaugeGuard<'_> {
 }
 
 async fn forward(
-    snap: &Snapshot,
+    snap: &Arc<Snapshot>,
     conn: ConnInfo,
     req: Request<Incoming>,
     target: &mut Option<Target>,
+    start: Instant,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let (mut parts, body) = req.into_parts();
 
@@ -200,7 +206,18 @@ async fn forward(
             .authority()
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
     };
+    // An HTTP/1.1 Upgrade (WebSocket, …) keeps its Upgrade/Connection headers; the client
+    // side of the tunnel is taken now, but only switched after the upstream's 101.
+    let upgrade = (parts.version == Version::HTTP_11)
+        .then(|| headers::upgrade_request(&parts.headers))
+        .flatten();
+    let client_upgrade = upgrade
+        .as_ref()
+        .and_then(|_| parts.extensions.remove::<OnUpgrade>());
     headers::strip_hop_by_hop(&mut parts.headers);
+    if let Some(proto) = &upgrade {
+        headers::set_upgrade(&mut parts.headers, proto.clone());
+    }
     headers::add_forwarded(
         &mut parts.headers,
         conn.peer.ip(),
@@ -218,30 +235,44 @@ async fn forward(
         .cloned()
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
     let mut uri = http::uri::Parts::default();
-    uri.scheme = Some(Scheme::HTTP);
+    uri.scheme = Some(vrt.scheme.clone());
     uri.authority = Some(endpoint.authority.clone());
     uri.path_and_query = Some(path_and_query);
     parts.uri = Uri::from_parts(uri).map_err(|_| ProxyError::BadRequest)?;
-    // Upstreams speak HTTP/1.1 whatever the client spoke.
-    parts.version = Version::HTTP_11;
+    // The version's protocol decides, whatever the client spoke.
+    parts.version = vrt.http_version;
 
     let upstream_req = Request::from_parts(parts, body);
-    let resp = match tokio::time::timeout(
-        route.timeouts().response,
-        runtime.client.request(upstream_req),
-    )
-    .await
-    {
-        Err(_elapsed) => return Err(ProxyError::ResponseTimeout),
-        Ok(Err(e)) => {
-            tracing::debug!(error = ?e, endpoint = %endpoint, "upstream request failed");
-            return Err(ProxyError::from_client(&e));
-        }
-        Ok(Ok(r)) => r,
-    };
+    let resp =
+        match tokio::time::timeout(route.timeouts().response, vrt.client.request(upstream_req))
+            .await
+        {
+            Err(_elapsed) => return Err(ProxyError::ResponseTimeout),
+            Ok(Err(e)) => {
+                tracing::debug!(error = ?e, endpoint = %endpoint, "upstream request failed");
+                return Err(ProxyError::from_client(&e));
+            }
+            Ok(Ok(r)) => r,
+        };
 
     let (mut rparts, rbody) = resp.into_parts();
+    let switching = rparts.status == http::StatusCode::SWITCHING_PROTOCOLS;
+    let upgraded_to = switching
+        .then(|| rparts.headers.get(UPGRADE).cloned())
+        .flatten();
     headers::strip_hop_by_hop(&mut rparts.headers);
+    if switching {
+        // 101 only answers an upgrade we asked for; anything else is a broken upstream.
+        let (Some(down), Some(up), Some(proto)) = (
+            client_upgrade,
+            rparts.extensions.remove::<OnUpgrade>(),
+            upgraded_to.or(upgrade),
+        ) else {
+            return Err(ProxyError::UpstreamReset);
+        };
+        headers::set_upgrade(&mut rparts.headers, proto);
+        tokio::spawn(tunnel(down, up));
+    }
     if snap.config.proxy.version_header {
         rparts
             .headers
@@ -258,5 +289,79 @@ async fn forward(
             }
         }
     }
-    Ok(Response::from_parts(rparts, ProxyBody::Upstream(rbody)))
+    let is_grpc = rparts
+        .headers
+        .get(CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    let body = if switching {
+        ProxyBody::empty()
+    } else if is_grpc {
+        let mut done = GrpcDone::new(snap, decision.route, decision.version, start);
+        // Trailers-only response: the status is in the headers.
+        if rparts.headers.contains_key(&GRPC_STATUS) {
+            done.finish(grpc_status(&rparts.headers));
+        }
+        ProxyBody::Grpc(rbody, done)
+    } else {
+        ProxyBody::Upstream(rbody)
+    };
+    Ok(Response::from_parts(rparts, body))
+}
+
+/// Copy bytes both ways between an upgraded client and upstream until either side closes.
+async fn tunnel(down: OnUpgrade, up: OnUpgrade) {
+    match tokio::try_join!(down, up) {
+        Ok((down, up)) => {
+            let (mut d, mut u) = (TokioIo::new(down), TokioIo::new(up));
+            if let Err(e) = tokio::io::copy_bidirectional(&mut d, &mut u).await {
+                tracing::debug!(error = %e, "upgraded connection ended with error");
+            }
+        }
+        Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+    }
+}
+
+static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+/// gRPC status codes canaryd itself assigns.
+pub const GRPC_CANCELLED: u8 = 1;
+pub const GRPC_UNKNOWN: u8 = 2;
+pub const GRPC_UNAVAILABLE: u8 = 14;
+
+/// `grpc-status` from headers or trailers; missing or malformed is UNKNOWN.
+pub fn grpc_status(h: &http::HeaderMap) -> u8 {
+    h.get(&GRPC_STATUS)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u8>().ok())
+        .filter(|c| *c <= 16)
+        .unwrap_or(GRPC_UNKNOWN)
+}
+
+/// Counts a gRPC call's final status once: from the trailers, or CANCELLED if the client went
+/// away first. Holds the snapshot the call started on.
+#[derive(Debug)]
+pub struct GrpcDone {
+    pending: Option<(Arc<Snapshot>, usize, usize, Instant)>,
+}
+
+impl GrpcDone {
+    fn new(snap: &Arc<Snapshot>, route: usize, version: usize, start: Instant) -> GrpcDone {
+        GrpcDone {
+            pending: Some((snap.clone(), route, version, start)),
+        }
+    }
+
+    pub fn finish(&mut self, code: u8) {
+        if let Some((snap, r, v, start)) = self.pending.take() {
+            let now = Instant::now();
+            snap.routes[r].versions[v]
+                .metrics
+                .grpc(code, now - start, now);
+        }
+    }
+}
+
+impl Drop for GrpcDone {
+    fn drop(&mut self) {
+        self.finish(GRPC_CANCELLED);
+    }
 }

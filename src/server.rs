@@ -7,6 +7,7 @@ use crate::config::{Config, ConfigError};
 use crate::control::Control;
 use crate::proxy::{self, ConnInfo, GaugeGuard};
 use crate::state::State;
+use crate::tls::TlsListener;
 use anyhow::Context;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -31,10 +32,14 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Environment variable holding the admin API bearer token; wins over `admin.token`.
 pub const ADMIN_TOKEN_ENV: &str = "CANARYD_ADMIN_TOKEN";
 
+/// Longest a client may take to complete its TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 pub struct Server {
     state: Arc<State>,
     control: Arc<Control>,
-    listeners: Vec<TcpListener>,
+    /// Each listener with its TLS certificates, if it terminates TLS.
+    listeners: Vec<(TcpListener, Option<Arc<TlsListener>>)>,
     admin: Option<(TcpListener, Option<String>)>,
 }
 
@@ -82,14 +87,22 @@ impl Server {
             }
         };
         let mut listeners = Vec::new();
-        for l in &config.listeners {
+        for (i, l) in config.listeners.iter().enumerate() {
+            let tls = match &l.tls {
+                Some(files) => Some(Arc::new(
+                    TlsListener::load(files, &format!("listeners[{i}].tls"))
+                        .map_err(|e| anyhow::anyhow!("{e}"))?,
+                )),
+                None => None,
+            };
             let listener = TcpListener::bind(l.address)
                 .await
                 .with_context(|| format!("cannot bind listener {}", l.address))?;
-            listeners.push(listener);
+            listeners.push((listener, tls));
         }
-        let state = Arc::new(State::new(config));
-        let control = Arc::new(Control::new(state.clone(), path, text));
+        let tls: Vec<Arc<TlsListener>> = listeners.iter().filter_map(|(_, t)| t.clone()).collect();
+        let state = Arc::new(State::new(config).map_err(|e| anyhow::anyhow!("{e}"))?);
+        let control = Arc::new(Control::new(state.clone(), path, text, tls));
         Ok(Server {
             state,
             control,
@@ -111,7 +124,7 @@ impl Server {
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
         self.listeners
             .iter()
-            .filter_map(|l| l.local_addr().ok())
+            .filter_map(|(l, _)| l.local_addr().ok())
             .collect()
     }
 
@@ -142,10 +155,20 @@ impl Server {
             None => None,
         };
         let mut loops = JoinSet::new();
-        for listener in self.listeners {
+        for (listener, tls) in self.listeners {
             let addr = listener.local_addr()?;
-            tracing::info!(%addr, generation = self.state.snapshot().generation, "proxy listening");
-            loops.spawn(accept_loop(listener, self.state.clone(), stop_rx.clone()));
+            tracing::info!(
+                %addr,
+                tls = tls.is_some(),
+                generation = self.state.snapshot().generation,
+                "proxy listening"
+            );
+            loops.spawn(accept_loop(
+                listener,
+                tls,
+                self.state.clone(),
+                stop_rx.clone(),
+            ));
         }
         shutdown.await;
         tracing::info!("shutting down: draining connections");
@@ -164,7 +187,12 @@ impl Server {
     }
 }
 
-async fn accept_loop(listener: TcpListener, state: Arc<State>, mut stop: watch::Receiver<bool>) {
+async fn accept_loop(
+    listener: TcpListener,
+    tls: Option<Arc<TlsListener>>,
+    state: Arc<State>,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -189,21 +217,45 @@ async fn accept_loop(listener: TcpListener, state: Arc<State>, mut stop: watch::
         let _ = stream.set_nodelay(true);
         let conn_info = ConnInfo {
             peer,
-            proto: "http",
+            proto: if tls.is_some() { "https" } else { "http" },
         };
         let st = state.clone();
         let svc = service_fn(move |req| {
             let st = st.clone();
             async move { Ok::<_, Infallible>(proxy::handle(&st, conn_info, req).await) }
         });
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), svc)
-            .into_owned();
-        let conn = graceful.watch(conn);
+        // Taken now so a shutdown that starts during a TLS handshake still waits for it.
+        let watcher = graceful.watcher();
+        let builder = builder.clone();
+        let acceptor = tls.as_ref().map(|t| t.acceptor());
         let metrics = state.metrics.clone();
         tokio::spawn(async move {
             let _open = GaugeGuard::new(&metrics.open_connections);
-            if let Err(e) = conn.await {
+            let result = match acceptor {
+                None => {
+                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+                    watcher.watch(conn.into_owned()).await
+                }
+                Some(acceptor) => {
+                    let stream =
+                        match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream))
+                            .await
+                        {
+                            Ok(Ok(s)) => s,
+                            Ok(Err(e)) => {
+                                tracing::debug!(error = %e, %peer, "TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => {
+                                tracing::debug!(%peer, "TLS handshake timed out");
+                                return;
+                            }
+                        };
+                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+                    watcher.watch(conn.into_owned()).await
+                }
+            };
+            if let Err(e) = result {
                 tracing::debug!(error = %e, %peer, "connection ended with error");
             }
         });

@@ -5,12 +5,13 @@
 //! Applying a config builds a whole new snapshot and swaps it in; upstream pools are keyed by
 //! connect timeout and endpoint, so endpoints that did not change keep their warm connections.
 
-use crate::config::Config;
+use crate::config::{Config, ConfigError, FieldError, Protocol, Upstream};
 use crate::metrics::{Metrics, VersionMetrics};
 use crate::router::Router;
 use arc_swap::ArcSwap;
 use http::HeaderValue;
 use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -19,8 +20,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// Pooled HTTP/1.1 client to upstreams. The pool inside is keyed by endpoint authority.
-pub type UpstreamClient = Client<HttpConnector, Incoming>;
+/// Pooled client to upstreams (HTTP/1.1 or HTTP/2, clear text or TLS). The pool inside is
+/// keyed by scheme and endpoint authority.
+pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, Incoming>;
 
 /// Idle upstream connections are kept this long for reuse.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
@@ -40,14 +42,18 @@ pub struct Snapshot {
 /// Per-route runtime pieces that are not part of the pure routing decision.
 #[derive(Debug)]
 pub struct RouteRuntime {
-    /// Client whose connector carries this route's connect timeout.
-    pub client: UpstreamClient,
     /// Parallel to the route's versions.
     pub versions: Vec<VersionRuntime>,
 }
 
 #[derive(Debug)]
 pub struct VersionRuntime {
+    /// Client for this version's protocol, TLS settings and the route's connect timeout.
+    pub client: UpstreamClient,
+    /// `http` or `https` for upstream request URIs.
+    pub scheme: http::uri::Scheme,
+    /// HTTP version of upstream requests (HTTP/2 for `protocol: h2c`).
+    pub http_version: http::Version,
     /// Pre-built `x-canaryd-version` value so responses need no formatting.
     pub header_value: HeaderValue,
     /// Round-robin position over the version's endpoints.
@@ -79,25 +85,26 @@ pub struct State {
 }
 
 struct Clients {
-    by_connect_timeout: HashMap<Duration, UpstreamClient>,
+    by_key: HashMap<(Duration, Upstream), UpstreamClient>,
     last_generation: u64,
 }
 
 impl State {
-    pub fn new(config: Config) -> State {
+    /// Build the first snapshot. Fails only on upstream TLS files that cannot be used.
+    pub fn new(config: Config) -> Result<State, ConfigError> {
         let metrics = Arc::new(Metrics::new());
         let mut clients = Clients {
-            by_connect_timeout: HashMap::new(),
+            by_key: HashMap::new(),
             last_generation: 0,
         };
-        let first = clients.build(config, &metrics);
+        let first = clients.build(config, &metrics)?;
         publish(&metrics, &first);
-        State {
+        Ok(State {
             snapshot: ArcSwap::from_pointee(first),
             clients: Mutex::new(clients),
             metrics,
             draining: AtomicBool::new(false),
-        }
+        })
     }
 
     pub fn set_draining(&self) {
@@ -114,13 +121,14 @@ impl State {
     }
 
     /// Build a snapshot from a validated config and swap it in; returns its generation.
-    pub fn apply(&self, config: Config) -> u64 {
+    /// On error (an upstream CA bundle that cannot be read) nothing changes.
+    pub fn apply(&self, config: Config) -> Result<u64, ConfigError> {
         let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
-        let snap = clients.build(config, &self.metrics);
+        let snap = clients.build(config, &self.metrics)?;
         let generation = snap.generation;
         publish(&self.metrics, &snap);
         self.snapshot.store(Arc::new(snap));
-        generation
+        Ok(generation)
     }
 }
 
@@ -135,50 +143,119 @@ fn publish(metrics: &Metrics, snap: &Snapshot) {
 }
 
 impl Clients {
-    fn build(&mut self, config: Config, metrics: &Arc<Metrics>) -> Snapshot {
-        self.last_generation += 1;
+    fn build(&mut self, config: Config, metrics: &Arc<Metrics>) -> Result<Snapshot, ConfigError> {
         let router = Router::new(&config);
-        let routes = router
-            .routes
-            .iter()
-            .map(|r| RouteRuntime {
-                client: self.client(r.timeouts().connect),
-                versions: r
-                    .config
-                    .versions
-                    .iter()
-                    .map(|v| VersionRuntime {
-                        header_value: HeaderValue::from_str(&v.name)
-                            .expect("version names are validated to [a-z0-9_-]"),
-                        rr: AtomicUsize::new(0),
-                        metrics: metrics.version(r.name(), &v.name),
-                    })
-                    .collect(),
-            })
-            .collect();
-        Snapshot {
+        let mut routes = Vec::with_capacity(router.routes.len());
+        let mut errors = Vec::new();
+        for r in &router.routes {
+            let ri = config
+                .routes
+                .iter()
+                .position(|c| c.name == r.name())
+                .unwrap_or(0);
+            let mut versions = Vec::with_capacity(r.config.versions.len());
+            for v in &r.config.versions {
+                let client = match self.client(r.timeouts().connect, &v.upstream) {
+                    Ok(c) => c,
+                    Err(message) => {
+                        errors.push(FieldError {
+                            field: format!("routes[{ri}].versions.{}.tls", v.name),
+                            message,
+                        });
+                        continue;
+                    }
+                };
+                versions.push(VersionRuntime {
+                    client,
+                    scheme: if v.upstream.tls.is_some() {
+                        http::uri::Scheme::HTTPS
+                    } else {
+                        http::uri::Scheme::HTTP
+                    },
+                    http_version: match v.upstream.protocol {
+                        Protocol::H2 => http::Version::HTTP_2,
+                        Protocol::Http1 | Protocol::Auto => http::Version::HTTP_11,
+                    },
+                    header_value: HeaderValue::from_str(&v.name)
+                        .expect("version names are validated to [a-z0-9_-]"),
+                    rr: AtomicUsize::new(0),
+                    metrics: metrics.version(r.name(), &v.name),
+                });
+            }
+            routes.push(RouteRuntime { versions });
+        }
+        if !errors.is_empty() {
+            return Err(ConfigError { errors });
+        }
+        self.last_generation += 1;
+        Ok(Snapshot {
             generation: self.last_generation,
             config: Arc::new(config),
             router,
             routes,
-        }
+        })
     }
 
-    /// The shared client for a connect timeout, created on first use. Kept across reloads so
-    /// connection pools survive them.
-    fn client(&mut self, connect_timeout: Duration) -> UpstreamClient {
-        self.by_connect_timeout
-            .entry(connect_timeout)
-            .or_insert_with(|| {
-                let mut connector = HttpConnector::new();
-                connector.set_nodelay(true);
-                connector.set_connect_timeout(Some(connect_timeout));
-                Client::builder(TokioExecutor::new())
-                    .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-                    .pool_timer(TokioTimer::new())
-                    .timer(TokioTimer::new())
-                    .build(connector)
-            })
-            .clone()
+    /// The shared client for a connect timeout and upstream protocol/TLS, created on first
+    /// use and kept across reloads so connection pools survive them.
+    fn client(
+        &mut self,
+        connect_timeout: Duration,
+        up: &Upstream,
+    ) -> Result<UpstreamClient, String> {
+        let key = (connect_timeout, up.clone());
+        if let Some(c) = self.by_key.get(&key) {
+            return Ok(c.clone());
+        }
+        let mut http = HttpConnector::new();
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(connect_timeout));
+        // TLS endpoints need `https` URIs; clear text stays plain TCP through the same type.
+        http.enforce_http(false);
+        let builder = hyper_rustls::HttpsConnectorBuilder::new();
+        let connector = match &up.tls {
+            Some(tls) => {
+                let cfg = crate::tls::client_config(tls)?;
+                let b = builder.with_tls_config(cfg).https_or_http();
+                let b = match &tls.server_name {
+                    Some(name) => {
+                        b.with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(
+                            rustls_pki_types::ServerName::try_from(name.clone())
+                                .map_err(|e| format!("server_name `{name}`: {e}"))?,
+                        ))
+                    }
+                    None => b,
+                };
+                match up.protocol {
+                    Protocol::Http1 => b.enable_http1().wrap_connector(http),
+                    Protocol::H2 => b.enable_http2().wrap_connector(http),
+                    Protocol::Auto => b.enable_all_versions().wrap_connector(http),
+                }
+            }
+            // Never used for TLS: this client only sees `http` URIs.
+            None => builder
+                .with_tls_config(
+                    rustls::ClientConfig::builder_with_provider(Arc::new(
+                        rustls::crypto::ring::default_provider(),
+                    ))
+                    .with_safe_default_protocol_versions()
+                    .map_err(|e| e.to_string())?
+                    .with_root_certificates(rustls::RootCertStore::empty())
+                    .with_no_client_auth(),
+                )
+                .https_or_http()
+                .enable_all_versions()
+                .wrap_connector(http),
+        };
+        let mut b = Client::builder(TokioExecutor::new());
+        b.pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new());
+        if up.protocol == Protocol::H2 {
+            b.http2_only(true);
+        }
+        let client = b.build(connector);
+        self.by_key.insert(key, client.clone());
+        Ok(client)
     }
 }

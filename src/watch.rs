@@ -44,6 +44,19 @@ pub fn spawn(control: Arc<Control>) -> anyhow::Result<tokio::task::JoinHandle<()
         let _ = tx.send(ev);
     })?;
     watcher.watch(&dir, RecursiveMode::NonRecursive)?;
+    // TLS certificate directories too (deduplicated): cert-manager and Kubernetes Secrets
+    // rotate certificates by the same symlink swap as ConfigMaps.
+    let mut dirs = vec![dir.clone()];
+    for f in control.watched_files() {
+        let d = match f.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        if !dirs.contains(&d) {
+            watcher.watch(&d, RecursiveMode::NonRecursive)?;
+            dirs.push(d);
+        }
+    }
     #[cfg(unix)]
     let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     Ok(tokio::spawn(async move {
@@ -61,8 +74,19 @@ async fn run(
     mut rx: mpsc::UnboundedReceiver<notify::Result<Event>>,
     mut hup: tokio::signal::unix::Signal,
 ) {
+    let mut names: Vec<std::ffi::OsString> = path
+        .file_name()
+        .map(|n| n.to_os_string())
+        .into_iter()
+        .collect();
+    names.extend(
+        control
+            .watched_files()
+            .iter()
+            .filter_map(|f| f.file_name().map(|n| n.to_os_string())),
+    );
     let mut w = WatchState {
-        name: path.file_name().map(|n| n.to_os_string()),
+        names,
         writer_open: None,
     };
     let mut periodic = tokio::time::interval_at(Instant::now() + PERIODIC, PERIODIC);
@@ -100,6 +124,7 @@ async fn run(
                         unsettled_since = None;
                         deadline = far();
                         control.reload_text(&text, Trigger::Watch, false);
+                        let _ = control.reload_certs(Trigger::Watch);
                     }
                     // Missing for a moment (rm + create) or changing is normal; for long, it
                     // is an error worth reporting once.
@@ -121,20 +146,23 @@ async fn run(
                 if let Read::Stable(text) = read_stable(&path).await {
                     control.reload_text(&text, Trigger::Periodic, false);
                 }
+                let _ = control.reload_certs(Trigger::Periodic);
             }
             _ = hup.recv() => {
                 tracing::info!("SIGHUP: reloading config");
                 if let ReloadOutcome::Unchanged { generation } = control.reload(Trigger::Signal, true) {
                     tracing::info!(generation, "config unchanged");
                 }
+                let _ = control.reload_certs(Trigger::Signal);
             }
         }
     }
 }
 
-/// What the watcher has learned from events about the config file.
+/// What the watcher has learned from events about the files it reloads.
 struct WatchState {
-    name: Option<std::ffi::OsString>,
+    /// File names of the config and of the TLS certificates and keys.
+    names: Vec<std::ffi::OsString>,
     /// Some(t): the file was modified at t and its writer has not closed it yet.
     writer_open: Option<Instant>,
 }
@@ -152,11 +180,7 @@ impl WatchState {
                 ) {
                     return false;
                 }
-                if ev
-                    .paths
-                    .iter()
-                    .any(|p| is_our_file(p, self.name.as_deref()))
-                {
+                if ev.paths.iter().any(|p| is_our_file(p, &self.names)) {
                     match ev.kind {
                         EventKind::Modify(ModifyKind::Data(_))
                         | EventKind::Modify(ModifyKind::Any) => {
@@ -178,8 +202,8 @@ impl WatchState {
     }
 }
 
-fn is_our_file(p: &Path, name: Option<&std::ffi::OsStr>) -> bool {
-    name.is_some_and(|n| p.file_name() == Some(n))
+fn is_our_file(p: &Path, names: &[std::ffi::OsString]) -> bool {
+    p.file_name().is_some_and(|f| names.iter().any(|n| n == f))
 }
 
 enum Read {

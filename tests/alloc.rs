@@ -99,12 +99,12 @@ fn routing_decision_and_metric_recording_allocate_nothing() {
     let metrics = Arc::new(Metrics::new());
     let vm = metrics.version("sticky", "canary");
     let now = Instant::now();
-    vm.record(200, Duration::from_millis(3), now);
-    vm.record(503, Duration::from_millis(3), now);
+    vm.record(200, Duration::from_millis(3), Some(now));
+    vm.record(503, Duration::from_millis(3), Some(now));
     let n = allocations(|| {
         for i in 0..10_000u64 {
             let status = if i % 10 == 0 { 503 } else { 200 };
-            vm.record(status, Duration::from_micros(i), now);
+            vm.record(status, Duration::from_micros(i), Some(now));
         }
     });
     assert_eq!(n, 0, "metric recording allocated {n} times");

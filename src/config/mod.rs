@@ -14,7 +14,7 @@ use raw::*;
 use std::collections::HashSet;
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// Resolution of weights: 1 unit = 0.01 percent, so 100 % = 10 000 units. The sticky bucket
@@ -96,6 +96,49 @@ impl Default for AnalysisSettings {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Listener {
     pub address: SocketAddr,
+    /// TLS termination; `None` = clear text (HTTP/1.1 and h2c).
+    pub tls: Option<TlsFiles>,
+}
+
+/// Where a TLS listener's certificates live. Loaded (and reloaded) by `tls`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub sni: Vec<SniFiles>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SniFiles {
+    pub host: HostMatch,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// How canaryd talks to a version's endpoints.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+pub struct Upstream {
+    pub protocol: Protocol,
+    pub tls: Option<UpstreamTls>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Protocol {
+    /// HTTP/1.1 (ALPN http/1.1 over TLS).
+    #[default]
+    Http1,
+    /// HTTP/2: prior knowledge in clear text, ALPN h2 over TLS. gRPC needs this.
+    H2,
+    /// Over TLS, whatever ALPN picks (h2 preferred); in clear text, HTTP/1.1.
+    Auto,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct UpstreamTls {
+    /// CA bundle to trust; `None` = the built-in web PKI roots.
+    pub ca: Option<PathBuf>,
+    /// SNI / expected certificate name; `None` = the endpoint's host.
+    pub server_name: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -161,6 +204,20 @@ pub enum HostMatch {
     Wildcard(String),
 }
 
+impl HostMatch {
+    /// Does a request host (any case, no port) match?
+    pub fn matches(&self, host: &str) -> bool {
+        match self {
+            HostMatch::Exact(h) => host.eq_ignore_ascii_case(h),
+            HostMatch::Wildcard(suffix) => {
+                host.len() > suffix.len()
+                    && host.is_char_boundary(host.len() - suffix.len())
+                    && host[host.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
+            }
+        }
+    }
+}
+
 impl fmt::Display for HostMatch {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -176,6 +233,7 @@ pub struct VersionConfig {
     pub endpoints: Vec<Endpoint>,
     /// For non-primary versions, the configured share; for the primary, the remainder.
     pub weight: Weight,
+    pub upstream: Upstream,
 }
 
 /// A percentage in hundredths: `Weight(1050)` is 10.50 %.
@@ -361,19 +419,17 @@ impl TryFrom<RawConfig> for Config {
         let mut seen_addrs = HashSet::new();
         for (i, l) in raw.listeners.iter().enumerate() {
             let field = format!("listeners[{i}]");
-            if l.tls.is_some() {
-                errs.push(
-                    format!("{field}.tls"),
-                    "TLS termination is not available in this build yet; terminate TLS in front of canaryd or remove `tls`",
-                );
-            }
+            let tls = l
+                .tls
+                .as_ref()
+                .and_then(|t| validate_tls(t, &format!("{field}.tls"), &mut errs));
             match parse_socket_addr(&l.address) {
                 Ok(a) => {
                     // Port 0 asks the OS for a free port, so two of them never collide.
                     if a.port() != 0 && !seen_addrs.insert(a) {
                         errs.push(format!("{field}.address"), format!("{a} is listed twice"));
                     }
-                    listeners.push(Listener { address: a });
+                    listeners.push(Listener { address: a, tls });
                 }
                 Err(m) => errs.push(format!("{field}.address"), m),
             }
@@ -505,6 +561,80 @@ fn validate_analysis(raw: &RawAnalysis, errs: &mut Errors) -> AnalysisSettings {
         }
     }
     a
+}
+
+fn non_empty_path(s: &str, field: &str, errs: &mut Errors) -> Option<PathBuf> {
+    if s.trim().is_empty() {
+        errs.push(field, "is empty; give the path of a PEM file");
+        None
+    } else {
+        Some(PathBuf::from(s))
+    }
+}
+
+/// Paths only: the files are read (and their errors reported against these fields) by
+/// `canaryd check`, at startup and on every reload, in `tls`.
+fn validate_tls(t: &RawTls, field: &str, errs: &mut Errors) -> Option<TlsFiles> {
+    let cert = non_empty_path(&t.cert, &format!("{field}.cert"), errs);
+    let key = non_empty_path(&t.key, &format!("{field}.key"), errs);
+    let mut sni = Vec::new();
+    for (i, s) in t.sni.iter().enumerate() {
+        let f = format!("{field}.sni[{i}]");
+        let host = match validate_host(&s.host) {
+            Ok(h) => Some(h),
+            Err(m) => {
+                errs.push(format!("{f}.host"), m);
+                None
+            }
+        };
+        let c = non_empty_path(&s.cert, &format!("{f}.cert"), errs);
+        let k = non_empty_path(&s.key, &format!("{f}.key"), errs);
+        if let (Some(host), Some(cert), Some(key)) = (host, c, k) {
+            sni.push(SniFiles { host, cert, key });
+        }
+    }
+    Some(TlsFiles {
+        cert: cert?,
+        key: key?,
+        sni,
+    })
+}
+
+fn validate_upstream(v: &RawVersion, field: &str, errs: &mut Errors) -> Upstream {
+    let protocol = match v.protocol.as_deref() {
+        None | Some("http1") => Protocol::Http1,
+        Some("h2c") | Some("h2") => Protocol::H2,
+        Some("auto") => Protocol::Auto,
+        Some(other) => {
+            errs.push(
+                format!("{field}.protocol"),
+                format!(
+                    "`{other}` is not a protocol; use http1, h2c (HTTP/2, also over TLS) or auto"
+                ),
+            );
+            Protocol::Http1
+        }
+    };
+    let tls = v.tls.as_ref().map(|t| UpstreamTls {
+        ca: t
+            .ca
+            .as_deref()
+            .and_then(|c| non_empty_path(c, &format!("{field}.tls.ca"), errs)),
+        server_name: t.server_name.clone(),
+    });
+    if let Some(UpstreamTls {
+        server_name: Some(n),
+        ..
+    }) = &tls
+    {
+        if rustls_pki_types::ServerName::try_from(n.as_str()).is_err() {
+            errs.push(
+                format!("{field}.tls.server_name"),
+                format!("`{n}` is not a DNS name or IP address"),
+            );
+        }
+    }
+    Upstream { protocol, tls }
 }
 
 fn parse_socket_addr(s: &str) -> Result<SocketAddr, String> {
@@ -747,10 +877,12 @@ fn validate_versions(
             },
         };
         total += weight.0;
+        let upstream = validate_upstream(v, &f, errs);
         out.push(VersionConfig {
             name: name.clone(),
             endpoints,
             weight,
+            upstream,
         });
     }
     if total > WEIGHT_SCALE {

@@ -49,8 +49,31 @@ pub struct RawListener {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawTls {
+    /// PEM certificate chain, leaf first.
+    pub cert: String,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: String,
+    /// Certificates chosen by SNI host name; `cert`/`key` serve every other name.
+    #[serde(default)]
+    pub sni: Vec<RawSniCert>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSniCert {
+    /// `shop.example.com` or `*.example.com`.
+    pub host: String,
     pub cert: String,
     pub key: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstreamTls {
+    /// PEM bundle of CAs to trust instead of the built-in web PKI roots.
+    pub ca: Option<String>,
+    /// SNI and certificate name to expect, when it differs from the endpoint host.
+    pub server_name: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -111,6 +134,11 @@ pub struct RawVersion {
     #[serde(default)]
     pub endpoints: Vec<String>,
     pub weight: Option<f64>,
+    /// Upstream protocol: `http1` (default), `h2c` (HTTP/2 with prior knowledge, or h2 over
+    /// TLS), `auto` (ALPN over TLS, HTTP/1.1 in clear text).
+    pub protocol: Option<String>,
+    /// Connect to the endpoints with TLS (`tls: {}` for defaults).
+    pub tls: Option<RawUpstreamTls>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -104,12 +104,50 @@ fn duplicate_listener_is_rejected() {
 }
 
 #[test]
-fn tls_listener_is_refused_until_supported() {
+fn tls_listener_paths_and_sni_are_validated() {
+    let cfg = Config::from_yaml(&GOOD.replacen(
+        "address: 127.0.0.1:8080",
+        "address: 127.0.0.1:8443\n    tls: { cert: a.crt, key: a.key, sni: [{ host: \"*.example.com\", cert: b.crt, key: b.key }] }",
+        1,
+    ))
+    .unwrap();
+    let tls = cfg.listeners[0].tls.as_ref().unwrap();
+    assert_eq!(tls.cert, PathBuf::from("a.crt"));
+    assert_eq!(tls.sni[0].host, HostMatch::Wildcard(".example.com".into()));
     let e = errors_with(
         "address: 127.0.0.1:8080",
-        "address: 127.0.0.1:8443\n    tls: { cert: a.crt, key: a.key }",
+        "address: 127.0.0.1:8443\n    tls: { cert: \"\", key: a.key, sni: [{ host: \"http://x\", cert: b, key: c }] }",
     );
-    assert_error(&e, "listeners[0].tls", "not available");
+    assert_error(&e, "listeners[0].tls.cert", "is empty");
+    assert_error(&e, "listeners[0].tls.sni[0].host", "not a host name");
+}
+
+#[test]
+fn upstream_protocol_and_tls_are_validated() {
+    let cfg = Config::from_yaml(&GOOD.replacen(
+        "canary: { endpoints: [\"127.0.0.1:9002\"], weight: 10 }",
+        "canary: { endpoints: [\"127.0.0.1:9002\"], weight: 10, protocol: h2c, tls: { ca: ca.pem, server_name: api.internal } }",
+        1,
+    ))
+    .unwrap();
+    let up = &cfg.routes[0].versions[1].upstream;
+    assert_eq!(up.protocol, Protocol::H2);
+    assert_eq!(
+        up.tls.as_ref().unwrap().server_name.as_deref(),
+        Some("api.internal")
+    );
+    assert_eq!(cfg.routes[0].versions[0].upstream, Upstream::default());
+    let e = errors_with("weight: 10 }", "weight: 10, protocol: http3 }");
+    assert_error(&e, "routes[0].versions.canary.protocol", "not a protocol");
+    let e = errors_with(
+        "weight: 10 }",
+        "weight: 10, tls: { server_name: \"not a name!\" } }",
+    );
+    assert_error(
+        &e,
+        "routes[0].versions.canary.tls.server_name",
+        "not a DNS name",
+    );
 }
 
 #[test]

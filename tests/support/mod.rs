@@ -526,3 +526,138 @@ impl Drop for ProxyProcess {
         let _ = self.child.wait();
     }
 }
+
+/// A throwaway CA that issues server certificates into a temp directory.
+pub struct TestPki {
+    pub dir: tempfile::TempDir,
+    pub ca_path: std::path::PathBuf,
+    pub ca_der: Vec<u8>,
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+}
+
+/// One issued certificate: its PEM files and the leaf's DER (to compare with what a client saw).
+pub struct Issued {
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+    pub der: Vec<u8>,
+}
+
+impl TestPki {
+    pub fn new() -> TestPki {
+        let dir = tempfile::tempdir().unwrap();
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "canaryd test CA");
+        let ca = params.self_signed(&ca_key).unwrap();
+        let ca_path = dir.path().join("ca.pem");
+        std::fs::write(&ca_path, ca.pem()).unwrap();
+        TestPki {
+            ca_der: ca.der().to_vec(),
+            issuer: rcgen::Issuer::new(params, ca_key),
+            ca_path,
+            dir,
+        }
+    }
+
+    /// Issue a certificate for `names` as `<stem>.crt` / `<stem>.key`.
+    pub fn issue(&self, names: &[&str], stem: &str) -> Issued {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params =
+            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        let (cp, kp) = (
+            self.dir.path().join(format!("{stem}.crt")),
+            self.dir.path().join(format!("{stem}.key")),
+        );
+        std::fs::write(&cp, cert.pem()).unwrap();
+        std::fs::write(&kp, key.serialize_pem()).unwrap();
+        Issued {
+            cert: cp,
+            key: kp,
+            der: cert.der().to_vec(),
+        }
+    }
+
+    /// A rustls client trusting this CA, offering `alpn`.
+    pub fn client(&self, alpn: &[&[u8]]) -> tokio_rustls::TlsConnector {
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(rustls_pki_types::CertificateDer::from(self.ca_der.clone()))
+            .unwrap();
+        let mut cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        cfg.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
+        tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
+    }
+}
+
+impl Origin {
+    /// An origin behind TLS (certificate `issued`), speaking HTTP/1.1 or h2 by ALPN.
+    pub async fn start_tls(name: &'static str, issued: &Issued) -> Origin {
+        use rustls_pki_types::pem::PemObject;
+        let chain = rustls_pki_types::CertificateDer::pem_file_iter(&issued.cert)
+            .unwrap()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        let key = rustls_pki_types::PrivateKeyDer::from_pem_file(&issued.key).unwrap();
+        let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+        cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+        let log = seen.clone();
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = accepted.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let (log, acceptor) = (log.clone(), acceptor.clone());
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(stream).await else {
+                        return;
+                    };
+                    let svc = service_fn(move |req| {
+                        let log = log.clone();
+                        async move { Ok::<_, Infallible>(origin_respond(name, &log, req).await) }
+                    });
+                    let _ = auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(tls), svc)
+                        .await;
+                });
+            }
+        });
+        Origin {
+            name,
+            addr,
+            seen,
+            accepted,
+        }
+    }
+}
+
+/// Run a blocking command off the async runtime (the in-process proxy keeps serving).
+pub async fn run_cmd(mut cmd: Command) -> std::process::Output {
+    tokio::task::spawn_blocking(move || cmd.output().expect("command failed to start"))
+        .await
+        .unwrap()
+}
