@@ -21,6 +21,10 @@ Method (also written to the results):
       (oha -q RATE --latency-correction), minus the same percentiles measured direct to the origin
     HTTP/2 downstream req/s with h2load -c 10 -m 100 (h2c prior knowledge)
     memory per 10k idle keep-alive connections: proxy RSS delta after opening them (one request each)
+    TLS (same ECDSA P-256 certificate for every proxy, TLS 1.3, made with openssl):
+      full handshakes per second: wrk with `Connection: close` over https (wrk keeps no session,
+      so every connection is a full handshake), and CPU per handshake+request
+      keep-alive TLS requests per CPU-second: wrk -c64 over https, 1e6 / CPU µs per request
 
 Usage: compare.py --canaryd PATH [--quick] [--rounds N] [--duration S] [--out FILE]
 """
@@ -95,8 +99,8 @@ def rss_bytes(pids):
 
 
 class Proc:
-    def __init__(self, name, argv, port, h2_port, cpu="0"):
-        self.name, self.port, self.h2_port = name, port, h2_port
+    def __init__(self, name, argv, port, h2_port, cpu="0", tls_port=None):
+        self.name, self.port, self.h2_port, self.tls_port = name, port, h2_port, tls_port
         self.p = subprocess.Popen(["taskset", "-c", cpu] + argv, stdout=subprocess.DEVNULL,
                                   stderr=subprocess.DEVNULL)
         wait_port(port)
@@ -132,7 +136,17 @@ http {{
 """
 
 
-def nginx_proxy_conf(tmp, port, h2, o1, o2):
+def make_cert(tmp):
+    """ECDSA P-256 certificate for localhost, shared by every proxy."""
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                    "-nodes", "-keyout", f"{tmp}/tls.key", "-out", f"{tmp}/tls.crt", "-days", "2",
+                    "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost"],
+                   check=True, capture_output=True)
+    with open(f"{tmp}/tls.pem", "w") as f:  # HAProxy wants chain and key in one file
+        f.write(open(f"{tmp}/tls.crt").read() + open(f"{tmp}/tls.key").read())
+
+
+def nginx_proxy_conf(tmp, port, h2, o1, o2, tls_port):
     return f"""
 worker_processes 1;
 daemon off;
@@ -151,6 +165,10 @@ http {{
   server {{
     listen 127.0.0.1:{port} backlog=4096;
     listen 127.0.0.1:{h2} http2;
+    listen 127.0.0.1:{tls_port} ssl backlog=4096;
+    ssl_certificate {tmp}/tls.crt;
+    ssl_certificate_key {tmp}/tls.key;
+    ssl_protocols TLSv1.3;
     location / {{
       proxy_pass http://$pool;
       proxy_http_version 1.1;
@@ -161,7 +179,7 @@ http {{
 """
 
 
-def haproxy_conf(port, h2, o1, o2):
+def haproxy_conf(port, h2, o1, o2, tls_port, pem):
     return f"""
 global
   nbthread 1
@@ -176,6 +194,7 @@ defaults
 frontend fe
   bind 127.0.0.1:{port}
   bind 127.0.0.1:{h2} proto h2
+  bind 127.0.0.1:{tls_port} ssl crt {pem} alpn http/1.1 ssl-min-ver TLSv1.3
   default_backend be
 backend be
   balance roundrobin
@@ -184,7 +203,7 @@ backend be
 """
 
 
-def canaryd_conf(port, admin, o1, o2, full):
+def canaryd_conf(port, admin, o1, o2, full, tls_port=None, tmp=None):
     if full:
         route = f"""
   - name: app
@@ -206,7 +225,10 @@ def canaryd_conf(port, admin, o1, o2, full):
     versions:
       stable: {{ endpoints: ["127.0.0.1:{o1}"] }}
 """
-    return f"""listeners: [{{ address: "127.0.0.1:{port}" }}]
+    tls = (f'\n  - {{ address: "127.0.0.1:{tls_port}", tls: {{ cert: "{tmp}/tls.crt", key: "{tmp}/tls.key" }} }}'
+           if tls_port else "")
+    return f"""listeners:
+  - {{ address: "127.0.0.1:{port}" }}{tls}
 admin: {{ address: "127.0.0.1:{admin}" }}
 routes:{route}"""
 
@@ -296,10 +318,11 @@ def main():
     # with 5,000 connections and scaled to 10k.
     ap.add_argument("--idle-conns", type=int, default=5_000)
     ap.add_argument("--out", help="write a Markdown report here")
+    ap.add_argument("--tls-only", action="store_true", help="only the TLS figures")
     a = ap.parse_args()
     if a.quick:
         a.rounds, a.duration, a.idle_conns = 1, 2, 1000
-    for tool in ["nginx", "haproxy", "wrk", "h2load", "oha", "taskset"]:
+    for tool in ["nginx", "haproxy", "wrk", "h2load", "oha", "taskset", "openssl"]:
         if not shutil.which(tool):
             sys.exit(f"missing {tool}: run benches/load/run.sh, which installs it")
 
@@ -307,6 +330,7 @@ def main():
     o1, o2 = free_port(), free_port()
     with open(f"{tmp}/origin.conf", "w") as f:
         f.write(nginx_origin_conf(tmp, o1, o2))
+    make_cert(tmp)
     procs = []
     try:
         origin = Proc("origin", ["nginx", "-c", f"{tmp}/origin.conf", "-p", tmp, "-e", "stderr"], o1, None, cpu="1")
@@ -314,23 +338,28 @@ def main():
         wait_port(o2)
 
         targets = {}
-        p, h = free_port(), free_port()
+        p, h, t = free_port(), free_port(), free_port()
         with open(f"{tmp}/proxy.conf", "w") as f:
-            f.write(nginx_proxy_conf(tmp, p, h, o1, o2))
-        targets["nginx"] = Proc("nginx", ["nginx", "-c", f"{tmp}/proxy.conf", "-p", tmp, "-e", "stderr"], p, h)
-        p, h = free_port(), free_port()
+            f.write(nginx_proxy_conf(tmp, p, h, o1, o2, t))
+        targets["nginx"] = Proc("nginx", ["nginx", "-c", f"{tmp}/proxy.conf", "-p", tmp, "-e", "stderr"], p, h,
+                                tls_port=t)
+        p, h, t = free_port(), free_port(), free_port()
         with open(f"{tmp}/haproxy.cfg", "w") as f:
-            f.write(haproxy_conf(p, h, o1, o2))
-        targets["haproxy"] = Proc("haproxy", ["haproxy", "-f", f"{tmp}/haproxy.cfg"], p, h)
+            f.write(haproxy_conf(p, h, o1, o2, t, f"{tmp}/tls.pem"))
+        targets["haproxy"] = Proc("haproxy", ["haproxy", "-f", f"{tmp}/haproxy.cfg"], p, h, tls_port=t)
         for name, full in [("canaryd", True), ("canaryd-simple", False)]:
-            p = free_port()
+            p, t = free_port(), free_port()
+            tls_port = t if name == "canaryd" else None
             with open(f"{tmp}/{name}.yaml", "w") as f:
-                f.write(canaryd_conf(p, free_port(), o1, o2, full))
-            targets[name] = Proc(name, [a.canaryd, "run", "--workers", "1", "-c", f"{tmp}/{name}.yaml"], p, p)
+                f.write(canaryd_conf(p, free_port(), o1, o2, full, tls_port, tmp))
+            targets[name] = Proc(name, [a.canaryd, "run", "--workers", "1", "-c", f"{tmp}/{name}.yaml"], p, p,
+                                 tls_port=tls_port)
         procs += targets.values()
 
         R = {n: {k: [] for k in ["rps", "cpu", "rps_close", "cpu_close", "h2_rps", "h2_cpu",
-                                   "p50", "p99", "p999", "mem"]} for n in targets}
+                                   "p50", "p99", "p999", "mem", "tls_hs", "tls_hs_cpu", "tls_rps",
+                                   "tls_cpu"]} for n in targets}
+        tls_targets = ["nginx", "haproxy", "canaryd"]
         direct = {"p50": [], "p99": [], "p999": []}
         h2_targets = ["nginx", "haproxy", "canaryd"]
 
@@ -346,6 +375,22 @@ def main():
         # Warm-up: connection pools, page cache, CPU frequency.
         for t in targets.values():
             wrk(f"http://127.0.0.1:{t.port}/", 1)
+
+        for r in range(a.rounds):
+            for name in tls_targets:
+                url = f"https://127.0.0.1:{targets[name].tls_port}/"
+                measure(name, "tls_hs", "tls_hs_cpu", lambda t: wrk(url, a.duration, close=True)[:2])
+            for name in tls_targets:
+                url = f"https://127.0.0.1:{targets[name].tls_port}/"
+                measure(name, "tls_rps", "tls_cpu", lambda t: wrk(url, a.duration)[:2])
+            print(f"round {r + 1}/{a.rounds} TLS done", file=sys.stderr)
+        if a.tls_only:
+            report = render_tls(a, R)
+            print(report)
+            if a.out:
+                with open(a.out, "w") as f:
+                    f.write(report)
+            return
 
         for r in range(a.rounds):
             for name in targets:
@@ -383,6 +428,26 @@ def main():
         for p in reversed(procs):
             p.stop()
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def render_tls(a, R):
+    def ratio(k, inverse=False):
+        c, n = med(R["canaryd"][k]), med(R["nginx"][k])
+        return f"{(n / c if inverse else c / n):.2f}"
+    lines = ["## TLS (ECDSA P-256, TLS 1.3, one core each)\n",
+             f"- date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}; machine: {machine()}",
+             f"- rounds {a.rounds}, {a.duration}s per run, interleaved; median [min–max]\n",
+             "| figure | canaryd / nginx | target |", "|---|---|---|",
+             f"| full handshakes per second (new connection per request) | {ratio('tls_hs')} | ≥ 1.0 |",
+             f"| keep-alive TLS requests per CPU-second | {ratio('tls_cpu', inverse=True)} | ≥ 1.0 |\n",
+             "| proxy | handshakes/s | CPU µs per handshake+request | keep-alive TLS req/s | TLS req per CPU-second |",
+             "|---|---|---|---|---|"]
+    for name in ["nginx", "haproxy", "canaryd"]:
+        r = R[name]
+        per_cpu_s = [1e6 / c for c in r["tls_cpu"] if c]
+        lines.append(f"| {name} | {fmt(r['tls_hs'])} | {fmt(r['tls_hs_cpu'], '', 1)} | {fmt(r['tls_rps'])} | "
+                     f"{fmt(per_cpu_s)} |")
+    return "\n".join(lines) + "\n"
 
 
 def machine():
@@ -444,8 +509,8 @@ def render(a, R, direct, rate, targets):
                      f"{fmt(r['cpu_close'], '', 1)} | {fmt(r['h2_rps'])} | {fmt(r['h2_cpu'], '', 1)} | "
                      f"{lat[0]} | {lat[1]} | {lat[2]} | {mem} |")
     lines.append(f"| direct to origin | | | | | | | p50 {fmt(direct['p50'])} | p99 {fmt(direct['p99'])} | p99.9 {fmt(direct['p999'])} | |")
-    lines.append("\nMethod: see the docstring of benches/load/compare.py.")
-    return "\n".join(lines) + "\n"
+    lines.append("\nMethod: see the docstring of benches/load/compare.py.\n")
+    return "\n".join(lines) + "\n" + render_tls(a, R)
 
 
 def tool_versions():
