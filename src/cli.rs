@@ -1,7 +1,7 @@
 //! What `canaryd check` and `canaryd route` print. Kept in the library so tests and the
 //! binary share it; `main.rs` only parses arguments and chooses exit codes.
 
-use crate::config::{Condition, Config, RuleConfig, ValueTest, Weight};
+use crate::config::{Condition, Config, ConfigError, FieldError, RuleConfig, ValueTest, Weight};
 use crate::router::{self, BUCKETS, Reason, Route, Router};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
 use std::fmt::Write;
@@ -204,4 +204,97 @@ pub fn explain(
     };
     let _ = writeln!(out, "reason:  {why}");
     Ok(out)
+}
+
+/// One canaryd config found in a file: the file itself, or a key of a Kubernetes ConfigMap.
+pub struct Found {
+    /// `file` or `file: ConfigMap/name key`.
+    pub source: String,
+    pub text: String,
+}
+
+/// The canaryd configs in `text`: the whole file, unless it is a Kubernetes manifest, in which
+/// case every `*.yaml`/`*.yml` key of every ConfigMap whose value has `listeners:` or `routes:`.
+pub fn find_configs(file: &str, text: &str) -> Vec<Found> {
+    let mut found = Vec::new();
+    let mut is_manifest = false;
+    for doc in serde_yaml_ng::Deserializer::from_str(text) {
+        let Ok(v) = <serde_yaml_ng::Value as serde::Deserialize>::deserialize(doc) else {
+            break;
+        };
+        if v.get("apiVersion").is_some() && v.get("kind").is_some() {
+            is_manifest = true;
+        }
+        if v.get("kind").and_then(|k| k.as_str()) != Some("ConfigMap") {
+            continue;
+        }
+        let name = v["metadata"]["name"].as_str().unwrap_or("?").to_string();
+        if let Some(data) = v.get("data").and_then(|d| d.as_mapping()) {
+            for (k, val) in data {
+                let (Some(k), Some(val)) = (k.as_str(), val.as_str()) else {
+                    continue;
+                };
+                let yaml_key = k.ends_with(".yaml") || k.ends_with(".yml");
+                if yaml_key && (val.contains("listeners:") || val.contains("routes:")) {
+                    found.push(Found {
+                        source: format!("{file}: ConfigMap/{name} {k}"),
+                        text: val.to_string(),
+                    });
+                }
+            }
+        }
+    }
+    if is_manifest {
+        found
+    } else {
+        vec![Found {
+            source: file.to_string(),
+            text: text.to_string(),
+        }]
+    }
+}
+
+/// Read the files a config points at (TLS certificates and keys, upstream CA bundles) the way
+/// startup and reloads do, reporting problems against their fields.
+pub fn check_files(cfg: &Config) -> Result<(), ConfigError> {
+    let mut errors = Vec::new();
+    for (i, l) in cfg.listeners.iter().enumerate() {
+        if let Some(files) = &l.tls {
+            if let Err(e) = crate::tls::TlsListener::load(files, &format!("listeners[{i}].tls")) {
+                errors.push(e);
+            }
+        }
+    }
+    for (ri, r) in cfg.routes.iter().enumerate() {
+        for v in &r.versions {
+            if let Some(tls) = &v.upstream.tls {
+                if let Err(message) = crate::tls::client_config(tls) {
+                    errors.push(FieldError {
+                        field: format!("routes[{ri}].versions.{}.tls.ca", v.name),
+                        message,
+                    });
+                }
+            }
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(ConfigError { errors })
+    }
+}
+
+/// GET `url` and return its status, within `timeout` (for `canaryd probe`).
+pub async fn probe(url: &str, timeout: std::time::Duration) -> Result<http::StatusCode, String> {
+    let uri: Uri = url.parse().map_err(|_| format!("`{url}` is not a URL"))?;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Empty<bytes::Bytes>>();
+    let req = http::Request::get(uri)
+        .body(http_body_util::Empty::new())
+        .map_err(|e| e.to_string())?;
+    match tokio::time::timeout(timeout, client.request(req)).await {
+        Ok(Ok(resp)) => Ok(resp.status()),
+        Ok(Err(e)) => Err(format!("request failed: {e}")),
+        Err(_) => Err(format!("no answer within {timeout:?}")),
+    }
 }

@@ -18,7 +18,15 @@ use tokio::net::TcpListener;
 /// Start a demo backend on an ephemeral loopback port that answers every request with
 /// `<name>\n`. Returns its address; the task runs until the runtime stops.
 pub async fn start_backend(name: &'static str) -> std::io::Result<SocketAddr> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    start_backend_on(name, SocketAddr::from(([127, 0, 0, 1], 0))).await
+}
+
+/// Like [`start_backend`], on a given address.
+pub async fn start_backend_on(
+    name: &'static str,
+    listen: SocketAddr,
+) -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;
     tokio::spawn(async move {
         loop {

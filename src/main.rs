@@ -50,7 +50,23 @@ enum Command {
         workers: usize,
     },
     /// Validate a config file, like `nginx -t`: exit 0 with a summary or 1 with every error.
-    Check { file: PathBuf },
+    /// A Kubernetes manifest is accepted too: every canaryd config in its ConfigMaps is checked.
+    Check {
+        file: PathBuf,
+        /// Do not read the TLS certificate, key and CA files the config names (for checking a
+        /// config on a machine that does not have them).
+        #[arg(long)]
+        skip_files: bool,
+    },
+    /// Exit 0 if URL answers 2xx within 3 s (container HEALTHCHECK without curl).
+    Probe { url: String },
+    /// Run one demo backend that answers `<name>` (for local demos and tests).
+    Backend {
+        #[arg(long)]
+        name: String,
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: SocketAddr,
+    },
     /// Start two demo backends and the proxy on built-in defaults (10 % canary).
     Demo {
         /// Proxy listen address.
@@ -80,22 +96,16 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Check { file } => match Config::from_file(&file) {
-            Ok(cfg) => {
-                print!(
-                    "{}",
-                    canaryd::cli::check_summary(&file.display().to_string(), &cfg)
-                );
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("{}: {} error(s)", file.display(), e.errors.len());
-                for err in &e.errors {
-                    eprintln!("  {err}");
-                }
-                ExitCode::FAILURE
-            }
-        },
+        Command::Check { file, skip_files } => check(&file, skip_files),
+        Command::Probe { url } => probe(&url),
+        Command::Backend { name, listen } => serve(cli.log_format, 1, || async move {
+            // Leaked once: the name lives as long as the process.
+            let addr =
+                canaryd::demo::start_backend_on(Box::leak(name.into_boxed_str()), listen).await?;
+            println!("backend listening on {addr}");
+            shutdown_signal().await;
+            Ok(())
+        }),
         Command::Route {
             file,
             method,
@@ -128,6 +138,71 @@ fn main() -> ExitCode {
         Command::Demo { listen, workers } => serve(cli.log_format, workers, || {
             canaryd::demo::run(listen, shutdown_signal())
         }),
+    }
+}
+
+fn check(file: &std::path::Path, skip_files: bool) -> ExitCode {
+    let text = match std::fs::read_to_string(file) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!(
+                "{}: 1 error(s)\n  {}: cannot read config file: {e}",
+                file.display(),
+                file.display()
+            );
+            return ExitCode::FAILURE;
+        }
+    };
+    let found = canaryd::cli::find_configs(&file.display().to_string(), &text);
+    if found.is_empty() {
+        eprintln!(
+            "{}: a Kubernetes manifest with no canaryd config in its ConfigMaps",
+            file.display()
+        );
+        return ExitCode::FAILURE;
+    }
+    let mut ok = true;
+    for f in found {
+        let result = Config::from_yaml(&f.text).and_then(|cfg| {
+            if !skip_files {
+                canaryd::cli::check_files(&cfg)?;
+            }
+            Ok(cfg)
+        });
+        match result {
+            Ok(cfg) => print!("{}", canaryd::cli::check_summary(&f.source, &cfg)),
+            Err(e) => {
+                ok = false;
+                eprintln!("{}: {} error(s)", f.source, e.errors.len());
+                for err in &e.errors {
+                    eprintln!("  {err}");
+                }
+            }
+        }
+    }
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn probe(url: &str) -> ExitCode {
+    let result = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())
+        .and_then(|rt| rt.block_on(canaryd::cli::probe(url, std::time::Duration::from_secs(3))));
+    match result {
+        Ok(status) if status.is_success() => ExitCode::SUCCESS,
+        Ok(status) => {
+            eprintln!("{url}: {status}");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("{url}: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -573,7 +573,7 @@ fn non_empty_path(s: &str, field: &str, errs: &mut Errors) -> Option<PathBuf> {
 }
 
 /// Paths only: the files are read (and their errors reported against these fields) by
-/// `canaryd check`, at startup and on every reload, in `tls`.
+/// `canaryd check` (unless `--skip-files`), at startup and on every reload, in `tls`.
 fn validate_tls(t: &RawTls, field: &str, errs: &mut Errors) -> Option<TlsFiles> {
     let cert = non_empty_path(&t.cert, &format!("{field}.cert"), errs);
     let key = non_empty_path(&t.key, &format!("{field}.key"), errs);
