@@ -315,8 +315,15 @@ impl Control {
             Ok(c) => c,
             Err(e) => return self.fail(&mut inner, trigger, e),
         };
-        if config.listeners != inner.listeners || config.admin != inner.admin {
-            let msg = "the listeners or admin section changed; restart canaryd to apply it (the running listeners are kept)".to_string();
+        let running = &inner.file.proxy;
+        let conn_settings_changed = config.proxy.max_connections != running.max_connections
+            || config.proxy.header_timeout != running.header_timeout
+            || config.proxy.drain_timeout != running.drain_timeout;
+        if config.listeners != inner.listeners
+            || config.admin != inner.admin
+            || conn_settings_changed
+        {
+            let msg = "listeners, admin, or proxy max_connections/header_timeout/drain_timeout changed; restart canaryd to apply them (the running ones are kept)".to_string();
             tracing::warn!(trigger = trigger_name(trigger), "{msg}");
             inner.status.needs_restart = Some(msg);
             config.listeners = inner.listeners.clone();

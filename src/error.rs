@@ -23,9 +23,9 @@ pub enum ProxyError {
     /// The upstream connection broke or spoke invalid HTTP before a response arrived.
     #[error("upstream connection failed before a response")]
     UpstreamReset,
-    /// The request cannot be forwarded as received (e.g. an unusable request target).
-    #[error("bad request")]
-    BadRequest,
+    /// The request cannot be forwarded as received; the reason is sent to the client.
+    #[error("bad request: {0}")]
+    BadRequest(&'static str),
 }
 
 /// Closed set of upstream failure kinds, used as a metric label.
@@ -60,14 +60,14 @@ impl ProxyError {
             ProxyError::ConnectTimeout => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::ResponseTimeout => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::UpstreamReset => StatusCode::BAD_GATEWAY,
-            ProxyError::BadRequest => StatusCode::BAD_REQUEST,
+            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
         }
     }
 
     /// Which upstream failure this was, if it was one.
     pub fn upstream_kind(self) -> Option<UpstreamErrorKind> {
         match self {
-            ProxyError::NoRoute | ProxyError::BadRequest => None,
+            ProxyError::NoRoute | ProxyError::BadRequest(_) => None,
             ProxyError::Connect => Some(UpstreamErrorKind::Connect),
             ProxyError::ConnectTimeout | ProxyError::ResponseTimeout => {
                 Some(UpstreamErrorKind::Timeout)

@@ -247,7 +247,18 @@ where
     }
 }
 
+/// Resolves on the first SIGTERM/SIGINT; a second one exits at once, without draining.
 async fn shutdown_signal() {
+    wait_for_signal().await;
+    tracing::info!("draining; send the signal again to exit at once");
+    tokio::spawn(async {
+        wait_for_signal().await;
+        eprintln!("canaryd: second signal, exiting without draining");
+        std::process::exit(130);
+    });
+}
+
+async fn wait_for_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {

@@ -172,6 +172,7 @@ async fn forward(
     start: Instant,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let (mut parts, body) = req.into_parts();
+    check_host(&parts)?;
 
     let decision: Decision = {
         let host = router::request_host(&parts.uri, &parts.headers);
@@ -198,13 +199,11 @@ async fn forward(
         endpoint: endpoint_index,
     });
 
-    // The host the client asked for: HTTP/2 carries it as :authority, HTTP/1 as Host.
-    let client_host: Option<HeaderValue> = match parts.headers.get(HOST) {
-        Some(h) => Some(h.clone()),
-        None => parts
-            .uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+    // The host the client asked for: the target's authority when it has one (HTTP/2
+    // :authority, HTTP/1 absolute-form, which RFC 9112 §3.2.2 says replaces Host), else Host.
+    let client_host: Option<HeaderValue> = match parts.uri.authority() {
+        Some(a) => HeaderValue::from_str(a.as_str()).ok(),
+        None => parts.headers.get(HOST).cloned(),
     };
     // An HTTP/1.1 Upgrade (WebSocket, …) keeps its Upgrade/Connection headers; the client
     // side of the tunnel is taken now, but only switched after the upstream's 101.
@@ -238,7 +237,8 @@ async fn forward(
     uri.scheme = Some(vrt.scheme.clone());
     uri.authority = Some(endpoint.authority.clone());
     uri.path_and_query = Some(path_and_query);
-    parts.uri = Uri::from_parts(uri).map_err(|_| ProxyError::BadRequest)?;
+    parts.uri =
+        Uri::from_parts(uri).map_err(|_| ProxyError::BadRequest("unusable request target"))?;
     // The version's protocol decides, whatever the client spoke.
     parts.version = vrt.http_version;
 
@@ -306,6 +306,22 @@ async fn forward(
         ProxyBody::Upstream(rbody)
     };
     Ok(Response::from_parts(rparts, body))
+}
+
+/// RFC 9112 §3.2: an HTTP/1.1 request carries exactly one Host (absolute-form may stand in
+/// for it); more than one is ambiguous about which site is meant, so both are refused.
+fn check_host(parts: &http::request::Parts) -> Result<(), ProxyError> {
+    if parts.version >= Version::HTTP_2 {
+        return Ok(());
+    }
+    let mut hosts = parts.headers.get_all(HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (_, Some(_)) => Err(ProxyError::BadRequest("more than one Host header")),
+        (None, None) if parts.version == Version::HTTP_11 && parts.uri.authority().is_none() => {
+            Err(ProxyError::BadRequest("missing Host header"))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Copy bytes both ways between an upgraded client and upstream until either side closes.

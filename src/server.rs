@@ -23,11 +23,24 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-/// How long open connections get to finish in-flight requests after shutdown starts.
-pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// HTTP/2 streams one client may have open at once.
+const H2_MAX_CONCURRENT_STREAMS: u32 = 256;
+/// Streams reset by the client before we answered, tolerated at once (rapid reset,
+/// CVE-2023-44487): beyond this hyper/h2 sends GOAWAY.
+const H2_MAX_PENDING_RESET_STREAMS: usize = 20;
+/// Largest HTTP/2 header block accepted (CONTINUATION floods are bounded by it).
+const H2_MAX_HEADER_LIST_SIZE: u32 = 64 * 1024;
+/// Most header fields in one HTTP/1 request.
+const H1_MAX_HEADERS: usize = 100;
 
-/// Header-read timeout for HTTP/1 requests (slowloris): hyper enforces it only with a timer.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Settings fixed at startup for every listener (a reload cannot change them).
+#[derive(Clone)]
+struct ConnLimits {
+    /// Process-wide cap on open downstream connections.
+    slots: Arc<tokio::sync::Semaphore>,
+    header_timeout: Duration,
+    drain_timeout: Duration,
+}
 
 /// Environment variable holding the admin API bearer token; wins over `admin.token`.
 pub const ADMIN_TOKEN_ENV: &str = "CANARYD_ADMIN_TOKEN";
@@ -133,7 +146,7 @@ impl Server {
     }
 
     /// Serve until `shutdown` resolves, then stop accepting and let open connections finish
-    /// (HTTP/1 gets `Connection: close`, HTTP/2 a GOAWAY) for up to [`DRAIN_TIMEOUT`].
+    /// (HTTP/1 gets `Connection: close`, HTTP/2 a GOAWAY) for up to `proxy.drain_timeout`.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         let (stop_tx, stop_rx) = watch::channel(false);
         let (admin_stop_tx, admin_stop_rx) = watch::channel(false);
@@ -154,6 +167,12 @@ impl Server {
             }
             None => None,
         };
+        let settings = self.state.snapshot().config.proxy.clone();
+        let limits = ConnLimits {
+            slots: Arc::new(tokio::sync::Semaphore::new(settings.max_connections)),
+            header_timeout: settings.header_timeout,
+            drain_timeout: settings.drain_timeout,
+        };
         let mut loops = JoinSet::new();
         for (listener, tls) in self.listeners {
             let addr = listener.local_addr()?;
@@ -167,6 +186,7 @@ impl Server {
                 listener,
                 tls,
                 self.state.clone(),
+                limits.clone(),
                 stop_rx.clone(),
             ));
         }
@@ -191,17 +211,32 @@ async fn accept_loop(
     listener: TcpListener,
     tls: Option<Arc<TlsListener>>,
     state: Arc<State>,
+    limits: ConnLimits,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
-    builder.http2().timer(TokioTimer::new());
+        .header_read_timeout(limits.header_timeout)
+        .max_headers(H1_MAX_HEADERS);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS)
+        .max_pending_accept_reset_streams(H2_MAX_PENDING_RESET_STREAMS)
+        .max_header_list_size(H2_MAX_HEADER_LIST_SIZE);
     let graceful = GracefulShutdown::new();
 
     loop {
+        // At the cap, stop accepting: new clients wait in the kernel's backlog, nothing breaks.
+        let slot = tokio::select! {
+            _ = stop.changed() => break,
+            s = limits.slots.clone().acquire_owned() => match s {
+                Ok(s) => s,
+                Err(_) => break,
+            },
+        };
         let (stream, peer) = tokio::select! {
             _ = stop.changed() => break,
             res = listener.accept() => match res {
@@ -229,10 +264,24 @@ async fn accept_loop(
         let builder = builder.clone();
         let acceptor = tls.as_ref().map(|t| t.acceptor());
         let metrics = state.metrics.clone();
+        let header_timeout = limits.header_timeout;
         tokio::spawn(async move {
+            let _slot = slot;
             let _open = GaugeGuard::new(&metrics.open_connections);
             let result = match acceptor {
                 None => {
+                    // hyper's header timer starts with the first request; a client that never
+                    // sends a byte would otherwise hold the connection (and a slot) forever.
+                    // `peek`, not `readable()`: readiness may be reported before any byte is
+                    // there, and hyper's own timer only starts with the first byte.
+                    let mut first = [0u8; 1];
+                    if !matches!(
+                        tokio::time::timeout(header_timeout, stream.peek(&mut first)).await,
+                        Ok(Ok(1..))
+                    ) {
+                        tracing::debug!(%peer, "no request bytes in time; closing");
+                        return;
+                    }
                     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
                     watcher.watch(conn.into_owned()).await
                 }
@@ -261,7 +310,7 @@ async fn accept_loop(
         });
     }
     drop(listener);
-    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
+    if tokio::time::timeout(limits.drain_timeout, graceful.shutdown())
         .await
         .is_err()
     {

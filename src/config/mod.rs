@@ -23,6 +23,9 @@ pub const WEIGHT_SCALE: u32 = 10_000;
 
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// One validation problem, tied to the field that caused it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -164,6 +167,12 @@ pub struct ProxySettings {
     pub version_header: bool,
     /// Emit one structured access-log event per request.
     pub access_log: bool,
+    /// Most open downstream connections across all listeners (excess waits in the backlog).
+    pub max_connections: usize,
+    /// First byte and complete request headers must arrive within this (slowloris).
+    pub header_timeout: Duration,
+    /// How long shutdown waits for in-flight requests before closing what is left.
+    pub drain_timeout: Duration,
     /// Defaults for routes that set no `timeouts`.
     pub timeouts: Timeouts,
 }
@@ -468,9 +477,32 @@ impl TryFrom<RawConfig> for Config {
             "proxy.timeouts",
             &mut errs,
         );
+        let max_connections = match raw.proxy.max_connections {
+            Some(0) => {
+                errs.push("proxy.max_connections", "must be at least 1");
+                DEFAULT_MAX_CONNECTIONS
+            }
+            Some(n) => n,
+            None => DEFAULT_MAX_CONNECTIONS,
+        };
+        let header_timeout = raw
+            .proxy
+            .header_timeout
+            .as_deref()
+            .and_then(|s| parse_duration(s, "proxy.header_timeout", &mut errs))
+            .unwrap_or(DEFAULT_HEADER_TIMEOUT);
+        let drain_timeout = raw
+            .proxy
+            .drain_timeout
+            .as_deref()
+            .and_then(|s| parse_duration(s, "proxy.drain_timeout", &mut errs))
+            .unwrap_or(DEFAULT_DRAIN_TIMEOUT);
         let proxy = ProxySettings {
             version_header: raw.proxy.version_header,
             access_log: raw.proxy.access_log,
+            max_connections,
+            header_timeout,
+            drain_timeout,
             timeouts: default_timeouts,
         };
 

@@ -93,6 +93,12 @@ pub struct RawProxy {
     /// One structured log line per request (target `canaryd::access`).
     #[serde(default)]
     pub access_log: bool,
+    /// Most open downstream connections; more wait in the listen backlog.
+    pub max_connections: Option<usize>,
+    /// A client must send its first byte and complete request headers within this.
+    pub header_timeout: Option<String>,
+    /// How long shutdown waits for in-flight requests.
+    pub drain_timeout: Option<String>,
     #[serde(default)]
     pub timeouts: RawTimeouts,
 }

@@ -493,3 +493,38 @@ fn admin_token_must_not_be_empty() {
     );
     assert_error(&e, "admin.token", "is empty");
 }
+
+#[test]
+fn connection_limits_and_timeouts_are_validated() {
+    let with = |p: &str| {
+        Config::from_yaml(&GOOD.replacen("routes:", &format!("proxy: {{ {p} }}\nroutes:"), 1))
+    };
+    let cfg = with("max_connections: 50, header_timeout: 5s, drain_timeout: 1m").unwrap();
+    assert_eq!(cfg.proxy.max_connections, 50);
+    assert_eq!(cfg.proxy.header_timeout, Duration::from_secs(5));
+    assert_eq!(cfg.proxy.drain_timeout, Duration::from_secs(60));
+    let d = Config::from_yaml(GOOD).unwrap().proxy;
+    assert_eq!(
+        (d.max_connections, d.header_timeout, d.drain_timeout),
+        (
+            DEFAULT_MAX_CONNECTIONS,
+            DEFAULT_HEADER_TIMEOUT,
+            DEFAULT_DRAIN_TIMEOUT
+        )
+    );
+    assert_error(
+        &with("max_connections: 0").unwrap_err().errors,
+        "proxy.max_connections",
+        "at least 1",
+    );
+    assert_error(
+        &with("header_timeout: soon").unwrap_err().errors,
+        "proxy.header_timeout",
+        "not a duration",
+    );
+    assert_error(
+        &with("drain_timeout: 0s").unwrap_err().errors,
+        "proxy.drain_timeout",
+        "greater than zero",
+    );
+}

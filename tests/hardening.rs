@@ -1,0 +1,195 @@
+//! Hostile or broken clients and shutdown: bad Host headers are refused before anything
+//! reaches an upstream, connection limits hold, silent connections are closed, and SIGTERM
+//! drains in-flight requests (a second signal exits at once).
+
+mod support;
+
+use std::time::Duration;
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Send raw bytes, return the first chunk of the answer.
+async fn raw(stream: &mut TcpStream, req: &str) -> String {
+    stream.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 8192];
+    let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf))
+        .await
+        .expect("an answer")
+        .unwrap();
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+fn yaml(origin: &Origin, proxy_extra: &str) -> String {
+    format!(
+        r#"listeners: [{{ address: "127.0.0.1:0" }}]
+proxy: {{ version_header: true{proxy_extra} }}
+routes:
+  - name: shop
+    match: {{ host: shop.example.com }}
+    versions: {{ stable: {{ endpoints: ["{0}"] }} }}
+  - name: other
+    versions: {{ stable: {{ endpoints: ["{0}"] }} }}
+"#,
+        origin.addr
+    )
+}
+
+#[tokio::test]
+async fn host_header_problems_are_refused_before_the_upstream() {
+    let origin = Origin::start("stable").await;
+    let proxy = Proxy::start(&yaml(&origin, "")).await;
+    for (req, why) in [
+        ("GET / HTTP/1.1\r\n\r\n", "missing Host header"),
+        (
+            "GET / HTTP/1.1\r\nHost: shop.example.com\r\nHost: evil.example\r\n\r\n",
+            "more than one Host header",
+        ),
+    ] {
+        let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+        let answer = raw(&mut s, req).await;
+        assert!(answer.starts_with("HTTP/1.1 400"), "{req:?} → {answer}");
+        assert!(answer.contains(why), "{answer}");
+    }
+    assert!(origin.seen().is_empty(), "nothing reached the origin");
+
+    // HTTP/1.0 may omit Host.
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    assert!(
+        raw(&mut s, "GET / HTTP/1.0\r\n\r\n")
+            .await
+            .starts_with("HTTP/1.0 200")
+    );
+}
+
+#[tokio::test]
+async fn absolute_form_target_overrides_host() {
+    let origin = Origin::start("stable").await;
+    let proxy = Proxy::start(&yaml(&origin, "")).await;
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    let answer = raw(
+        &mut s,
+        "GET http://shop.example.com/cart HTTP/1.1\r\nHost: evil.example\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let seen = origin.last();
+    assert_eq!(seen.headers["host"], "shop.example.com");
+    assert_eq!(seen.uri, "/cart");
+}
+
+#[tokio::test]
+async fn connection_cap_queues_the_excess_instead_of_failing() {
+    let origin = Origin::start("stable").await;
+    let proxy = Proxy::start(&yaml(&origin, ", max_connections: 2")).await;
+    let req = "GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+    let mut c1 = TcpStream::connect(proxy.addr).await.unwrap();
+    let mut c2 = TcpStream::connect(proxy.addr).await.unwrap();
+    assert!(raw(&mut c1, req).await.starts_with("HTTP/1.1 200"));
+    assert!(raw(&mut c2, req).await.starts_with("HTTP/1.1 200"));
+    // A third client waits in the backlog while both slots are held...
+    let mut c3 = TcpStream::connect(proxy.addr).await.unwrap();
+    c3.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 1024];
+    let early = tokio::time::timeout(Duration::from_millis(500), c3.read(&mut buf)).await;
+    assert!(early.is_err(), "third connection served above the cap");
+    // ...and is served as soon as one closes.
+    drop(c1);
+    let n = tokio::time::timeout(Duration::from_secs(10), c3.read(&mut buf))
+        .await
+        .expect("served after a slot freed")
+        .unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+}
+
+#[tokio::test]
+async fn a_connection_that_sends_nothing_is_closed() {
+    let origin = Origin::start("stable").await;
+    let proxy = Proxy::start(&yaml(&origin, ", header_timeout: 300ms")).await;
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+        .await
+        .expect("the server closed the silent connection")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+    // A half-sent request (slowloris) is cut too.
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n").await.unwrap();
+    let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+        .await
+        .expect("the server closed the slow connection")
+        .unwrap_or(0);
+    let answer = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(n == 0 || answer.starts_with("HTTP/1.1 408"), "{answer}");
+}
+
+fn kill(pid: u32, sig: &str) {
+    assert!(
+        std::process::Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+}
+
+fn wait_exit(proc: &mut ProxyProcess, within: Duration) -> Option<i32> {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        if let Some(status) = proc.child.try_wait().unwrap() {
+            return Some(status.code().unwrap_or(-1));
+        }
+        if std::time::Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_in_flight_requests_and_exits_zero() {
+    let origin = Origin::start("stable").await;
+    let mut proc = ProxyProcess::start(&yaml(&origin, ", drain_timeout: 20s"));
+    let url = format!("http://{}/sleep/1500", proc.addr);
+    let in_flight =
+        tokio::spawn(async move { TestClient::http1().get(&url, &[("host", "a")]).await });
+    wait_for("request at the origin", || !origin.seen().is_empty()).await;
+    kill(proc.child.id(), "-TERM");
+    let r = in_flight.await.unwrap();
+    assert_eq!(
+        (r.status.as_u16(), r.body.as_str()),
+        (200, "stable"),
+        "in-flight request finished"
+    );
+    assert_eq!(
+        wait_exit(&mut proc, Duration::from_secs(20)),
+        Some(0),
+        "clean exit after the drain"
+    );
+    assert!(
+        TcpStream::connect(proc.addr).await.is_err(),
+        "no longer accepting"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_exits_at_once() {
+    let origin = Origin::start("stable").await;
+    let mut proc = ProxyProcess::start(&yaml(&origin, ", drain_timeout: 60s"));
+    let url = format!("http://{}/sleep/25000", proc.addr);
+    let in_flight =
+        tokio::spawn(async move { TestClient::http1().try_get(&url).await.map(|r| r.status) });
+    wait_for("request at the origin", || !origin.seen().is_empty()).await;
+    kill(proc.child.id(), "-TERM");
+    // The first signal starts a drain that would wait for the 25 s request...
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(proc.child.try_wait().unwrap().is_none(), "still draining");
+    kill(proc.child.id(), "-TERM");
+    // ...the second ends the process without waiting.
+    assert_eq!(wait_exit(&mut proc, Duration::from_secs(10)), Some(130));
+    assert!(
+        in_flight.await.unwrap().is_none(),
+        "the cut request failed, as asked"
+    );
+}
