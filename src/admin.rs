@@ -5,6 +5,7 @@
 //! state-changing calls are refused unless they come from a loopback peer. canaryd refuses to
 //! start with a non-loopback admin address and no token (see `server`).
 
+use crate::config::ConfigError;
 use crate::control::{ApiError, Control, ReloadOutcome, Trigger};
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
@@ -212,17 +213,23 @@ async fn handle(admin: &Admin, peer: SocketAddr, req: Request<Incoming>) -> Resp
     }
 }
 
+/// 422 for a rejected reload: what was rejected, every field at fault, and the generation
+/// still in force.
+fn reload_failure(control: &Control, what: &str, e: &ConfigError) -> Response<Full<Bytes>> {
+    json_response(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        &json!({
+            "result": "failure",
+            "generation": control.state().snapshot().generation,
+            "error": format!("{what} rejected, the running one is kept: {e}"),
+            "errors": e.errors.iter().map(|f| json!({ "field": f.field, "message": f.message })).collect::<Vec<_>>(),
+        }),
+    )
+}
+
 fn reload(control: &Control) -> Response<Full<Bytes>> {
     if let Err(e) = control.reload_certs(Trigger::Api) {
-        return json_response(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            &json!({
-                "result": "failure",
-                "generation": control.state().snapshot().generation,
-                "error": format!("certificate rejected, the running one is kept: {e}"),
-                "errors": e.errors.iter().map(|f| json!({ "field": f.field, "message": f.message })).collect::<Vec<_>>(),
-            }),
-        );
+        return reload_failure(control, "certificate", &e);
     }
     match control.reload(Trigger::Api, true) {
         ReloadOutcome::Applied { generation } => json_response(
@@ -233,15 +240,7 @@ fn reload(control: &Control) -> Response<Full<Bytes>> {
             StatusCode::OK,
             &json!({ "result": "unchanged", "generation": generation }),
         ),
-        ReloadOutcome::Failed(e) => json_response(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            &json!({
-                "result": "failure",
-                "generation": control.state().snapshot().generation,
-                "error": format!("config rejected, the running config is kept: {e}"),
-                "errors": e.errors.iter().map(|f| json!({ "field": f.field, "message": f.message })).collect::<Vec<_>>(),
-            }),
-        ),
+        ReloadOutcome::Failed(e) => reload_failure(control, "config", &e),
         ReloadOutcome::NoFile => error(
             StatusCode::CONFLICT,
             "canaryd was started without a config file; nothing to reload",

@@ -242,18 +242,22 @@ async fn sni_selects_the_certificate() {
     );
 }
 
+/// The error `Server::bind` refuses a valid-looking config with.
+async fn bind_error(yaml: &str) -> String {
+    let config = canaryd::config::Config::from_yaml(yaml).unwrap();
+    match canaryd::server::Server::bind(config).await {
+        Ok(_) => panic!("bind should have failed"),
+        Err(e) => e.to_string(),
+    }
+}
+
 #[tokio::test]
 async fn missing_certificate_files_refuse_to_start_naming_the_field() {
     let origin = Origin::start("stable").await;
     let pki = TestPki::new();
     let mut cert = pki.issue(&["localhost"], "a");
     cert.key = pki.dir.path().join("absent.key");
-    let config = canaryd::config::Config::from_yaml(&tls_yaml(&origin, &cert, "")).unwrap();
-    let err = canaryd::server::Server::bind(config)
-        .await
-        .err()
-        .unwrap()
-        .to_string();
+    let err = bind_error(&tls_yaml(&origin, &cert, "")).await;
     assert!(
         err.contains("listeners[0].tls.key") && err.contains("absent.key"),
         "{err}"
@@ -262,12 +266,7 @@ async fn missing_certificate_files_refuse_to_start_naming_the_field() {
     let other = pki.issue(&["localhost"], "b");
     let mut mixed = pki.issue(&["localhost"], "c");
     mixed.key = other.key;
-    let config = canaryd::config::Config::from_yaml(&tls_yaml(&origin, &mixed, "")).unwrap();
-    let err = canaryd::server::Server::bind(config)
-        .await
-        .err()
-        .unwrap()
-        .to_string();
+    let err = bind_error(&tls_yaml(&origin, &mixed, "")).await;
     assert!(
         err.contains("listeners[0].tls.key") && err.contains("does not match"),
         "{err}"

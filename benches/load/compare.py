@@ -117,6 +117,13 @@ class Proc:
             self.p.kill()
 
 
+def temp_paths(tmp, prefix):
+    """nginx's temp directories, inside our temp dir (the packaged ones need its own user)."""
+    return (f"client_body_temp_path {tmp}/{prefix}body; proxy_temp_path {tmp}/{prefix}proxy;\n"
+            f"  fastcgi_temp_path {tmp}/{prefix}fcgi; uwsgi_temp_path {tmp}/{prefix}uwsgi; "
+            f"scgi_temp_path {tmp}/{prefix}scgi;")
+
+
 def nginx_origin_conf(tmp, p1, p2):
     return f"""
 worker_processes 1;
@@ -127,8 +134,7 @@ worker_rlimit_nofile 20000;
 events {{ worker_connections 9000; }}
 http {{
   access_log off;
-  client_body_temp_path {tmp}/o_body; proxy_temp_path {tmp}/o_proxy;
-  fastcgi_temp_path {tmp}/o_fcgi; uwsgi_temp_path {tmp}/o_uwsgi; scgi_temp_path {tmp}/o_scgi;
+  {temp_paths(tmp, "o_")}
   keepalive_requests 10000000;
   server {{ listen 127.0.0.1:{p1} backlog=4096; location / {{ return 200 "stable\\n"; }} }}
   server {{ listen 127.0.0.1:{p2} backlog=4096; location / {{ return 200 "canary\\n"; }} }}
@@ -156,8 +162,7 @@ worker_rlimit_nofile 20000;
 events {{ worker_connections 9000; }}
 http {{
   access_log off;
-  client_body_temp_path {tmp}/p_body; proxy_temp_path {tmp}/p_proxy;
-  fastcgi_temp_path {tmp}/p_fcgi; uwsgi_temp_path {tmp}/p_uwsgi; scgi_temp_path {tmp}/p_scgi;
+  {temp_paths(tmp, "p_")}
   keepalive_requests 10000000;
   upstream stable {{ server 127.0.0.1:{o1}; keepalive 128; }}
   upstream canary {{ server 127.0.0.1:{o2}; keepalive 128; }}

@@ -59,6 +59,11 @@ pub struct Origin {
 
 impl Origin {
     pub async fn start(name: &'static str) -> Origin {
+        Self::serve(name, None).await
+    }
+
+    /// Accept loop shared by the clear-text and TLS origins.
+    async fn serve(name: &'static str, tls: Option<tokio_rustls::TlsAcceptor>) -> Origin {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
@@ -71,15 +76,22 @@ impl Origin {
                     return;
                 };
                 counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                let log = log.clone();
+                let (log, tls) = (log.clone(), tls.clone());
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| {
                         let log = log.clone();
                         async move { Ok::<_, Infallible>(origin_respond(name, &log, req).await) }
                     });
-                    let _ = auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
+                    let builder = auto::Builder::new(TokioExecutor::new());
+                    let _ = match tls {
+                        None => builder.serve_connection(TokioIo::new(stream), svc).await,
+                        Some(acceptor) => {
+                            let Ok(tls) = acceptor.accept(stream).await else {
+                                return;
+                            };
+                            builder.serve_connection(TokioIo::new(tls), svc).await
+                        }
+                    };
                 });
             }
         });
@@ -618,40 +630,7 @@ impl Origin {
         .with_single_cert(chain, key)
         .unwrap();
         cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
-        let log = seen.clone();
-        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let counter = accepted.clone();
-        tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    return;
-                };
-                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                let (log, acceptor) = (log.clone(), acceptor.clone());
-                tokio::spawn(async move {
-                    let Ok(tls) = acceptor.accept(stream).await else {
-                        return;
-                    };
-                    let svc = service_fn(move |req| {
-                        let log = log.clone();
-                        async move { Ok::<_, Infallible>(origin_respond(name, &log, req).await) }
-                    });
-                    let _ = auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(tls), svc)
-                        .await;
-                });
-            }
-        });
-        Origin {
-            name,
-            addr,
-            seen,
-            accepted,
-        }
+        Self::serve(name, Some(tokio_rustls::TlsAcceptor::from(Arc::new(cfg)))).await
     }
 }
 
