@@ -263,7 +263,7 @@ async fn shipped_promql_agrees_with_the_traffic_sent() {
     near(
         prom.scalar(&fl(&flagger[0], "app")).await,
         100.0,
-        0.0,
+        1e-9,
         "flagger success rate, app canary",
     );
     near(
@@ -285,7 +285,7 @@ async fn shipped_promql_agrees_with_the_traffic_sent() {
     near(
         prom.scalar(&ar(&argo[0], "app", "canary")).await,
         1.0,
-        0.0,
+        1e-9,
         "argo success, app canary",
     );
     near(
@@ -316,7 +316,7 @@ async fn shipped_promql_agrees_with_the_traffic_sent() {
         prom.scalar(&format!("{sr}{{route=\"api\",version=\"stable\"}}"))
             .await,
         1.0,
-        0.0,
+        1e-9,
         "recorded api stable",
     );
     let rps = "canaryd:route_version:requests:rate1m";

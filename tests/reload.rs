@@ -82,6 +82,10 @@ async fn served_by(proxy: &Proxy, n: usize) -> Vec<String> {
     let mut out = Vec::new();
     for _ in 0..n {
         out.push(c.get(&proxy.url("/"), &[]).await.body);
+        // The proxy returns its upstream connection to the pool just after the response ends;
+        // without a pause the next request can race it and open a second connection, which
+        // `upstream_pool_survives_reloads` would mistake for a dropped pool.
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
     out
 }

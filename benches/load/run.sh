@@ -21,6 +21,7 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   (service nginx stop; service haproxy stop) >/dev/null 2>&1 || true
 fi
 export PATH="$HOME/.cargo/bin:$PATH"
+# Default features: oha 1.16 does not compile without its TLS feature.
 command -v oha >/dev/null || cargo install --locked --quiet oha
 
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
