@@ -29,7 +29,7 @@ use std::collections::BTreeMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 /// What asked for a reload; logged and shown in the status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -170,12 +170,43 @@ pub struct Control {
     inner: Mutex<Inner>,
 }
 
-struct Inner {
-    /// The last good config read from the file (with the running listeners).
-    file: Config,
-    /// Listener sections as bound at startup; reloads cannot change them.
+/// The parts of a config that only take effect at startup: what is bound, and how
+/// connections are accepted. A reload that changes them reports "needs restart" and runs
+/// with these values pinned, so the snapshot never claims settings that are not in force.
+#[derive(Debug, Clone, PartialEq)]
+struct StartupOnly {
     listeners: Vec<Listener>,
     admin: Option<Admin>,
+    max_connections: usize,
+    header_timeout: Duration,
+    drain_timeout: Duration,
+}
+
+impl StartupOnly {
+    fn of(c: &Config) -> StartupOnly {
+        StartupOnly {
+            listeners: c.listeners.clone(),
+            admin: c.admin.clone(),
+            max_connections: c.proxy.max_connections,
+            header_timeout: c.proxy.header_timeout,
+            drain_timeout: c.proxy.drain_timeout,
+        }
+    }
+
+    fn pin(&self, c: &mut Config) {
+        c.listeners = self.listeners.clone();
+        c.admin = self.admin.clone();
+        c.proxy.max_connections = self.max_connections;
+        c.proxy.header_timeout = self.header_timeout;
+        c.proxy.drain_timeout = self.drain_timeout;
+    }
+}
+
+struct Inner {
+    /// The last good config read from the file, with the startup-only parts pinned.
+    file: Config,
+    /// As the process started; reloads cannot change them.
+    startup: StartupOnly,
     /// Hash of the file content last read, good or bad, so unchanged files are skipped.
     last_seen: Option<u64>,
     last_ok: bool,
@@ -210,8 +241,7 @@ impl Control {
         };
         Control {
             inner: Mutex::new(Inner {
-                listeners: file.listeners.clone(),
-                admin: file.admin.clone(),
+                startup: StartupOnly::of(&file),
                 file,
                 last_seen: text.map(content_hash),
                 last_ok: true,
@@ -315,19 +345,11 @@ impl Control {
             Ok(c) => c,
             Err(e) => return self.fail(&mut inner, trigger, e),
         };
-        let running = &inner.file.proxy;
-        let conn_settings_changed = config.proxy.max_connections != running.max_connections
-            || config.proxy.header_timeout != running.header_timeout
-            || config.proxy.drain_timeout != running.drain_timeout;
-        if config.listeners != inner.listeners
-            || config.admin != inner.admin
-            || conn_settings_changed
-        {
+        if StartupOnly::of(&config) != inner.startup {
             let msg = "listeners, admin, or proxy max_connections/header_timeout/drain_timeout changed; restart canaryd to apply them (the running ones are kept)".to_string();
             tracing::warn!(trigger = trigger_name(trigger), "{msg}");
             inner.status.needs_restart = Some(msg);
-            config.listeners = inner.listeners.clone();
-            config.admin = inner.admin.clone();
+            inner.startup.pin(&mut config);
         } else {
             inner.status.needs_restart = None;
         }

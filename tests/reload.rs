@@ -531,6 +531,29 @@ async fn listener_changes_need_a_restart_and_are_ignored() {
             .contains("restart"),
         "{status}"
     );
+
+    // A restart-only proxy setting stays pinned to its running value through later reloads:
+    // the second reload below still differs from what runs and must say so.
+    let capped = |w: &str| {
+        config(&stable, &canary, w, true).replace(
+            "proxy: { version_header: true }",
+            "proxy: { version_header: true, max_connections: 5 }",
+        )
+    };
+    for (g, w) in [(3, "50"), (4, "0")] {
+        write_rename(&path, &capped(w));
+        proxy.wait_generation(g).await;
+        let (_, status) = proxy.admin_call("GET", "/api/v1/reload", "").await;
+        assert!(
+            status["needs_restart"].is_string(),
+            "generation {g}: {status}"
+        );
+        assert_eq!(
+            proxy.state.snapshot().config.proxy.max_connections,
+            canaryd::config::DEFAULT_MAX_CONNECTIONS,
+            "the running cap is what the snapshot reports"
+        );
+    }
 }
 
 #[tokio::test]
