@@ -43,6 +43,15 @@ impl UpstreamErrorKind {
         UpstreamErrorKind::Reset,
     ];
 
+    /// Position in [`UpstreamErrorKind::ALL`], for per-kind arrays.
+    pub fn index(self) -> usize {
+        match self {
+            UpstreamErrorKind::Connect => 0,
+            UpstreamErrorKind::Timeout => 1,
+            UpstreamErrorKind::Reset => 2,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             UpstreamErrorKind::Connect => "connect",
@@ -104,6 +113,18 @@ impl ProxyError {
             ProxyError::Connect
         } else {
             ProxyError::UpstreamReset
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kind_index_matches_all() {
+        for (i, k) in UpstreamErrorKind::ALL.iter().enumerate() {
+            assert_eq!(k.index(), i, "{}", k.as_str());
         }
     }
 }

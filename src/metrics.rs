@@ -421,12 +421,7 @@ impl VersionMetrics {
     }
 
     pub fn upstream_error(&self, kind: UpstreamErrorKind) {
-        let i = match kind {
-            UpstreamErrorKind::Connect => 0,
-            UpstreamErrorKind::Timeout => 1,
-            UpstreamErrorKind::Reset => 2,
-        };
-        self.upstream_errors[i].inc();
+        self.upstream_errors[kind.index()].inc();
     }
 }
 

@@ -147,12 +147,8 @@ impl Clients {
         let router = Router::new(&config);
         let mut routes = Vec::with_capacity(router.routes.len());
         let mut errors = Vec::new();
-        for r in &router.routes {
-            let ri = config
-                .routes
-                .iter()
-                .position(|c| c.name == r.name())
-                .unwrap_or(0);
+        // `Router::new` keeps routes in config order, so `ri` is the config index too.
+        for (ri, r) in router.routes.iter().enumerate() {
             let mut versions = Vec::with_capacity(r.config.versions.len());
             for v in &r.config.versions {
                 let client = match self.client(r.timeouts().connect, &v.upstream) {
