@@ -1,21 +1,83 @@
-//! The one response body type the proxy returns: either the upstream's body streamed through
-//! as it arrives, or a small fixed body for errors. An enum instead of `BoxBody` so the hot
-//! path pays no allocation per response.
+//! Body types of the request path, as enums instead of `BoxBody` so the hot path pays no
+//! allocation per request:
+//!
+//! - [`ProxyBody`], the downstream response: the upstream's body streamed through as it
+//!   arrives, or a small fixed body for errors;
+//! - [`RequestBody`], the upstream request: empty, or the client's body streamed through,
+//!   optionally in a [`Replayable`] slot so a connect failure can hand it to a retry.
+//!
+//! Streamed bodies carry an [`Idle`] timer: a body that goes silent for the route's
+//! `timeouts.idle` fails instead of holding a connection (and an upstream request) forever.
 
 use crate::proxy::GrpcDone;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
+use tokio::time::Sleep;
+
+/// Errors of streamed bodies (hyper's own, or our idle timeout).
+pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The body went silent for longer than the route's `timeouts.idle`.
+#[derive(Debug, thiserror::Error)]
+#[error("body idle for more than {0:?}")]
+pub struct IdleTimeout(pub Duration);
+
+/// Idle timer of a streamed body. The timer is only armed (and boxed) when a poll finds no
+/// data ready, so a body that arrives in one piece never touches the timer wheel.
+#[derive(Debug)]
+pub struct Idle {
+    limit: Duration,
+    sleep: Option<Pin<Box<Sleep>>>,
+}
+
+impl Idle {
+    pub fn new(limit: Duration) -> Idle {
+        Idle { limit, sleep: None }
+    }
+
+    /// Poll `inner`; data or end disarms the timer, a pending poll arms it.
+    fn poll<B>(
+        &mut self,
+        inner: Pin<&mut B>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>>
+    where
+        B: Body<Data = Bytes> + ?Sized,
+        B::Error: Into<BodyError>,
+    {
+        match inner.poll_frame(cx) {
+            Poll::Ready(f) => {
+                if let Some(s) = self.sleep.as_mut() {
+                    s.as_mut().reset(tokio::time::Instant::now() + self.limit);
+                }
+                Poll::Ready(f.map(|r| r.map_err(Into::into)))
+            }
+            Poll::Pending => {
+                let limit = self.limit;
+                let sleep = self
+                    .sleep
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+                ready!(sleep.as_mut().poll(cx));
+                Poll::Ready(Some(Err(Box::new(IdleTimeout(limit)))))
+            }
+        }
+    }
+}
+
+use std::future::Future;
 
 #[derive(Debug)]
 pub enum ProxyBody {
     /// Streamed from the upstream, frame by frame (data and trailers), never buffered whole.
-    Upstream(Incoming),
+    Upstream(Incoming, Idle),
     /// A gRPC response: streamed like `Upstream`, and its `grpc-status` trailer is counted
     /// when it passes (a gRPC failure is an HTTP 200).
-    Grpc(Incoming, GrpcDone),
+    Grpc(Incoming, Idle, GrpcDone),
     /// A complete small body; `None` once sent.
     Full(Option<Bytes>),
 }
@@ -32,16 +94,16 @@ impl ProxyBody {
 
 impl Body for ProxyBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match self.get_mut() {
-            ProxyBody::Upstream(b) => Pin::new(b).poll_frame(cx),
-            ProxyBody::Grpc(b, done) => {
-                let frame = ready!(Pin::new(b).poll_frame(cx));
+            ProxyBody::Upstream(b, idle) => idle.poll(Pin::new(b), cx),
+            ProxyBody::Grpc(b, idle, done) => {
+                let frame = ready!(idle.poll(Pin::new(b), cx));
                 match &frame {
                     Some(Ok(f)) => {
                         if let Some(trailers) = f.trailers_ref() {
@@ -61,16 +123,111 @@ impl Body for ProxyBody {
 
     fn is_end_stream(&self) -> bool {
         match self {
-            ProxyBody::Upstream(b) | ProxyBody::Grpc(b, _) => b.is_end_stream(),
+            ProxyBody::Upstream(b, _) | ProxyBody::Grpc(b, _, _) => b.is_end_stream(),
             ProxyBody::Full(b) => b.is_none(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            ProxyBody::Upstream(b) | ProxyBody::Grpc(b, _) => b.size_hint(),
+            ProxyBody::Upstream(b, _) | ProxyBody::Grpc(b, _, _) => b.size_hint(),
             ProxyBody::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             ProxyBody::Full(None) => SizeHint::with_exact(0),
+        }
+    }
+}
+
+/// A client body that can be taken back for a retry as long as nothing of it was sent.
+#[derive(Debug, Clone)]
+pub struct Replayable(Arc<Mutex<Slot>>);
+
+#[derive(Debug)]
+struct Slot {
+    body: Option<Incoming>,
+    /// A frame has been handed to an upstream: the body can no longer be replayed.
+    started: bool,
+}
+
+impl Replayable {
+    pub fn new(body: Incoming) -> Replayable {
+        Replayable(Arc::new(Mutex::new(Slot {
+            body: Some(body),
+            started: false,
+        })))
+    }
+
+    /// The body, if no byte of it has been sent; the next attempt streams it from the start.
+    pub fn take_back(&self) -> Option<Replayable> {
+        let mut slot = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if slot.started {
+            return None;
+        }
+        slot.body.take().map(Replayable::new)
+    }
+}
+
+/// Body of an upstream request.
+#[derive(Debug)]
+pub enum RequestBody {
+    /// No body (GET, HEAD, …, or a client body that was empty).
+    Empty,
+    /// The client's body, streamed as it arrives.
+    Stream(Incoming, Idle),
+    /// The client's body behind a [`Replayable`] slot, for requests that may be retried.
+    Replayable(Replayable, Idle),
+}
+
+impl RequestBody {
+    pub fn empty() -> RequestBody {
+        RequestBody::Empty
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        match self.get_mut() {
+            RequestBody::Empty => Poll::Ready(None),
+            RequestBody::Stream(b, idle) => idle.poll(Pin::new(b), cx),
+            RequestBody::Replayable(r, idle) => {
+                let mut slot = r.0.lock().unwrap_or_else(|e| e.into_inner());
+                let Some(body) = slot.body.as_mut() else {
+                    return Poll::Ready(None);
+                };
+                let frame = ready!(idle.poll(Pin::new(body), cx));
+                slot.started = true;
+                Poll::Ready(frame)
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            RequestBody::Empty => true,
+            RequestBody::Stream(b, _) => b.is_end_stream(),
+            RequestBody::Replayable(r, _) => {
+                let slot = r.0.lock().unwrap_or_else(|e| e.into_inner());
+                slot.body.as_ref().is_none_or(|b| b.is_end_stream())
+            }
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            RequestBody::Empty => SizeHint::with_exact(0),
+            RequestBody::Stream(b, _) => b.size_hint(),
+            RequestBody::Replayable(r, _) => {
+                let slot = r.0.lock().unwrap_or_else(|e| e.into_inner());
+                slot.body
+                    .as_ref()
+                    .map(|b| b.size_hint())
+                    .unwrap_or_else(|| SizeHint::with_exact(0))
+            }
         }
     }
 }

@@ -64,6 +64,10 @@ fn describe_rule(rule: &RuleConfig, route: &crate::config::RouteConfig) -> Strin
         .map(|c| match c {
             Condition::Header { name, test } => format!("header {name} {}", describe_test(test)),
             Condition::Cookie { name, test } => format!("cookie {name} {}", describe_test(test)),
+            Condition::ClientIp(nets) => {
+                let nets: Vec<String> = nets.iter().map(|n| n.to_string()).collect();
+                format!("client_ip in [{}]", nets.join(", "))
+            }
         })
         .collect();
     let name = rule

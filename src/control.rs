@@ -773,7 +773,9 @@ fn route_json(rc: &RouteConfig, ov: Option<&RouteOverrides>, file: Option<&Route
         "timeouts": {
             "connect_ms": rc.timeouts.connect.as_millis() as u64,
             "response_ms": rc.timeouts.response.as_millis() as u64,
+            "idle_ms": rc.timeouts.idle.as_millis() as u64,
         },
+        "fallback": rc.fallback,
     })
 }
 
@@ -793,6 +795,10 @@ fn condition_json(c: &Condition) -> Value {
             let mut v = test(t);
             v["name"] = json!(name);
             json!({ "cookie": v })
+        }
+        Condition::ClientIp(nets) => {
+            let nets: Vec<String> = nets.iter().map(|n| n.to_string()).collect();
+            json!({ "client_ip": nets })
         }
     }
 }

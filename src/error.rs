@@ -23,6 +23,9 @@ pub enum ProxyError {
     /// The upstream connection broke or spoke invalid HTTP before a response arrived.
     #[error("upstream connection failed before a response")]
     UpstreamReset,
+    /// The client's request body went silent for longer than the route's `timeouts.idle`.
+    #[error("request body idle timeout")]
+    BodyTimeout,
     /// The request cannot be forwarded as received; the reason is sent to the client.
     #[error("bad request: {0}")]
     BadRequest(&'static str),
@@ -70,13 +73,14 @@ impl ProxyError {
             ProxyError::ResponseTimeout => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::UpstreamReset => StatusCode::BAD_GATEWAY,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
         }
     }
 
     /// Which upstream failure this was, if it was one.
     pub fn upstream_kind(self) -> Option<UpstreamErrorKind> {
         match self {
-            ProxyError::NoRoute | ProxyError::BadRequest(_) => None,
+            ProxyError::NoRoute | ProxyError::BadRequest(_) | ProxyError::BodyTimeout => None,
             ProxyError::Connect => Some(UpstreamErrorKind::Connect),
             ProxyError::ConnectTimeout | ProxyError::ResponseTimeout => {
                 Some(UpstreamErrorKind::Timeout)
@@ -100,6 +104,13 @@ impl ProxyError {
 
     /// Classify a client error from hyper-util's pooled client.
     pub fn from_client(e: &hyper_util::client::legacy::Error) -> ProxyError {
+        let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+        while let Some(s) = src {
+            if s.is::<crate::body::IdleTimeout>() {
+                return ProxyError::BodyTimeout;
+            }
+            src = s.source();
+        }
         if e.is_connect() {
             let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
             while let Some(s) = src {

@@ -69,6 +69,34 @@ pub fn set_upgrade(headers: &mut HeaderMap, protocol: HeaderValue) {
     headers.insert(header::UPGRADE, protocol);
 }
 
+/// The client address that `client_ip` rules test. With `trusted_hops` = 0 it is the TCP
+/// peer. With N > 0, N proxies in front of canaryd each appended the address they saw, so
+/// the client is the N-th `X-Forwarded-For` entry from the right (or the leftmost when the
+/// chain is shorter). Entries further left were written by the client and are never trusted;
+/// an unparsable entry gives `None`, which no `client_ip` rule matches.
+pub fn client_address(headers: &HeaderMap, peer: IpAddr, trusted_hops: u32) -> Option<IpAddr> {
+    if trusted_hops == 0 {
+        return Some(peer);
+    }
+    let entries = || {
+        headers
+            .get_all(&X_FORWARDED_FOR)
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+    };
+    let total = entries().count();
+    if total == 0 {
+        return Some(peer);
+    }
+    let index = total.saturating_sub(trusted_hops as usize);
+    let raw = entries().nth(index)?;
+    let text = std::str::from_utf8(raw).ok()?.trim();
+    text.parse::<IpAddr>()
+        .ok()
+        // `[v6]:port` and `v4:port` forms, as some proxies write them.
+        .or_else(|| text.parse::<std::net::SocketAddr>().ok().map(|s| s.ip()))
+}
+
 /// Append the client address to `X-Forwarded-For`; set `X-Forwarded-Proto` and
 /// `X-Forwarded-Host` (to the host the client asked for).
 pub fn add_forwarded(
@@ -137,6 +165,30 @@ mod tests {
         h.insert("te", HeaderValue::from_static("gzip, trailers"));
         strip_hop_by_hop(&mut h);
         assert_eq!(h["te"], "trailers");
+    }
+
+    #[test]
+    fn client_address_counts_trusted_hops_from_the_right() {
+        let peer: IpAddr = "10.9.9.9".parse().unwrap();
+        let mut h = HeaderMap::new();
+        h.append(
+            &X_FORWARDED_FOR,
+            HeaderValue::from_static("6.6.6.6, 1.2.3.4"),
+        );
+        h.append(&X_FORWARDED_FOR, HeaderValue::from_static("10.0.0.2"));
+        let ip = |s: &str| Some(s.parse::<IpAddr>().unwrap());
+        assert_eq!(client_address(&h, peer, 0), ip("10.9.9.9"));
+        assert_eq!(client_address(&h, peer, 1), ip("10.0.0.2"));
+        assert_eq!(client_address(&h, peer, 2), ip("1.2.3.4"));
+        // A chain shorter than the configured hops: the leftmost entry.
+        assert_eq!(client_address(&h, peer, 5), ip("6.6.6.6"));
+        let mut bad = HeaderMap::new();
+        bad.insert(&X_FORWARDED_FOR, HeaderValue::from_static("unknown"));
+        assert_eq!(client_address(&bad, peer, 1), None);
+        let mut ported = HeaderMap::new();
+        ported.insert(&X_FORWARDED_FOR, HeaderValue::from_static("[::1]:443"));
+        assert_eq!(client_address(&ported, peer, 1), ip("::1"));
+        assert_eq!(client_address(&HeaderMap::new(), peer, 1), ip("10.9.9.9"));
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! - [`router`]: the pure routing decision: host/path → route; rules → sticky → weights → version.
 //! - [`state`]: the current [`state::Snapshot`] in one `ArcSwap`, and the upstream client pools.
 //! - [`proxy`]: the request path (phases listed there) from downstream request to response.
+//! - [`health`]: passive outlier detection, active health checks, the endpoint pick.
 //! - [`headers`]: hop-by-hop stripping and `X-Forwarded-*`.
 //! - [`error`]: every request failure and its single mapping to a status code.
 //! - [`body`]: the response body type (streamed upstream body or a small fixed one).
@@ -28,6 +29,7 @@ pub mod control;
 pub mod demo;
 pub mod error;
 pub mod headers;
+pub mod health;
 pub mod metrics;
 pub mod proxy;
 pub mod router;

@@ -175,6 +175,10 @@ pub struct Metrics {
     route_primary: Family<VersionLabels, Gauge>,
     config_generation: Gauge,
     reloads: Family<ResultLabels, Counter>,
+    ejections: Family<VersionLabels, Counter>,
+    unavailable: Family<VersionLabels, Gauge>,
+    fallbacks: Family<VersionLabels, Counter>,
+    retries: Family<VersionLabels, Counter>,
     /// Open downstream connections (all listeners).
     pub open_connections: Gauge,
     /// Requests being proxied right now.
@@ -209,6 +213,10 @@ impl Metrics {
         let route_primary = Family::<VersionLabels, Gauge>::default();
         let config_generation = Gauge::default();
         let reloads = Family::<ResultLabels, Counter>::default();
+        let ejections = Family::<VersionLabels, Counter>::default();
+        let unavailable = Family::<VersionLabels, Gauge>::default();
+        let fallbacks = Family::<VersionLabels, Counter>::default();
+        let retries = Family::<VersionLabels, Counter>::default();
         let open_connections = Gauge::default();
         let in_flight = Gauge::default();
         registry.register(
@@ -252,6 +260,26 @@ impl Metrics {
             reloads.clone(),
         );
         registry.register(
+            "endpoint_ejections",
+            "Endpoints ejected by outlier detection, by route and version",
+            ejections.clone(),
+        );
+        registry.register(
+            "endpoints_unavailable",
+            "Endpoints now ejected or failing their health check, by route and version",
+            unavailable.clone(),
+        );
+        registry.register(
+            "fallback_requests",
+            "Requests for a version with no available endpoint that the primary served instead",
+            fallbacks.clone(),
+        );
+        registry.register(
+            "retries",
+            "Upstream attempts after the first, by route and version",
+            retries.clone(),
+        );
+        registry.register(
             "open_connections",
             "Open downstream connections",
             open_connections.clone(),
@@ -275,6 +303,10 @@ impl Metrics {
             route_primary,
             config_generation,
             reloads,
+            ejections,
+            unavailable,
+            fallbacks,
+            retries,
             open_connections,
             in_flight,
             published_weights: std::sync::Mutex::new(Vec::new()),
@@ -355,6 +387,10 @@ impl Metrics {
         VersionMetrics {
             window,
             duration: self.duration.get_or_create_owned(&labels),
+            ejections: self.ejections.get_or_create_owned(&labels),
+            unavailable: self.unavailable.get_or_create_owned(&labels),
+            fallbacks: self.fallbacks.get_or_create_owned(&labels),
+            retries: self.retries.get_or_create_owned(&labels),
             labels,
             codes: (0..CODE_SLOTS).map(|_| OnceLock::new()).collect(),
             grpc: std::array::from_fn(|_| OnceLock::new()),
@@ -380,6 +416,10 @@ pub struct VersionMetrics {
     grpc: [OnceLock<Counter>; 17],
     /// Sliding window for the analysis endpoint.
     pub window: Arc<Window>,
+    ejections: Counter,
+    unavailable: Gauge,
+    fallbacks: Counter,
+    retries: Counter,
     metrics: Arc<Metrics>,
 }
 
@@ -422,6 +462,31 @@ impl VersionMetrics {
 
     pub fn upstream_error(&self, kind: UpstreamErrorKind) {
         self.upstream_errors[kind.index()].inc();
+    }
+
+    /// Outlier detection ejected one of this version's endpoints.
+    pub fn ejected(&self) {
+        self.ejections.inc();
+    }
+
+    /// How many of this version's endpoints cannot take traffic now.
+    pub fn set_unavailable(&self, n: usize) {
+        self.unavailable.set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// The `canaryd_endpoints_unavailable` gauge of this version (for health checkers).
+    pub fn unavailable_gauge(&self) -> Gauge {
+        self.unavailable.clone()
+    }
+
+    /// A request decided for this version was served by the primary instead.
+    pub fn fallback(&self) {
+        self.fallbacks.inc();
+    }
+
+    /// Another attempt was made for a request of this version.
+    pub fn retry(&self) {
+        self.retries.inc();
     }
 }
 

@@ -10,14 +10,16 @@
 //!
 //! Every failure is a [`ProxyError`], turned into a response in exactly one place.
 
-use crate::body::ProxyBody;
+use crate::body::{Idle, ProxyBody, Replayable, RequestBody};
+use crate::config::RETRY_BUDGET_MIN;
 use crate::error::ProxyError;
 use crate::headers::{self, X_CANARYD_VERSION};
 use crate::router::{self, Decision, Reason};
 use crate::state::{Snapshot, State};
 use http::header::{CONTENT_TYPE, HOST, HeaderName, SET_COOKIE, UPGRADE};
 use http::uri::PathAndQuery;
-use http::{HeaderValue, Request, Response, Uri, Version};
+use http::{HeaderValue, Method, Request, Response, Uri, Version};
+use http_body::Body as _;
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
@@ -27,6 +29,7 @@ use rand::rngs::SmallRng;
 use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 /// Facts about the downstream connection a request arrived on.
@@ -65,17 +68,14 @@ pub async fn handle(state: &State, conn: ConnInfo, req: Request<Incoming>) -> Re
         .then(|| (req.method().clone(), req.uri().path().to_owned()));
     let mut target: Option<Target> = None;
     let result = forward(&snap, conn, req, &mut target, start).await;
-    let (status, upstream_kind) = match &result {
-        Ok(resp) => (resp.status(), None),
-        Err(e) => (e.status(), e.upstream_kind()),
+    let status = match &result {
+        Ok(resp) => resp.status(),
+        Err(e) => e.status(),
     };
     let now = Instant::now();
     let elapsed = now - start;
     if let Some(t) = target {
         let vm = &snap.routes[t.route].versions[t.version].metrics;
-        if let Some(kind) = upstream_kind {
-            vm.upstream_error(kind);
-        }
         // A gRPC call's success is known at its trailers: `GrpcDone` feeds the window then.
         let grpc = matches!(&result, Ok(r) if matches!(r.body(), ProxyBody::Grpc(..)));
         vm.record(status.as_u16(), elapsed, (!grpc).then_some(now));
@@ -174,13 +174,19 @@ async fn forward(
     let (mut parts, body) = req.into_parts();
     check_host(&parts)?;
 
+    let client_ip = headers::client_address(
+        &parts.headers,
+        conn.peer.ip(),
+        snap.config.proxy.trusted_hops,
+    );
     let decision: Decision = {
         let host = router::request_host(&parts.uri, &parts.headers);
         RNG.with(|rng| {
-            snap.router.decide(
+            snap.router.decide_for(
                 host,
                 parts.uri.path(),
                 &parts.headers,
+                client_ip,
                 &mut *rng.borrow_mut(),
             )
         })
@@ -188,15 +194,12 @@ async fn forward(
     };
     let route = &snap.router.routes[decision.route];
     let runtime = &snap.routes[decision.route];
-    let version = &route.config.versions[decision.version];
-    let vrt = &runtime.versions[decision.version];
-    let endpoint_index = vrt.next_endpoint(version.endpoints.len());
-    let endpoint = &version.endpoints[endpoint_index];
+    let (mut vi, mut ei) = choose(route, runtime, decision.version, None);
     *target = Some(Target {
         route: decision.route,
-        version: decision.version,
+        version: vi,
         reason: decision.reason,
-        endpoint: endpoint_index,
+        endpoint: ei,
     });
 
     // The host the client asked for: the target's authority when it has one (HTTP/2
@@ -233,27 +236,122 @@ async fn forward(
         .path_and_query()
         .cloned()
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    let mut uri = http::uri::Parts::default();
-    uri.scheme = Some(vrt.scheme.clone());
-    uri.authority = Some(endpoint.authority.clone());
-    uri.path_and_query = Some(path_and_query);
-    parts.uri =
-        Uri::from_parts(uri).map_err(|_| ProxyError::BadRequest("unusable request target"))?;
-    // The version's protocol decides, whatever the client spoke.
-    parts.version = vrt.http_version;
 
-    let upstream_req = Request::from_parts(parts, body);
-    let resp =
-        match tokio::time::timeout(route.timeouts().response, vrt.client.request(upstream_req))
-            .await
-        {
-            Err(_elapsed) => return Err(ProxyError::ResponseTimeout),
-            Ok(Err(e)) => {
-                tracing::debug!(error = ?e, endpoint = %endpoint, "upstream request failed");
-                return Err(ProxyError::from_client(&e));
-            }
-            Ok(Ok(r)) => r,
+    // Attempts: the first, then retries while the policy, the body and the budget allow.
+    let policy = &route.config.retries;
+    let idle = route.timeouts().idle;
+    let mut body = if body.is_end_stream() {
+        RequestBody::Empty
+    } else if policy.attempts > 0 && upgrade.is_none() {
+        RequestBody::Replayable(Replayable::new(body), Idle::new(idle))
+    } else {
+        RequestBody::Stream(body, Idle::new(idle))
+    };
+    let status_retry_ok =
+        matches!(body, RequestBody::Empty) && is_idempotent(&parts.method) && upgrade.is_none();
+    let _active = Counted::new(&runtime.active);
+    let mut retry_slot: Option<Counted> = None;
+    let mut attempt = 0u32;
+    let (resp, vrt) = loop {
+        let version = &route.config.versions[vi];
+        let vrt = &runtime.versions[vi];
+        let endpoint = &version.endpoints[ei];
+        let mut uri = http::uri::Parts::default();
+        uri.scheme = Some(vrt.scheme.clone());
+        uri.authority = Some(endpoint.authority.clone());
+        uri.path_and_query = Some(path_and_query.clone());
+        let uri =
+            Uri::from_parts(uri).map_err(|_| ProxyError::BadRequest("unusable request target"))?;
+        let last = attempt >= policy.attempts;
+        // The body goes to this attempt; a retry gets it back only if none of it was sent.
+        let replay = match &body {
+            RequestBody::Replayable(r, _) if !last => Some(r.clone()),
+            _ => None,
         };
+        let this_body = std::mem::replace(&mut body, RequestBody::Empty);
+        let mut upstream_req = Request::new(this_body);
+        *upstream_req.method_mut() = parts.method.clone();
+        *upstream_req.uri_mut() = uri;
+        // The version's protocol decides, whatever the client spoke.
+        *upstream_req.version_mut() = vrt.http_version;
+        *upstream_req.headers_mut() = if last {
+            std::mem::take(&mut parts.headers)
+        } else {
+            parts.headers.clone()
+        };
+        let result =
+            match tokio::time::timeout(route.timeouts().response, vrt.client.request(upstream_req))
+                .await
+            {
+                Err(_elapsed) => Err(ProxyError::ResponseTimeout),
+                Ok(Err(e)) => {
+                    tracing::debug!(error = ?e, endpoint = %endpoint, "upstream request failed");
+                    Err(ProxyError::from_client(&e))
+                }
+                Ok(Ok(r)) => Ok(r),
+            };
+        let status = match &result {
+            Ok(r) => r.status(),
+            Err(e) => {
+                // Every failed attempt counts, also the ones a retry then hides.
+                if let Some(kind) = e.upstream_kind() {
+                    vrt.metrics.upstream_error(kind);
+                }
+                e.status()
+            }
+        };
+        if status.is_server_error() {
+            vrt.endpoints
+                .failure(ei, &route.config.outlier, &vrt.metrics);
+        } else {
+            vrt.endpoints.success(ei);
+        }
+        // Connect failures never reached the upstream: any method may go again. Other
+        // failures only for idempotent requests without a body, on the statuses configured.
+        let never_sent = matches!(
+            result,
+            Err(ProxyError::Connect | ProxyError::ConnectTimeout)
+        );
+        let retry = !last
+            && (never_sent || (status_retry_ok && policy.on_status.contains(&status.as_u16())));
+        let next_body = if !retry {
+            None
+        } else if let Some(r) = &replay {
+            r.take_back()
+                .map(|r| RequestBody::Replayable(r, Idle::new(idle)))
+        } else if matches!(body, RequestBody::Empty) {
+            Some(RequestBody::Empty)
+        } else {
+            None
+        };
+        let budget_ok = next_body.is_some()
+            && (retry_slot.is_some() || {
+                let active = runtime.active.load(Ordering::Relaxed);
+                let allowed = ((active as f64 * policy.budget_percent / 100.0) as usize)
+                    .max(RETRY_BUDGET_MIN);
+                runtime.retrying.load(Ordering::Relaxed) < allowed
+            });
+        match (result, next_body) {
+            (result, Some(next)) if budget_ok => {
+                tracing::debug!(endpoint = %endpoint, %status, attempt, "retrying");
+                if retry_slot.is_none() {
+                    retry_slot = Some(Counted::new(&runtime.retrying));
+                }
+                drop(result);
+                body = next;
+                attempt += 1;
+                vrt.metrics.retry();
+                (vi, ei) = choose(route, runtime, vi, Some(ei));
+                if let Some(t) = target.as_mut() {
+                    t.version = vi;
+                    t.endpoint = ei;
+                }
+            }
+            (Err(e), _) => return Err(e),
+            (Ok(r), _) => break (r, vrt),
+        }
+    };
+    drop(retry_slot);
 
     let (mut rparts, rbody) = resp.into_parts();
     let switching = rparts.status == http::StatusCode::SWITCHING_PROTOCOLS;
@@ -296,16 +394,75 @@ async fn forward(
     let body = if switching {
         ProxyBody::empty()
     } else if is_grpc {
-        let mut done = GrpcDone::new(snap, decision.route, decision.version, start);
+        let mut done = GrpcDone::new(snap, decision.route, vi, start);
         // Trailers-only response: the status is in the headers.
         if rparts.headers.contains_key(&GRPC_STATUS) {
             done.finish(grpc_status(&rparts.headers));
         }
-        ProxyBody::Grpc(rbody, done)
+        ProxyBody::Grpc(rbody, Idle::new(idle), done)
     } else {
-        ProxyBody::Upstream(rbody)
+        ProxyBody::Upstream(rbody, Idle::new(idle))
     };
     Ok(Response::from_parts(rparts, body))
+}
+
+/// Methods RFC 9110 §9.2.2 calls idempotent: safe to send twice.
+fn is_idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
+}
+
+/// Version and endpoint for an attempt at version `vi` (not endpoint `skip`, which just
+/// failed). Skips ejected and unhealthy endpoints; when the version has none left and the
+/// route has `fallback`, the primary serves instead (counted on the version that could not).
+/// When nothing is available at all, it tries anyway rather than fail without trying (the
+/// "panic mode" of Envoy): ejection is a guess, a request that might succeed is not refused.
+fn choose(
+    route: &router::Route,
+    rt: &crate::state::RouteRuntime,
+    vi: usize,
+    skip: Option<usize>,
+) -> (usize, usize) {
+    let v = &rt.versions[vi];
+    let rc = &route.config;
+    if let Some(ei) = v.pick_endpoint(skip) {
+        v.endpoints
+            .note_down(false, &rc.name, &rc.versions[vi].name, rc.fallback);
+        return (vi, ei);
+    }
+    let n = rc.versions[vi].endpoints.len();
+    if skip.is_none() || v.endpoints.pick(0, None, &v.metrics).is_none() {
+        v.endpoints
+            .note_down(true, &rc.name, &rc.versions[vi].name, rc.fallback);
+    }
+    if rc.fallback && vi != 0 {
+        if let Some(ei) = rt.versions[0].pick_endpoint(None) {
+            v.metrics.fallback();
+            return (0, ei);
+        }
+    }
+    match skip {
+        Some(s) => (vi, (s + 1) % n),
+        None => (vi, v.next_endpoint(n)),
+    }
+}
+
+/// Increments a counter now and decrements it when dropped.
+struct Counted<'a>(&'a AtomicUsize);
+
+impl<'a> Counted<'a> {
+    fn new(c: &'a AtomicUsize) -> Self {
+        c.fetch_add(1, Ordering::Relaxed);
+        Counted(c)
+    }
+}
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// RFC 9112 §3.2: an HTTP/1.1 request carries exactly one Host (absolute-form may stand in

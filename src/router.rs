@@ -16,6 +16,7 @@ use crate::config::{
 use http::HeaderMap;
 use http::header::COOKIE;
 use rand::Rng;
+use std::net::IpAddr;
 
 /// Size of the sticky bucket space; equal to the weight scale so 0.01 % = one bucket.
 pub const BUCKETS: u32 = WEIGHT_SCALE;
@@ -135,7 +136,8 @@ impl Router {
             .find(|&i| self.routes[i].matches(host, path))
     }
 
-    /// The full decision for a request: route, then version.
+    /// The full decision for a request with no known client address (`client_ip` rules do
+    /// not match): route, then version.
     pub fn decide<R: Rng + ?Sized>(
         &self,
         host: Option<&str>,
@@ -143,8 +145,20 @@ impl Router {
         headers: &HeaderMap,
         rng: &mut R,
     ) -> Option<Decision> {
+        self.decide_for(host, path, headers, None, rng)
+    }
+
+    /// The full decision for a request from `client` (the address `client_ip` rules test).
+    pub fn decide_for<R: Rng + ?Sized>(
+        &self,
+        host: Option<&str>,
+        path: &str,
+        headers: &HeaderMap,
+        client: Option<IpAddr>,
+        rng: &mut R,
+    ) -> Option<Decision> {
         let route = self.select(host, path)?;
-        let (version, reason, assign) = self.routes[route].decide(headers, rng);
+        let (version, reason, assign) = self.routes[route].decide(headers, client, rng);
         Some(Decision {
             route,
             version,
@@ -236,6 +250,7 @@ impl Route {
     pub fn decide<R: Rng + ?Sized>(
         &self,
         headers: &HeaderMap,
+        client: Option<IpAddr>,
         rng: &mut R,
     ) -> (usize, Reason, Option<u128>) {
         let mut jar = Jar::new(&self.cookie_names);
@@ -243,7 +258,7 @@ impl Route {
             .config
             .rules
             .iter()
-            .position(|r| rule_matches(r, headers, &mut jar))
+            .position(|r| rule_matches(r, headers, client, &mut jar))
         {
             return (self.config.rules[i].to, Reason::Rule(i), None);
         }
@@ -288,14 +303,29 @@ pub fn format_id(id: u128) -> String {
     format!("{id:032x}")
 }
 
-fn rule_matches<'h>(rule: &RuleConfig, headers: &'h HeaderMap, jar: &mut Jar<'h, '_>) -> bool {
+fn rule_matches<'h>(
+    rule: &RuleConfig,
+    headers: &'h HeaderMap,
+    client: Option<IpAddr>,
+    jar: &mut Jar<'h, '_>,
+) -> bool {
     rule.conditions
         .iter()
-        .all(|c| condition_matches(c, headers, jar))
+        .all(|c| condition_matches(c, headers, client, jar))
 }
 
-fn condition_matches<'h>(cond: &Condition, headers: &'h HeaderMap, jar: &mut Jar<'h, '_>) -> bool {
+fn condition_matches<'h>(
+    cond: &Condition,
+    headers: &'h HeaderMap,
+    client: Option<IpAddr>,
+    jar: &mut Jar<'h, '_>,
+) -> bool {
     match cond {
+        Condition::ClientIp(nets) => client.is_some_and(|ip| {
+            // An IPv4 client on a dual-stack socket arrives as ::ffff:a.b.c.d.
+            let ip = ip.to_canonical();
+            nets.iter().any(|n| n.contains(&ip))
+        }),
         Condition::Header { name, test } => match test {
             ValueTest::Present(want) => headers.contains_key(name) == *want,
             ValueTest::Equals(_) | ValueTest::Matches(_) => headers

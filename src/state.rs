@@ -5,12 +5,13 @@
 //! Applying a config builds a whole new snapshot and swaps it in; upstream pools are keyed by
 //! connect timeout and endpoint, so endpoints that did not change keep their warm connections.
 
-use crate::config::{Config, ConfigError, FieldError, Protocol, Upstream};
+use crate::body::RequestBody;
+use crate::config::{Config, ConfigError, FieldError, HealthCheck, Protocol, Upstream};
+use crate::health::{EndpointHealth, VersionEndpoints};
 use crate::metrics::{Metrics, VersionMetrics};
 use crate::router::Router;
 use arc_swap::ArcSwap;
 use http::HeaderValue;
-use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -22,7 +23,7 @@ use std::time::Duration;
 
 /// Pooled client to upstreams (HTTP/1.1 or HTTP/2, clear text or TLS). The pool inside is
 /// keyed by scheme and endpoint authority.
-pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, Incoming>;
+pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, RequestBody>;
 
 /// Idle upstream connections are kept this long for reuse.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
@@ -44,6 +45,9 @@ pub struct Snapshot {
 pub struct RouteRuntime {
     /// Parallel to the route's versions.
     pub versions: Vec<VersionRuntime>,
+    /// Requests of this route in flight, and how many of them are retrying: the retry budget.
+    pub active: AtomicUsize,
+    pub retrying: AtomicUsize,
 }
 
 #[derive(Debug)]
@@ -60,16 +64,25 @@ pub struct VersionRuntime {
     rr: AtomicUsize,
     /// Metric handles resolved when the snapshot was built.
     pub metrics: VersionMetrics,
+    /// Health of each endpoint (parallel to the version's endpoints), shared across reloads.
+    pub endpoints: VersionEndpoints,
 }
 
 impl VersionRuntime {
-    /// Next endpoint index in round-robin order.
+    /// Next endpoint index in round-robin order, ignoring health.
     pub fn next_endpoint(&self, n: usize) -> usize {
         if n <= 1 {
             0
         } else {
             self.rr.fetch_add(1, Ordering::Relaxed) % n
         }
+    }
+
+    /// Next available endpoint in round-robin order (not `skip`), or `None` when every
+    /// endpoint is ejected or failing its health check.
+    pub fn pick_endpoint(&self, skip: Option<usize>) -> Option<usize> {
+        let start = self.next_endpoint(self.endpoints.health.len());
+        self.endpoints.pick(start, skip, &self.metrics)
     }
 }
 
@@ -87,6 +100,22 @@ pub struct State {
 struct Clients {
     by_key: HashMap<(Duration, Upstream), UpstreamClient>,
     last_generation: u64,
+    /// Endpoint health by (route, version, endpoint); kept while the endpoint stays in config.
+    health: HashMap<HealthKey, Arc<EndpointHealth>>,
+    /// "No endpoint available" flags by (route, version), so a flip is logged once.
+    down: HashMap<(String, String), Arc<AtomicBool>>,
+    /// Running active health checks and the settings they were started with.
+    checks: HashMap<HealthKey, (HealthCheck, Upstream, tokio::task::AbortHandle)>,
+}
+
+type HealthKey = (String, String, String);
+
+impl Drop for Clients {
+    fn drop(&mut self) {
+        for (_, _, task) in self.checks.values() {
+            task.abort();
+        }
+    }
 }
 
 impl State {
@@ -96,6 +125,9 @@ impl State {
         let mut clients = Clients {
             by_key: HashMap::new(),
             last_generation: 0,
+            health: HashMap::new(),
+            down: HashMap::new(),
+            checks: HashMap::new(),
         };
         let first = clients.build(config, &metrics)?;
         publish(&metrics, &first);
@@ -147,6 +179,7 @@ impl Clients {
         let router = Router::new(&config);
         let mut routes = Vec::with_capacity(router.routes.len());
         let mut errors = Vec::new();
+        let mut live: Vec<HealthKey> = Vec::new();
         // `Router::new` keeps routes in config order, so `ri` is the config index too.
         for (ri, r) in router.routes.iter().enumerate() {
             let mut versions = Vec::with_capacity(r.config.versions.len());
@@ -161,7 +194,34 @@ impl Clients {
                         continue;
                     }
                 };
+                let health: Vec<Arc<EndpointHealth>> = v
+                    .endpoints
+                    .iter()
+                    .map(|e| {
+                        let key = (r.name().to_string(), v.name.clone(), e.to_string());
+                        live.push(key.clone());
+                        self.health
+                            .entry(key)
+                            .or_insert_with(|| {
+                                Arc::new(EndpointHealth::new(format!(
+                                    "{}/{}/{e}",
+                                    r.name(),
+                                    v.name
+                                )))
+                            })
+                            .clone()
+                    })
+                    .collect();
+                let down = self
+                    .down
+                    .entry((r.name().to_string(), v.name.clone()))
+                    .or_default()
+                    .clone();
+                let vm = metrics.version(r.name(), &v.name);
+                let endpoints = VersionEndpoints { health, down };
+                vm.set_unavailable(endpoints.unavailable());
                 versions.push(VersionRuntime {
+                    endpoints,
                     client,
                     scheme: if v.upstream.tls.is_some() {
                         http::uri::Scheme::HTTPS
@@ -175,14 +235,22 @@ impl Clients {
                     header_value: HeaderValue::from_str(&v.name)
                         .expect("version names are validated to [a-z0-9_-]"),
                     rr: AtomicUsize::new(0),
-                    metrics: metrics.version(r.name(), &v.name),
+                    metrics: vm,
                 });
             }
-            routes.push(RouteRuntime { versions });
+            routes.push(RouteRuntime {
+                versions,
+                active: AtomicUsize::new(0),
+                retrying: AtomicUsize::new(0),
+            });
         }
         if !errors.is_empty() {
             return Err(ConfigError { errors });
         }
+        self.health.retain(|k, _| live.contains(k));
+        self.down
+            .retain(|(r, v), _| live.iter().any(|k| &k.0 == r && &k.1 == v));
+        self.sync_checks(&router, &routes);
         self.last_generation += 1;
         Ok(Snapshot {
             generation: self.last_generation,
@@ -190,6 +258,70 @@ impl Clients {
             router,
             routes,
         })
+    }
+
+    /// Start the active health checks the new config asks for and stop the ones it no longer
+    /// does; a check whose settings did not change keeps running (and its verdict stands).
+    /// Without a Tokio runtime (unit tests of `State`) nothing is started.
+    fn sync_checks(&mut self, router: &Router, routes: &[RouteRuntime]) {
+        let mut wanted: HashMap<HealthKey, (HealthCheck, Upstream, usize, usize, usize)> =
+            HashMap::new();
+        for (ri, r) in router.routes.iter().enumerate() {
+            let Some(check) = &r.config.health_check else {
+                continue;
+            };
+            for (vi, v) in r.config.versions.iter().enumerate() {
+                for (ei, e) in v.endpoints.iter().enumerate() {
+                    wanted.insert(
+                        (r.name().to_string(), v.name.clone(), e.to_string()),
+                        (check.clone(), v.upstream.clone(), ri, vi, ei),
+                    );
+                }
+            }
+        }
+        self.checks.retain(|k, (check, up, task)| {
+            let keep = wanted
+                .get(k)
+                .is_some_and(|(c, u, ..)| c == check && u == up);
+            if !keep {
+                task.abort();
+            }
+            keep
+        });
+        // Endpoints without a check are healthy by definition.
+        for (k, h) in &self.health {
+            if !wanted.contains_key(k) {
+                h.set_check_ok(true);
+            }
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        for (key, (check, up, ri, vi, ei)) in wanted {
+            if self.checks.contains_key(&key) {
+                continue;
+            }
+            let vrt = &routes[ri].versions[vi];
+            let endpoint = &router.routes[ri].config.versions[vi].endpoints[ei];
+            let uri = http::Uri::builder()
+                .scheme(vrt.scheme.clone())
+                .authority(endpoint.authority.clone())
+                .path_and_query(check.path.as_str())
+                .build();
+            let (Ok(uri), Ok(host)) = (uri, HeaderValue::from_str(endpoint.authority.as_str()))
+            else {
+                continue;
+            };
+            let task = rt.spawn(crate::health::check_loop(
+                vrt.endpoints.health[ei].clone(),
+                vrt.metrics.unavailable_gauge(),
+                check.clone(),
+                vrt.client.clone(),
+                uri,
+                host,
+            ));
+            self.checks.insert(key, (check, up, task.abort_handle()));
+        }
     }
 
     /// The shared client for a connect timeout and upstream protocol/TLS, created on first

@@ -64,7 +64,9 @@ async fn metric_values_after_a_known_mix_are_exact() {
         r#"canaryd_request_duration_seconds_count{route="app",version="stable"} 30"#,
         r#"canaryd_request_duration_seconds_count{route="app",version="canary"} 10"#,
         r#"canaryd_request_duration_seconds_bucket{le="+Inf",route="app",version="stable"} 30"#,
-        r#"canaryd_upstream_errors_total{route="down",version="v",kind="connect"} 3"#,
+        // Every attempt counts: 3 requests × (first try + the default connect-failure retry).
+        r#"canaryd_upstream_errors_total{route="down",version="v",kind="connect"} 6"#,
+        r#"canaryd_retries_total{route="down",version="v"} 3"#,
         r#"canaryd_upstream_errors_total{route="app",version="stable",kind="connect"} 0"#,
         r#"canaryd_route_weight{route="app",version="stable"} 100.0"#,
         r#"canaryd_route_weight{route="app",version="canary"} 0.0"#,

@@ -26,6 +26,8 @@ pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+pub const DEFAULT_BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// One validation problem, tied to the field that caused it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -173,6 +175,10 @@ pub struct ProxySettings {
     pub header_timeout: Duration,
     /// How long shutdown waits for in-flight requests before closing what is left.
     pub drain_timeout: Duration,
+    /// A downstream connection with nothing in flight for this long is closed.
+    pub idle_timeout: Duration,
+    /// Proxies in front of canaryd whose `X-Forwarded-For` entries are trusted.
+    pub trusted_hops: u32,
     /// Defaults for routes that set no `timeouts`.
     pub timeouts: Timeouts,
 }
@@ -181,6 +187,8 @@ pub struct ProxySettings {
 pub struct Timeouts {
     pub connect: Duration,
     pub response: Duration,
+    /// Longest silence inside a request or response body.
+    pub idle: Duration,
 }
 
 impl Default for Timeouts {
@@ -188,8 +196,65 @@ impl Default for Timeouts {
         Timeouts {
             connect: DEFAULT_CONNECT_TIMEOUT,
             response: DEFAULT_RESPONSE_TIMEOUT,
+            idle: DEFAULT_BODY_IDLE_TIMEOUT,
         }
     }
+}
+
+/// When a failed attempt is tried again, and how much retrying a route may do.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryPolicy {
+    /// Retries after the first attempt. Connect failures (nothing reached the upstream) are
+    /// retried for every method; `on_status` only for idempotent methods without a body.
+    pub attempts: u32,
+    pub on_status: Vec<u16>,
+    /// Retries in flight ≤ this share of the route's requests in flight (at least
+    /// [`RETRY_BUDGET_MIN`]), so a failing upstream cannot multiply its load.
+    pub budget_percent: f64,
+}
+
+/// Retries a route may always have in flight, whatever its budget says.
+pub const RETRY_BUDGET_MIN: usize = 3;
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            attempts: 1,
+            on_status: Vec::new(),
+            budget_percent: 20.0,
+        }
+    }
+}
+
+/// Passive outlier detection: endpoints that keep failing are taken out for a while.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutlierPolicy {
+    /// 0 = off.
+    pub consecutive_failures: u32,
+    pub base_ejection_time: Duration,
+    pub max_ejection_time: Duration,
+    pub max_ejection_percent: f64,
+}
+
+impl Default for OutlierPolicy {
+    fn default() -> Self {
+        OutlierPolicy {
+            consecutive_failures: 5,
+            base_ejection_time: Duration::from_secs(30),
+            max_ejection_time: Duration::from_secs(300),
+            max_ejection_percent: 50.0,
+        }
+    }
+}
+
+/// Active health checking of every endpoint of a route.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct HealthCheck {
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub healthy_threshold: u32,
+    pub unhealthy_threshold: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -202,6 +267,11 @@ pub struct RouteConfig {
     pub rules: Vec<RuleConfig>,
     pub sticky: Option<StickyConfig>,
     pub timeouts: Timeouts,
+    pub retries: RetryPolicy,
+    pub outlier: OutlierPolicy,
+    pub health_check: Option<HealthCheck>,
+    /// Serve a non-primary version's traffic from the primary while it has no endpoint.
+    pub fallback: bool,
 }
 
 /// Host part of a route match, lowercased at validation so matching needs no allocation.
@@ -327,8 +397,16 @@ pub struct RuleConfig {
 
 #[derive(Debug, Clone)]
 pub enum Condition {
-    Header { name: HeaderName, test: ValueTest },
-    Cookie { name: String, test: ValueTest },
+    Header {
+        name: HeaderName,
+        test: ValueTest,
+    },
+    Cookie {
+        name: String,
+        test: ValueTest,
+    },
+    /// The client address (after trusted `X-Forwarded-For` hops) is in one of these.
+    ClientIp(Vec<ipnet::IpNet>),
 }
 
 #[derive(Debug, Clone)]
@@ -497,12 +575,30 @@ impl TryFrom<RawConfig> for Config {
             .as_deref()
             .and_then(|s| parse_duration(s, "proxy.drain_timeout", &mut errs))
             .unwrap_or(DEFAULT_DRAIN_TIMEOUT);
+        let idle_timeout = raw
+            .proxy
+            .idle_timeout
+            .as_deref()
+            .and_then(|s| parse_duration(s, "proxy.idle_timeout", &mut errs))
+            .unwrap_or(DEFAULT_IDLE_TIMEOUT);
+        let trusted_hops = match raw.proxy.trusted_hops {
+            Some(n) if n > 16 => {
+                errs.push(
+                    "proxy.trusted_hops",
+                    format!("{n} is more proxies than any real chain has; use 0 to 16"),
+                );
+                0
+            }
+            n => n.unwrap_or(0),
+        };
         let proxy = ProxySettings {
             version_header: raw.proxy.version_header,
             access_log: raw.proxy.access_log,
             max_connections,
             header_timeout,
             drain_timeout,
+            idle_timeout,
+            trusted_hops,
             timeouts: default_timeouts,
         };
 
@@ -709,7 +805,132 @@ fn validate_timeouts(
             t.response = d;
         }
     }
+    if let Some(s) = &raw.idle {
+        if let Some(d) = parse_duration(s, &format!("{field}.idle"), errs) {
+            t.idle = d;
+        }
+    }
     t
+}
+
+fn parse_percent(p: f64, field: &str, errs: &mut Errors) -> Option<f64> {
+    if p.is_finite() && (0.0..=100.0).contains(&p) {
+        Some(p)
+    } else {
+        errs.push(
+            field,
+            format!("must be a percentage from 0 to 100 (got {p})"),
+        );
+        None
+    }
+}
+
+fn validate_retries(raw: &RawRetries, field: &str, errs: &mut Errors) -> RetryPolicy {
+    let mut p = RetryPolicy::default();
+    if let Some(n) = raw.attempts {
+        if n > 5 {
+            errs.push(
+                format!("{field}.attempts"),
+                format!("{n} retries would multiply load on a failing upstream; use 0 to 5"),
+            );
+        } else {
+            p.attempts = n;
+        }
+    }
+    for (i, code) in raw.on_status.iter().enumerate() {
+        if !(500..=599).contains(code) {
+            errs.push(
+                format!("{field}.on_status[{i}]"),
+                format!(
+                    "{code} is not a 5xx status; only upstream failures (e.g. 502, 503) are retried"
+                ),
+            );
+        }
+    }
+    p.on_status = raw.on_status.clone();
+    if let Some(b) = raw.budget_percent {
+        if let Some(b) = parse_percent(b, &format!("{field}.budget_percent"), errs) {
+            p.budget_percent = b;
+        }
+    }
+    p
+}
+
+fn validate_outlier(raw: &RawOutlier, field: &str, errs: &mut Errors) -> OutlierPolicy {
+    let mut p = OutlierPolicy::default();
+    if let Some(n) = raw.consecutive_failures {
+        p.consecutive_failures = n;
+    }
+    if let Some(s) = &raw.base_ejection_time {
+        if let Some(d) = parse_duration(s, &format!("{field}.base_ejection_time"), errs) {
+            p.base_ejection_time = d;
+        }
+    }
+    if let Some(s) = &raw.max_ejection_time {
+        if let Some(d) = parse_duration(s, &format!("{field}.max_ejection_time"), errs) {
+            p.max_ejection_time = d;
+        }
+    }
+    if p.max_ejection_time < p.base_ejection_time {
+        errs.push(
+            format!("{field}.max_ejection_time"),
+            format!(
+                "{} is shorter than base_ejection_time {}",
+                humantime::format_duration(p.max_ejection_time),
+                humantime::format_duration(p.base_ejection_time)
+            ),
+        );
+    }
+    if let Some(b) = raw.max_ejection_percent {
+        if let Some(b) = parse_percent(b, &format!("{field}.max_ejection_percent"), errs) {
+            p.max_ejection_percent = b;
+        }
+    }
+    p
+}
+
+fn validate_health_check(
+    raw: &RawHealthCheck,
+    field: &str,
+    errs: &mut Errors,
+) -> Option<HealthCheck> {
+    let before = errs.0.len();
+    if !raw.path.starts_with('/') || raw.path.parse::<http::uri::PathAndQuery>().is_err() {
+        errs.push(
+            format!("{field}.path"),
+            format!("`{}` is not a request path; write e.g. /healthz", raw.path),
+        );
+    }
+    let dur = |v: &Option<String>, name: &str, default: u64, errs: &mut Errors| {
+        v.as_deref()
+            .and_then(|s| parse_duration(s, &format!("{field}.{name}"), errs))
+            .unwrap_or(Duration::from_secs(default))
+    };
+    let interval = dur(&raw.interval, "interval", 5, errs);
+    let timeout = dur(&raw.timeout, "timeout", 1, errs);
+    if timeout > interval {
+        errs.push(
+            format!("{field}.timeout"),
+            "must not be longer than `interval`",
+        );
+    }
+    let mut threshold = |v: Option<u32>, name: &str, default: u32| match v {
+        Some(0) => {
+            errs.push(format!("{field}.{name}"), "must be at least 1");
+            default
+        }
+        Some(n) => n,
+        None => default,
+    };
+    let healthy_threshold = threshold(raw.healthy_threshold, "healthy_threshold", 2);
+    let unhealthy_threshold = threshold(raw.unhealthy_threshold, "unhealthy_threshold", 3);
+    (errs.0.len() == before).then(|| HealthCheck {
+        path: raw.path.clone(),
+        interval,
+        timeout,
+        healthy_threshold,
+        unhealthy_threshold,
+    })
 }
 
 /// Names that become metric labels: short, lowercase, no surprises in PromQL.
@@ -839,6 +1060,26 @@ fn validate_route(
         Some(t) => validate_timeouts(t, default_timeouts, &format!("{field}.timeouts"), errs),
         None => default_timeouts,
     };
+    let retries = r
+        .retries
+        .as_ref()
+        .map(|x| validate_retries(x, &format!("{field}.retries"), errs))
+        .unwrap_or_default();
+    let outlier = r
+        .outlier_detection
+        .as_ref()
+        .map(|x| validate_outlier(x, &format!("{field}.outlier_detection"), errs))
+        .unwrap_or_default();
+    let health_check = r
+        .health_check
+        .as_ref()
+        .and_then(|x| validate_health_check(x, &format!("{field}.health_check"), errs));
+    if r.fallback && versions.len() < 2 {
+        errs.push(
+            format!("{field}.fallback"),
+            "needs at least two versions: traffic falls back to the first (primary) one",
+        );
+    }
 
     if errs.0.len() > before {
         return None;
@@ -851,6 +1092,10 @@ fn validate_route(
         rules,
         sticky,
         timeouts,
+        retries,
+        outlier,
+        health_check,
+        fallback: r.fallback,
     })
 }
 
@@ -1001,10 +1246,26 @@ pub(crate) fn validate_rule(
             }
         }
     }
-    if raw.when.header.is_none() && raw.when.cookie.is_none() {
+    if let Some(nets) = &raw.when.client_ip {
+        let mut parsed = Vec::with_capacity(nets.len());
+        for (i, n) in nets.iter().enumerate() {
+            match parse_net(n) {
+                Ok(net) => parsed.push(net),
+                Err(m) => errs.push(format!("{field}.when.client_ip[{i}]"), m),
+            }
+        }
+        if nets.is_empty() {
+            errs.push(
+                format!("{field}.when.client_ip"),
+                "is empty; list networks such as 10.0.0.0/8 or 192.0.2.7",
+            );
+        }
+        conditions.push(Condition::ClientIp(parsed));
+    }
+    if raw.when.header.is_none() && raw.when.cookie.is_none() && raw.when.client_ip.is_none() {
         errs.push(
             format!("{field}.when"),
-            "a rule needs at least one condition (`header` or `cookie`)",
+            "a rule needs at least one condition (`header`, `cookie` or `client_ip`)",
         );
     }
     match to {
@@ -1015,6 +1276,25 @@ pub(crate) fn validate_rule(
         }),
         _ => None,
     }
+}
+
+/// `10.0.0.0/8`, `2001:db8::/32`, or a bare address (a /32 or /128 network).
+fn parse_net(s: &str) -> Result<ipnet::IpNet, String> {
+    if let Ok(ip) = s.parse::<std::net::IpAddr>() {
+        return Ok(ipnet::IpNet::from(ip));
+    }
+    let net: ipnet::IpNet = s.parse().map_err(|_| {
+        format!(
+            "`{s}` is not a network; write an address or CIDR, e.g. 10.0.0.0/8 or 2001:db8::/32"
+        )
+    })?;
+    if net.trunc() != net {
+        return Err(format!(
+            "`{s}` has host bits set; did you mean {}?",
+            net.trunc()
+        ));
+    }
+    Ok(net)
 }
 
 fn value_test(

@@ -99,6 +99,12 @@ pub struct RawProxy {
     pub header_timeout: Option<String>,
     /// How long shutdown waits for in-flight requests.
     pub drain_timeout: Option<String>,
+    /// A downstream connection with no request in flight is closed after this (HTTP/1
+    /// keep-alive and HTTP/2 alike).
+    pub idle_timeout: Option<String>,
+    /// How many proxies in front of canaryd append to `X-Forwarded-For`; the client address
+    /// for `client_ip` rules is taken that many hops from the right (0: the TCP peer).
+    pub trusted_hops: Option<u32>,
     #[serde(default)]
     pub timeouts: RawTimeouts,
 }
@@ -110,6 +116,43 @@ pub struct RawTimeouts {
     pub connect: Option<String>,
     /// From sending the request to receiving the upstream's response headers, e.g. "30s".
     pub response: Option<String>,
+    /// Longest gap between two pieces of a request or response body, e.g. "60s".
+    pub idle: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetries {
+    /// Retries after the first attempt (0 turns retries off, connect failures included).
+    pub attempts: Option<u32>,
+    /// Upstream statuses that are retried for idempotent requests, e.g. [502, 503].
+    #[serde(default)]
+    pub on_status: Vec<u16>,
+    /// Retries in flight may be at most this percent of the route's requests in flight.
+    pub budget_percent: Option<f64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOutlier {
+    /// Consecutive connect failures or 5xx that eject an endpoint; 0 turns detection off.
+    pub consecutive_failures: Option<u32>,
+    /// First ejection lasts this long; each repeat adds it again, up to `max_ejection_time`.
+    pub base_ejection_time: Option<String>,
+    pub max_ejection_time: Option<String>,
+    /// Never eject more than this percent of a version's endpoints (at least one may go).
+    pub max_ejection_percent: Option<f64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealthCheck {
+    /// Path requested with GET; a 2xx or 3xx answer is healthy.
+    pub path: String,
+    pub interval: Option<String>,
+    pub timeout: Option<String>,
+    pub healthy_threshold: Option<u32>,
+    pub unhealthy_threshold: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -125,6 +168,13 @@ pub struct RawRoute {
     pub mirror: Option<RawMirror>,
     /// Per-route override of `proxy.timeouts`.
     pub timeouts: Option<RawTimeouts>,
+    pub retries: Option<RawRetries>,
+    pub outlier_detection: Option<RawOutlier>,
+    pub health_check: Option<RawHealthCheck>,
+    /// Send a non-primary version's traffic to the primary while none of its endpoints is
+    /// available.
+    #[serde(default)]
+    pub fallback: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -163,6 +213,8 @@ pub struct RawWhen {
     pub header: Option<OneOrMany<RawHeaderCond>>,
     /// One cookie condition or a list of them (all must hold).
     pub cookie: Option<OneOrMany<RawCookieCond>>,
+    /// The client address must be in one of these networks, e.g. [10.0.0.0/8, "::1/128"].
+    pub client_ip: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -528,3 +528,117 @@ fn connection_limits_and_timeouts_are_validated() {
         "greater than zero",
     );
 }
+
+#[test]
+fn resilience_settings_parse_with_defaults() {
+    let text = GOOD.replace(
+        "    sticky:\n",
+        "    fallback: true
+    timeouts: { idle: 15s }
+    retries: { attempts: 2, on_status: [502, 503], budget_percent: 10 }
+    outlier_detection: { consecutive_failures: 3, base_ejection_time: 10s }
+    health_check: { path: /healthz, interval: 2s }
+    sticky:\n",
+    );
+    let cfg = Config::from_yaml(&text).unwrap();
+    let r = &cfg.routes[0];
+    assert!(r.fallback);
+    assert_eq!(r.timeouts.idle, Duration::from_secs(15));
+    assert_eq!(r.timeouts.connect, DEFAULT_CONNECT_TIMEOUT);
+    assert_eq!(r.retries.attempts, 2);
+    assert_eq!(r.retries.on_status, vec![502, 503]);
+    assert_eq!(r.retries.budget_percent, 10.0);
+    assert_eq!(r.outlier.consecutive_failures, 3);
+    assert_eq!(r.outlier.base_ejection_time, Duration::from_secs(10));
+    assert_eq!(r.outlier.max_ejection_percent, 50.0);
+    let hc = r.health_check.as_ref().unwrap();
+    assert_eq!(
+        (hc.interval, hc.timeout),
+        (Duration::from_secs(2), Duration::from_secs(1))
+    );
+    assert_eq!((hc.healthy_threshold, hc.unhealthy_threshold), (2, 3));
+    // Without the blocks: connect failures are retried once, detection is on, no check.
+    let plain = Config::from_yaml(GOOD).unwrap();
+    assert_eq!(plain.routes[0].retries, RetryPolicy::default());
+    assert_eq!(plain.routes[0].retries.attempts, 1);
+    assert!(!plain.routes[0].fallback);
+    assert!(plain.routes[0].health_check.is_none());
+}
+
+#[test]
+fn resilience_settings_are_validated() {
+    let at = "    sticky:\n";
+    let e = errors_with(
+        at,
+        "    retries: { attempts: 9, on_status: [404] }\n    sticky:\n",
+    );
+    assert_error(&e, "routes[0].retries.attempts", "use 0 to 5");
+    assert_error(&e, "routes[0].retries.on_status[0]", "404 is not a 5xx");
+    let e = errors_with(at, "    retries: { budget_percent: 150 }\n    sticky:\n");
+    assert_error(&e, "routes[0].retries.budget_percent", "0 to 100");
+    let e = errors_with(
+        at,
+        "    outlier_detection: { base_ejection_time: 1m, max_ejection_time: 10s }\n    sticky:\n",
+    );
+    assert_error(
+        &e,
+        "routes[0].outlier_detection.max_ejection_time",
+        "shorter than",
+    );
+    let e = errors_with(
+        at,
+        "    health_check: { path: healthz, interval: 1s, timeout: 2s, healthy_threshold: 0 }\n    sticky:\n",
+    );
+    assert_error(&e, "routes[0].health_check.path", "not a request path");
+    assert_error(
+        &e,
+        "routes[0].health_check.timeout",
+        "not be longer than `interval`",
+    );
+    assert_error(&e, "routes[0].health_check.healthy_threshold", "at least 1");
+    let e = errors_with(at, "    timeouts: { idle: soon }\n    sticky:\n");
+    assert_error(&e, "routes[0].timeouts.idle", "not a duration");
+}
+
+#[test]
+fn fallback_needs_a_second_version() {
+    let text = GOOD
+        .replace(
+            "      canary: { endpoints: [\"127.0.0.1:9002\"], weight: 10 }\n",
+            "",
+        )
+        .replace("    rules:\n", "    fallback: true\n    rules:\n")
+        .replace("to: canary", "to: stable");
+    let e = Config::from_yaml(&text).unwrap_err().errors;
+    assert_error(&e, "routes[0].fallback", "at least two versions");
+}
+
+#[test]
+fn client_ip_rules_and_trusted_hops_are_validated() {
+    let ok = GOOD.replace(
+        "    rules:\n",
+        "    rules:\n      - { to: canary, when: { client_ip: [10.0.0.0/8, 192.0.2.7, \"2001:db8::/32\"] } }\n",
+    );
+    let cfg = Config::from_yaml(&ok).unwrap();
+    assert!(matches!(
+        &cfg.routes[0].rules[0].conditions[0],
+        Condition::ClientIp(n) if n.len() == 3
+    ));
+    let e = errors_with(
+        "    rules:\n",
+        "    rules:\n      - { to: canary, when: { client_ip: [10.0.0.1/8, nowhere] } }\n",
+    );
+    assert_error(
+        &e,
+        "routes[0].rules[0].when.client_ip[0]",
+        "did you mean 10.0.0.0/8",
+    );
+    assert_error(&e, "routes[0].rules[0].when.client_ip[1]", "not a network");
+    let e = errors_with(
+        "    rules:\n",
+        "    rules:\n      - { to: canary, when: { client_ip: [] } }\n",
+    );
+    assert_error(&e, "routes[0].rules[0].when.client_ip", "is empty");
+    let e = errors_with("admin:\n", "proxy: { trusted_hops: 40 }\nadmin:\n");
+    assert_error(&e, "proxy.trusted_hops", "0 to 16");
+}

@@ -55,32 +55,65 @@ pub struct Origin {
     pub seen: Arc<Mutex<Vec<Seen>>>,
     /// TCP connections accepted so far.
     pub accepted: Arc<std::sync::atomic::AtomicUsize>,
+    /// Status `/healthz` answers (200 until a test changes it).
+    pub health: Arc<std::sync::atomic::AtomicU16>,
+    /// The accept loop; aborting it also aborts every open connection.
+    task: tokio::task::AbortHandle,
 }
 
 impl Origin {
     pub async fn start(name: &'static str) -> Origin {
-        Self::serve(name, None).await
+        Self::serve(name, None, "127.0.0.1:0".parse().unwrap()).await
+    }
+
+    /// An origin on a given address (to bring a killed one back on the same port).
+    pub async fn start_at(name: &'static str, addr: SocketAddr) -> Origin {
+        Self::serve(name, None, addr).await
+    }
+
+    /// Crash the origin: the listener closes and every open connection is dropped.
+    pub fn kill(&self) {
+        self.task.abort();
     }
 
     /// Accept loop shared by the clear-text and TLS origins.
-    async fn serve(name: &'static str, tls: Option<tokio_rustls::TlsAcceptor>) -> Origin {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    async fn serve(
+        name: &'static str,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+        bind: SocketAddr,
+    ) -> Origin {
+        let listener = TcpListener::bind(bind).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
         let log = seen.clone();
         let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let counter = accepted.clone();
-        tokio::spawn(async move {
+        let health = Arc::new(std::sync::atomic::AtomicU16::new(200));
+        let health_status = health.clone();
+        let task = tokio::spawn(async move {
+            // Connection tasks live in this set: when the loop is aborted they all go too.
+            let mut conns = tokio::task::JoinSet::new();
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     return;
                 };
+                while conns.try_join_next().is_some() {}
                 counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                let (log, tls) = (log.clone(), tls.clone());
-                tokio::spawn(async move {
+                let (log, tls, health) = (log.clone(), tls.clone(), health_status.clone());
+                conns.spawn(async move {
                     let svc = service_fn(move |req| {
-                        let log = log.clone();
-                        async move { Ok::<_, Infallible>(origin_respond(name, &log, req).await) }
+                        let (log, health) = (log.clone(), health.clone());
+                        async move {
+                            if req.uri().path() == "/healthz" {
+                                let mut r = Response::new(full(name));
+                                *r.status_mut() = StatusCode::from_u16(
+                                    health.load(std::sync::atomic::Ordering::SeqCst),
+                                )
+                                .unwrap();
+                                return Ok::<_, Infallible>(r);
+                            }
+                            Ok::<_, Infallible>(origin_respond(name, &log, req).await)
+                        }
                     });
                     let builder = auto::Builder::new(TokioExecutor::new());
                     let _ = match tls {
@@ -100,6 +133,8 @@ impl Origin {
             addr,
             seen,
             accepted,
+            health,
+            task: task.abort_handle(),
         }
     }
 
@@ -630,7 +665,12 @@ impl Origin {
         .with_single_cert(chain, key)
         .unwrap();
         cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        Self::serve(name, Some(tokio_rustls::TlsAcceptor::from(Arc::new(cfg)))).await
+        Self::serve(
+            name,
+            Some(tokio_rustls::TlsAcceptor::from(Arc::new(cfg))),
+            "127.0.0.1:0".parse().unwrap(),
+        )
+        .await
     }
 }
 
