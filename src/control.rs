@@ -180,6 +180,7 @@ struct StartupOnly {
     max_connections: usize,
     header_timeout: Duration,
     drain_timeout: Duration,
+    idle_timeout: Duration,
 }
 
 impl StartupOnly {
@@ -190,6 +191,7 @@ impl StartupOnly {
             max_connections: c.proxy.max_connections,
             header_timeout: c.proxy.header_timeout,
             drain_timeout: c.proxy.drain_timeout,
+            idle_timeout: c.proxy.idle_timeout,
         }
     }
 
@@ -199,6 +201,7 @@ impl StartupOnly {
         c.proxy.max_connections = self.max_connections;
         c.proxy.header_timeout = self.header_timeout;
         c.proxy.drain_timeout = self.drain_timeout;
+        c.proxy.idle_timeout = self.idle_timeout;
     }
 }
 
@@ -346,7 +349,7 @@ impl Control {
             Err(e) => return self.fail(&mut inner, trigger, e),
         };
         if StartupOnly::of(&config) != inner.startup {
-            let msg = "listeners, admin, or proxy max_connections/header_timeout/drain_timeout changed; restart canaryd to apply them (the running ones are kept)".to_string();
+            let msg = "listeners, admin, or proxy max_connections/header_timeout/drain_timeout/idle_timeout changed; restart canaryd to apply them (the running ones are kept)".to_string();
             tracing::warn!(trigger = trigger_name(trigger), "{msg}");
             inner.status.needs_restart = Some(msg);
             inner.startup.pin(&mut config);

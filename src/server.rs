@@ -12,13 +12,13 @@ use anyhow::Context;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -40,13 +40,11 @@ struct ConnLimits {
     slots: Arc<tokio::sync::Semaphore>,
     header_timeout: Duration,
     drain_timeout: Duration,
+    idle_timeout: Duration,
 }
 
 /// Environment variable holding the admin API bearer token; wins over `admin.token`.
 pub const ADMIN_TOKEN_ENV: &str = "CANARYD_ADMIN_TOKEN";
-
-/// Longest a client may take to complete its TLS handshake.
-const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct Server {
     state: Arc<State>,
@@ -172,6 +170,7 @@ impl Server {
             slots: Arc::new(tokio::sync::Semaphore::new(settings.max_connections)),
             header_timeout: settings.header_timeout,
             drain_timeout: settings.drain_timeout,
+            idle_timeout: settings.idle_timeout,
         };
         let mut loops = JoinSet::new();
         for (listener, tls) in self.listeners {
@@ -226,7 +225,9 @@ async fn accept_loop(
         .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS)
         .max_pending_accept_reset_streams(H2_MAX_PENDING_RESET_STREAMS)
         .max_header_list_size(H2_MAX_HEADER_LIST_SIZE);
-    let graceful = GracefulShutdown::new();
+    // Every connection task lives here: the drain waits for them, and what is left after the
+    // drain timeout is aborted with the set.
+    let mut conns = JoinSet::new();
 
     loop {
         // At the cap, stop accepting: new clients wait in the kernel's backlog, nothing breaks.
@@ -249,26 +250,33 @@ async fn accept_loop(
                 }
             },
         };
+        while conns.try_join_next().is_some() {}
         let _ = stream.set_nodelay(true);
         let conn_info = ConnInfo {
             peer,
             proto: if tls.is_some() { "https" } else { "http" },
         };
+        let activity = Arc::new(ConnActivity::default());
         let st = state.clone();
+        let act = activity.clone();
         let svc = service_fn(move |req| {
             let st = st.clone();
-            async move { Ok::<_, Infallible>(proxy::handle(&st, conn_info, req).await) }
+            let guard = RequestGuard::start(act.clone());
+            async move {
+                let resp = proxy::handle(&st, conn_info, req).await;
+                guard.responded();
+                Ok::<_, Infallible>(resp)
+            }
         });
-        // Taken now so a shutdown that starts during a TLS handshake still waits for it.
-        let watcher = graceful.watcher();
         let builder = builder.clone();
         let acceptor = tls.as_ref().map(|t| t.acceptor());
         let metrics = state.metrics.clone();
-        let header_timeout = limits.header_timeout;
-        tokio::spawn(async move {
+        let limits = limits.clone();
+        let drain = stop.clone();
+        conns.spawn(async move {
             let _slot = slot;
             let _open = GaugeGuard::new(&metrics.open_connections);
-            let result = match acceptor {
+            let io = match acceptor {
                 None => {
                     // hyper's header timer starts with the first request; a client that never
                     // sends a byte would otherwise hold the connection (and a slot) forever.
@@ -276,44 +284,277 @@ async fn accept_loop(
                     // there, and hyper's own timer only starts with the first byte.
                     let mut first = [0u8; 1];
                     if !matches!(
-                        tokio::time::timeout(header_timeout, stream.peek(&mut first)).await,
+                        tokio::time::timeout(limits.header_timeout, stream.peek(&mut first)).await,
                         Ok(Ok(1..))
                     ) {
                         tracing::debug!(%peer, "no request bytes in time; closing");
                         return;
                     }
-                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
-                    watcher.watch(conn.into_owned()).await
+                    Io::Plain(stream)
                 }
+                // The handshake gets the same allowance as request headers.
                 Some(acceptor) => {
-                    let stream =
-                        match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream))
-                            .await
-                        {
-                            Ok(Ok(s)) => s,
-                            Ok(Err(e)) => {
-                                tracing::debug!(error = %e, %peer, "TLS handshake failed");
-                                return;
-                            }
-                            Err(_) => {
-                                tracing::debug!(%peer, "TLS handshake timed out");
-                                return;
-                            }
-                        };
-                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
-                    watcher.watch(conn.into_owned()).await
+                    match tokio::time::timeout(limits.header_timeout, acceptor.accept(stream)).await
+                    {
+                        Ok(Ok(s)) => Io::Tls(Box::new(s)),
+                        Ok(Err(e)) => {
+                            tracing::debug!(error = %e, %peer, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "TLS handshake timed out");
+                            return;
+                        }
+                    }
                 }
             };
-            if let Err(e) = result {
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
+            if let Err(e) = drive(conn, activity, limits.idle_timeout, drain).await {
                 tracing::debug!(error = %e, %peer, "connection ended with error");
             }
         });
     }
     drop(listener);
-    if tokio::time::timeout(limits.drain_timeout, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!("drain timeout reached; closing remaining connections");
+    let drained = tokio::time::timeout(limits.drain_timeout, async {
+        while conns.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            left = conns.len(),
+            "drain timeout reached; closing remaining connections"
+        );
+        conns.shutdown().await;
+    }
+}
+
+/// Run one connection to its end. Three things close it early: the server draining (HTTP/1
+/// finishes the response in progress and closes, HTTP/2 sends GOAWAY and finishes its
+/// streams), nothing in flight for `idle` (the same graceful close), and a premature-reset
+/// flood (dropped at once).
+async fn drive<C, E>(
+    conn: C,
+    activity: Arc<ConnActivity>,
+    idle: Duration,
+    mut drain: watch::Receiver<bool>,
+) -> Result<(), E>
+where
+    C: Future<Output = Result<(), E>> + GracefulShutdown,
+{
+    let mut conn = std::pin::pin!(conn);
+    let mut closing = *drain.borrow();
+    if closing {
+        conn.as_mut().shutdown_gracefully();
+    }
+    let idle_timer = tokio::time::sleep(idle);
+    let mut idle_timer = std::pin::pin!(idle_timer);
+    // Closing because idle: the peer gets `idle` again to finish the goodbye (an HTTP/2
+    // client that never acknowledges the GOAWAY ping would otherwise keep it open).
+    let mut idle_closing = false;
+    loop {
+        tokio::select! {
+            r = conn.as_mut() => return r,
+            _ = drain.changed(), if !closing => {
+                closing = true;
+                conn.as_mut().shutdown_gracefully();
+            }
+            _ = idle_timer.as_mut(), if !closing || idle_closing => {
+                if idle_closing {
+                    tracing::debug!("idle connection did not close in time; dropping it");
+                    return Ok(());
+                }
+                match activity.idle_deadline(idle) {
+                    None => {
+                        closing = true;
+                        idle_closing = true;
+                        conn.as_mut().shutdown_gracefully();
+                        idle_timer.as_mut().reset(tokio::time::Instant::now() + idle);
+                    }
+                    Some(at) => idle_timer.as_mut().reset(at),
+                }
+            }
+            _ = activity.flood.notified() => {
+                tracing::warn!(
+                    streams = activity.streams.load(Ordering::Relaxed),
+                    reset = activity.premature.load(Ordering::Relaxed),
+                    "closing connection: most of its streams were reset before a response (rapid reset)"
+                );
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// `graceful_shutdown` of hyper's connection types, behind one name so `drive` is generic.
+trait GracefulShutdown {
+    fn shutdown_gracefully(self: std::pin::Pin<&mut Self>);
+}
+
+impl<S, B> GracefulShutdown for auto::UpgradeableConnection<'_, TokioIo<Io>, S, TokioExecutor>
+where
+    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = B>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S::Future: Send + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    fn shutdown_gracefully(self: std::pin::Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+/// Streams a connection must have opened before the premature-reset rule looks at it.
+const PREMATURE_RESET_MIN_STREAMS: u32 = 100;
+
+/// What one downstream connection is doing, for the idle timeout and the premature-reset
+/// limit. Updated by each request's [`RequestGuard`]: a few relaxed atomics on a line only
+/// this connection touches.
+#[derive(Default)]
+struct ConnActivity {
+    in_flight: AtomicU32,
+    /// [`Instant`] offset (ms since `born`) of the last request start or finish.
+    last_ms: AtomicU64,
+    born: std::sync::OnceLock<Instant>,
+    /// Requests (HTTP/2 streams) started, and those dropped before we had a response:
+    /// the client reset them (or, on HTTP/1, went away).
+    streams: AtomicU32,
+    premature: AtomicU32,
+    flood: tokio::sync::Notify,
+}
+
+impl ConnActivity {
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.born.get_or_init(Instant::now).elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn touch(&self) {
+        self.last_ms.store(self.now_ms(), Ordering::Relaxed);
+    }
+
+    /// `None` when the connection has been idle for `idle`; otherwise when to look again.
+    fn idle_deadline(&self, idle: Duration) -> Option<tokio::time::Instant> {
+        let now = tokio::time::Instant::now();
+        if self.in_flight.load(Ordering::Relaxed) > 0 {
+            return Some(now + idle);
+        }
+        let since = Duration::from_millis(
+            self.now_ms()
+                .saturating_sub(self.last_ms.load(Ordering::Relaxed)),
+        );
+        (since < idle).then(|| now + (idle - since))
+    }
+}
+
+/// One request on a connection: counted in flight until dropped; dropped before
+/// [`RequestGuard::responded`] means the client reset it first.
+struct RequestGuard {
+    activity: Arc<ConnActivity>,
+    responded: bool,
+}
+
+impl RequestGuard {
+    fn start(activity: Arc<ConnActivity>) -> RequestGuard {
+        activity.in_flight.fetch_add(1, Ordering::Relaxed);
+        activity.streams.fetch_add(1, Ordering::Relaxed);
+        activity.touch();
+        RequestGuard {
+            activity,
+            responded: false,
+        }
+    }
+
+    fn responded(mut self) {
+        self.responded = true;
+    }
+}
+
+impl Drop for RequestGuard {
+    fn drop(&mut self) {
+        let a = &self.activity;
+        a.in_flight.fetch_sub(1, Ordering::Relaxed);
+        a.touch();
+        if !self.responded {
+            // Envoy's rule: once enough streams were opened, a connection whose streams are
+            // mostly reset before the response is attacking (CVE-2023-44487 with paced
+            // resets, which h2's burst limit does not see). Each reset costs us an upstream
+            // request, so the connection goes.
+            let premature = a.premature.fetch_add(1, Ordering::Relaxed) + 1;
+            let streams = a.streams.load(Ordering::Relaxed);
+            if streams >= PREMATURE_RESET_MIN_STREAMS && premature * 2 > streams {
+                a.flood.notify_one();
+            }
+        }
+    }
+}
+
+/// A downstream connection's byte stream: plain TCP or TLS, one type so every connection
+/// is served by the same code.
+enum Io {
+    Plain(tokio::net::TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>),
+}
+
+impl tokio::io::AsyncRead for Io {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+            Io::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for Io {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Io::Plain(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+            Io::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Io::Plain(s) => std::pin::Pin::new(s).poll_write_vectored(cx, bufs),
+            Io::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Io::Plain(s) => s.is_write_vectored(),
+            Io::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(s) => std::pin::Pin::new(s).poll_flush(cx),
+            Io::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+            Io::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
     }
 }

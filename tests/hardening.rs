@@ -124,6 +124,107 @@ async fn a_connection_that_sends_nothing_is_closed() {
     assert!(n == 0 || answer.starts_with("HTTP/1.1 408"), "{answer}");
 }
 
+/// Read until the server closes; panics if it has not within 10 s.
+async fn read_until_closed<S: tokio::io::AsyncRead + Unpin>(s: &mut S, what: &str) -> Vec<u8> {
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf))
+        .await
+        .unwrap_or_else(|_| panic!("{what}: the server kept the connection open"))
+        .ok();
+    buf
+}
+
+#[tokio::test]
+async fn idle_keep_alive_and_preface_only_h2_connections_are_closed() {
+    let origin = Origin::start("stable").await;
+    let proxy = Proxy::start(&yaml(&origin, ", idle_timeout: 300ms")).await;
+    // HTTP/1.1: one request, then nothing. hyper alone would keep this open forever.
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    let answer = raw(&mut s, "GET / HTTP/1.1\r\nHost: a\r\n\r\n").await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    read_until_closed(&mut s, "idle HTTP/1.1").await;
+    // HTTP/2: the preface and SETTINGS, then nothing. The server says GOAWAY and closes.
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await
+        .unwrap();
+    let frames = read_until_closed(&mut s, "preface-only HTTP/2").await;
+    // Frame type 7 = GOAWAY somewhere in what the server sent.
+    let mut at = 0;
+    let mut goaway = false;
+    while at + 9 <= frames.len() {
+        let len = u32::from_be_bytes([0, frames[at], frames[at + 1], frames[at + 2]]) as usize;
+        goaway |= frames[at + 3] == 7;
+        at += 9 + len;
+    }
+    assert!(goaway, "no GOAWAY before the close");
+    // A connection in use is not idle: a request slower than the idle timeout completes.
+    let client = TestClient::http1();
+    assert_eq!(client.get(&proxy.url("/sleep/800"), &[]).await.status, 200);
+}
+
+#[tokio::test]
+async fn a_tls_client_that_never_finishes_its_handshake_is_closed() {
+    let origin = Origin::start("stable").await;
+    let pki = TestPki::new();
+    let cert = pki.issue(&["localhost"], "server");
+    let yaml = format!(
+        r#"listeners: [{{ address: "127.0.0.1:0", tls: {{ cert: "{}", key: "{}" }} }}]
+proxy: {{ header_timeout: 300ms }}
+routes:
+  - name: app
+    versions: {{ stable: {{ endpoints: ["{}"] }} }}
+"#,
+        cert.cert.display(),
+        cert.key.display(),
+        origin.addr
+    );
+    let proxy = Proxy::start(&yaml).await;
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    read_until_closed(&mut s, "silent TLS").await;
+    // Half a ClientHello (record header promising more) is cut too.
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01])
+        .await
+        .unwrap();
+    read_until_closed(&mut s, "half handshake").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paced_rapid_reset_closes_the_connection() {
+    let origin = Origin::start("stable").await;
+    let proxy = Proxy::start(&yaml(&origin, "")).await;
+    let tcp = TcpStream::connect(proxy.addr).await.unwrap();
+    let (mut client, conn) = h2::client::handshake(tcp).await.unwrap();
+    let conn_task = tokio::spawn(conn);
+    // Open a stream, reset it a moment later, repeat: each gap is long enough that h2's
+    // burst limit (pending accept resets) never triggers, which is the paced variant.
+    let mut sent = 0;
+    for _ in 0..1000 {
+        let ready = tokio::time::timeout(Duration::from_secs(5), client.clone().ready()).await;
+        let Ok(Ok(mut c)) = ready else { break };
+        let req = http::Request::get(format!("http://{}/sleep/2000", proxy.addr))
+            .body(())
+            .unwrap();
+        let Ok((_resp, mut stream)) = c.send_request(req, true) else {
+            break;
+        };
+        sent += 1;
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        stream.send_reset(h2::Reason::CANCEL);
+        client = c;
+    }
+    assert!(
+        sent < 1000,
+        "a connection resetting every stream was never closed"
+    );
+    assert!(sent >= 100, "closed after {sent} streams: too eager");
+    let _ = tokio::time::timeout(Duration::from_secs(10), conn_task).await;
+    // The proxy keeps serving everyone else.
+    let client = TestClient::h2c();
+    assert_eq!(client.get(&proxy.url("/"), &[]).await.status, 200);
+}
+
 fn kill(pid: u32, sig: &str) {
     assert!(
         std::process::Command::new("kill")
