@@ -6,6 +6,7 @@
 //! - [`state`]: the current [`state::Snapshot`] in one `ArcSwap`, and the upstream client pools.
 //! - [`proxy`]: the request path (phases listed there) from downstream request to response.
 //! - [`health`]: passive outlier detection, active health checks, the endpoint pick.
+//! - [`h1guard`]: refuses HTTP/1 requests with both Content-Length and Transfer-Encoding.
 //! - [`headers`]: hop-by-hop stripping and `X-Forwarded-*`.
 //! - [`error`]: every request failure and its single mapping to a status code.
 //! - [`body`]: the response body type (streamed upstream body or a small fixed one).
@@ -28,6 +29,7 @@ pub mod config;
 pub mod control;
 pub mod demo;
 pub mod error;
+pub mod h1guard;
 pub mod headers;
 pub mod health;
 pub mod metrics;

@@ -5,6 +5,7 @@
 use crate::admin::{self, Admin};
 use crate::config::{Config, ConfigError};
 use crate::control::Control;
+use crate::h1guard::Guarded;
 use crate::proxy::{self, ConnInfo, GaugeGuard};
 use crate::state::State;
 use crate::tls::TlsListener;
@@ -290,13 +291,21 @@ async fn accept_loop(
                         tracing::debug!(%peer, "no request bytes in time; closing");
                         return;
                     }
-                    Io::Plain(stream)
+                    Guarded::new(Io::Plain(stream))
                 }
                 // The handshake gets the same allowance as request headers.
                 Some(acceptor) => {
                     match tokio::time::timeout(limits.header_timeout, acceptor.accept(stream)).await
                     {
-                        Ok(Ok(s)) => Io::Tls(Box::new(s)),
+                        Ok(Ok(s)) => {
+                            let h2 = s.get_ref().1.alpn_protocol() == Some(b"h2");
+                            let io = Io::Tls(Box::new(s));
+                            if h2 {
+                                Guarded::passthrough(io)
+                            } else {
+                                Guarded::new(io)
+                            }
+                        }
                         Ok(Err(e)) => {
                             tracing::debug!(error = %e, %peer, "TLS handshake failed");
                             return;
@@ -390,7 +399,8 @@ trait GracefulShutdown {
     fn shutdown_gracefully(self: std::pin::Pin<&mut Self>);
 }
 
-impl<S, B> GracefulShutdown for auto::UpgradeableConnection<'_, TokioIo<Io>, S, TokioExecutor>
+impl<S, B> GracefulShutdown
+    for auto::UpgradeableConnection<'_, TokioIo<Guarded<Io>>, S, TokioExecutor>
 where
     S: hyper::service::HttpService<hyper::body::Incoming, ResBody = B>,
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,

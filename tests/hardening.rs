@@ -294,3 +294,75 @@ async fn a_second_signal_exits_at_once() {
         "the cut request failed, as asked"
     );
 }
+
+/// Send `req` in pieces of `piece` bytes; return everything the proxy answered before closing.
+async fn raw_split(proxy: &Proxy, req: &[u8], piece: usize) -> String {
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    for chunk in req.chunks(piece) {
+        // The proxy may answer and close before the rest is sent.
+        if s.write_all(chunk).await.is_err() {
+            break;
+        }
+        if piece < req.len() {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+    String::from_utf8_lossy(&read_until_closed(&mut s, "smuggling attempt").await).into_owned()
+}
+
+#[tokio::test]
+async fn content_length_with_transfer_encoding_is_refused() {
+    let origin = Origin::start("stable").await;
+    let proxy = Proxy::start(&yaml(&origin, "")).await;
+    // The classic CL.TE / TE.CL pair: a front end and a back end that disagree on where the
+    // body ends would see a second, smuggled request in it.
+    let smuggled = "GET /admin HTTP/1.1\r\nHost: a\r\n\r\n";
+    for (order, piece) in [("cl-te", 4096), ("te-cl", 4096), ("cl-te", 1), ("te-cl", 7)] {
+        let (first, second) = if order == "cl-te" {
+            ("Content-Length: 4", "Transfer-Encoding: chunked")
+        } else {
+            ("Transfer-Encoding: chunked", "Content-Length: 4")
+        };
+        let req =
+            format!("POST / HTTP/1.1\r\nHost: a\r\n{first}\r\n{second}\r\n\r\n0\r\n\r\n{smuggled}");
+        let answer = raw_split(&proxy, req.as_bytes(), piece).await;
+        assert!(
+            answer.starts_with("HTTP/1.1 400"),
+            "{order}/{piece}: {answer}"
+        );
+        assert_eq!(
+            answer.matches("HTTP/1.1").count(),
+            1,
+            "{order}: one answer only"
+        );
+    }
+    assert!(origin.seen().is_empty(), "nothing reached the origin");
+
+    // A good request pipelined before the bad one is served; the bad one and anything after
+    // it are not.
+    let req = format!(
+        "GET /ok HTTP/1.1\r\nHost: a\r\n\r\nPOST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n{smuggled}"
+    );
+    let answer = raw_split(&proxy, req.as_bytes(), 4096).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("HTTP/1.1 400"), "{answer}");
+    let paths: Vec<String> = origin
+        .seen()
+        .iter()
+        .map(|s| s.uri.path().to_string())
+        .collect();
+    assert_eq!(paths, ["/ok"]);
+
+    // Chunked bodies alone and fixed bodies alone keep working on one keep-alive connection,
+    // also when a body contains text that looks like headers.
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    let body = "Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n";
+    let req = format!(
+        "POST /sink HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{body}\r\n0\r\n\r\nPOST /sink HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\n\r\n{body}GET /after HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        body.len(),
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let answer = String::from_utf8_lossy(&read_until_closed(&mut s, "pipeline").await).into_owned();
+    assert_eq!(answer.matches("HTTP/1.1 200").count(), 3, "{answer}");
+}
