@@ -127,7 +127,14 @@ pub fn explain(
     url: &str,
     headers: &[String],
     cookies: &[String],
+    client_ip: Option<&str>,
 ) -> Result<String, String> {
+    let peer: Option<std::net::IpAddr> = client_ip
+        .map(|ip| {
+            ip.parse()
+                .map_err(|_| format!("--client-ip: `{ip}` is not an IP address"))
+        })
+        .transpose()?;
     let _: Method = method
         .parse()
         .map_err(|_| format!("--method: `{method}` is not an HTTP method"))?;
@@ -159,7 +166,9 @@ pub fn explain(
     let router = Router::new(cfg);
     let host = router::request_host(&uri, &map);
     let mut rng = rand::rng();
-    let Some(d) = router.decide(host, uri.path(), &map, &mut rng) else {
+    // The address `client_ip` rules see: the peer, or what trusted proxies put in XFF.
+    let client = peer.and_then(|p| crate::headers::client_address(&map, p, cfg.proxy.trusted_hops));
+    let Some(d) = router.decide_for(host, uri.path(), &map, client, &mut rng) else {
         return Err(format!(
             "no route matches host {} path {}: canaryd answers 404",
             host.unwrap_or("(none)"),

@@ -90,6 +90,10 @@ enum Command {
         /// Cookie `name=value` (repeatable).
         #[arg(long = "cookie")]
         cookies: Vec<String>,
+        /// Address the request comes from (the TCP peer), for `client_ip` rules; without it
+        /// those rules do not match.
+        #[arg(long)]
+        client_ip: Option<String>,
     },
 }
 
@@ -112,6 +116,7 @@ fn main() -> ExitCode {
             url,
             headers,
             cookies,
+            client_ip,
         } => {
             let cfg = match Config::from_file(&file) {
                 Ok(c) => c,
@@ -120,7 +125,14 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match canaryd::cli::explain(&cfg, &method, &url, &headers, &cookies) {
+            match canaryd::cli::explain(
+                &cfg,
+                &method,
+                &url,
+                &headers,
+                &cookies,
+                client_ip.as_deref(),
+            ) {
                 Ok(s) => {
                     print!("{s}");
                     ExitCode::SUCCESS

@@ -239,3 +239,55 @@ async fn demo_serves_a_split_and_the_header_rule() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[test]
+fn route_takes_the_client_address_into_account() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.yaml");
+    std::fs::write(
+        &path,
+        r#"listeners: [{ address: "127.0.0.1:8080" }]
+proxy: { trusted_hops: 1 }
+routes:
+  - name: app
+    versions:
+      stable: { endpoints: ["127.0.0.1:9001"] }
+      canary: { endpoints: ["127.0.0.1:9002"] }
+    rules:
+      - { name: office, to: canary, when: { client_ip: [10.0.0.0/8] } }
+"#,
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        let out = canaryd()
+            .arg("route")
+            .arg(&path)
+            .args(["--url", "http://x/"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // Direct peer in the network: no XFF, so the peer is the client.
+    let out = run(&["--client-ip", "10.1.2.3"]);
+    assert!(out.contains("version: canary"), "{out}");
+    assert!(out.contains("client_ip in [10.0.0.0/8]"), "{out}");
+    // Behind one trusted proxy: the rightmost XFF entry decides, not what the client wrote.
+    let out = run(&[
+        "--client-ip",
+        "192.0.2.1",
+        "-H",
+        "x-forwarded-for: 10.9.9.9, 192.0.2.50",
+    ]);
+    assert!(out.contains("version: stable"), "{out}");
+    let out = run(&[
+        "--client-ip",
+        "192.0.2.1",
+        "-H",
+        "x-forwarded-for: 10.9.9.9",
+    ]);
+    assert!(out.contains("version: canary"), "{out}");
+    // Without an address, client_ip rules cannot match.
+    assert!(run(&[]).contains("version: stable"));
+}
