@@ -9,6 +9,7 @@
 //! Streamed bodies carry an [`Idle`] timer: a body that goes silent for the route's
 //! `timeouts.idle` fails instead of holding a connection (and an upstream request) forever.
 
+use crate::pool::Lease;
 use crate::proxy::GrpcDone;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -74,7 +75,8 @@ use std::future::Future;
 #[derive(Debug)]
 pub enum ProxyBody {
     /// Streamed from the upstream, frame by frame (data and trailers), never buffered whole.
-    Upstream(Incoming, Idle),
+    /// A pooled HTTP/1 connection goes back to its pool the moment the body ends.
+    Upstream(Incoming, Idle, Option<Lease>),
     /// A gRPC response: streamed like `Upstream`, and its `grpc-status` trailer is counted
     /// when it passes (a gRPC failure is an HTTP 200).
     Grpc(Incoming, Idle, GrpcDone),
@@ -83,6 +85,17 @@ pub enum ProxyBody {
 }
 
 impl ProxyBody {
+    /// An upstream body; an empty one hands its pooled connection back at once.
+    pub fn upstream(body: Incoming, idle: Idle, lease: Option<Lease>) -> ProxyBody {
+        match lease {
+            Some(l) if body.is_end_stream() => {
+                l.release();
+                ProxyBody::Upstream(body, idle, None)
+            }
+            lease => ProxyBody::Upstream(body, idle, lease),
+        }
+    }
+
     pub fn full(b: impl Into<Bytes>) -> ProxyBody {
         ProxyBody::Full(Some(b.into()))
     }
@@ -101,7 +114,15 @@ impl Body for ProxyBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match self.get_mut() {
-            ProxyBody::Upstream(b, idle) => idle.poll(Pin::new(b), cx),
+            ProxyBody::Upstream(b, idle, lease) => {
+                let frame = ready!(idle.poll(Pin::new(&mut *b), cx));
+                if matches!(frame, None | Some(Ok(_))) && b.is_end_stream() {
+                    if let Some(l) = lease.take() {
+                        l.release();
+                    }
+                }
+                Poll::Ready(frame)
+            }
             ProxyBody::Grpc(b, idle, done) => {
                 let frame = ready!(idle.poll(Pin::new(b), cx));
                 match &frame {
@@ -123,14 +144,14 @@ impl Body for ProxyBody {
 
     fn is_end_stream(&self) -> bool {
         match self {
-            ProxyBody::Upstream(b, _) | ProxyBody::Grpc(b, _, _) => b.is_end_stream(),
+            ProxyBody::Upstream(b, _, _) | ProxyBody::Grpc(b, _, _) => b.is_end_stream(),
             ProxyBody::Full(b) => b.is_none(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            ProxyBody::Upstream(b, _) | ProxyBody::Grpc(b, _, _) => b.size_hint(),
+            ProxyBody::Upstream(b, _, _) | ProxyBody::Grpc(b, _, _) => b.size_hint(),
             ProxyBody::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             ProxyBody::Full(None) => SizeHint::with_exact(0),
         }

@@ -102,14 +102,23 @@ impl ProxyError {
         resp
     }
 
-    /// Classify a client error from hyper-util's pooled client.
-    pub fn from_client(e: &hyper_util::client::legacy::Error) -> ProxyError {
-        let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    /// Classify a failed exchange on an open upstream connection: our request body timing
+    /// out is the client's fault (408); anything else broke the upstream side.
+    pub fn from_exchange(e: &(dyn std::error::Error + 'static)) -> ProxyError {
+        let mut src: Option<&(dyn std::error::Error + 'static)> = Some(e);
         while let Some(s) = src {
             if s.is::<crate::body::IdleTimeout>() {
                 return ProxyError::BodyTimeout;
             }
             src = s.source();
+        }
+        ProxyError::UpstreamReset
+    }
+
+    /// Classify a client error from hyper-util's pooled client.
+    pub fn from_client(e: &hyper_util::client::legacy::Error) -> ProxyError {
+        if ProxyError::from_exchange(e) == ProxyError::BodyTimeout {
+            return ProxyError::BodyTimeout;
         }
         if e.is_connect() {
             let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);

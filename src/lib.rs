@@ -13,6 +13,7 @@
 //! - [`tls`]: rustls termination (SNI, ALPN, hot certificate reload) and upstream TLS configs.
 //! - [`server`]: listeners, connection serving (HTTP/1.1 + h2c on one port), graceful drain.
 //! - [`analysis`]: sliding-window success rate and latency per version; canary verdicts.
+//! - [`pool`]: our connection pool for clear-text HTTP/1.1 upstreams.
 //! - [`metrics`]: Prometheus metrics; per-version handles resolved per snapshot, lock-free histogram.
 //! - [`control`]: reloads and runtime overrides composed into one config; reload status.
 //! - [`watch`]: reload triggers: directory watch with debounce, periodic re-read, SIGHUP.
@@ -33,6 +34,7 @@ pub mod h1guard;
 pub mod headers;
 pub mod health;
 pub mod metrics;
+pub mod pool;
 pub mod proxy;
 pub mod router;
 pub mod server;

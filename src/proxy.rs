@@ -14,6 +14,7 @@ use crate::body::{Idle, ProxyBody, Replayable, RequestBody};
 use crate::config::RETRY_BUDGET_MIN;
 use crate::error::ProxyError;
 use crate::headers::{self, X_CANARYD_VERSION};
+use crate::pool::Lease;
 use crate::router::{self, Decision, Reason};
 use crate::state::{Snapshot, State};
 use http::header::{CONTENT_TYPE, HOST, HeaderName, SET_COOKIE, UPGRADE};
@@ -240,58 +241,99 @@ async fn forward(
     // Attempts: the first, then retries while the policy, the body and the budget allow.
     let policy = &route.config.retries;
     let idle = route.timeouts().idle;
-    let mut body = if body.is_end_stream() {
+    let method = parts.method.clone();
+    let no_body = body.is_end_stream();
+    let status_retry_ok = no_body && is_idempotent(&method) && upgrade.is_none();
+    // Our HTTP/1.1 pools hand an unsent request back; hyper-util's client does not, so a body
+    // bound for it waits in a replayable slot.
+    let first_pooled = runtime.versions[vi].pool(ei).is_some();
+    let mut body = Some(if no_body {
         RequestBody::Empty
-    } else if policy.attempts > 0 && upgrade.is_none() {
+    } else if policy.attempts > 0 && upgrade.is_none() && !first_pooled {
         RequestBody::Replayable(Replayable::new(body), Idle::new(idle))
     } else {
         RequestBody::Stream(body, Idle::new(idle))
-    };
-    let status_retry_ok =
-        matches!(body, RequestBody::Empty) && is_idempotent(&parts.method) && upgrade.is_none();
+    });
+    // A request that came back unsent from a pool, to go out again as it is.
+    let mut returned: Option<Request<RequestBody>> = None;
     let _active = Counted::new(&runtime.active);
     let mut retry_slot: Option<Counted> = None;
     let mut attempt = 0u32;
-    let (resp, vrt) = loop {
+    let (resp, lease, vrt) = loop {
         let version = &route.config.versions[vi];
         let vrt = &runtime.versions[vi];
         let endpoint = &version.endpoints[ei];
-        let mut uri = http::uri::Parts::default();
-        uri.scheme = Some(vrt.scheme.clone());
-        uri.authority = Some(endpoint.authority.clone());
-        uri.path_and_query = Some(path_and_query.clone());
-        let uri =
-            Uri::from_parts(uri).map_err(|_| ProxyError::BadRequest("unusable request target"))?;
+        let pool = vrt.pool(ei);
         let last = attempt >= policy.attempts;
-        // The body goes to this attempt; a retry gets it back only if none of it was sent.
-        let replay = match &body {
-            RequestBody::Replayable(r, _) if !last => Some(r.clone()),
-            _ => None,
+        // Pools take origin-form (`/path?q`); hyper-util's client wants the absolute URI.
+        let uri = match pool {
+            Some(_) => Uri::from(path_and_query.clone()),
+            None => {
+                let mut uri = http::uri::Parts::default();
+                uri.scheme = Some(vrt.scheme.clone());
+                uri.authority = Some(endpoint.authority.clone());
+                uri.path_and_query = Some(path_and_query.clone());
+                Uri::from_parts(uri)
+                    .map_err(|_| ProxyError::BadRequest("unusable request target"))?
+            }
         };
-        let this_body = std::mem::replace(&mut body, RequestBody::Empty);
-        let mut upstream_req = Request::new(this_body);
-        *upstream_req.method_mut() = parts.method.clone();
-        *upstream_req.uri_mut() = uri;
+        let mut replay: Option<Replayable> = None;
+        let mut upstream_req = match returned.take() {
+            Some(mut r) => {
+                *r.uri_mut() = uri;
+                r
+            }
+            None => {
+                let this_body = body.take().unwrap_or(RequestBody::Empty);
+                if let RequestBody::Replayable(r, _) = &this_body {
+                    if !last {
+                        replay = Some(r.clone());
+                    }
+                }
+                // Keep the head for another attempt only when one could need it: a pool gives
+                // an unsent request back, so it needs a copy only for status retries.
+                let keep =
+                    !last && (pool.is_none() || (status_retry_ok && !policy.on_status.is_empty()));
+                let mut r = Request::new(this_body);
+                *r.method_mut() = method.clone();
+                *r.uri_mut() = uri;
+                *r.headers_mut() = if keep {
+                    parts.headers.clone()
+                } else {
+                    std::mem::take(&mut parts.headers)
+                };
+                r
+            }
+        };
         // The version's protocol decides, whatever the client spoke.
         *upstream_req.version_mut() = vrt.http_version;
-        *upstream_req.headers_mut() = if last {
-            std::mem::take(&mut parts.headers)
-        } else {
-            parts.headers.clone()
-        };
-        let result =
-            match tokio::time::timeout(route.timeouts().response, vrt.client.request(upstream_req))
-                .await
-            {
+        if pool.is_some() && !upstream_req.headers().contains_key(HOST) {
+            // HTTP/1.0 without Host: name the endpoint, as hyper-util's client would.
+            if let Ok(h) = HeaderValue::from_str(endpoint.authority.as_str()) {
+                upstream_req.headers_mut().insert(HOST, h);
+            }
+        }
+        let timeout = route.timeouts().response;
+        let result: Result<(Response<Incoming>, Option<Lease>), ProxyError> = match pool {
+            Some(pool) => match tokio::time::timeout(timeout, pool.send(upstream_req)).await {
+                Err(_elapsed) => Err(ProxyError::ResponseTimeout),
+                Ok(Err(e)) => {
+                    returned = e.request;
+                    Err(e.error)
+                }
+                Ok(Ok((r, lease))) => Ok((r, Some(lease))),
+            },
+            None => match tokio::time::timeout(timeout, vrt.client.request(upstream_req)).await {
                 Err(_elapsed) => Err(ProxyError::ResponseTimeout),
                 Ok(Err(e)) => {
                     tracing::debug!(error = ?e, endpoint = %endpoint, "upstream request failed");
                     Err(ProxyError::from_client(&e))
                 }
-                Ok(Ok(r)) => Ok(r),
-            };
+                Ok(Ok(r)) => Ok((r, None)),
+            },
+        };
         let status = match &result {
-            Ok(r) => r.status(),
+            Ok((r, _)) => r.status(),
             Err(e) => {
                 // Every failed attempt counts, also the ones a retry then hides.
                 if let Some(kind) = e.upstream_kind() {
@@ -308,37 +350,36 @@ async fn forward(
         }
         // Connect failures never reached the upstream: any method may go again. Other
         // failures only for idempotent requests without a body, on the statuses configured.
-        let never_sent = matches!(
-            result,
-            Err(ProxyError::Connect | ProxyError::ConnectTimeout)
-        );
+        let never_sent = returned.is_some()
+            || matches!(
+                result,
+                Err(ProxyError::Connect | ProxyError::ConnectTimeout)
+            );
         let retry = !last
             && (never_sent || (status_retry_ok && policy.on_status.contains(&status.as_u16())));
-        let next_body = if !retry {
-            None
-        } else if let Some(r) = &replay {
-            r.take_back()
-                .map(|r| RequestBody::Replayable(r, Idle::new(idle)))
-        } else if matches!(body, RequestBody::Empty) {
-            Some(RequestBody::Empty)
-        } else {
-            None
+        // What the next attempt sends: the request handed back, the body taken back from its
+        // slot, or (no body) a fresh copy of the head.
+        let can_resend = returned.is_some()
+            || match &replay {
+                Some(r) => r.take_back().map(|r| {
+                    body = Some(RequestBody::Replayable(r, Idle::new(idle)));
+                }),
+                None => no_body.then(|| body = Some(RequestBody::Empty)),
+            }
+            .is_some();
+        let budget_ok = retry_slot.is_some() || {
+            let active = runtime.active.load(Ordering::Relaxed);
+            let allowed =
+                ((active as f64 * policy.budget_percent / 100.0) as usize).max(RETRY_BUDGET_MIN);
+            runtime.retrying.load(Ordering::Relaxed) < allowed
         };
-        let budget_ok = next_body.is_some()
-            && (retry_slot.is_some() || {
-                let active = runtime.active.load(Ordering::Relaxed);
-                let allowed = ((active as f64 * policy.budget_percent / 100.0) as usize)
-                    .max(RETRY_BUDGET_MIN);
-                runtime.retrying.load(Ordering::Relaxed) < allowed
-            });
-        match (result, next_body) {
-            (result, Some(next)) if budget_ok => {
+        match result {
+            result if retry && can_resend && budget_ok => {
                 tracing::debug!(endpoint = %endpoint, %status, attempt, "retrying");
                 if retry_slot.is_none() {
                     retry_slot = Some(Counted::new(&runtime.retrying));
                 }
                 drop(result);
-                body = next;
                 attempt += 1;
                 vrt.metrics.retry();
                 (vi, ei) = choose(route, runtime, vi, Some(ei));
@@ -347,8 +388,8 @@ async fn forward(
                     t.endpoint = ei;
                 }
             }
-            (Err(e), _) => return Err(e),
-            (Ok(r), _) => break (r, vrt),
+            Err(e) => return Err(e),
+            Ok((r, lease)) => break (r, lease, vrt),
         }
     };
     drop(retry_slot);
@@ -401,7 +442,7 @@ async fn forward(
         }
         ProxyBody::Grpc(rbody, Idle::new(idle), done)
     } else {
-        ProxyBody::Upstream(rbody, Idle::new(idle))
+        ProxyBody::upstream(rbody, Idle::new(idle), lease)
     };
     Ok(Response::from_parts(rparts, body))
 }

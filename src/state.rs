@@ -9,6 +9,7 @@ use crate::body::RequestBody;
 use crate::config::{Config, ConfigError, FieldError, HealthCheck, Protocol, Upstream};
 use crate::health::{EndpointHealth, VersionEndpoints};
 use crate::metrics::{Metrics, VersionMetrics};
+use crate::pool::Pool;
 use crate::router::Router;
 use arc_swap::ArcSwap;
 use http::HeaderValue;
@@ -66,6 +67,9 @@ pub struct VersionRuntime {
     pub metrics: VersionMetrics,
     /// Health of each endpoint (parallel to the version's endpoints), shared across reloads.
     pub endpoints: VersionEndpoints,
+    /// Our own pools, parallel to the endpoints, for clear-text HTTP/1.1 versions; empty
+    /// for the others, which go through `client`.
+    pub pools: Vec<Arc<Pool>>,
 }
 
 impl VersionRuntime {
@@ -76,6 +80,11 @@ impl VersionRuntime {
         } else {
             self.rr.fetch_add(1, Ordering::Relaxed) % n
         }
+    }
+
+    /// The pool of endpoint `i`, when this version uses our HTTP/1.1 pools.
+    pub fn pool(&self, i: usize) -> Option<&Arc<Pool>> {
+        self.pools.get(i)
     }
 
     /// Next available endpoint in round-robin order (not `skip`), or `None` when every
@@ -104,6 +113,8 @@ struct Clients {
     health: HashMap<HealthKey, Arc<EndpointHealth>>,
     /// "No endpoint available" flags by (route, version), so a flip is logged once.
     down: HashMap<(String, String), Arc<AtomicBool>>,
+    /// HTTP/1.1 pools by (connect timeout, endpoint); kept while the endpoint stays in config.
+    pools: HashMap<(Duration, String), Arc<Pool>>,
     /// Running active health checks and the settings they were started with.
     checks: HashMap<HealthKey, (HealthCheck, Upstream, tokio::task::AbortHandle)>,
 }
@@ -127,6 +138,7 @@ impl State {
             last_generation: 0,
             health: HashMap::new(),
             down: HashMap::new(),
+            pools: HashMap::new(),
             checks: HashMap::new(),
         };
         let first = clients.build(config, &metrics)?;
@@ -180,6 +192,7 @@ impl Clients {
         let mut routes = Vec::with_capacity(router.routes.len());
         let mut errors = Vec::new();
         let mut live: Vec<HealthKey> = Vec::new();
+        let mut live_pools: Vec<(Duration, String)> = Vec::new();
         // `Router::new` keeps routes in config order, so `ri` is the config index too.
         for (ri, r) in router.routes.iter().enumerate() {
             let mut versions = Vec::with_capacity(r.config.versions.len());
@@ -217,10 +230,30 @@ impl Clients {
                     .entry((r.name().to_string(), v.name.clone()))
                     .or_default()
                     .clone();
+                let pooled = v.upstream.protocol == Protocol::Http1 && v.upstream.tls.is_none();
+                let connect = r.timeouts().connect;
+                let pools: Vec<Arc<Pool>> = if pooled {
+                    v.endpoints
+                        .iter()
+                        .map(|e| {
+                            let key = (connect, e.to_string());
+                            live_pools.push(key.clone());
+                            self.pools
+                                .entry(key)
+                                .or_insert_with(|| {
+                                    Arc::new(Pool::new(e.authority.clone(), connect))
+                                })
+                                .clone()
+                        })
+                        .collect()
+                } else {
+                    Vec::new()
+                };
                 let vm = metrics.version(r.name(), &v.name);
                 let endpoints = VersionEndpoints { health, down };
                 vm.set_unavailable(endpoints.unavailable());
                 versions.push(VersionRuntime {
+                    pools,
                     endpoints,
                     client,
                     scheme: if v.upstream.tls.is_some() {
@@ -248,6 +281,7 @@ impl Clients {
             return Err(ConfigError { errors });
         }
         self.health.retain(|k, _| live.contains(k));
+        self.pools.retain(|k, _| live_pools.contains(k));
         self.down
             .retain(|(r, v), _| live.iter().any(|k| &k.0 == r && &k.1 == v));
         self.sync_checks(&router, &routes);

@@ -1,0 +1,172 @@
+//! Connection pool for clear-text HTTP/1.1 upstreams, the common case, built on hyper's
+//! connection-level client (`hyper::client::conn::http1`).
+//!
+//! Why not hyper-util's pooled client here (it still serves h2c and TLS upstreams): per
+//! request it hashes a pool key, and when a response body is still streaming it spawns a task
+//! that waits to put the connection back. Here a pool is one endpoint's LIFO stack behind a
+//! mutex, resolved when the snapshot is built, and the connection goes back from the response
+//! body itself when it ends (see [`Lease`]). And a request that never reached the upstream
+//! (connect failure, or a pooled connection found closed) comes back whole, so a retry needs
+//! no copy of it.
+
+use crate::body::RequestBody;
+use crate::error::ProxyError;
+use http::uri::Authority;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Idle connections are closed after this long unused.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// Most idle connections kept per endpoint.
+const MAX_IDLE: usize = 1024;
+
+/// One endpoint's idle connections.
+#[derive(Debug)]
+pub struct Pool {
+    authority: Authority,
+    connect_timeout: Duration,
+    /// Most recently used at the back (warm caches, and the oldest age out from the front).
+    idle: Mutex<VecDeque<(SendRequest<RequestBody>, Instant)>>,
+}
+
+/// A failed attempt; `request` is the request back when none of it was sent.
+#[derive(Debug)]
+pub struct SendError {
+    pub error: ProxyError,
+    pub request: Option<Request<RequestBody>>,
+}
+
+/// A connection serving one response. [`Lease::release`] returns it to its pool once the
+/// response body has ended; dropped otherwise, the connection closes with it.
+#[derive(Debug)]
+pub struct Lease {
+    sender: SendRequest<RequestBody>,
+    pool: Arc<Pool>,
+}
+
+impl Lease {
+    pub fn release(self) {
+        self.pool.put(self.sender);
+    }
+}
+
+impl Pool {
+    pub fn new(authority: Authority, connect_timeout: Duration) -> Pool {
+        Pool {
+            authority,
+            connect_timeout,
+            idle: Mutex::new(VecDeque::new()),
+        }
+    }
+
+    fn put(&self, sender: SendRequest<RequestBody>) {
+        if sender.is_closed() {
+            return;
+        }
+        let now = Instant::now();
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        while idle
+            .front()
+            .is_some_and(|(_, t)| now.duration_since(*t) > IDLE_TIMEOUT)
+        {
+            idle.pop_front();
+        }
+        if idle.len() < MAX_IDLE {
+            idle.push_back((sender, now));
+        }
+    }
+
+    fn checkout(&self) -> Option<SendRequest<RequestBody>> {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        while let Some((s, t)) = idle.pop_back() {
+            if !s.is_closed() && t.elapsed() <= IDLE_TIMEOUT {
+                return Some(s);
+            }
+        }
+        None
+    }
+
+    /// Send `req` (origin-form URI, `Host` set) on an idle connection or a new one.
+    pub async fn send(
+        self: &Arc<Self>,
+        mut req: Request<RequestBody>,
+    ) -> Result<(Response<Incoming>, Lease), SendError> {
+        while let Some(mut sender) = self.checkout() {
+            // Just released: its connection may still be finishing the last response.
+            if sender.ready().await.is_err() {
+                continue;
+            }
+            match sender.try_send_request(req).await {
+                Ok(resp) => return Ok((resp, self.lease(sender))),
+                Err(mut e) => match e.take_message() {
+                    // Closed under us before the request went out: try the next one.
+                    Some(r) => req = r,
+                    None => {
+                        tracing::debug!(error = %e.error(), endpoint = %self.authority, "upstream request failed");
+                        return Err(SendError {
+                            error: ProxyError::from_exchange(e.error()),
+                            request: None,
+                        });
+                    }
+                },
+            }
+        }
+        let mut sender = match self.connect().await {
+            Ok(s) => s,
+            Err(error) => {
+                return Err(SendError {
+                    error,
+                    request: Some(req),
+                });
+            }
+        };
+        match sender.try_send_request(req).await {
+            Ok(resp) => Ok((resp, self.lease(sender))),
+            Err(mut e) => {
+                tracing::debug!(error = %e.error(), endpoint = %self.authority, "upstream request failed");
+                Err(SendError {
+                    error: ProxyError::from_exchange(e.error()),
+                    request: e.take_message(),
+                })
+            }
+        }
+    }
+
+    fn lease(self: &Arc<Self>, sender: SendRequest<RequestBody>) -> Lease {
+        Lease {
+            sender,
+            pool: self.clone(),
+        }
+    }
+
+    async fn connect(&self) -> Result<SendRequest<RequestBody>, ProxyError> {
+        let addr = self.authority.as_str();
+        let stream =
+            match tokio::time::timeout(self.connect_timeout, tokio::net::TcpStream::connect(addr))
+                .await
+            {
+                Err(_) => return Err(ProxyError::ConnectTimeout),
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, endpoint = addr, "connect failed");
+                    return Err(ProxyError::Connect);
+                }
+                Ok(Ok(s)) => s,
+            };
+        let _ = stream.set_nodelay(true);
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|_| ProxyError::Connect)?;
+        let endpoint = self.authority.clone();
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(error = %e, %endpoint, "upstream connection ended with error");
+            }
+        });
+        Ok(sender)
+    }
+}
