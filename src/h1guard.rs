@@ -243,7 +243,10 @@ impl Framer {
 
 /// Offset just past the `\r\n\r\n` that ends a head, if it is in `data`.
 fn find_head_end(data: &[u8]) -> Option<usize> {
-    memchr::memmem::find(data, b"\r\n\r\n").map(|p| p + 4)
+    // Built once: `memmem::find` would build its searcher on every call.
+    static FINDER: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\r\n\r\n"));
+    FINDER.find(data).map(|p| p + 4)
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -256,23 +259,34 @@ enum Framing {
 }
 
 /// How the body after this head is framed (RFC 9112 §6.3), from a complete head.
+/// Runs for every HTTP/1 request, so it looks at a line's first letter before anything else:
+/// only `content-length`, `transfer-encoding` and `upgrade` matter.
 fn framing_of(head: &[u8]) -> Framing {
     // Empty lines before a request line are allowed (RFC 9112 §2.2).
-    let mut lines = head
-        .split(|&b| b == b'\n')
-        .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
-        .skip_while(|l| l.is_empty());
-    let Some(request_line) = lines.next() else {
-        return Framing::Opaque;
-    };
-    // HTTP/2 preface, tunnels and upgrades: what follows is not HTTP/1 framing.
-    if request_line.starts_with(b"PRI ") || request_line.starts_with(b"CONNECT ") {
+    let start = head
+        .iter()
+        .position(|&b| b != b'\r' && b != b'\n')
+        .unwrap_or(head.len());
+    let head = &head[start..];
+    // HTTP/2 preface, tunnels: what follows is not HTTP/1 framing.
+    if head.starts_with(b"PRI ") || head.starts_with(b"CONNECT ") {
         return Framing::Opaque;
     }
+    let Some(first_end) = memchr::memchr(b'\n', head) else {
+        return Framing::Opaque;
+    };
     let (mut cl, mut te) = (None::<u64>, false);
-    for line in lines {
-        if line.is_empty() {
+    let mut pos = first_end + 1;
+    while pos < head.len() {
+        let end = memchr::memchr(b'\n', &head[pos..]).map_or(head.len(), |e| pos + e);
+        let line = &head[pos..end];
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        pos = end + 1;
+        let Some(&first) = line.first() else {
             break;
+        };
+        if !matches!(first | 0x20, b'c' | b't' | b'u') {
+            continue;
         }
         let Some(colon) = memchr::memchr(b':', line) else {
             return Framing::Opaque;

@@ -11,6 +11,7 @@ pub static X_CANARYD_VERSION: HeaderName = HeaderName::from_static("x-canaryd-ve
 
 /// Connection-specific fields that never cross a proxy (RFC 9110 §7.6.1 and the legacy
 /// `Keep-Alive` / `Proxy-Connection`), built once.
+/// `Connection` must stay first and `TE` at [`TE_SLOT`] (`strip_hop_by_hop` keeps a bit per entry).
 static HOP_BY_HOP: [HeaderName; 6] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
@@ -19,30 +20,55 @@ static HOP_BY_HOP: [HeaderName; 6] = [
     header::TRANSFER_ENCODING,
     header::UPGRADE,
 ];
+const TE_SLOT: usize = 3;
 
 /// Remove hop-by-hop headers, including every header that `Connection` names.
 /// `TE: trailers` survives because gRPC over HTTP/2 needs it end to end.
+///
+/// One pass over the names first: most messages carry none of these (or only
+/// `Connection: keep-alive`), and hashing all six names to remove them cost more than looking.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    if headers.contains_key(header::CONNECTION) {
-        // Allocation only when the peer sent `Connection`, which keep-alive HTTP/1.1 clients
-        // normally do not.
+    let mut present = 0u8;
+    for k in headers.keys() {
+        // Only names of these lengths can be hop-by-hop: most fields are ruled out here.
+        if matches!(k.as_str().len(), 2 | 7 | 10 | 16 | 17) {
+            if let Some(i) = HOP_BY_HOP.iter().position(|h| h == k) {
+                present |= 1 << i;
+            }
+        }
+    }
+    if present == 0 {
+        return;
+    }
+    if present & 1 != 0 {
+        // Names listed in `Connection` other than the usual tokens: allocation only for those.
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
             .iter()
             .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-            .filter_map(|t| HeaderName::from_bytes(t.trim_ascii()).ok())
+            .map(|t| t.trim_ascii())
+            .filter(|t| {
+                !t.eq_ignore_ascii_case(b"close")
+                    && !HOP_BY_HOP
+                        .iter()
+                        .any(|h| t.eq_ignore_ascii_case(h.as_str().as_bytes()))
+            })
+            .filter_map(|t| HeaderName::from_bytes(t).ok())
             .collect();
         for n in named {
             headers.remove(n);
         }
     }
-    let keep_te_trailers = headers.get_all(header::TE).iter().any(|v| {
-        v.as_bytes()
-            .split(|&b| b == b',')
-            .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"trailers"))
-    });
-    for h in &HOP_BY_HOP {
-        headers.remove(h);
+    let keep_te_trailers = present & (1 << TE_SLOT) != 0
+        && headers.get_all(header::TE).iter().any(|v| {
+            v.as_bytes()
+                .split(|&b| b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"trailers"))
+        });
+    for (i, h) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(h);
+        }
     }
     if keep_te_trailers {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
@@ -105,23 +131,32 @@ pub fn add_forwarded(
     proto: &'static str,
     host: Option<HeaderValue>,
 ) {
-    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        // Several XFF headers are joined by the comma-list rule before we append.
-        Some(_) => {
-            let mut joined = String::new();
-            for v in headers.get_all(&X_FORWARDED_FOR) {
-                if let Ok(s) = v.to_str() {
-                    if !joined.is_empty() {
-                        joined.push_str(", ");
-                    }
-                    joined.push_str(s);
-                }
-            }
-            format!("{joined}, {client}")
-        }
-        None => client.to_string(),
+    // The client address is written into a stack buffer: one allocation (the header value)
+    // in the common case of no incoming `X-Forwarded-For`.
+    let mut ip = [0u8; 48];
+    let ip_len = {
+        use std::io::Write;
+        let mut w = &mut ip[..];
+        let _ = write!(w, "{client}");
+        48 - w.len()
     };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
+    let ip = &ip[..ip_len];
+    let value = if headers.contains_key(&X_FORWARDED_FOR) {
+        // Several XFF headers are joined by the comma-list rule before we append.
+        let mut joined: Vec<u8> = Vec::with_capacity(64);
+        for v in headers.get_all(&X_FORWARDED_FOR) {
+            if !joined.is_empty() {
+                joined.extend_from_slice(b", ");
+            }
+            joined.extend_from_slice(v.as_bytes());
+        }
+        joined.extend_from_slice(b", ");
+        joined.extend_from_slice(ip);
+        HeaderValue::from_bytes(&joined)
+    } else {
+        HeaderValue::from_bytes(ip)
+    };
+    if let Ok(v) = value {
         headers.insert(&X_FORWARDED_FOR, v);
     }
     headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(proto));

@@ -31,8 +31,9 @@ const H2_MAX_CONCURRENT_STREAMS: u32 = 256;
 const H2_MAX_PENDING_RESET_STREAMS: usize = 20;
 /// Largest HTTP/2 header block accepted (CONTINUATION floods are bounded by it).
 const H2_MAX_HEADER_LIST_SIZE: u32 = 64 * 1024;
-/// Most header fields in one HTTP/1 request.
-const H1_MAX_HEADERS: usize = 100;
+/// Largest HTTP/1 request head (hyper's read buffer cap, so also its largest read): beyond it
+/// the client gets 431. Same bound as the HTTP/2 header list.
+const H1_MAX_BUF: usize = 64 * 1024;
 
 /// Settings fixed at startup for every listener (a reload cannot change them).
 #[derive(Clone)]
@@ -219,7 +220,10 @@ async fn accept_loop(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout)
-        .max_headers(H1_MAX_HEADERS);
+        // No `max_headers`: hyper's default is the same 100 fields (431 beyond), and setting
+        // it makes hyper initialise a heap array of that size for every request it parses
+        // (3.5 % of all instructions per request, measured with callgrind).
+        .max_buf_size(H1_MAX_BUF);
     builder
         .http2()
         .timer(TokioTimer::new())

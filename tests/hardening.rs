@@ -103,6 +103,26 @@ async fn connection_cap_queues_the_excess_instead_of_failing() {
 }
 
 #[tokio::test]
+async fn oversized_request_head_gets_431_and_reaches_nothing() {
+    let origin = Origin::start("stable").await;
+    let proxy = Proxy::start(&yaml(&origin, "")).await;
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    let big = "a".repeat(70 * 1024);
+    let answer = raw(
+        &mut s,
+        &format!("GET / HTTP/1.1\r\nHost: a\r\nX-Big: {big}\r\n\r\n"),
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+    // 101 header fields: over the count limit.
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    let many: String = (0..101).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let answer = raw(&mut s, &format!("GET / HTTP/1.1\r\nHost: a\r\n{many}\r\n")).await;
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+    assert!(origin.seen().is_empty());
+}
+
+#[tokio::test]
 async fn a_connection_that_sends_nothing_is_closed() {
     let origin = Origin::start("stable").await;
     let proxy = Proxy::start(&yaml(&origin, ", header_timeout: 300ms")).await;

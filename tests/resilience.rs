@@ -407,3 +407,73 @@ async fn client_ip_rules_use_only_trusted_forwarded_hops() {
     let r = client.get(&behind.url("/"), &[]).await;
     assert_eq!(r.header("x-canaryd-version"), Some("stable"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_budget_caps_retries_under_concurrency() {
+    let origin = Origin::start("o").await;
+    let yaml = format!(
+        r#"
+listeners: [{{ address: "127.0.0.1:0" }}]
+routes:
+  - name: app
+    retries: {{ attempts: 5, on_status: [503], budget_percent: 0 }}
+    outlier_detection: {{ consecutive_failures: 0 }}
+    versions:
+      stable: {{ endpoints: ["{}"] }}
+"#,
+        origin.addr
+    );
+    let proxy = Proxy::start(&yaml).await;
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..20 {
+        let url = proxy.url("/slow/503/100");
+        set.spawn(async move { TestClient::http1().get(&url, &[]).await.status });
+    }
+    while let Some(s) = set.join_next().await {
+        assert_eq!(s.unwrap(), StatusCode::SERVICE_UNAVAILABLE);
+    }
+    // Unbudgeted, 20 failing requests × (1 + 5 attempts) = 120 upstream requests. The budget
+    // (0 %, so its floor of 3 retrying requests at a time) lets at most 3 of them retry.
+    let seen = origin.seen().len();
+    let retries = metric(
+        &proxy,
+        "canaryd_retries_total{route=\"app\",version=\"stable\"}",
+    );
+    assert!(seen <= 20 + 3 * 5, "{seen} upstream requests");
+    assert!((1.0..=15.0).contains(&retries), "{retries} retries");
+    assert_eq!(seen, 20 + retries as usize);
+}
+
+#[tokio::test]
+async fn ejection_never_takes_more_than_the_configured_share() {
+    let (a, b) = (closed_port(), closed_port());
+    let yaml = format!(
+        r#"
+listeners: [{{ address: "127.0.0.1:0" }}]
+routes:
+  - name: app
+    retries: {{ attempts: 0 }}
+    outlier_detection: {{ consecutive_failures: 1, max_ejection_percent: 50 }}
+    versions:
+      stable: {{ endpoints: ["{a}", "{b}"] }}
+"#
+    );
+    let proxy = Proxy::start(&yaml).await;
+    let client = TestClient::http1();
+    for _ in 0..20 {
+        assert_eq!(
+            client.get(&proxy.url("/"), &[]).await.status,
+            StatusCode::BAD_GATEWAY
+        );
+    }
+    // Both endpoints fail every time, but only half of them (one) may be out at once.
+    let labels = "{route=\"app\",version=\"stable\"}";
+    assert_eq!(
+        metric(&proxy, &format!("canaryd_endpoint_ejections_total{labels}")),
+        1.0
+    );
+    assert_eq!(
+        metric(&proxy, &format!("canaryd_endpoints_unavailable{labels}")),
+        1.0
+    );
+}

@@ -26,7 +26,7 @@ Method (also written to the results):
       so every connection is a full handshake), and CPU per handshake+request
       keep-alive TLS requests per CPU-second: wrk -c64 over https, 1e6 / CPU µs per request
 
-Usage: compare.py --canaryd PATH [--quick] [--rounds N] [--duration S] [--out FILE]
+Usage: compare.py --canaryd PATH [--quick] [--rounds N] [--duration S] [--out FILE] [--baseline PATH]
 """
 
 import argparse
@@ -324,6 +324,8 @@ def main():
     ap.add_argument("--idle-conns", type=int, default=5_000)
     ap.add_argument("--out", help="write a Markdown report here")
     ap.add_argument("--tls-only", action="store_true", help="only the TLS figures")
+    ap.add_argument("--baseline", help="another canaryd binary (e.g. the previous commit) measured "
+                                       "alongside as `canaryd-base`, full feature path: before/after in one run")
     a = ap.parse_args()
     if a.quick:
         a.rounds, a.duration, a.idle_conns = 1, 2, 1000
@@ -359,6 +361,12 @@ def main():
                 f.write(canaryd_conf(p, free_port(), o1, o2, full, tls_port, tmp))
             targets[name] = Proc(name, [a.canaryd, "run", "--workers", "1", "-c", f"{tmp}/{name}.yaml"], p, p,
                                  tls_port=tls_port)
+        if a.baseline:
+            p = free_port()
+            with open(f"{tmp}/canaryd-base.yaml", "w") as f:
+                f.write(canaryd_conf(p, free_port(), o1, o2, True, None, tmp))
+            targets["canaryd-base"] = Proc("canaryd-base", [a.baseline, "run", "--workers", "1", "-c",
+                                                            f"{tmp}/canaryd-base.yaml"], p, p)
         procs += targets.values()
 
         R = {n: {k: [] for k in ["rps", "cpu", "rps_close", "cpu_close", "h2_rps", "h2_cpu",
