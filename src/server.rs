@@ -354,46 +354,102 @@ async fn drive<C, E>(
 where
     C: Future<Output = Result<(), E>> + GracefulShutdown,
 {
+    use std::task::{Context, Poll};
     let mut conn = std::pin::pin!(conn);
     let mut closing = *drain.borrow();
     if closing {
         conn.as_mut().shutdown_gracefully();
     }
-    let idle_timer = tokio::time::sleep(idle);
-    let mut idle_timer = std::pin::pin!(idle_timer);
+    let mut drained = std::pin::pin!(drain.changed());
+    let mut idle_timer = std::pin::pin!(tokio::time::sleep(idle));
+    let mut flood = std::pin::pin!(activity.flood.notified());
     // Closing because idle: the peer gets `idle` again to finish the goodbye (an HTTP/2
     // client that never acknowledges the GOAWAY ping would otherwise keep it open).
     let mut idle_closing = false;
-    loop {
-        tokio::select! {
-            r = conn.as_mut() => return r,
-            _ = drain.changed(), if !closing => {
-                closing = true;
-                conn.as_mut().shutdown_gracefully();
+    // The side futures (drain, idle timer, flood) get a waker of their own that marks them
+    // due, so the many wake-ups that are only the connection's (every request) poll just
+    // the connection: a `select!` here polled all four each time, ~2 % of a request.
+    let side = Arc::new(SideWake::default());
+    // Due at first, so the first poll registers every side future.
+    side.due.store(true, Ordering::Release);
+    let side_waker = std::task::Waker::from(side.clone());
+    std::future::poll_fn(|cx| {
+        loop {
+            if let Poll::Ready(r) = conn.as_mut().poll(cx) {
+                return Poll::Ready(r);
             }
-            _ = idle_timer.as_mut(), if !closing || idle_closing => {
-                if idle_closing {
-                    tracing::debug!("idle connection did not close in time; dropping it");
-                    return Ok(());
-                }
-                match activity.idle_deadline(idle) {
-                    None => {
-                        closing = true;
-                        idle_closing = true;
-                        conn.as_mut().shutdown_gracefully();
-                        idle_timer.as_mut().reset(tokio::time::Instant::now() + idle);
-                    }
-                    Some(at) => idle_timer.as_mut().reset(at),
-                }
+            if !side.due.swap(false, Ordering::AcqRel) {
+                return Poll::Pending;
             }
-            _ = activity.flood.notified() => {
+            side.set_task(cx.waker());
+            let mut scx = Context::from_waker(&side_waker);
+            if flood.as_mut().poll(&mut scx).is_ready() {
                 tracing::warn!(
                     streams = activity.streams.load(Ordering::Relaxed),
                     reset = activity.premature.load(Ordering::Relaxed),
                     "closing connection: most of its streams were reset before a response (rapid reset)"
                 );
-                return Ok(());
+                return Poll::Ready(Ok(()));
             }
+            let mut acted = false;
+            if !closing && drained.as_mut().poll(&mut scx).is_ready() {
+                closing = true;
+                acted = true;
+                conn.as_mut().shutdown_gracefully();
+            }
+            if (!closing || idle_closing) && idle_timer.as_mut().poll(&mut scx).is_ready() {
+                if idle_closing {
+                    tracing::debug!("idle connection did not close in time; dropping it");
+                    return Poll::Ready(Ok(()));
+                }
+                acted = true;
+                match activity.idle_deadline(idle) {
+                    None => {
+                        closing = true;
+                        idle_closing = true;
+                        conn.as_mut().shutdown_gracefully();
+                        idle_timer
+                            .as_mut()
+                            .reset(tokio::time::Instant::now() + idle);
+                    }
+                    Some(at) => idle_timer.as_mut().reset(at),
+                }
+            }
+            if !acted {
+                return Poll::Pending;
+            }
+            // Something changed: poll the connection again and re-arm what was reset.
+            side.due.store(true, Ordering::Release);
+        }
+    })
+    .await
+}
+
+/// Waker of `drive`'s side futures: marks them due and wakes the connection's task.
+#[derive(Default)]
+struct SideWake {
+    due: std::sync::atomic::AtomicBool,
+    task: std::sync::Mutex<Option<std::task::Waker>>,
+}
+
+impl SideWake {
+    fn set_task(&self, w: &std::task::Waker) {
+        let mut t = self.task.lock().unwrap_or_else(|e| e.into_inner());
+        if !t.as_ref().is_some_and(|old| old.will_wake(w)) {
+            *t = Some(w.clone());
+        }
+    }
+}
+
+impl std::task::Wake for SideWake {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.due.store(true, Ordering::Release);
+        if let Some(w) = self.task.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            w.wake_by_ref();
         }
     }
 }
