@@ -45,6 +45,15 @@ async fn load(proxy: &Proxy, tasks: usize, n: usize) -> Vec<(StatusCode, String)
     all
 }
 
+/// One route `app` whose only version `stable` has these endpoints; `extra` is route YAML.
+fn app_route(endpoints: &[std::net::SocketAddr], extra: &str) -> String {
+    let eps: Vec<String> = endpoints.iter().map(|e| format!("\"{e}\"")).collect();
+    format!(
+        "listeners: [{{ address: \"127.0.0.1:0\" }}]\nroutes:\n  - name: app\n{extra}    versions:\n      stable: {{ endpoints: [{}] }}\n",
+        eps.join(", ")
+    )
+}
+
 fn failures(results: &[(StatusCode, String)]) -> usize {
     results.iter().filter(|(s, _)| !s.is_success()).count()
 }
@@ -191,17 +200,9 @@ async fn failing_health_check_takes_a_version_out_and_back() {
 #[tokio::test]
 async fn idempotent_requests_retry_on_configured_status_and_posts_do_not() {
     let origin = Origin::start("o").await;
-    let yaml = format!(
-        r#"
-listeners: [{{ address: "127.0.0.1:0" }}]
-routes:
-  - name: app
-    retries: {{ attempts: 2, on_status: [503] }}
-    outlier_detection: {{ consecutive_failures: 0 }}
-    versions:
-      stable: {{ endpoints: ["{}"] }}
-"#,
-        origin.addr
+    let yaml = app_route(
+        &[origin.addr],
+        "    retries: { attempts: 2, on_status: [503] }\n    outlier_detection: { consecutive_failures: 0 }\n",
     );
     let proxy = Proxy::start(&yaml).await;
     let client = TestClient::http1();
@@ -241,16 +242,9 @@ routes:
 async fn connect_failure_is_retried_on_another_endpoint_with_the_body() {
     let origin = Origin::start("live").await;
     let dead = closed_port();
-    let yaml = format!(
-        r#"
-listeners: [{{ address: "127.0.0.1:0" }}]
-routes:
-  - name: app
-    outlier_detection: {{ consecutive_failures: 0 }}
-    versions:
-      stable: {{ endpoints: ["{dead}", "{}"] }}
-"#,
-        origin.addr
+    let yaml = app_route(
+        &[dead, origin.addr],
+        "    outlier_detection: { consecutive_failures: 0 }\n",
     );
     let proxy = Proxy::start(&yaml).await;
     let client = TestClient::http1();
@@ -282,16 +276,7 @@ routes:
 #[tokio::test]
 async fn retries_off_means_one_attempt() {
     let dead = closed_port();
-    let yaml = format!(
-        r#"
-listeners: [{{ address: "127.0.0.1:0" }}]
-routes:
-  - name: app
-    retries: {{ attempts: 0 }}
-    versions:
-      stable: {{ endpoints: ["{dead}"] }}
-"#
-    );
+    let yaml = app_route(&[dead], "    retries: { attempts: 0 }\n");
     let proxy = Proxy::start(&yaml).await;
     let r = TestClient::http1().get(&proxy.url("/"), &[]).await;
     assert_eq!(r.status, StatusCode::BAD_GATEWAY);
@@ -411,17 +396,9 @@ async fn client_ip_rules_use_only_trusted_forwarded_hops() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retry_budget_caps_retries_under_concurrency() {
     let origin = Origin::start("o").await;
-    let yaml = format!(
-        r#"
-listeners: [{{ address: "127.0.0.1:0" }}]
-routes:
-  - name: app
-    retries: {{ attempts: 5, on_status: [503], budget_percent: 0 }}
-    outlier_detection: {{ consecutive_failures: 0 }}
-    versions:
-      stable: {{ endpoints: ["{}"] }}
-"#,
-        origin.addr
+    let yaml = app_route(
+        &[origin.addr],
+        "    retries: { attempts: 5, on_status: [503], budget_percent: 0 }\n    outlier_detection: { consecutive_failures: 0 }\n",
     );
     let proxy = Proxy::start(&yaml).await;
     let mut set = tokio::task::JoinSet::new();
@@ -447,16 +424,9 @@ routes:
 #[tokio::test]
 async fn ejection_never_takes_more_than_the_configured_share() {
     let (a, b) = (closed_port(), closed_port());
-    let yaml = format!(
-        r#"
-listeners: [{{ address: "127.0.0.1:0" }}]
-routes:
-  - name: app
-    retries: {{ attempts: 0 }}
-    outlier_detection: {{ consecutive_failures: 1, max_ejection_percent: 50 }}
-    versions:
-      stable: {{ endpoints: ["{a}", "{b}"] }}
-"#
+    let yaml = app_route(
+        &[a, b],
+        "    retries: { attempts: 0 }\n    outlier_detection: { consecutive_failures: 1, max_ejection_percent: 50 }\n",
     );
     let proxy = Proxy::start(&yaml).await;
     let client = TestClient::http1();

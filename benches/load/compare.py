@@ -489,8 +489,13 @@ def render(a, R, direct, rate, targets):
     lines.append(f"# Load comparison: canaryd vs nginx vs HAProxy\n")
     lines.append(f"- date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}")
     lines.append(f"- machine: {machine()}")
-    lines.append(f"- command: `benches/load/run.sh{' --quick' if a.quick else ''}` "
+    extra = " --quick" if a.quick else ""
+    if a.baseline:
+        extra += " --baseline PATH"
+    lines.append(f"- command: `benches/load/run.sh{extra}` "
                  f"(rounds {a.rounds}, {a.duration}s per run, interleaved)")
+    if a.baseline:
+        lines.append(f"- `canaryd-base`: {a.baseline}, the full feature path, for before/after in the same run")
     lines.append(f"- versions: {tool_versions()}")
     lines.append(f"- fixed rate for latency: {rate} req/s (50% of nginx's median saturated keep-alive req/s)")
     lines.append("- each proxy: one worker pinned to core 0; wrk/oha/h2load and the nginx origin on core 1")

@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Instructions per proxied request, counted by callgrind: repeatable on a noisy shared machine
+# where wall-clock and CPU-time figures swing by ±20 % between runs.
+#
+#   benches/callgrind/run.sh BIN [BIN...]     e.g. target/release/canaryd /tmp/old/canaryd
+#
+# For each binary and each config (full feature path: 4 rules + sticky cookie + 90/10; simple:
+# one version), canaryd runs under `valgrind --tool=callgrind` with --workers 1 in front of two
+# `canaryd backend` origins, oha sends 1000 and then (in a fresh process) 6000 keep-alive
+# requests with 8 connections, and the figure is (Ir(6000) - Ir(1000)) / 5000: start-up and
+# shutdown cancel out. Profiles stay in target/callgrind/ for callgrind_annotate.
+set -euo pipefail
+[ $# -ge 1 ] || { echo "usage: $0 BIN [BIN...]" >&2; exit 2; }
+command -v valgrind >/dev/null || { apt-get update -qq && apt-get install -y -qq valgrind >/dev/null; }
+command -v oha >/dev/null || cargo install --locked --quiet oha
+out=$(cd "$(dirname "$0")/../.." && pwd)/target/callgrind
+mkdir -p "$out"
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+o1=$(port); o2=$(port)
+CANARYD_LOG=warn "$1" backend --name stable --listen "127.0.0.1:$o1" >/dev/null 2>&1 & b1=$!
+CANARYD_LOG=warn "$1" backend --name canary --listen "127.0.0.1:$o2" >/dev/null 2>&1 & b2=$!
+trap 'kill $b1 $b2 2>/dev/null || true' EXIT
+sleep 0.5
+
+config() { # $1 = port, $2 = full|simple
+  if [ "$2" = full ]; then cat <<Y
+listeners: [{ address: "127.0.0.1:$1" }]
+routes:
+  - name: app
+    versions:
+      stable: { endpoints: ["127.0.0.1:$o1"] }
+      canary: { endpoints: ["127.0.0.1:$o2"], weight: 10 }
+    rules:
+      - { to: canary, when: { header: { name: x-canary, equals: always } } }
+      - { to: stable, when: { header: { name: x-canary, equals: never } } }
+      - { to: canary, when: { cookie: { name: canary, equals: always } } }
+      - { to: canary, when: { header: { name: x-user-group, matches: "^(beta|staff)$" } } }
+    sticky:
+      key: { cookie: session }
+      assign_cookie: canaryd_uid
+Y
+  else cat <<Y
+listeners: [{ address: "127.0.0.1:$1" }]
+routes:
+  - name: app
+    versions:
+      stable: { endpoints: ["127.0.0.1:$o1"] }
+Y
+  fi
+}
+
+printf '%-40s %-7s %s\n' binary config "instructions per request"
+i=0
+for bin in "$@"; do
+  i=$((i + 1))
+  for conf in full simple; do
+    declare -A ir=()
+    for n in 1000 6000; do
+      p=$(port)
+      config "$p" "$conf" > "$out/c.yaml"
+      file="$out/cg.$i.$conf.$n"
+      CANARYD_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$file" \
+        "$bin" run --workers 1 -c "$out/c.yaml" >/dev/null 2>&1 & pid=$!
+      for _ in $(seq 300); do curl -s -o /dev/null "http://127.0.0.1:$p/" && break; sleep 0.2; done
+      oha --no-tui -n "$n" -c 8 -H "Cookie: theme=dark; session=4f1c9a7e2b; lang=en" \
+        -H "X-User-Group: customers" "http://127.0.0.1:$p/" >/dev/null 2>&1
+      kill -TERM "$pid"; wait "$pid" || true
+      ir[$n]=$(grep -E '^summary:' "$file" | awk '{print $2}')
+    done
+    printf '%-40s %-7s %d\n' "$bin" "$conf" $(( (ir[6000] - ir[1000]) / 5000 ))
+  done
+done
