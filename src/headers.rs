@@ -95,6 +95,20 @@ pub fn set_upgrade(headers: &mut HeaderMap, protocol: HeaderValue) {
     headers.insert(header::UPGRADE, protocol);
 }
 
+/// An address as a header value (for `X-Forwarded-For`), rendered once per connection.
+pub fn ip_header(ip: IpAddr) -> HeaderValue {
+    let mut buf = [0u8; 48];
+    let len = {
+        use std::io::Write;
+        let mut w = &mut buf[..];
+        let _ = write!(w, "{}", ip.to_canonical());
+        48 - w.len()
+    };
+    // Shared bytes: each request's copy of the value is a reference-count increment.
+    HeaderValue::from_maybe_shared(bytes::Bytes::copy_from_slice(&buf[..len]))
+        .expect("an IP address is a valid header value")
+}
+
 /// The client address that `client_ip` rules test. With `trusted_hops` = 0 it is the TCP
 /// peer. With N > 0, N proxies in front of canaryd each appended the address they saw, so
 /// the client is the N-th `X-Forwarded-For` entry from the right (or the leftmost when the
@@ -127,21 +141,11 @@ pub fn client_address(headers: &HeaderMap, peer: IpAddr, trusted_hops: u32) -> O
 /// `X-Forwarded-Host` (to the host the client asked for).
 pub fn add_forwarded(
     headers: &mut HeaderMap,
-    client: IpAddr,
+    client: &HeaderValue,
     proto: &'static str,
     host: Option<HeaderValue>,
 ) {
-    // The client address is written into a stack buffer: one allocation (the header value)
-    // in the common case of no incoming `X-Forwarded-For`.
-    let mut ip = [0u8; 48];
-    let ip_len = {
-        use std::io::Write;
-        let mut w = &mut ip[..];
-        let _ = write!(w, "{client}");
-        48 - w.len()
-    };
-    let ip = &ip[..ip_len];
-    let value = if headers.contains_key(&X_FORWARDED_FOR) {
+    if headers.contains_key(&X_FORWARDED_FOR) {
         // Several XFF headers are joined by the comma-list rule before we append.
         let mut joined: Vec<u8> = Vec::with_capacity(64);
         for v in headers.get_all(&X_FORWARDED_FOR) {
@@ -151,13 +155,12 @@ pub fn add_forwarded(
             joined.extend_from_slice(v.as_bytes());
         }
         joined.extend_from_slice(b", ");
-        joined.extend_from_slice(ip);
-        HeaderValue::from_bytes(&joined)
+        joined.extend_from_slice(client.as_bytes());
+        if let Ok(v) = HeaderValue::from_bytes(&joined) {
+            headers.insert(&X_FORWARDED_FOR, v);
+        }
     } else {
-        HeaderValue::from_bytes(ip)
-    };
-    if let Ok(v) = value {
-        headers.insert(&X_FORWARDED_FOR, v);
+        headers.insert(&X_FORWARDED_FOR, client.clone());
     }
     headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     match host {
@@ -233,7 +236,7 @@ mod tests {
         h.append("x-forwarded-for", HeaderValue::from_static("2.2.2.2"));
         add_forwarded(
             &mut h,
-            "127.0.0.1".parse().unwrap(),
+            &ip_header("127.0.0.1".parse().unwrap()),
             "http",
             Some(HeaderValue::from_static("a.example")),
         );

@@ -34,11 +34,24 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 /// Facts about the downstream connection a request arrived on.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ConnInfo {
     pub peer: SocketAddr,
     /// `http` or `https`, for `X-Forwarded-Proto`.
     pub proto: &'static str,
+    /// The peer address as a header value, rendered once per connection for
+    /// `X-Forwarded-For` (formatting it per request was ~3 % of a request's instructions).
+    pub peer_header: HeaderValue,
+}
+
+impl ConnInfo {
+    pub fn new(peer: SocketAddr, proto: &'static str) -> ConnInfo {
+        ConnInfo {
+            peer,
+            proto,
+            peer_header: headers::ip_header(peer.ip()),
+        }
+    }
 }
 
 thread_local! {
@@ -57,7 +70,7 @@ struct Target {
 }
 
 /// Serve one downstream request. Never fails: errors become responses here.
-pub async fn handle(state: &State, conn: ConnInfo, req: Request<Incoming>) -> Response<ProxyBody> {
+pub async fn handle(state: &State, conn: &ConnInfo, req: Request<Incoming>) -> Response<ProxyBody> {
     let start = Instant::now();
     let _in_flight = GaugeGuard::new(&state.metrics.in_flight);
     let snap = state.snapshot();
@@ -99,7 +112,7 @@ pub async fn handle(state: &State, conn: ConnInfo, req: Request<Incoming>) -> Re
 #[allow(clippy::too_many_arguments)]
 fn access_log(
     snap: &Snapshot,
-    conn: ConnInfo,
+    conn: &ConnInfo,
     target: Option<Target>,
     method: &http::Method,
     path: &str,
@@ -167,7 +180,7 @@ impl Drop for GaugeGuard<'_> {
 
 async fn forward(
     snap: &Arc<Snapshot>,
-    conn: ConnInfo,
+    conn: &ConnInfo,
     req: Request<Incoming>,
     target: &mut Option<Target>,
     start: Instant,
@@ -223,7 +236,7 @@ async fn forward(
     }
     headers::add_forwarded(
         &mut parts.headers,
-        conn.peer.ip(),
+        &conn.peer_header,
         conn.proto,
         client_host.clone(),
     );

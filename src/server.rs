@@ -257,18 +257,16 @@ async fn accept_loop(
         };
         while conns.try_join_next().is_some() {}
         let _ = stream.set_nodelay(true);
-        let conn_info = ConnInfo {
-            peer,
-            proto: if tls.is_some() { "https" } else { "http" },
-        };
+        let conn_info = ConnInfo::new(peer, if tls.is_some() { "https" } else { "http" });
         let activity = Arc::new(ConnActivity::default());
         let st = state.clone();
         let act = activity.clone();
         let svc = service_fn(move |req| {
             let st = st.clone();
             let guard = RequestGuard::start(act.clone());
+            let conn = conn_info.clone();
             async move {
-                let resp = proxy::handle(&st, conn_info, req).await;
+                let resp = proxy::handle(&st, &conn, req).await;
                 guard.responded();
                 Ok::<_, Infallible>(resp)
             }
