@@ -188,17 +188,7 @@ async fn a_tls_client_that_never_finishes_its_handshake_is_closed() {
     let origin = Origin::start("stable").await;
     let pki = TestPki::new();
     let cert = pki.issue(&["localhost"], "server");
-    let yaml = format!(
-        r#"listeners: [{{ address: "127.0.0.1:0", tls: {{ cert: "{}", key: "{}" }} }}]
-proxy: {{ header_timeout: 300ms }}
-routes:
-  - name: app
-    versions: {{ stable: {{ endpoints: ["{}"] }} }}
-"#,
-        cert.cert.display(),
-        cert.key.display(),
-        origin.addr
-    );
+    let yaml = tls_yaml(&origin, &cert, "") + "proxy: { header_timeout: 300ms }\n";
     let proxy = Proxy::start(&yaml).await;
     let mut s = TcpStream::connect(proxy.addr).await.unwrap();
     read_until_closed(&mut s, "silent TLS").await;

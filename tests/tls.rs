@@ -9,22 +9,6 @@ use std::time::Duration;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-fn tls_yaml(origin: &Origin, cert: &Issued, sni: &str) -> String {
-    format!(
-        r#"listeners:
-  - address: "127.0.0.1:0"
-    tls: {{ cert: "{}", key: "{}"{sni} }}
-admin: {{ address: "127.0.0.1:0" }}
-routes:
-  - name: app
-    versions: {{ stable: {{ endpoints: ["{}"] }} }}
-"#,
-        cert.cert.display(),
-        cert.key.display(),
-        origin.addr
-    )
-}
-
 async fn curl(pki: &TestPki, port: u16, flag: &str) -> (String, String) {
     let mut cmd = Command::new("curl");
     cmd.args(["-sS", "--max-time", "20", flag, "--cacert"])

@@ -581,6 +581,24 @@ impl Drop for ProxyProcess {
     }
 }
 
+/// One TLS listener (`sni` is extra YAML inside its `tls` map), an admin listener, and one
+/// route to `origin`.
+pub fn tls_yaml(origin: &Origin, cert: &Issued, sni: &str) -> String {
+    format!(
+        r#"listeners:
+  - address: "127.0.0.1:0"
+    tls: {{ cert: "{}", key: "{}"{sni} }}
+admin: {{ address: "127.0.0.1:0" }}
+routes:
+  - name: app
+    versions: {{ stable: {{ endpoints: ["{}"] }} }}
+"#,
+        cert.cert.display(),
+        cert.key.display(),
+        origin.addr
+    )
+}
+
 /// A throwaway CA that issues server certificates into a temp directory.
 pub struct TestPki {
     pub dir: tempfile::TempDir,
