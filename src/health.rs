@@ -48,10 +48,6 @@ impl EndpointHealth {
         }
     }
 
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
     /// Ejected now (by outlier detection)?
     pub fn is_ejected(&self) -> bool {
         let until = self.ejected_until.load(Ordering::Relaxed);

@@ -196,8 +196,9 @@ impl Clients {
         // `Router::new` keeps routes in config order, so `ri` is the config index too.
         for (ri, r) in router.routes.iter().enumerate() {
             let mut versions = Vec::with_capacity(r.config.versions.len());
+            let connect = r.timeouts().connect;
             for v in &r.config.versions {
-                let client = match self.client(r.timeouts().connect, &v.upstream) {
+                let client = match self.client(connect, &v.upstream) {
                     Ok(c) => c,
                     Err(message) => {
                         errors.push(FieldError {
@@ -231,7 +232,6 @@ impl Clients {
                     .or_default()
                     .clone();
                 let pooled = v.upstream.protocol == Protocol::Http1 && v.upstream.tls.is_none();
-                let connect = r.timeouts().connect;
                 let pools: Vec<Arc<Pool>> = if pooled {
                     v.endpoints
                         .iter()

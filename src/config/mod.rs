@@ -563,24 +563,24 @@ impl TryFrom<RawConfig> for Config {
             Some(n) => n,
             None => DEFAULT_MAX_CONNECTIONS,
         };
-        let header_timeout = raw
-            .proxy
-            .header_timeout
-            .as_deref()
-            .and_then(|s| parse_duration(s, "proxy.header_timeout", &mut errs))
-            .unwrap_or(DEFAULT_HEADER_TIMEOUT);
-        let drain_timeout = raw
-            .proxy
-            .drain_timeout
-            .as_deref()
-            .and_then(|s| parse_duration(s, "proxy.drain_timeout", &mut errs))
-            .unwrap_or(DEFAULT_DRAIN_TIMEOUT);
-        let idle_timeout = raw
-            .proxy
-            .idle_timeout
-            .as_deref()
-            .and_then(|s| parse_duration(s, "proxy.idle_timeout", &mut errs))
-            .unwrap_or(DEFAULT_IDLE_TIMEOUT);
+        let header_timeout = duration_or(
+            &raw.proxy.header_timeout,
+            "proxy.header_timeout",
+            DEFAULT_HEADER_TIMEOUT,
+            &mut errs,
+        );
+        let drain_timeout = duration_or(
+            &raw.proxy.drain_timeout,
+            "proxy.drain_timeout",
+            DEFAULT_DRAIN_TIMEOUT,
+            &mut errs,
+        );
+        let idle_timeout = duration_or(
+            &raw.proxy.idle_timeout,
+            "proxy.idle_timeout",
+            DEFAULT_IDLE_TIMEOUT,
+            &mut errs,
+        );
         let trusted_hops = match raw.proxy.trusted_hops {
             Some(n) if n > 16 => {
                 errs.push(
@@ -794,23 +794,34 @@ fn validate_timeouts(
     field: &str,
     errs: &mut Errors,
 ) -> Timeouts {
-    let mut t = base;
-    if let Some(s) = &raw.connect {
-        if let Some(d) = parse_duration(s, &format!("{field}.connect"), errs) {
-            t.connect = d;
-        }
+    Timeouts {
+        connect: duration_or(
+            &raw.connect,
+            &format!("{field}.connect"),
+            base.connect,
+            errs,
+        ),
+        response: duration_or(
+            &raw.response,
+            &format!("{field}.response"),
+            base.response,
+            errs,
+        ),
+        idle: duration_or(&raw.idle, &format!("{field}.idle"), base.idle, errs),
     }
-    if let Some(s) = &raw.response {
-        if let Some(d) = parse_duration(s, &format!("{field}.response"), errs) {
-            t.response = d;
-        }
-    }
-    if let Some(s) = &raw.idle {
-        if let Some(d) = parse_duration(s, &format!("{field}.idle"), errs) {
-            t.idle = d;
-        }
-    }
-    t
+}
+
+/// An optional duration field: its value if given and valid, else `default` (an invalid
+/// value is reported in `errs`).
+fn duration_or(
+    raw: &Option<String>,
+    field: &str,
+    default: Duration,
+    errs: &mut Errors,
+) -> Duration {
+    raw.as_deref()
+        .and_then(|s| parse_duration(s, field, errs))
+        .unwrap_or(default)
 }
 
 fn parse_percent(p: f64, field: &str, errs: &mut Errors) -> Option<f64> {
@@ -861,16 +872,18 @@ fn validate_outlier(raw: &RawOutlier, field: &str, errs: &mut Errors) -> Outlier
     if let Some(n) = raw.consecutive_failures {
         p.consecutive_failures = n;
     }
-    if let Some(s) = &raw.base_ejection_time {
-        if let Some(d) = parse_duration(s, &format!("{field}.base_ejection_time"), errs) {
-            p.base_ejection_time = d;
-        }
-    }
-    if let Some(s) = &raw.max_ejection_time {
-        if let Some(d) = parse_duration(s, &format!("{field}.max_ejection_time"), errs) {
-            p.max_ejection_time = d;
-        }
-    }
+    p.base_ejection_time = duration_or(
+        &raw.base_ejection_time,
+        &format!("{field}.base_ejection_time"),
+        p.base_ejection_time,
+        errs,
+    );
+    p.max_ejection_time = duration_or(
+        &raw.max_ejection_time,
+        &format!("{field}.max_ejection_time"),
+        p.max_ejection_time,
+        errs,
+    );
     if p.max_ejection_time < p.base_ejection_time {
         errs.push(
             format!("{field}.max_ejection_time"),
@@ -901,13 +914,18 @@ fn validate_health_check(
             format!("`{}` is not a request path; write e.g. /healthz", raw.path),
         );
     }
-    let dur = |v: &Option<String>, name: &str, default: u64, errs: &mut Errors| {
-        v.as_deref()
-            .and_then(|s| parse_duration(s, &format!("{field}.{name}"), errs))
-            .unwrap_or(Duration::from_secs(default))
-    };
-    let interval = dur(&raw.interval, "interval", 5, errs);
-    let timeout = dur(&raw.timeout, "timeout", 1, errs);
+    let interval = duration_or(
+        &raw.interval,
+        &format!("{field}.interval"),
+        Duration::from_secs(5),
+        errs,
+    );
+    let timeout = duration_or(
+        &raw.timeout,
+        &format!("{field}.timeout"),
+        Duration::from_secs(1),
+        errs,
+    );
     if timeout > interval {
         errs.push(
             format!("{field}.timeout"),
