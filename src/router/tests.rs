@@ -449,3 +449,50 @@ fn routes_reading_many_cookies_fall_back_to_lookups() {
     );
     assert_eq!(version(&r, &headers(&[("cookie", "c9=no")])).0, "stable");
 }
+
+/// The pair-splitting reading of RFC 6265 that `cookie` must agree with.
+fn cookie_by_pairs<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a [u8]> {
+    for h in headers.get_all("cookie") {
+        for pair in h.as_bytes().split(|&b| b == b';') {
+            let Some(eq) = pair.iter().position(|&b| b == b'=') else {
+                continue;
+            };
+            if pair[..eq].trim_ascii() == name.as_bytes() {
+                let v = pair[eq + 1..].trim_ascii();
+                return Some(
+                    v.strip_prefix(b"\"")
+                        .and_then(|v| v.strip_suffix(b"\""))
+                        .unwrap_or(v),
+                );
+            }
+        }
+    }
+    None
+}
+
+#[test]
+fn cookie_search_agrees_with_pair_splitting() {
+    // Random headers over an alphabet dense in separators, names and their fragments.
+    let pieces = [
+        "s", "id", "sid", "=", ";", " ", "\t", "\"", "x", "sid=", "; sid", "a=b",
+    ];
+    let mut rng = SmallRng::seed_from_u64(7);
+    for _ in 0..20_000 {
+        let mut values = Vec::new();
+        for _ in 0..rng.random_range(1..3) {
+            let v: String = (0..rng.random_range(0..12))
+                .map(|_| pieces[rng.random_range(0..pieces.len())])
+                .collect();
+            values.push(v);
+        }
+        let pairs: Vec<(&str, &str)> = values.iter().map(|v| ("cookie", v.as_str())).collect();
+        let h = headers(&pairs);
+        for name in ["sid", "id", "s"] {
+            assert_eq!(
+                cookie(&h, name),
+                cookie_by_pairs(&h, name),
+                "{name} in {values:?}"
+            );
+        }
+    }
+}
