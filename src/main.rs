@@ -37,6 +37,16 @@ enum LogFormat {
     Json,
 }
 
+/// How the worker threads share the work.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum RuntimeFlavor {
+    /// One multi-threaded runtime: every thread accepts, any thread may run any connection.
+    Shared,
+    /// One single-threaded runtime per worker, each with its own `SO_REUSEPORT` listener
+    /// sockets and upstream connections: nothing crosses threads on the request path.
+    PerCore,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the proxy.
@@ -46,8 +56,13 @@ enum Command {
         config: PathBuf,
         /// Worker threads; 0 = one per CPU core. 1 runs a single-threaded runtime (no
         /// cross-thread hand-offs), the fastest choice when canaryd is pinned to one core.
+        /// With more, see `--runtime`.
         #[arg(long, default_value_t = 0, env = "CANARYD_WORKERS")]
         workers: usize,
+        /// How workers share the work (with more than one worker). `per-core` measured 1.5x
+        /// the requests per second of `shared` on 2 cores (docs/performance.md).
+        #[arg(long, value_enum, default_value = "per-core", env = "CANARYD_RUNTIME")]
+        runtime: RuntimeFlavor,
     },
     /// Validate a config file, like `nginx -t`: exit 0 with a summary or 1 with every error.
     /// A Kubernetes manifest is accepted too: every canaryd config in its ConfigMaps is checked.
@@ -102,14 +117,17 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { file, skip_files } => check(&file, skip_files),
         Command::Probe { url } => probe(&url),
-        Command::Backend { name, listen } => serve(cli.log_format, 1, || async move {
-            // Leaked once: the name lives as long as the process.
-            let addr =
-                canaryd::demo::start_backend_on(Box::leak(name.into_boxed_str()), listen).await?;
-            println!("backend listening on {addr}");
-            shutdown_signal().await;
-            Ok(())
-        }),
+        Command::Backend { name, listen } => {
+            serve(cli.log_format, 1, RuntimeFlavor::Shared, |_| async move {
+                // Leaked once: the name lives as long as the process.
+                let addr =
+                    canaryd::demo::start_backend_on(Box::leak(name.into_boxed_str()), listen)
+                        .await?;
+                println!("backend listening on {addr}");
+                shutdown_signal().await;
+                Ok(())
+            })
+        }
         Command::Route {
             file,
             method,
@@ -143,13 +161,19 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Run { config, workers } => serve(cli.log_format, workers, || async move {
-            let server = Server::bind_file(&config).await?;
+        Command::Run {
+            config,
+            workers,
+            runtime,
+        } => serve(cli.log_format, workers, runtime, |per_core| async move {
+            let server = Server::bind_file_per_core(&config, per_core).await?;
             server.run(shutdown_signal()).await
         }),
-        Command::Demo { listen, workers } => serve(cli.log_format, workers, || {
-            canaryd::demo::run(listen, shutdown_signal())
-        }),
+        Command::Demo { listen, workers } => {
+            serve(cli.log_format, workers, RuntimeFlavor::Shared, |_| {
+                canaryd::demo::run(listen, shutdown_signal())
+            })
+        }
     }
 }
 
@@ -218,10 +242,11 @@ fn probe(url: &str) -> ExitCode {
     }
 }
 
-/// Set up logging and the runtime, run `f`, map its error to exit code 1.
-fn serve<F, Fut>(format: LogFormat, workers: usize, f: F) -> ExitCode
+/// Set up logging and the runtime, run `f` (given the number of per-core workers, 1 when the
+/// runtime is shared), map its error to exit code 1.
+fn serve<F, Fut>(format: LogFormat, workers: usize, flavor: RuntimeFlavor, f: F) -> ExitCode
 where
-    F: FnOnce() -> Fut,
+    F: FnOnce(usize) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<()>>,
 {
     let filter = tracing_subscriber::EnvFilter::try_from_env("CANARYD_LOG")
@@ -237,19 +262,29 @@ where
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
     };
-    let mut builder = if workers == 1 {
+    let per_core = if flavor == RuntimeFlavor::PerCore {
+        workers
+    } else {
+        1
+    };
+    // This thread's runtime is the whole server, or per-core worker 0.
+    let mut builder = if workers == 1 || per_core > 1 {
         tokio::runtime::Builder::new_current_thread()
     } else {
         let mut b = tokio::runtime::Builder::new_multi_thread();
         b.worker_threads(workers);
         b
     };
-    tracing::info!(workers, "starting runtime");
+    tracing::info!(
+        workers,
+        runtime = if per_core > 1 { "per-core" } else { "shared" },
+        "starting runtime"
+    );
     let result = builder
         .enable_all()
         .build()
         .context("cannot start the async runtime")
-        .and_then(|rt| rt.block_on(f()));
+        .and_then(|rt| rt.block_on(f(per_core)));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

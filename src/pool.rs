@@ -16,7 +16,9 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
+use std::cell::Cell;
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -25,13 +27,37 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// Most idle connections kept per endpoint.
 const MAX_IDLE: usize = 1024;
 
+/// Pools built from now on keep this many separate idle lists, one per per-core worker.
+static WORKERS: AtomicUsize = AtomicUsize::new(1);
+
+thread_local! {
+    /// The per-core worker this thread runs (0 outside per-core mode).
+    static WORKER: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Per-core mode with `n` workers: each worker reuses only connections it opened itself, so a
+/// connection's I/O and the requests on it stay on one thread. Call before the first snapshot.
+/// Only ever raises the count (tests run servers of both kinds in one process; a thread
+/// outside per-core mode uses list 0).
+pub fn set_workers(n: usize) {
+    WORKERS.fetch_max(n, Ordering::Relaxed);
+}
+
+/// Mark the calling thread as per-core worker `i` (`0..n` of [`set_workers`]).
+pub fn enter_worker(i: usize) {
+    WORKER.with(|w| w.set(i));
+}
+
+type Idle = Mutex<VecDeque<(SendRequest<RequestBody>, Instant)>>;
+
 /// One endpoint's idle connections.
 #[derive(Debug)]
 pub struct Pool {
     authority: Authority,
     connect_timeout: Duration,
-    /// Most recently used at the back (warm caches, and the oldest age out from the front).
-    idle: Mutex<VecDeque<(SendRequest<RequestBody>, Instant)>>,
+    /// One list per per-core worker (one in all in the shared runtime). Most recently used at
+    /// the back (warm caches, and the oldest age out from the front).
+    idle: Box<[Idle]>,
 }
 
 /// A failed attempt; `request` is the request back when none of it was sent.
@@ -60,8 +86,16 @@ impl Pool {
         Pool {
             authority,
             connect_timeout,
-            idle: Mutex::new(VecDeque::new()),
+            idle: (0..WORKERS.load(Ordering::Relaxed))
+                .map(|_| Mutex::new(VecDeque::new()))
+                .collect(),
         }
+    }
+
+    /// The calling worker's idle list.
+    fn idle(&self) -> &Idle {
+        let i = WORKER.with(Cell::get);
+        &self.idle[i.min(self.idle.len() - 1)]
     }
 
     fn put(&self, sender: SendRequest<RequestBody>) {
@@ -69,7 +103,7 @@ impl Pool {
             return;
         }
         let now = Instant::now();
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let mut idle = self.idle().lock().unwrap_or_else(|e| e.into_inner());
         while idle
             .front()
             .is_some_and(|(_, t)| now.duration_since(*t) > IDLE_TIMEOUT)
@@ -82,7 +116,7 @@ impl Pool {
     }
 
     fn checkout(&self) -> Option<SendRequest<RequestBody>> {
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let mut idle = self.idle().lock().unwrap_or_else(|e| e.into_inner());
         while let Some((s, t)) = idle.pop_back() {
             if !s.is_closed() && t.elapsed() <= IDLE_TIMEOUT {
                 return Some(s);

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
@@ -51,8 +51,9 @@ pub const ADMIN_TOKEN_ENV: &str = "CANARYD_ADMIN_TOKEN";
 pub struct Server {
     state: Arc<State>,
     control: Arc<Control>,
-    /// Each listener with its TLS certificates, if it terminates TLS.
-    listeners: Vec<(TcpListener, Option<Arc<TlsListener>>)>,
+    /// Each listener with its TLS certificates, if it terminates TLS: one socket per
+    /// per-core worker (`SO_REUSEPORT`), or one shared by the whole runtime.
+    listeners: Vec<(Vec<TcpListener>, Option<Arc<TlsListener>>)>,
     admin: Option<(TcpListener, Option<String>)>,
 }
 
@@ -60,11 +61,24 @@ impl Server {
     /// Bind every listener of `config` and build the first snapshot. No file: reloads are
     /// not possible, runtime overrides are.
     pub async fn bind(config: Config) -> anyhow::Result<Server> {
-        Self::bind_inner(config, None, None).await
+        Self::bind_inner(config, None, None, 1).await
+    }
+
+    /// [`Server::bind`] for `workers` per-core workers: each listener address is bound
+    /// `workers` times with `SO_REUSEPORT` (the kernel spreads new connections over the
+    /// sockets), and [`Server::run`] serves sockets 1.. on threads of their own, each with a
+    /// single-threaded runtime; the caller's runtime serves socket 0.
+    pub async fn bind_per_core(config: Config, workers: usize) -> anyhow::Result<Server> {
+        Self::bind_inner(config, None, None, workers).await
     }
 
     /// Read, validate and bind the config at `path`; it is watched and reloaded from then on.
     pub async fn bind_file(path: &Path) -> anyhow::Result<Server> {
+        Self::bind_file_per_core(path, 1).await
+    }
+
+    /// [`Server::bind_file`] with [`Server::bind_per_core`]'s workers.
+    pub async fn bind_file_per_core(path: &Path, workers: usize) -> anyhow::Result<Server> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read config file {}", path.display()))?;
         let config = Config::from_yaml(&text).map_err(|e: ConfigError| {
@@ -72,14 +86,16 @@ impl Server {
         })?;
         // Absolute, so the watcher and reloads do not depend on the working directory.
         let path = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
-        Self::bind_inner(config, Some(path), Some(&text)).await
+        Self::bind_inner(config, Some(path), Some(&text), workers).await
     }
 
     async fn bind_inner(
         config: Config,
         path: Option<PathBuf>,
         text: Option<&str>,
+        workers: usize,
     ) -> anyhow::Result<Server> {
+        crate::pool::set_workers(workers);
         let admin = match &config.admin {
             None => None,
             Some(a) => {
@@ -108,10 +124,10 @@ impl Server {
                 )),
                 None => None,
             };
-            let listener = TcpListener::bind(l.address)
+            let sockets = bind_listener(l.address, workers)
                 .await
                 .with_context(|| format!("cannot bind listener {}", l.address))?;
-            listeners.push((listener, tls));
+            listeners.push((sockets, tls));
         }
         let tls: Vec<Arc<TlsListener>> = listeners.iter().filter_map(|(_, t)| t.clone()).collect();
         let state = Arc::new(State::new(config).map_err(|e| anyhow::anyhow!("{e}"))?);
@@ -137,7 +153,7 @@ impl Server {
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
         self.listeners
             .iter()
-            .filter_map(|(l, _)| l.local_addr().ok())
+            .filter_map(|(l, _)| l.first()?.local_addr().ok())
             .collect()
     }
 
@@ -175,21 +191,46 @@ impl Server {
             idle_timeout: settings.idle_timeout,
         };
         let mut loops = JoinSet::new();
-        for (listener, tls) in self.listeners {
+        // Sockets 1.. of each listener, by worker: served on threads of their own.
+        let mut per_worker: Vec<Vec<(std::net::TcpListener, Option<Arc<TlsListener>>)>> =
+            Vec::new();
+        for (sockets, tls) in self.listeners {
+            let mut sockets = sockets.into_iter();
+            let Some(listener) = sockets.next() else {
+                continue;
+            };
             let addr = listener.local_addr()?;
             tracing::info!(
                 %addr,
                 tls = tls.is_some(),
+                workers = sockets.len() + 1,
                 generation = self.state.snapshot().generation,
                 "proxy listening"
             );
             loops.spawn(accept_loop(
                 listener,
-                tls,
+                tls.clone(),
                 self.state.clone(),
                 limits.clone(),
                 stop_rx.clone(),
             ));
+            for (i, socket) in sockets.enumerate() {
+                if per_worker.len() <= i {
+                    per_worker.push(Vec::new());
+                }
+                // Deregistered from this runtime; the worker's runtime registers it again.
+                per_worker[i].push((socket.into_std()?, tls.clone()));
+            }
+        }
+        let mut workers = Vec::new();
+        for (i, sockets) in per_worker.into_iter().enumerate() {
+            let (state, limits, stop) = (self.state.clone(), limits.clone(), stop_rx.clone());
+            workers.push(
+                std::thread::Builder::new()
+                    .name(format!("canaryd-worker-{}", i + 1))
+                    .spawn(move || run_worker(i + 1, sockets, state, limits, stop))
+                    .context("cannot start a worker thread")?,
+            );
         }
         shutdown.await;
         tracing::info!("shutting down: draining connections");
@@ -197,6 +238,13 @@ impl Server {
         self.state.set_draining();
         let _ = stop_tx.send(true);
         while loops.join_next().await.is_some() {}
+        // The workers drain their own connections under the same deadline.
+        let _ = tokio::task::spawn_blocking(move || {
+            for w in workers {
+                let _ = w.join();
+            }
+        })
+        .await;
         if let Some(w) = watcher {
             w.abort();
         }
@@ -206,6 +254,70 @@ impl Server {
         }
         Ok(())
     }
+}
+
+/// Bind `addr` once, or `workers` times with `SO_REUSEPORT` for per-core workers (port 0 is
+/// resolved by the first socket and shared by the rest).
+async fn bind_listener(addr: SocketAddr, workers: usize) -> std::io::Result<Vec<TcpListener>> {
+    if workers <= 1 {
+        return Ok(vec![TcpListener::bind(addr).await?]);
+    }
+    let mut sockets = Vec::with_capacity(workers);
+    let mut addr = addr;
+    for _ in 0..workers {
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        socket.set_reuseport(true)?;
+        socket.bind(addr)?;
+        let listener = socket.listen(1024)?;
+        addr = listener.local_addr()?;
+        sockets.push(listener);
+    }
+    Ok(sockets)
+}
+
+/// One per-core worker: a single-threaded runtime on this thread serving its own sockets
+/// until the drain, reusing only upstream connections it opened itself.
+fn run_worker(
+    i: usize,
+    sockets: Vec<(std::net::TcpListener, Option<Arc<TlsListener>>)>,
+    state: Arc<State>,
+    limits: ConnLimits,
+    stop: watch::Receiver<bool>,
+) {
+    crate::pool::enter_worker(i);
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(worker = i, error = %e, "cannot start a worker runtime");
+            return;
+        }
+    };
+    rt.block_on(async move {
+        let mut loops = JoinSet::new();
+        for (socket, tls) in sockets {
+            match TcpListener::from_std(socket) {
+                Ok(l) => {
+                    loops.spawn(accept_loop(
+                        l,
+                        tls,
+                        state.clone(),
+                        limits.clone(),
+                        stop.clone(),
+                    ));
+                }
+                Err(e) => tracing::error!(worker = i, error = %e, "cannot register a listener"),
+            }
+        }
+        while loops.join_next().await.is_some() {}
+    });
 }
 
 async fn accept_loop(

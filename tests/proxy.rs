@@ -322,3 +322,34 @@ async fn shutdown_drains_and_stops_accepting() {
         "listener closed"
     );
 }
+
+#[tokio::test]
+async fn per_core_workers_share_the_port_and_drain() {
+    let (stable, canary) = (Origin::start("stable").await, Origin::start("canary").await);
+    let proxy = Proxy::start_per_core(&split_yaml(&stable, &canary, "0", ""), 3).await;
+    let addr = proxy.addr;
+    // One connection per request: the kernel spreads them over the three SO_REUSEPORT
+    // sockets, so a worker that did not serve its socket would leave requests hanging.
+    for i in 0..60 {
+        let r = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            TestClient::http1().get(&proxy.url("/"), &[]),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("request {i} hung"));
+        assert_eq!(r.status, 200);
+        assert_eq!(r.body, "stable");
+    }
+    // Each worker keeps its own upstream connections (no request crosses threads), so more
+    // than one worker serving means more than one upstream connection.
+    let upstream = stable.accepted.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        (2..=60).contains(&upstream),
+        "{upstream} upstream connections for 60 requests over 3 workers"
+    );
+    // The drain stops every worker's sockets: nothing listens on the port afterwards.
+    tokio::time::timeout(std::time::Duration::from_secs(20), proxy.stop())
+        .await
+        .expect("per-core workers did not finish draining");
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+}

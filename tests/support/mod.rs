@@ -291,6 +291,12 @@ impl Proxy {
         Self::run(Server::bind(config).await.unwrap())
     }
 
+    /// Start with `workers` per-core workers (this runtime serves worker 0's sockets).
+    pub async fn start_per_core(yaml: &str, workers: usize) -> Proxy {
+        let config = Config::from_yaml(yaml).unwrap_or_else(|e| panic!("test config: {e}"));
+        Self::run(Server::bind_per_core(config, workers).await.unwrap())
+    }
+
     /// Start from a config file, which is then watched for changes.
     pub async fn start_file(path: &std::path::Path) -> Proxy {
         Self::run(Server::bind_file(path).await.unwrap())
