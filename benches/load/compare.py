@@ -15,7 +15,8 @@ Method (also written to the results):
 - Figures:
     saturated req/s, HTTP/1.1 keep-alive, 64 connections (wrk -t1 -c64)
     proxy CPU microseconds per request: utime+stime of the proxy's processes from /proc/PID/stat
-      over the run, divided by the requests completed
+      over the run, divided by the requests completed; the user/kernel split is reported too
+      (the kernel part, loopback TCP on both sides, is nearly the same for every proxy)
     the same two for a new connection per request (wrk with `Connection: close`)
     latency p50/p99/p99.9 at a fixed rate = 50% of nginx's median saturated req/s
       (oha -q RATE --latency-correction), minus the same percentiles measured direct to the origin
@@ -25,6 +26,11 @@ Method (also written to the results):
       full handshakes per second: wrk with `Connection: close` over https (wrk keeps no session,
       so every connection is a full handshake), and CPU per handshake+request
       keep-alive TLS requests per CPU-second: wrk -c64 over https, 1e6 / CPU µs per request
+
+- Two cores (the deployment case; the issue's targets are the one-core figures above): each
+  proxy with 2 workers on cores 0-1 (nginx worker_processes 2, HAProxy nbthread 2, canaryd
+  --workers 2 with --runtime per-core and with --runtime shared), wrk -t2 -c64 on the same two
+  cores (load generator and proxy compete, the same for every proxy): req/s and CPU per request.
 
 Usage: compare.py --canaryd PATH [--quick] [--rounds N] [--duration S] [--out FILE] [--baseline PATH]
 """
@@ -75,16 +81,22 @@ def descendants(pid):
     return out
 
 
-def cpu_ticks(pids):
-    total = 0
+def cpu_split(pids):
+    """(utime, stime) ticks of all of pids."""
+    user = system = 0
     for p in pids:
         try:
             with open(f"/proc/{p}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])  # utime, stime
+            user += int(fields[11])
+            system += int(fields[12])
         except FileNotFoundError:
             pass
-    return total
+    return user, system
+
+
+def cpu_ticks(pids):
+    return sum(cpu_split(pids))
 
 
 def rss_bytes(pids):
@@ -152,11 +164,11 @@ def make_cert(tmp):
         f.write(open(f"{tmp}/tls.crt").read() + open(f"{tmp}/tls.key").read())
 
 
-def nginx_proxy_conf(tmp, port, h2, o1, o2, tls_port):
+def nginx_proxy_conf(tmp, port, h2, o1, o2, tls_port, workers=1):
     return f"""
-worker_processes 1;
+worker_processes {workers};
 daemon off;
-pid {tmp}/proxy.pid;
+pid {tmp}/proxy{workers}.pid;
 error_log stderr error;
 worker_rlimit_nofile 20000;
 events {{ worker_connections 9000; }}
@@ -184,10 +196,10 @@ http {{
 """
 
 
-def haproxy_conf(port, h2, o1, o2, tls_port, pem):
+def haproxy_conf(port, h2, o1, o2, tls_port, pem, threads=1):
     return f"""
 global
-  nbthread 1
+  nbthread {threads}
   maxconn 9000
 defaults
   mode http
@@ -238,19 +250,19 @@ admin: {{ address: "127.0.0.1:{admin}" }}
 routes:{route}"""
 
 
-def run(cmd, timeout):
-    r = subprocess.run(["taskset", "-c", "1"] + cmd, capture_output=True, text=True, timeout=timeout)
+def run(cmd, timeout, cores="1"):
+    r = subprocess.run(["taskset", "-c", cores] + cmd, capture_output=True, text=True, timeout=timeout)
     if r.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed: {r.stderr.strip()[:500]}")
     return r.stdout
 
 
-def wrk(url, duration, close=False):
-    cmd = ["wrk", "-t1", "-c64", f"-d{duration}s", "-H", "Cookie: theme=dark; session=4f1c9a7e2b; lang=en",
+def wrk(url, duration, close=False, cores="1"):
+    cmd = ["wrk", f"-t{len(cores.split(','))}", "-c64", f"-d{duration}s", "-H", "Cookie: theme=dark; session=4f1c9a7e2b; lang=en",
            "-H", "X-User-Group: customers"]
     if close:
         cmd += ["-H", "Connection: close"]
-    out = run(cmd + [url], duration + 30)
+    out = run(cmd + [url], duration + 30, cores)
     reqs = int(re.search(r"(\d+) requests in", out).group(1))
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
@@ -371,19 +383,23 @@ def main():
 
         R = {n: {k: [] for k in ["rps", "cpu", "rps_close", "cpu_close", "h2_rps", "h2_cpu",
                                    "p50", "p99", "p999", "mem", "tls_hs", "tls_hs_cpu", "tls_rps",
-                                   "tls_cpu"]} for n in targets}
+                                   "tls_cpu", "usr", "sys"]} for n in targets}
         tls_targets = ["nginx", "haproxy", "canaryd"]
         direct = {"p50": [], "p99": [], "p999": []}
         h2_targets = ["nginx", "haproxy", "canaryd"]
 
-        def measure(name, key_rps, key_cpu, fn):
+        def measure(name, key_rps, key_cpu, fn, targets=targets, R=R):
             t = targets[name]
             pids = t.pids()
-            c0 = cpu_ticks(pids)
+            u0, s0 = cpu_split(pids)
             reqs, rps = fn(t)
-            c1 = cpu_ticks(pids)
+            u1, s1 = cpu_split(pids)
+            per_req = lambda ticks: ticks / CLK_TCK * 1e6 / max(reqs, 1)
             R[name][key_rps].append(rps)
-            R[name][key_cpu].append((c1 - c0) / CLK_TCK * 1e6 / max(reqs, 1))
+            R[name][key_cpu].append(per_req(u1 - u0 + s1 - s0))
+            if key_cpu == "cpu":
+                R[name]["usr"].append(per_req(u1 - u0))
+                R[name]["sys"].append(per_req(s1 - s0))
 
         # Warm-up: connection pools, page cache, CPU frequency.
         for t in targets.values():
@@ -431,6 +447,37 @@ def main():
 
         for name in ["nginx", "haproxy", "canaryd"]:
             R[name]["mem"].append(idle_memory(targets[name], a.idle_conns))
+
+        # Two cores: every proxy with two workers; the load generator shares the cores.
+        for t in list(targets.values()):
+            t.stop()
+        two = {}
+        p, h, t = free_port(), free_port(), free_port()
+        with open(f"{tmp}/proxy2.conf", "w") as f:
+            f.write(nginx_proxy_conf(tmp, p, h, o1, o2, t, workers=2))
+        two["nginx"] = Proc("nginx", ["nginx", "-c", f"{tmp}/proxy2.conf", "-p", tmp, "-e", "stderr"], p, h,
+                            cpu="0,1")
+        p, h, t = free_port(), free_port(), free_port()
+        with open(f"{tmp}/haproxy2.cfg", "w") as f:
+            f.write(haproxy_conf(p, h, o1, o2, t, f"{tmp}/tls.pem", threads=2))
+        two["haproxy"] = Proc("haproxy", ["haproxy", "-f", f"{tmp}/haproxy2.cfg"], p, h, cpu="0,1")
+        for flavor in ["per-core", "shared"]:
+            p = free_port()
+            with open(f"{tmp}/canaryd-{flavor}.yaml", "w") as f:
+                f.write(canaryd_conf(p, free_port(), o1, o2, True, None, tmp))
+            two[f"canaryd --runtime {flavor}"] = Proc(
+                flavor, [a.canaryd, "run", "--workers", "2", "--runtime", flavor, "-c",
+                         f"{tmp}/canaryd-{flavor}.yaml"], p, p, cpu="0,1")
+        procs += two.values()
+        R2 = {n: {"rps": [], "cpu": [], "usr": [], "sys": []} for n in two}
+        for t in two.values():
+            wrk(f"http://127.0.0.1:{t.port}/", 1, cores="0,1")
+        for r in range(a.rounds):
+            for name in two:
+                url = f"http://127.0.0.1:{two[name].port}/"
+                measure(name, "rps", "cpu", lambda t: wrk(url, a.duration, cores="0,1")[:2], two, R2)
+            print(f"round {r + 1}/{a.rounds} two cores done", file=sys.stderr)
+        R["two_cores"] = R2
 
         report = render(a, R, direct, rate, targets)
         print(report)
@@ -517,16 +564,26 @@ def render(a, R, direct, rate, targets):
     lines.append(f"\nFull feature path (4 rules + sticky + 90/10) vs single-version route, CPU per request: "
                  f"{full:.1f} µs vs {simple:.1f} µs = {100 * (full / simple - 1):+.1f}% (target ≤ +5%)\n")
     lines.append("## Absolute figures\n")
-    lines.append("| proxy | keep-alive req/s | CPU µs/req | new-conn req/s | CPU µs/req (new conn) | h2 req/s | CPU µs/req (h2) | added p50 µs | added p99 µs | added p99.9 µs | RSS per 10k idle conns |")
-    lines.append("|---|---|---|---|---|---|---|---|---|---|---|")
+    lines.append("| proxy | keep-alive req/s | CPU µs/req | of which user / kernel | new-conn req/s | CPU µs/req (new conn) | h2 req/s | CPU µs/req (h2) | added p50 µs | added p99 µs | added p99.9 µs | RSS per 10k idle conns |")
+    lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name in targets:
         r = R[name]
         mem = fmt([m / 1048576 for m in r["mem"]], " MiB", 1) if r["mem"] else "n/a"
         lat = [fmt(added(name, k)) for k in ["p50", "p99", "p999"]]
-        lines.append(f"| {name} | {fmt(r['rps'])} | {fmt(r['cpu'], '', 1)} | {fmt(r['rps_close'])} | "
+        split = f"{med(r['usr']):.1f} / {med(r['sys']):.1f}" if r["usr"] else "n/a"
+        lines.append(f"| {name} | {fmt(r['rps'])} | {fmt(r['cpu'], '', 1)} | {split} | {fmt(r['rps_close'])} | "
                      f"{fmt(r['cpu_close'], '', 1)} | {fmt(r['h2_rps'])} | {fmt(r['h2_cpu'], '', 1)} | "
                      f"{lat[0]} | {lat[1]} | {lat[2]} | {mem} |")
-    lines.append(f"| direct to origin | | | | | | | p50 {fmt(direct['p50'])} | p99 {fmt(direct['p99'])} | p99.9 {fmt(direct['p999'])} | |")
+    lines.append(f"| direct to origin | | | | | | | | p50 {fmt(direct['p50'])} | p99 {fmt(direct['p99'])} | p99.9 {fmt(direct['p999'])} | |")
+    if "two_cores" in R:
+        R2 = R["two_cores"]
+        lines.append("\n## Two cores (2 workers each, wrk -t2 on the same two cores)\n")
+        lines.append("| proxy | keep-alive req/s | CPU µs/req | of which user / kernel | req/s vs nginx |")
+        lines.append("|---|---|---|---|---|")
+        for name, r in R2.items():
+            vs = med(r["rps"]) / med(R2["nginx"]["rps"]) if R2["nginx"]["rps"] else float("nan")
+            lines.append(f"| {name} | {fmt(r['rps'])} | {fmt(r['cpu'], '', 1)} | "
+                         f"{med(r['usr']):.1f} / {med(r['sys']):.1f} | {vs:.2f} |")
     lines.append("\nMethod: see the docstring of benches/load/compare.py.\n")
     return "\n".join(lines) + "\n" + render_tls(a, R)
 
