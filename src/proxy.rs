@@ -193,8 +193,10 @@ async fn forward(
         conn.peer.ip(),
         snap.config.proxy.trusted_hops,
     );
+    // One lookup of `Host` serves routing, X-Forwarded-Host and the upstream request.
+    let host_header = parts.headers.get(HOST).cloned();
     let decision: Decision = {
-        let host = router::request_host(&parts.uri, &parts.headers);
+        let host = router::host_of(&parts.uri, host_header.as_ref());
         RNG.with(|rng| {
             snap.router.decide_for(
                 host,
@@ -218,10 +220,14 @@ async fn forward(
 
     // The host the client asked for: the target's authority when it has one (HTTP/2
     // :authority, HTTP/1 absolute-form, which RFC 9112 §3.2.2 says replaces Host), else Host.
-    let client_host: Option<HeaderValue> = match parts.uri.authority() {
-        Some(a) => HeaderValue::from_str(a.as_str()).ok(),
-        None => parts.headers.get(HOST).cloned(),
-    };
+    let authority_host = parts
+        .uri
+        .authority()
+        .and_then(|a| HeaderValue::from_str(a.as_str()).ok());
+    // HTTP/1 has exactly one Host (check_host); HTTP/2 may carry any number of them.
+    let rebuild_host = authority_host.is_some() || parts.version >= Version::HTTP_2;
+    let client_host: Option<HeaderValue> = authority_host.or(host_header);
+    let has_host = client_host.is_some();
     // An HTTP/1.1 Upgrade (WebSocket, …) keeps its Upgrade/Connection headers; the client
     // side of the tunnel is taken now, but only switched after the upstream's 101.
     let upgrade = (parts.version == Version::HTTP_11)
@@ -240,8 +246,9 @@ async fn forward(
         conn.proto,
         client_host.clone(),
     );
-    if let Some(h) = client_host {
-        // Host passes through unchanged; for HTTP/2 clients it is rebuilt from :authority.
+    if let (true, Some(h)) = (rebuild_host, client_host) {
+        // Host passes through unchanged; for HTTP/2 clients (and absolute-form targets) it is
+        // rebuilt from :authority.
         parts.headers.insert(HOST, h);
     }
 
@@ -320,7 +327,7 @@ async fn forward(
         };
         // The version's protocol decides, whatever the client spoke.
         *upstream_req.version_mut() = vrt.http_version;
-        if pool.is_some() && !upstream_req.headers().contains_key(HOST) {
+        if pool.is_some() && !has_host && !upstream_req.headers().contains_key(HOST) {
             // HTTP/1.0 without Host: name the endpoint, as hyper-util's client would.
             if let Ok(h) = HeaderValue::from_str(endpoint.authority.as_str()) {
                 upstream_req.headers_mut().insert(HOST, h);

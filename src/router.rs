@@ -13,8 +13,8 @@ use crate::config::{
     Condition, Config, HostMatch, RouteConfig, RuleConfig, StickyKey, Timeouts, ValueTest,
     WEIGHT_SCALE, Weight,
 };
-use http::HeaderMap;
 use http::header::COOKIE;
+use http::{HeaderMap, HeaderValue};
 use rand::Rng;
 use std::net::IpAddr;
 
@@ -471,11 +471,15 @@ fn finish_bucket(mut h: u64) -> u32 {
 /// Host of a request without port: the URI authority (HTTP/2 `:authority`, absolute-form
 /// HTTP/1) wins over the `Host` header, as RFC 9112 §3.2.2 requires.
 pub fn request_host<'a>(uri: &'a http::Uri, headers: &'a HeaderMap) -> Option<&'a str> {
+    host_of(uri, headers.get(http::header::HOST))
+}
+
+/// [`request_host`] with the `Host` header already looked up.
+pub fn host_of<'a>(uri: &'a http::Uri, host: Option<&'a HeaderValue>) -> Option<&'a str> {
     if let Some(a) = uri.authority() {
         return Some(a.host());
     }
-    let h = headers.get(http::header::HOST)?.to_str().ok()?;
-    Some(strip_port(h))
+    Some(strip_port(host?.to_str().ok()?))
 }
 
 fn strip_port(h: &str) -> &str {
