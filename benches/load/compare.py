@@ -10,8 +10,8 @@ Method (also written to the results):
     canaryd : --workers 1; metrics always on. `canaryd` is the full feature path (4 header/cookie
               rules evaluated, sticky cookie key, 90/10 weights), `canaryd-simple` a single-version route.
 - Load generator and origin share core 1 (taskset -c 1).
-- Runs are interleaved (A B C D, A B C D, ...) and reported as median [min-max] over rounds,
-  because the machine is shared and noisy.
+- Runs are interleaved, the order rotated every round (A B C D, B C D A, ...), and reported as
+  median [min-max] over rounds, because the machine is shared and noisy.
 - Figures:
     saturated req/s, HTTP/1.1 keep-alive, 64 connections (wrk -t1 -c64)
     proxy CPU microseconds per request: utime+stime of the proxy's processes from /proc/PID/stat
@@ -314,6 +314,14 @@ def idle_memory(proc, n):
     return (after - before) * (10_000 / n)
 
 
+def rotated(names, r):
+    """Round r's order: the list rotated by r, so no proxy holds the same place in every round
+    (with a fixed order, a gap between two builds could be the place, not the build)."""
+    names = list(names)
+    k = r % len(names) if names else 0
+    return names[k:] + names[:k]
+
+
 def med(xs):
     return statistics.median(xs) if xs else float("nan")
 
@@ -406,10 +414,10 @@ def main():
             wrk(f"http://127.0.0.1:{t.port}/", 1)
 
         for r in range(a.rounds):
-            for name in tls_targets:
+            for name in rotated(tls_targets, r):
                 url = f"https://127.0.0.1:{targets[name].tls_port}/"
                 measure(name, "tls_hs", "tls_hs_cpu", lambda t: wrk(url, a.duration, close=True)[:2])
-            for name in tls_targets:
+            for name in rotated(tls_targets, r):
                 url = f"https://127.0.0.1:{targets[name].tls_port}/"
                 measure(name, "tls_rps", "tls_cpu", lambda t: wrk(url, a.duration)[:2])
             print(f"round {r + 1}/{a.rounds} TLS done", file=sys.stderr)
@@ -422,13 +430,13 @@ def main():
             return
 
         for r in range(a.rounds):
-            for name in targets:
+            for name in rotated(targets, r):
                 url = f"http://127.0.0.1:{targets[name].port}/"
                 measure(name, "rps", "cpu", lambda t: wrk(url, a.duration)[:2])
-            for name in targets:
+            for name in rotated(targets, r):
                 url = f"http://127.0.0.1:{targets[name].port}/"
                 measure(name, "rps_close", "cpu_close", lambda t: wrk(url, a.duration, close=True)[:2])
-            for name in h2_targets:
+            for name in rotated(h2_targets, r):
                 url = f"http://127.0.0.1:{targets[name].h2_port}/"
                 n = 20_000 if a.quick else 200_000
                 measure(name, "h2_rps", "h2_cpu", lambda t: h2load(url, n))
@@ -439,7 +447,7 @@ def main():
             p = oha(f"http://127.0.0.1:{o1}/", rate, a.duration)
             for k, v in zip(["p50", "p99", "p999"], p):
                 direct[k].append(v)
-            for name in targets:
+            for name in rotated(targets, r):
                 p = oha(f"http://127.0.0.1:{targets[name].port}/", rate, a.duration)
                 for k, v in zip(["p50", "p99", "p999"], p):
                     R[name][k].append(v)
@@ -473,7 +481,7 @@ def main():
         for t in two.values():
             wrk(f"http://127.0.0.1:{t.port}/", 1, cores="0,1")
         for r in range(a.rounds):
-            for name in two:
+            for name in rotated(two, r):
                 url = f"http://127.0.0.1:{two[name].port}/"
                 measure(name, "rps", "cpu", lambda t: wrk(url, a.duration, cores="0,1")[:2], two, R2)
             print(f"round {r + 1}/{a.rounds} two cores done", file=sys.stderr)
