@@ -62,18 +62,6 @@ const JAR_SLOTS: usize = 8;
 struct Jar<'h, 'r> {
     names: &'r [CookieName],
     values: [Option<Option<&'h [u8]>>; JAR_SLOTS],
-    /// The request's `Cookie` header values, found on first use (one map lookup per decision).
-    headers: Option<CookieHeaders<'h>>,
-}
-
-/// Up to this many `Cookie` header values are kept (HTTP/1 browsers send one; HTTP/2 clients
-/// may send one per cookie); more send each lookup back to the header map.
-const COOKIE_HEADERS: usize = 4;
-
-struct CookieHeaders<'h> {
-    values: [&'h [u8]; COOKIE_HEADERS],
-    len: usize,
-    more: bool,
 }
 
 impl<'h, 'r> Jar<'h, 'r> {
@@ -81,7 +69,6 @@ impl<'h, 'r> Jar<'h, 'r> {
         Jar {
             names,
             values: [None; JAR_SLOTS],
-            headers: None,
         }
     }
 
@@ -90,30 +77,7 @@ impl<'h, 'r> Jar<'h, 'r> {
         if let Some(Some(v)) = self.values.get(slot) {
             return *v;
         }
-        let found = {
-            let finder = &self.names[slot].finder;
-            let cookies = self.headers.get_or_insert_with(|| {
-                let mut c = CookieHeaders {
-                    values: [&[]; COOKIE_HEADERS],
-                    len: 0,
-                    more: false,
-                };
-                for v in headers.get_all(COOKIE) {
-                    if c.len == COOKIE_HEADERS {
-                        c.more = true;
-                        break;
-                    }
-                    c.values[c.len] = v.as_bytes();
-                    c.len += 1;
-                }
-                c
-            });
-            if cookies.more {
-                find_cookie(headers.get_all(COOKIE).iter().map(|v| v.as_bytes()), finder)
-            } else {
-                find_cookie(cookies.values[..cookies.len].iter().copied(), finder)
-            }
-        };
+        let found = find_cookie(headers, &self.names[slot].finder);
         if let Some(cached) = self.values.get_mut(slot) {
             *cached = Some(found);
         }
@@ -392,10 +356,7 @@ fn value_matches(test: &ValueTest, value: &[u8]) -> bool {
 /// Pairs are split on `;`, names and values lose surrounding whitespace, values lose optional
 /// surrounding double quotes (RFC 6265), and pairs without `=` are skipped.
 pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a [u8]> {
-    find_cookie(
-        headers.get_all(COOKIE).iter().map(|v| v.as_bytes()),
-        &memchr::memmem::Finder::new(name.as_bytes()),
-    )
+    find_cookie(headers, &memchr::memmem::Finder::new(name.as_bytes()))
 }
 
 /// [`cookie`] with the name's searcher built by the caller. Rather than splitting every pair,
@@ -404,11 +365,12 @@ pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a [u8]> {
 /// so a name cannot straddle a `;` or `=`.) Most requests' cookie headers do not contain the
 /// name at all, and the SIMD search says so without looking at each pair.
 fn find_cookie<'a>(
-    cookie_headers: impl Iterator<Item = &'a [u8]>,
+    headers: &'a HeaderMap,
     finder: &memchr::memmem::Finder<'_>,
 ) -> Option<&'a [u8]> {
     let len = finder.needle().len();
-    for bytes in cookie_headers {
+    for h in headers.get_all(COOKIE) {
+        let bytes = h.as_bytes();
         let mut from = 0;
         while let Some(hit) = finder.find(&bytes[from..]) {
             let start = from + hit;
