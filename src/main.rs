@@ -59,7 +59,7 @@ enum Command {
         /// With more, see `--runtime`.
         #[arg(long, default_value_t = 0, env = "CANARYD_WORKERS")]
         workers: usize,
-        /// How workers share the work (with more than one worker). `per-core` measured 1.5x
+        /// How workers share the work (with more than one worker). `per-core` measured 1.44x
         /// the requests per second of `shared` on 2 cores (docs/performance.md).
         #[arg(long, value_enum, default_value = "per-core", env = "CANARYD_RUNTIME")]
         runtime: RuntimeFlavor,

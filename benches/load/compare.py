@@ -95,9 +95,6 @@ def cpu_split(pids):
     return user, system
 
 
-def cpu_ticks(pids):
-    return sum(cpu_split(pids))
-
 
 def rss_bytes(pids):
     total = 0
@@ -314,6 +311,27 @@ def idle_memory(proc, n):
     return (after - before) * (10_000 / n)
 
 
+def start_peers(tmp, o1, o2, workers, cpu):
+    """nginx and HAProxy in front of the origin pair, with `workers` workers/threads on `cpu`."""
+    peers = {}
+    p, h, t = free_port(), free_port(), free_port()
+    with open(f"{tmp}/proxy{workers}.conf", "w") as f:
+        f.write(nginx_proxy_conf(tmp, p, h, o1, o2, t, workers))
+    peers["nginx"] = Proc("nginx", ["nginx", "-c", f"{tmp}/proxy{workers}.conf", "-p", tmp, "-e", "stderr"],
+                          p, h, cpu=cpu, tls_port=t)
+    p, h, t = free_port(), free_port(), free_port()
+    with open(f"{tmp}/haproxy{workers}.cfg", "w") as f:
+        f.write(haproxy_conf(p, h, o1, o2, t, f"{tmp}/tls.pem", workers))
+    peers["haproxy"] = Proc("haproxy", ["haproxy", "-f", f"{tmp}/haproxy{workers}.cfg"], p, h, cpu=cpu,
+                            tls_port=t)
+    return peers
+
+
+def user_kernel(r):
+    """`user / kernel` µs per request, medians."""
+    return f"{med(r['usr']):.1f} / {med(r['sys']):.1f}" if r["usr"] else "n/a"
+
+
 def rotated(names, r):
     """Round r's order: the list rotated by r, so no proxy holds the same place in every round
     (with a fixed order, a gap between two builds could be the place, not the build)."""
@@ -365,15 +383,7 @@ def main():
         wait_port(o2)
 
         targets = {}
-        p, h, t = free_port(), free_port(), free_port()
-        with open(f"{tmp}/proxy.conf", "w") as f:
-            f.write(nginx_proxy_conf(tmp, p, h, o1, o2, t))
-        targets["nginx"] = Proc("nginx", ["nginx", "-c", f"{tmp}/proxy.conf", "-p", tmp, "-e", "stderr"], p, h,
-                                tls_port=t)
-        p, h, t = free_port(), free_port(), free_port()
-        with open(f"{tmp}/haproxy.cfg", "w") as f:
-            f.write(haproxy_conf(p, h, o1, o2, t, f"{tmp}/tls.pem"))
-        targets["haproxy"] = Proc("haproxy", ["haproxy", "-f", f"{tmp}/haproxy.cfg"], p, h, tls_port=t)
+        targets.update(start_peers(tmp, o1, o2, workers=1, cpu="0"))
         for name, full in [("canaryd", True), ("canaryd-simple", False)]:
             p, t = free_port(), free_port()
             tls_port = t if name == "canaryd" else None
@@ -459,16 +469,7 @@ def main():
         # Two cores: every proxy with two workers; the load generator shares the cores.
         for t in list(targets.values()):
             t.stop()
-        two = {}
-        p, h, t = free_port(), free_port(), free_port()
-        with open(f"{tmp}/proxy2.conf", "w") as f:
-            f.write(nginx_proxy_conf(tmp, p, h, o1, o2, t, workers=2))
-        two["nginx"] = Proc("nginx", ["nginx", "-c", f"{tmp}/proxy2.conf", "-p", tmp, "-e", "stderr"], p, h,
-                            cpu="0,1")
-        p, h, t = free_port(), free_port(), free_port()
-        with open(f"{tmp}/haproxy2.cfg", "w") as f:
-            f.write(haproxy_conf(p, h, o1, o2, t, f"{tmp}/tls.pem", threads=2))
-        two["haproxy"] = Proc("haproxy", ["haproxy", "-f", f"{tmp}/haproxy2.cfg"], p, h, cpu="0,1")
+        two = start_peers(tmp, o1, o2, workers=2, cpu="0,1")
         for flavor in ["per-core", "shared"]:
             p = free_port()
             with open(f"{tmp}/canaryd-{flavor}.yaml", "w") as f:
@@ -578,8 +579,7 @@ def render(a, R, direct, rate, targets):
         r = R[name]
         mem = fmt([m / 1048576 for m in r["mem"]], " MiB", 1) if r["mem"] else "n/a"
         lat = [fmt(added(name, k)) for k in ["p50", "p99", "p999"]]
-        split = f"{med(r['usr']):.1f} / {med(r['sys']):.1f}" if r["usr"] else "n/a"
-        lines.append(f"| {name} | {fmt(r['rps'])} | {fmt(r['cpu'], '', 1)} | {split} | {fmt(r['rps_close'])} | "
+        lines.append(f"| {name} | {fmt(r['rps'])} | {fmt(r['cpu'], '', 1)} | {user_kernel(r)} | {fmt(r['rps_close'])} | "
                      f"{fmt(r['cpu_close'], '', 1)} | {fmt(r['h2_rps'])} | {fmt(r['h2_cpu'], '', 1)} | "
                      f"{lat[0]} | {lat[1]} | {lat[2]} | {mem} |")
     lines.append(f"| direct to origin | | | | | | | | p50 {fmt(direct['p50'])} | p99 {fmt(direct['p99'])} | p99.9 {fmt(direct['p999'])} | |")
@@ -590,8 +590,7 @@ def render(a, R, direct, rate, targets):
         lines.append("|---|---|---|---|---|")
         for name, r in R2.items():
             vs = med(r["rps"]) / med(R2["nginx"]["rps"]) if R2["nginx"]["rps"] else float("nan")
-            lines.append(f"| {name} | {fmt(r['rps'])} | {fmt(r['cpu'], '', 1)} | "
-                         f"{med(r['usr']):.1f} / {med(r['sys']):.1f} | {vs:.2f} |")
+            lines.append(f"| {name} | {fmt(r['rps'])} | {fmt(r['cpu'], '', 1)} | {user_kernel(r)} | {vs:.2f} |")
     lines.append("\nMethod: see the docstring of benches/load/compare.py.\n")
     return "\n".join(lines) + "\n" + render_tls(a, R)
 
