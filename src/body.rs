@@ -9,11 +9,13 @@
 //! Streamed bodies carry an [`Idle`] timer: a body that goes silent for the route's
 //! `timeouts.idle` fails instead of holding a connection (and an upstream request) forever.
 
+use crate::error::ClientBodyError;
 use crate::pool::Lease;
 use crate::proxy::GrpcDone;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
+use prometheus_client::metrics::counter::Counter;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
@@ -76,7 +78,7 @@ use std::future::Future;
 pub enum ProxyBody {
     /// Streamed from the upstream, frame by frame (data and trailers), never buffered whole.
     /// A pooled HTTP/1 connection goes back to its pool the moment the body ends.
-    Upstream(Incoming, Idle, Option<Lease>),
+    Upstream(Incoming, Idle, Option<Lease>, ClientGone),
     /// A gRPC response: streamed like `Upstream`, and its `grpc-status` trailer is counted
     /// when it passes (a gRPC failure is an HTTP 200).
     Grpc(Incoming, Idle, GrpcDone),
@@ -85,14 +87,23 @@ pub enum ProxyBody {
 }
 
 impl ProxyBody {
-    /// An upstream body; an empty one hands its pooled connection back at once.
-    pub fn upstream(body: Incoming, idle: Idle, lease: Option<Lease>) -> ProxyBody {
+    /// An upstream body; an empty one hands its pooled connection back at once. `gone`
+    /// counts the client leaving before the body ended.
+    pub fn upstream(
+        body: Incoming,
+        idle: Idle,
+        lease: Option<Lease>,
+        mut gone: ClientGone,
+    ) -> ProxyBody {
+        if body.is_end_stream() {
+            gone.disarm();
+        }
         match lease {
             Some(l) if body.is_end_stream() => {
                 l.release();
-                ProxyBody::Upstream(body, idle, None)
+                ProxyBody::Upstream(body, idle, None, gone)
             }
-            lease => ProxyBody::Upstream(body, idle, lease),
+            lease => ProxyBody::Upstream(body, idle, lease, gone),
         }
     }
 
@@ -114,12 +125,17 @@ impl Body for ProxyBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match self.get_mut() {
-            ProxyBody::Upstream(b, idle, lease) => {
+            ProxyBody::Upstream(b, idle, lease, gone) => {
                 let frame = ready!(idle.poll(Pin::new(&mut *b), cx));
-                if matches!(frame, None | Some(Ok(_))) && b.is_end_stream() {
+                let ended = b.is_end_stream();
+                if matches!(frame, None | Some(Ok(_))) && ended {
                     if let Some(l) = lease.take() {
                         l.release();
                     }
+                }
+                // Ended, or broken by the upstream: either way not the client leaving.
+                if ended || matches!(frame, None | Some(Err(_))) {
+                    gone.disarm();
                 }
                 Poll::Ready(frame)
             }
@@ -144,16 +160,40 @@ impl Body for ProxyBody {
 
     fn is_end_stream(&self) -> bool {
         match self {
-            ProxyBody::Upstream(b, _, _) | ProxyBody::Grpc(b, _, _) => b.is_end_stream(),
+            ProxyBody::Upstream(b, ..) | ProxyBody::Grpc(b, ..) => b.is_end_stream(),
             ProxyBody::Full(b) => b.is_none(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            ProxyBody::Upstream(b, _, _) | ProxyBody::Grpc(b, _, _) => b.size_hint(),
+            ProxyBody::Upstream(b, ..) | ProxyBody::Grpc(b, ..) => b.size_hint(),
             ProxyBody::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             ProxyBody::Full(None) => SizeHint::with_exact(0),
+        }
+    }
+}
+
+/// Counts `canaryd_downstream_errors_total{kind="client_closed"}` on its route when dropped
+/// armed: hyper drops a response body mid-stream when the client resets or closes the
+/// connection, and that is the client's doing, not the version's.
+#[derive(Debug)]
+pub struct ClientGone(Option<Counter>);
+
+impl ClientGone {
+    pub fn new(counter: &Counter) -> ClientGone {
+        ClientGone(Some(counter.clone()))
+    }
+
+    fn disarm(&mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for ClientGone {
+    fn drop(&mut self) {
+        if let Some(c) = self.0.take() {
+            c.inc();
         }
     }
 }
@@ -212,9 +252,9 @@ impl Body for RequestBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        match self.get_mut() {
-            RequestBody::Empty => Poll::Ready(None),
-            RequestBody::Stream(b, idle) => idle.poll(Pin::new(b), cx),
+        let frame = match self.get_mut() {
+            RequestBody::Empty => return Poll::Ready(None),
+            RequestBody::Stream(b, idle) => ready!(idle.poll(Pin::new(b), cx)),
             RequestBody::Replayable(r, idle) => {
                 let mut slot = r.0.lock().unwrap_or_else(|e| e.into_inner());
                 let Some(body) = slot.body.as_mut() else {
@@ -222,9 +262,14 @@ impl Body for RequestBody {
                 };
                 let frame = ready!(idle.poll(Pin::new(body), cx));
                 slot.started = true;
-                Poll::Ready(frame)
+                frame
             }
-        }
+        };
+        // Whatever broke the client's body is the client's fault: mark it so, through the
+        // upstream client's error chain, the exchange is not blamed on the version.
+        Poll::Ready(
+            frame.map(|f| f.map_err(|e| Box::new(ClientBodyError::classify(&*e)) as BodyError)),
+        )
     }
 
     fn is_end_stream(&self) -> bool {

@@ -1,6 +1,7 @@
 //! Header rewriting between downstream and upstream: hop-by-hop stripping (RFC 9110 §7.6.1)
 //! and the `X-Forwarded-*` family.
 
+use crate::config::Upgrades;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use std::net::IpAddr;
 
@@ -9,16 +10,17 @@ pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-
 pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 pub static X_CANARYD_VERSION: HeaderName = HeaderName::from_static("x-canaryd-version");
 
-/// Connection-specific fields that never cross a proxy (RFC 9110 §7.6.1 and the legacy
-/// `Keep-Alive` / `Proxy-Connection`), built once.
+/// Connection-specific fields that never cross a proxy (RFC 9110 §7.6.1, the legacy
+/// `Keep-Alive` / `Proxy-Connection`, and h2c's `HTTP2-Settings`, RFC 9113 §3.2.1), built once.
 /// `Connection` must stay first and `TE` at [`TE_SLOT`] (`strip_hop_by_hop` keeps a bit per entry).
-static HOP_BY_HOP: [HeaderName; 6] = [
+static HOP_BY_HOP: [HeaderName; 7] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
     header::TE,
     header::TRANSFER_ENCODING,
     header::UPGRADE,
+    HeaderName::from_static("http2-settings"),
 ];
 const TE_SLOT: usize = 3;
 
@@ -31,7 +33,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let mut present = 0u8;
     for k in headers.keys() {
         // Only names of these lengths can be hop-by-hop: most fields are ruled out here.
-        if matches!(k.as_str().len(), 2 | 7 | 10 | 16 | 17) {
+        if matches!(k.as_str().len(), 2 | 7 | 10 | 14 | 16 | 17) {
             if let Some(i) = HOP_BY_HOP.iter().position(|h| h == k) {
                 present |= 1 << i;
             }
@@ -75,18 +77,45 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// The `Upgrade` value of an HTTP/1.1 upgrade request (`Connection: upgrade` + `Upgrade`).
-pub fn upgrade_request(headers: &HeaderMap) -> Option<HeaderValue> {
+/// The protocols of an HTTP/1.1 upgrade request (`Connection: upgrade` + `Upgrade`) that
+/// `allowed` permits, in the client's order, as one `Upgrade` value; `None` when the request
+/// asks for no upgrade or only for protocols that are not allowed (`h2c` never is), so it is
+/// served as plain HTTP/1.1. Allocates only for requests that ask to upgrade.
+pub fn allowed_upgrade(headers: &HeaderMap, allowed: &Upgrades) -> Option<HeaderValue> {
     let asks = headers.get_all(header::CONNECTION).iter().any(|v| {
         v.as_bytes()
             .split(|&b| b == b',')
             .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"upgrade"))
     });
-    if asks {
-        headers.get(header::UPGRADE).cloned()
-    } else {
-        None
+    if !asks {
+        return None;
     }
+    let mut out: Vec<u8> = Vec::new();
+    for t in headers
+        .get_all(header::UPGRADE)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|t| allowed.allows(t))
+    {
+        if !out.is_empty() {
+            out.extend_from_slice(b", ");
+        }
+        out.extend_from_slice(t);
+    }
+    if out.is_empty() {
+        return None;
+    }
+    HeaderValue::from_bytes(&out).ok()
+}
+
+/// Does a `101`'s `Upgrade` value name exactly one of the protocols we `offered`?
+pub fn upgrade_answers(offered: &HeaderValue, answered: &HeaderValue) -> bool {
+    let answered = answered.as_bytes().trim_ascii();
+    offered
+        .as_bytes()
+        .split(|&b| b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(answered))
 }
 
 /// Re-add the two headers an upgrade needs after hop-by-hop stripping removed them.
@@ -195,6 +224,46 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1, "{h:?}");
         assert_eq!(h["x-keep"], "yes");
+    }
+
+    #[test]
+    fn http2_settings_is_hop_by_hop_even_when_connection_does_not_name_it() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "http2-settings",
+            HeaderValue::from_static("AAMAAABkAAQCAAAAAAIAAAAA"),
+        );
+        h.insert("x-keep", HeaderValue::from_static("yes"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
+    }
+
+    #[test]
+    fn only_allowed_upgrade_tokens_are_offered() {
+        let allowed = Upgrades(vec!["websocket".into(), "foo/2".into()]);
+        let req = |conn: &'static str, up: &'static str| {
+            let mut h = HeaderMap::new();
+            h.insert("connection", HeaderValue::from_static(conn));
+            h.insert("upgrade", HeaderValue::from_static(up));
+            h
+        };
+        let offered = |h: &HeaderMap| allowed_upgrade(h, &allowed);
+        assert_eq!(offered(&req("Upgrade", "WebSocket")).unwrap(), "WebSocket");
+        assert_eq!(offered(&req("upgrade, HTTP2-Settings", "h2c")), None);
+        assert_eq!(
+            offered(&req("keep-alive, Upgrade", "h2c, websocket , foo/2")).unwrap(),
+            "websocket, foo/2"
+        );
+        assert_eq!(
+            offered(&req("keep-alive", "websocket")),
+            None,
+            "no Connection: upgrade"
+        );
+        assert_eq!(offered(&req("upgrade", "foo")), None, "version must match");
+        let v = HeaderValue::from_static;
+        assert!(upgrade_answers(&v("websocket, foo/2"), &v(" WEBSOCKET")));
+        assert!(!upgrade_answers(&v("websocket"), &v("h2c")));
+        assert!(!upgrade_answers(&v("websocket"), &v("websocket, h2c")));
     }
 
     #[test]

@@ -9,7 +9,7 @@
 //! `Histogram` takes a mutex on every observation, which we do not want on the request path.
 
 use crate::analysis::Window;
-use crate::error::UpstreamErrorKind;
+use crate::error::{DownstreamErrorKind, UpstreamErrorKind};
 use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -43,6 +43,28 @@ pub struct UpstreamErrorLabels {
     pub route: String,
     pub version: String,
     pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DownstreamErrorLabels {
+    /// Empty when the request was refused before routing (or never became one).
+    pub route: String,
+    pub kind: &'static str,
+}
+
+/// `canaryd_downstream_errors_total` handles of one route, by kind, resolved per snapshot.
+#[derive(Clone, Debug)]
+pub struct DownstreamCounters([Counter; 4]);
+
+impl DownstreamCounters {
+    pub fn count(&self, kind: DownstreamErrorKind) {
+        self.0[kind.index()].inc();
+    }
+
+    /// The handle of one kind, for a body that counts itself when dropped early.
+    pub fn counter(&self, kind: DownstreamErrorKind) -> &Counter {
+        &self.0[kind.index()]
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -169,6 +191,7 @@ pub struct Metrics {
     requests: Family<RequestLabels, Counter>,
     duration: Family<VersionLabels, LatencyHistogram>,
     upstream_errors: Family<UpstreamErrorLabels, Counter>,
+    downstream_errors: Family<DownstreamErrorLabels, Counter>,
     grpc: Family<GrpcLabels, Counter>,
     route_weight: Family<VersionLabels, Gauge<f64, AtomicU64>>,
     /// 1 for each route's primary version (absent for the others), for PromQL joins.
@@ -208,6 +231,7 @@ impl Metrics {
         let requests = Family::<RequestLabels, Counter>::default();
         let duration = Family::<VersionLabels, LatencyHistogram>::default();
         let upstream_errors = Family::<UpstreamErrorLabels, Counter>::default();
+        let downstream_errors = Family::<DownstreamErrorLabels, Counter>::default();
         let grpc = Family::<GrpcLabels, Counter>::default();
         let route_weight = Family::<VersionLabels, Gauge<f64, AtomicU64>>::default();
         let route_primary = Family::<VersionLabels, Gauge>::default();
@@ -233,6 +257,12 @@ impl Metrics {
             "upstream_errors",
             "Failures talking to upstreams by route, version and kind (connect, timeout, reset)",
             upstream_errors.clone(),
+        );
+        registry.register(
+            "downstream_errors",
+            "Client failures by route and kind (bad_framing, body_timeout, client_closed, \
+             header_timeout); never counted against a version",
+            downstream_errors.clone(),
         );
         registry.register(
             "grpc_responses",
@@ -293,11 +323,19 @@ impl Metrics {
         for r in [ReloadResult::Success, ReloadResult::Failure] {
             let _ = reloads.get_or_create(&ResultLabels { result: r.as_str() });
         }
+        // Connection-level client failures (no route yet) exist from the start too.
+        for k in DownstreamErrorKind::ALL {
+            let _ = downstream_errors.get_or_create(&DownstreamErrorLabels {
+                route: String::new(),
+                kind: k.as_str(),
+            });
+        }
         Metrics {
             registry,
             requests,
             duration,
             upstream_errors,
+            downstream_errors,
             grpc,
             route_weight,
             route_primary,
@@ -363,6 +401,27 @@ impl Metrics {
         *last = keep;
     }
 
+    /// Resolve the client-failure handles of one route (`""`: before routing).
+    pub fn downstream(&self, route: &str) -> DownstreamCounters {
+        DownstreamCounters(DownstreamErrorKind::ALL.map(|k| {
+            self.downstream_errors
+                .get_or_create_owned(&DownstreamErrorLabels {
+                    route: route.to_string(),
+                    kind: k.as_str(),
+                })
+        }))
+    }
+
+    /// Count a client failure of a connection that never became a routed request.
+    pub fn downstream_error(&self, kind: DownstreamErrorKind) {
+        self.downstream_errors
+            .get_or_create(&DownstreamErrorLabels {
+                route: String::new(),
+                kind: kind.as_str(),
+            })
+            .inc();
+    }
+
     /// Resolve the per-request handles of one (route, version).
     pub fn version(self: &Arc<Self>, route: &str, version: &str) -> VersionMetrics {
         let labels = VersionLabels {
@@ -411,7 +470,7 @@ pub struct VersionMetrics {
     codes: Box<[OnceLock<Counter>]>,
     duration: LatencyHistogram,
     /// Indexed like `UpstreamErrorKind::ALL`.
-    upstream_errors: [Counter; 3],
+    upstream_errors: [Counter; 4],
     /// `canaryd_grpc_responses_total` by gRPC status 0..=16, resolved on first use.
     grpc: [OnceLock<Counter>; 17],
     /// Sliding window for the analysis endpoint.
@@ -445,8 +504,9 @@ impl VersionMetrics {
     }
 
     /// A gRPC call ended with `code` (0..=16). The analysis window counts it by the HTTP
-    /// status the code corresponds to, so UNAVAILABLE is as much a failure as a 503.
-    pub fn grpc(&self, code: u8, elapsed: Duration, now: std::time::Instant) {
+    /// status the code corresponds to, so UNAVAILABLE is as much a failure as a 503;
+    /// `window` is `None` for a call the client abandoned, which says nothing of the version.
+    pub fn grpc(&self, code: u8, elapsed: Duration, window: Option<std::time::Instant>) {
         let code = code.min(16);
         self.grpc[usize::from(code)]
             .get_or_init(|| {
@@ -457,7 +517,9 @@ impl VersionMetrics {
                 })
             })
             .inc();
-        self.window.record(now, grpc_http_status(code), elapsed);
+        if let Some(now) = window {
+            self.window.record(now, grpc_http_status(code), elapsed);
+        }
     }
 
     pub fn upstream_error(&self, kind: UpstreamErrorKind) {

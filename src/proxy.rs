@@ -10,9 +10,10 @@
 //!
 //! Every failure is a [`ProxyError`], turned into a response in exactly one place.
 
+use crate::body::ClientGone;
 use crate::body::{Idle, ProxyBody, Replayable, RequestBody};
 use crate::config::RETRY_BUDGET_MIN;
-use crate::error::ProxyError;
+use crate::error::{DownstreamErrorKind, ErrorSource, ProxyError, UpstreamErrorKind};
 use crate::headers::{self, X_CANARYD_VERSION};
 use crate::pool::Lease;
 use crate::router::{self, Decision, Reason};
@@ -80,19 +81,42 @@ pub async fn handle(state: &State, conn: &ConnInfo, req: Request<Incoming>) -> R
         .proxy
         .access_log
         .then(|| (req.method().clone(), req.uri().path().to_owned()));
-    let mut target: Option<Target> = None;
-    let result = forward(&snap, conn, req, &mut target, start).await;
+    let mut pending = Unanswered {
+        snap: &snap,
+        metrics: &state.metrics,
+        target: None,
+        answered: false,
+    };
+    let result = forward(&snap, conn, req, &mut pending.target, start).await;
+    pending.answered = true;
+    let target = pending.target;
     let status = match &result {
         Ok(resp) => resp.status(),
         Err(e) => e.status(),
     };
     let now = Instant::now();
     let elapsed = now - start;
-    if let Some(t) = target {
-        let vm = &snap.routes[t.route].versions[t.version].metrics;
-        // A gRPC call's success is known at its trailers: `GrpcDone` feeds the window then.
-        let grpc = matches!(&result, Ok(r) if matches!(r.body(), ProxyBody::Grpc(..)));
-        vm.record(status.as_u16(), elapsed, (!grpc).then_some(now));
+    // Who is at fault decides where the outcome counts: upstream results (responses of any
+    // status, upstream failures) against the version; the client's failures only in
+    // `canaryd_downstream_errors_total`, so a bad client cannot make a version look bad.
+    match (&result, target) {
+        (Err(e), t) if e.source() != ErrorSource::Upstream => {
+            match (e.downstream_kind(), t) {
+                (Some(kind), Some(t)) => snap.routes[t.route].downstream.count(kind),
+                (Some(kind), None) => state.metrics.downstream_error(kind),
+                (None, _) => {}
+            }
+            if e.source() == ErrorSource::Internal {
+                tracing::warn!(error = %e, "internal error");
+            }
+        }
+        (_, Some(t)) => {
+            let vm = &snap.routes[t.route].versions[t.version].metrics;
+            // A gRPC call's success is known at its trailers: `GrpcDone` feeds the window then.
+            let grpc = matches!(&result, Ok(r) if matches!(r.body(), ProxyBody::Grpc(..)));
+            vm.record(status.as_u16(), elapsed, (!grpc).then_some(now));
+        }
+        (_, None) => {}
     }
     if let Some((method, path)) = log_req {
         access_log(
@@ -104,6 +128,29 @@ pub async fn handle(state: &State, conn: &ConnInfo, req: Request<Incoming>) -> R
         Err(e) => {
             tracing::debug!(error = %e, "request failed");
             e.into_response()
+        }
+    }
+}
+
+/// A request still waiting for its response. hyper drops the request's future when the
+/// client closes the connection or resets the HTTP/2 stream first: that is counted as the
+/// client's `client_closed`, on the route when one was chosen, never against the version.
+struct Unanswered<'a> {
+    snap: &'a Snapshot,
+    metrics: &'a crate::metrics::Metrics,
+    target: Option<Target>,
+    answered: bool,
+}
+
+impl Drop for Unanswered<'_> {
+    fn drop(&mut self) {
+        if self.answered {
+            return;
+        }
+        let kind = DownstreamErrorKind::ClientClosed;
+        match self.target {
+            Some(t) => self.snap.routes[t.route].downstream.count(kind),
+            None => self.metrics.downstream_error(kind),
         }
     }
 }
@@ -228,10 +275,13 @@ async fn forward(
     let rebuild_host = authority_host.is_some() || parts.version >= Version::HTTP_2;
     let client_host: Option<HeaderValue> = authority_host.or(host_header);
     let has_host = client_host.is_some();
-    // An HTTP/1.1 Upgrade (WebSocket, …) keeps its Upgrade/Connection headers; the client
-    // side of the tunnel is taken now, but only switched after the upstream's 101.
+    // An HTTP/1.1 Upgrade to a protocol the route allows (WebSocket, …) keeps its
+    // Upgrade/Connection headers, reduced to the allowed tokens; any other (h2c above all: its
+    // tunnel would carry requests we never see) is stripped with the hop-by-hop headers and
+    // the request served as plain HTTP/1.1. The client side of the tunnel is taken now, but
+    // only switched after the upstream's 101.
     let upgrade = (parts.version == Version::HTTP_11)
-        .then(|| headers::upgrade_request(&parts.headers))
+        .then(|| headers::allowed_upgrade(&parts.headers, &route.config.upgrades))
         .flatten();
     let client_upgrade = upgrade
         .as_ref()
@@ -294,7 +344,7 @@ async fn forward(
                 uri.authority = Some(endpoint.authority.clone());
                 uri.path_and_query = Some(path_and_query.clone());
                 Uri::from_parts(uri)
-                    .map_err(|_| ProxyError::BadRequest("unusable request target"))?
+                    .map_err(|_| ProxyError::Internal("unusable upstream request target"))?
             }
         };
         let mut replay: Option<Replayable> = None;
@@ -362,10 +412,12 @@ async fn forward(
                 e.status()
             }
         };
-        if status.is_server_error() {
+        // Outlier detection hears only what the endpoint did: a client's failure is neither.
+        let upstream_outcome = !matches!(&result, Err(e) if e.source() != ErrorSource::Upstream);
+        if upstream_outcome && status.is_server_error() {
             vrt.endpoints
                 .failure(ei, &route.config.outlier, &vrt.metrics);
-        } else {
+        } else if upstream_outcome {
             vrt.endpoints.success(ei);
         }
         // Connect failures never reached the upstream: any method may go again. Other
@@ -421,13 +473,21 @@ async fn forward(
         .flatten();
     headers::strip_hop_by_hop(&mut rparts.headers);
     if switching {
-        // 101 only answers an upgrade we asked for; anything else is a broken upstream.
+        // A 101 only answers an upgrade we offered, to one of the protocols offered; anything
+        // else (h2c to a WebSocket request, a 101 nobody asked for) is a broken upstream, and
+        // its connection closes with the dropped response.
         let (Some(down), Some(up), Some(proto)) = (
             client_upgrade,
             rparts.extensions.remove::<OnUpgrade>(),
-            upgraded_to.or(upgrade),
+            upgraded_to.filter(|p| {
+                upgrade
+                    .as_ref()
+                    .is_some_and(|o| headers::upgrade_answers(o, p))
+            }),
         ) else {
-            return Err(ProxyError::UpstreamReset);
+            tracing::debug!(upgrade = ?upgrade, "101 from upstream does not answer the upgrade offered");
+            vrt.metrics.upstream_error(UpstreamErrorKind::BadResponse);
+            return Err(ProxyError::BadUpgrade);
         };
         headers::set_upgrade(&mut rparts.headers, proto);
         tokio::spawn(tunnel(down, up));
@@ -462,7 +522,12 @@ async fn forward(
         }
         ProxyBody::Grpc(rbody, Idle::new(idle), done)
     } else {
-        ProxyBody::upstream(rbody, Idle::new(idle), lease)
+        let gone = ClientGone::new(
+            runtime
+                .downstream
+                .counter(DownstreamErrorKind::ClientClosed),
+        );
+        ProxyBody::upstream(rbody, Idle::new(idle), lease, gone)
     };
     Ok(Response::from_parts(rparts, body))
 }
@@ -589,13 +654,22 @@ impl GrpcDone {
             let now = Instant::now();
             snap.routes[r].versions[v]
                 .metrics
-                .grpc(code, now - start, now);
+                .grpc(code, now - start, Some(now));
         }
     }
 }
 
 impl Drop for GrpcDone {
+    /// Dropped before its status passed: the client cancelled the call. CANCELLED is counted
+    /// in the gRPC metric, and the client's leaving in `client_closed`; the analysis window
+    /// does not see it (it says nothing about the version).
     fn drop(&mut self) {
-        self.finish(GRPC_CANCELLED);
+        if let Some((snap, r, v, start)) = self.pending.take() {
+            let route = &snap.routes[r];
+            route.versions[v]
+                .metrics
+                .grpc(GRPC_CANCELLED, start.elapsed(), None);
+            route.downstream.count(DownstreamErrorKind::ClientClosed);
+        }
     }
 }

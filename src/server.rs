@@ -5,6 +5,7 @@
 use crate::admin::{self, Admin};
 use crate::config::{Config, ConfigError};
 use crate::control::Control;
+use crate::error::DownstreamErrorKind;
 use crate::h1guard::Guarded;
 use crate::proxy::{self, ConnInfo, GaugeGuard};
 use crate::state::State;
@@ -403,6 +404,7 @@ async fn accept_loop(
                         Ok(Ok(1..))
                     ) {
                         tracing::debug!(%peer, "no request bytes in time; closing");
+                        metrics.downstream_error(DownstreamErrorKind::HeaderTimeout);
                         return;
                     }
                     Guarded::new(Io::Plain(stream))
@@ -426,6 +428,7 @@ async fn accept_loop(
                         }
                         Err(_) => {
                             tracing::debug!(%peer, "TLS handshake timed out");
+                            metrics.downstream_error(DownstreamErrorKind::HeaderTimeout);
                             return;
                         }
                     }
@@ -434,6 +437,9 @@ async fn accept_loop(
             let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
             if let Err(e) = drive(conn, activity, limits.idle_timeout, drain).await {
                 tracing::debug!(error = %e, %peer, "connection ended with error");
+                if let Some(kind) = connection_fault(&*e) {
+                    metrics.downstream_error(kind);
+                }
             }
         });
     }
@@ -448,6 +454,21 @@ async fn accept_loop(
             "drain timeout reached; closing remaining connections"
         );
         conns.shutdown().await;
+    }
+}
+
+/// The client's fault behind a connection that hyper ended with an error before any request
+/// was routed: a head that did not arrive within `header_timeout` (hyper answered 408), or one
+/// that does not parse (400, 431; the CL+TE guard's refusals land here too). Other endings
+/// (resets, failed writes) were counted by the request they interrupted, if any.
+fn connection_fault(e: &(dyn std::error::Error + 'static)) -> Option<DownstreamErrorKind> {
+    let e = e.downcast_ref::<hyper::Error>()?;
+    if e.is_timeout() {
+        Some(DownstreamErrorKind::HeaderTimeout)
+    } else if e.is_parse() || e.is_parse_too_large() {
+        Some(DownstreamErrorKind::BadFraming)
+    } else {
+        None
     }
 }
 

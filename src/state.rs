@@ -8,7 +8,7 @@
 use crate::body::RequestBody;
 use crate::config::{Config, ConfigError, FieldError, HealthCheck, Protocol, Upstream};
 use crate::health::{EndpointHealth, VersionEndpoints};
-use crate::metrics::{Metrics, VersionMetrics};
+use crate::metrics::{DownstreamCounters, Metrics, VersionMetrics};
 use crate::pool::Pool;
 use crate::router::Router;
 use arc_swap::ArcSwap;
@@ -49,6 +49,8 @@ pub struct RouteRuntime {
     /// Requests of this route in flight, and how many of them are retrying: the retry budget.
     pub active: AtomicUsize,
     pub retrying: AtomicUsize,
+    /// Client failures on this route: counted here, never against a version.
+    pub downstream: DownstreamCounters,
 }
 
 #[derive(Debug)]
@@ -272,6 +274,7 @@ impl Clients {
                 });
             }
             routes.push(RouteRuntime {
+                downstream: metrics.downstream(r.name()),
                 versions,
                 active: AtomicUsize::new(0),
                 retrying: AtomicUsize::new(0),

@@ -142,6 +142,12 @@ async fn a_connection_that_sends_nothing_is_closed() {
         .unwrap_or(0);
     let answer = String::from_utf8_lossy(&buf[..n]).into_owned();
     assert!(n == 0 || answer.starts_with("HTTP/1.1 408"), "{answer}");
+    // Both are the client's fault, counted before any route was chosen.
+    wait_for("both header timeouts counted", || {
+        proxy.metric("canaryd_downstream_errors_total{route=\"\",kind=\"header_timeout\"}")
+            == Some(2.0)
+    })
+    .await;
 }
 
 /// Read until the server closes; panics if it has not within 10 s.

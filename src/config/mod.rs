@@ -181,6 +181,8 @@ pub struct ProxySettings {
     pub trusted_hops: u32,
     /// Defaults for routes that set no `timeouts`.
     pub timeouts: Timeouts,
+    /// Upgrade protocols for routes that set no `upgrades`.
+    pub upgrades: Upgrades,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -272,6 +274,29 @@ pub struct RouteConfig {
     pub health_check: Option<HealthCheck>,
     /// Serve a non-primary version's traffic from the primary while it has no endpoint.
     pub fallback: bool,
+    /// HTTP/1.1 upgrade protocols this route tunnels after a 101; any other `Upgrade` is
+    /// dropped and the request served as plain HTTP/1.1.
+    pub upgrades: Upgrades,
+}
+
+/// A set of HTTP/1.1 `Upgrade` protocol tokens, lowercased (tokens compare case-insensitively).
+/// `h2c` is never in it: a tunnelled h2c connection would carry requests canaryd never sees.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upgrades(pub Vec<String>);
+
+impl Default for Upgrades {
+    fn default() -> Self {
+        Upgrades(vec!["websocket".to_string()])
+    }
+}
+
+impl Upgrades {
+    /// Is `token` (any case) allowed?
+    pub fn allows(&self, token: &[u8]) -> bool {
+        self.0
+            .iter()
+            .any(|t| t.as_bytes().eq_ignore_ascii_case(token))
+    }
 }
 
 /// Host part of a route match, lowercased at validation so matching needs no allocation.
@@ -600,6 +625,12 @@ impl TryFrom<RawConfig> for Config {
             idle_timeout,
             trusted_hops,
             timeouts: default_timeouts,
+            upgrades: raw
+                .proxy
+                .upgrades
+                .as_deref()
+                .map(|u| validate_upgrades(u, "proxy.upgrades", &mut errs))
+                .unwrap_or_default(),
         };
 
         let mut routes = Vec::new();
@@ -607,7 +638,7 @@ impl TryFrom<RawConfig> for Config {
         let mut matches: Vec<(Option<HostMatch>, String, usize)> = Vec::new();
         for (i, r) in raw.routes.into_iter().enumerate() {
             let field = format!("routes[{i}]");
-            if let Some(route) = validate_route(r, &field, default_timeouts, &mut errs) {
+            if let Some(route) = validate_route(r, &field, &proxy, &mut errs) {
                 if !names.insert(route.name.clone()) {
                     errs.push(
                         format!("{field}.name"),
@@ -952,6 +983,38 @@ fn validate_health_check(
 }
 
 /// Names that become metric labels: short, lowercase, no surprises in PromQL.
+/// `Upgrade` protocol tokens (RFC 9110 §7.8: `name` or `name/version`), lowercased.
+fn validate_upgrades(raw: &[String], field: &str, errs: &mut Errors) -> Upgrades {
+    let mut out = Vec::new();
+    for (i, t) in raw.iter().enumerate() {
+        let tchar = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+        let ok = !t.is_empty()
+            && t.split('/').count() <= 2
+            && t.split('/').all(|p| !p.is_empty() && p.chars().all(tchar));
+        if !ok {
+            errs.push(
+                format!("{field}[{i}]"),
+                format!("`{t}` is not an upgrade protocol token; write e.g. `websocket`"),
+            );
+            continue;
+        }
+        let lower = t.to_ascii_lowercase();
+        if lower.split('/').next() == Some("h2c") {
+            errs.push(
+                format!("{field}[{i}]"),
+                "`h2c` is never tunnelled: the client would speak HTTP/2 straight to one upstream, \
+                 past routing, rules and metrics; canaryd serves HTTP/2 itself (h2c prior \
+                 knowledge or TLS ALPN `h2`), so remove it",
+            );
+            continue;
+        }
+        if !out.contains(&lower) {
+            out.push(lower);
+        }
+    }
+    Upgrades(out)
+}
+
 fn check_label_name(name: &str, what: &str) -> Result<(), String> {
     let ok = !name.is_empty()
         && name.len() <= 64
@@ -1013,9 +1076,10 @@ fn validate_host(h: &str) -> Result<HostMatch, String> {
 fn validate_route(
     r: RawRoute,
     field: &str,
-    default_timeouts: Timeouts,
+    proxy: &ProxySettings,
     errs: &mut Errors,
 ) -> Option<RouteConfig> {
+    let default_timeouts = proxy.timeouts;
     let before = errs.0.len();
     if let Err(m) = check_label_name(&r.name, "route name") {
         errs.push(format!("{field}.name"), m);
@@ -1099,6 +1163,11 @@ fn validate_route(
         );
     }
 
+    let upgrades = match &r.upgrades {
+        Some(u) => validate_upgrades(u, &format!("{field}.upgrades"), errs),
+        None => proxy.upgrades.clone(),
+    };
+
     if errs.0.len() > before {
         return None;
     }
@@ -1114,6 +1183,7 @@ fn validate_route(
         outlier,
         health_check,
         fallback: r.fallback,
+        upgrades,
     })
 }
 

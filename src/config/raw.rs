@@ -107,6 +107,8 @@ pub struct RawProxy {
     pub trusted_hops: Option<u32>,
     #[serde(default)]
     pub timeouts: RawTimeouts,
+    /// HTTP/1.1 upgrade protocols (`Upgrade` tokens) routes may tunnel; default `[websocket]`.
+    pub upgrades: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -175,6 +177,8 @@ pub struct RawRoute {
     /// available.
     #[serde(default)]
     pub fallback: bool,
+    /// Per-route override of `proxy.upgrades`.
+    pub upgrades: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -642,3 +642,41 @@ fn client_ip_rules_and_trusted_hops_are_validated() {
     let e = errors_with("admin:\n", "proxy: { trusted_hops: 40 }\nadmin:\n");
     assert_error(&e, "proxy.trusted_hops", "0 to 16");
 }
+
+#[test]
+fn upgrades_default_to_websocket_and_routes_override_them() {
+    let cfg = Config::from_yaml(GOOD).unwrap();
+    assert_eq!(cfg.proxy.upgrades, Upgrades(vec!["websocket".into()]));
+    assert_eq!(cfg.routes[0].upgrades, Upgrades(vec!["websocket".into()]));
+    let text = GOOD.replacen(
+        "routes:\n",
+        "proxy: { upgrades: [WebSocket, Foo/2] }\nroutes:\n",
+        1,
+    );
+    let cfg = Config::from_yaml(&text).unwrap();
+    assert_eq!(
+        cfg.routes[0].upgrades,
+        Upgrades(vec!["websocket".into(), "foo/2".into()]),
+        "the proxy list, lowercased, is every route's default"
+    );
+    let text = GOOD.replacen("    sticky:", "    upgrades: []\n    sticky:", 1);
+    let cfg = Config::from_yaml(&text).unwrap();
+    assert_eq!(cfg.routes[0].upgrades, Upgrades(vec![]));
+}
+
+#[test]
+fn h2c_is_never_an_allowed_upgrade() {
+    let errs = errors_with(
+        "routes:\n",
+        "proxy: { upgrades: [websocket, H2C] }\nroutes:\n",
+    );
+    assert_error(&errs, "proxy.upgrades[1]", "`h2c` is never tunnelled");
+    let errs = errors_with("    sticky:", "    upgrades: [h2c]\n    sticky:");
+    assert_error(&errs, "routes[0].upgrades[0]", "`h2c` is never tunnelled");
+    let errs = errors_with("    sticky:", "    upgrades: [\"web socket\"]\n    sticky:");
+    assert_error(
+        &errs,
+        "routes[0].upgrades[0]",
+        "not an upgrade protocol token",
+    );
+}

@@ -353,6 +353,23 @@ impl Proxy {
         (r.status, v)
     }
 
+    /// The value of the series exported exactly as `series` (`name{labels}` in exposition
+    /// order), or `None` when no such series is exported: a renamed metric or label fails
+    /// the lookup instead of reading as zero.
+    pub fn metric(&self, series: &str) -> Option<f64> {
+        self.state.metrics.encode().lines().find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.strip_prefix(' '))
+                .and_then(|v| v.trim().parse().ok())
+        })
+    }
+
+    /// Like [`Proxy::metric`], but the series must exist.
+    pub fn metric_value(&self, series: &str) -> f64 {
+        self.metric(series)
+            .unwrap_or_else(|| panic!("metric series {series} is not exported"))
+    }
+
     /// Stop accepting and wait for the drain to finish.
     pub async fn stop(mut self) {
         let _ = self.stop.take().unwrap().send(());
