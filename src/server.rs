@@ -56,6 +56,17 @@ pub struct Server {
     /// per-core worker (`SO_REUSEPORT`), or one shared by the whole runtime.
     listeners: Vec<(Vec<TcpListener>, Option<Arc<TlsListener>>)>,
     admin: Option<(TcpListener, Option<String>)>,
+    /// The config file watcher, started at bind so that a change written as soon as bind
+    /// returns is seen (not left to the 10 s periodic re-read); stopped with the server.
+    watcher: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(w) = self.watcher.take() {
+            w.abort();
+        }
+    }
 }
 
 impl Server {
@@ -87,7 +98,10 @@ impl Server {
         })?;
         // Absolute, so the watcher and reloads do not depend on the working directory.
         let path = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
-        Self::bind_inner(config, Some(path), Some(&text), workers).await
+        let mut server = Self::bind_inner(config, Some(path.clone()), Some(&text), workers).await?;
+        tracing::info!(path = %path.display(), "watching config file");
+        server.watcher = Some(crate::watch::spawn(server.control.clone())?);
+        Ok(server)
     }
 
     async fn bind_inner(
@@ -138,6 +152,7 @@ impl Server {
             control,
             listeners,
             admin,
+            watcher: None,
         })
     }
 
@@ -164,10 +179,10 @@ impl Server {
 
     /// Serve until `shutdown` resolves, then stop accepting and let open connections finish
     /// (HTTP/1 gets `Connection: close`, HTTP/2 a GOAWAY) for up to `proxy.drain_timeout`.
-    pub async fn run(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         let (stop_tx, stop_rx) = watch::channel(false);
         let (admin_stop_tx, admin_stop_rx) = watch::channel(false);
-        let admin_task = self.admin.map(|(listener, token)| {
+        let admin_task = self.admin.take().map(|(listener, token)| {
             if let Ok(addr) = listener.local_addr() {
                 tracing::info!(%addr, "admin listening");
             }
@@ -177,13 +192,7 @@ impl Server {
             });
             tokio::spawn(admin::serve(listener, admin, admin_stop_rx))
         });
-        let watcher = match self.control.path() {
-            Some(path) => {
-                tracing::info!(path = %path.display(), "watching config file");
-                Some(crate::watch::spawn(self.control.clone())?)
-            }
-            None => None,
-        };
+        let watcher = self.watcher.take();
         let settings = self.state.snapshot().config.proxy.clone();
         let limits = ConnLimits {
             slots: Arc::new(tokio::sync::Semaphore::new(settings.max_connections)),
@@ -195,7 +204,7 @@ impl Server {
         // Sockets 1.. of each listener, by worker: served on threads of their own.
         let mut per_worker: Vec<Vec<(std::net::TcpListener, Option<Arc<TlsListener>>)>> =
             Vec::new();
-        for (sockets, tls) in self.listeners {
+        for (sockets, tls) in std::mem::take(&mut self.listeners) {
             let mut sockets = sockets.into_iter();
             let Some(listener) = sockets.next() else {
                 continue;

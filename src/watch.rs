@@ -8,7 +8,10 @@
 //!
 //! A file being written in place can be read half-written. Two guards make sure that never
 //! applies: while the file has been modified and not yet closed by its writer we keep waiting
-//! (up to [`WRITER_MAX_WAIT`]), and the content must read the same twice, [`SETTLE`] apart.
+//! (however long: inotify reports the close, and a writer that holds the file open for minutes
+//! is still writing it), and the content must read the same twice, [`SETTLE`] apart. Only when
+//! the watcher cannot know any more — the file was removed or renamed away, or the kernel's
+//! event queue overflowed — is the writer assumed gone.
 
 use crate::control::{Control, ReloadOutcome, Trigger};
 use notify::event::{AccessKind, AccessMode, ModifyKind};
@@ -23,8 +26,9 @@ use tokio::time::{Instant, sleep_until};
 pub const DEBOUNCE: Duration = Duration::from_millis(10);
 /// Gap between the two reads that must agree.
 pub const SETTLE: Duration = Duration::from_millis(10);
-/// How long to wait for a writer that modified the file to close it.
-pub const WRITER_MAX_WAIT: Duration = Duration::from_secs(2);
+/// How long the file may stay unreadable, empty or changing (with no writer holding it open)
+/// before that is reported as a failed reload.
+pub const UNSETTLED_MAX_WAIT: Duration = Duration::from_secs(2);
 /// Safety net: re-read the file this often even without events.
 pub const PERIODIC: Duration = Duration::from_secs(10);
 
@@ -105,11 +109,10 @@ async fn run(
                 }
             }
             _ = sleep_until(deadline), if pending => {
-                if w.writer_open.is_some_and(|t| t.elapsed() < WRITER_MAX_WAIT) {
+                if w.writer_open.is_some() {
                     deadline = Instant::now() + DEBOUNCE;
                     continue;
                 }
-                w.writer_open = None;
                 let read = read_stable(&path).await;
                 // Events that queued while we were reading mean the file may have changed
                 // under us (e.g. an in-place write just truncated it): look again later.
@@ -128,7 +131,7 @@ async fn run(
                     }
                     // Missing for a moment (rm + create) or changing is normal; for long, it
                     // is an error worth reporting once.
-                    Read::Unreadable | Read::Changing if since.elapsed() >= WRITER_MAX_WAIT => {
+                    Read::Unreadable | Read::Changing if since.elapsed() >= UNSETTLED_MAX_WAIT => {
                         pending = false;
                         unsettled_since = None;
                         deadline = far();
@@ -172,6 +175,12 @@ impl WatchState {
     /// reads cause them, and would otherwise make the watcher re-read forever).
     fn note(&mut self, ev: notify::Result<Event>) -> bool {
         match ev {
+            Ok(ev) if ev.need_rescan() => {
+                // Events were lost (queue overflow): a close may be among them.
+                tracing::warn!("config watcher lost events; re-reading the file");
+                self.writer_open = None;
+                true
+            }
             Ok(ev) => {
                 if matches!(
                     ev.kind,
@@ -186,9 +195,12 @@ impl WatchState {
                         | EventKind::Modify(ModifyKind::Any) => {
                             self.writer_open.get_or_insert_with(Instant::now);
                         }
-                        EventKind::Access(AccessKind::Close(AccessMode::Write)) => {
-                            self.writer_open = None
-                        }
+                        // Closed by its writer; or replaced, removed, renamed away: whoever
+                        // held the old file open is not writing this name any more.
+                        EventKind::Access(AccessKind::Close(AccessMode::Write))
+                        | EventKind::Create(_)
+                        | EventKind::Remove(_)
+                        | EventKind::Modify(ModifyKind::Name(_)) => self.writer_open = None,
                         _ => {}
                     }
                 }

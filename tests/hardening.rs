@@ -382,3 +382,173 @@ async fn content_length_with_transfer_encoding_is_refused() {
     let answer = String::from_utf8_lossy(&read_until_closed(&mut s, "pipeline").await).into_owned();
     assert_eq!(answer.matches("HTTP/1.1 200").count(), 3, "{answer}");
 }
+
+/// Routes by the host the client asked for, whatever the framing: HTTP/2 `:authority`, an
+/// HTTP/1 absolute-form target (which overrides `Host`), or `Host`.
+#[tokio::test]
+async fn host_routes_see_authority_over_h2_and_absolute_form() {
+    let (shop, other) = (Origin::start("shop").await, Origin::start("other").await);
+    let proxy = Proxy::start(&format!(
+        r#"listeners: [{{ address: "127.0.0.1:0" }}]
+routes:
+  - name: shop
+    match: {{ host: shop.example.com }}
+    versions: {{ v: {{ endpoints: ["{}"] }} }}
+  - name: other
+    versions: {{ v: {{ endpoints: ["{}"] }} }}
+"#,
+        shop.addr, other.addr
+    ))
+    .await;
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    let answer = raw(
+        &mut s,
+        "GET http://shop.example.com/cart HTTP/1.1\r\nHost: other.example\r\n\r\n",
+    )
+    .await;
+    assert!(answer.ends_with("shop"), "absolute-form: {answer}");
+    let answer = raw(
+        &mut s,
+        "GET http://other.example/cart HTTP/1.1\r\nHost: shop.example.com\r\n\r\n",
+    )
+    .await;
+    assert!(answer.ends_with("other"), "absolute-form: {answer}");
+
+    // HTTP/2 has no Host header: the route comes from :authority.
+    let tcp = TcpStream::connect(proxy.addr).await.unwrap();
+    let (client, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(conn);
+    for (authority, want) in [("shop.example.com", "shop"), ("other.example", "other")] {
+        let mut c = client.clone().ready().await.unwrap();
+        let req = http::Request::get(format!("http://{authority}/x"))
+            .body(())
+            .unwrap();
+        let (resp, _) = c.send_request(req, true).unwrap();
+        let mut body = resp.await.unwrap().into_body();
+        let mut text = Vec::new();
+        while let Some(chunk) = body.data().await {
+            text.extend_from_slice(&chunk.unwrap());
+        }
+        assert_eq!(
+            String::from_utf8_lossy(&text),
+            want,
+            "h2 :authority {authority}"
+        );
+    }
+    assert_eq!(shop.last().headers["host"], "shop.example.com");
+    assert_eq!(other.last().headers["host"], "other.example");
+}
+
+/// The HTTP/2 limits canaryd sets (256 concurrent streams, 64 KiB header lists) are what a
+/// client sees, not hyper's defaults (200 streams, 16 KiB).
+#[tokio::test]
+async fn h2_stream_and_header_list_limits_hold() {
+    let origin = Origin::start("stable").await;
+    let proxy = Proxy::start(&yaml(&origin, "")).await;
+    let tcp = TcpStream::connect(proxy.addr).await.unwrap();
+    let (client, mut conn) = h2::client::handshake(tcp).await.unwrap();
+    // Drive the connection until the server's SETTINGS arrived (a first request does it).
+    let mut c = client.clone().ready().await.unwrap();
+    let (resp, _) = c
+        .send_request(
+            http::Request::get(format!("http://{}/", proxy.addr))
+                .body(())
+                .unwrap(),
+            true,
+        )
+        .unwrap();
+    let resp = tokio::select! {
+        r = resp => r.unwrap(),
+        _ = &mut conn => panic!("connection ended"),
+    };
+    assert_eq!(resp.status(), 200);
+    assert_eq!(conn.max_concurrent_send_streams(), 256);
+    tokio::spawn(conn);
+
+    let with_header = |len: usize| {
+        http::Request::get(format!("http://{}/h{len}", proxy.addr))
+            .header("x-big", "a".repeat(len))
+            .body(())
+            .unwrap()
+    };
+    // 32 KiB of header: over hyper's 16 KiB default, within canaryd's 64 KiB.
+    let mut c = client.clone().ready().await.unwrap();
+    let (resp, _) = c.send_request(with_header(32 * 1024), true).unwrap();
+    assert_eq!(resp.await.unwrap().status(), 200);
+    assert_eq!(origin.last().uri.path(), "/h32768");
+    // 100 KiB: refused, and nothing reaches the origin.
+    let mut c = client.clone().ready().await.unwrap();
+    let refused = match c.send_request(with_header(100 * 1024), true) {
+        Err(_) => true,
+        Ok((resp, _)) => match resp.await {
+            Err(_) => true,
+            Ok(r) => r.status() == 431,
+        },
+    };
+    assert!(refused, "a 100 KiB header list was accepted");
+    assert_eq!(origin.last().uri.path(), "/h32768");
+}
+
+/// Draining (SIGTERM) closes gracefully: an HTTP/1.1 keep-alive response in flight carries
+/// `Connection: close`, an HTTP/2 client gets GOAWAY (no new streams) while its stream in
+/// flight still completes.
+#[tokio::test]
+async fn drain_closes_keep_alive_with_connection_close_and_h2_with_goaway() {
+    let origin = Origin::start("stable").await;
+    let mut proxy = Proxy::start(&yaml(&origin, "")).await;
+    let mut h1 = TcpStream::connect(proxy.addr).await.unwrap();
+    h1.write_all(b"GET /sleep/600 HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let tcp = TcpStream::connect(proxy.addr).await.unwrap();
+    let (client, conn) = h2::client::handshake(tcp).await.unwrap();
+    let conn = tokio::spawn(conn);
+    let mut c = client.clone().ready().await.unwrap();
+    let (h2_resp, _) = c
+        .send_request(
+            http::Request::get(format!("http://{}/sleep/600", proxy.addr))
+                .body(())
+                .unwrap(),
+            true,
+        )
+        .unwrap();
+    wait_for("both requests at the origin", || origin.seen().len() == 2).await;
+    proxy.begin_stop();
+
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), h1.read_to_end(&mut buf))
+        .await
+        .expect("keep-alive connection not closed after its response")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&buf).to_ascii_lowercase();
+    assert!(answer.starts_with("http/1.1 200"), "{answer}");
+    assert!(answer.contains("connection: close"), "{answer}");
+
+    // GOAWAY: the client may open no new stream, but the one in flight finishes.
+    let refused = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match client.clone().ready().await {
+                Err(_) => return true,
+                Ok(mut c) => {
+                    let req = http::Request::get(format!("http://{}/late", proxy.addr))
+                        .body(())
+                        .unwrap();
+                    match c.send_request(req, true) {
+                        Err(_) => return true,
+                        Ok((r, _)) => {
+                            if r.await.is_err() {
+                                return true;
+                            }
+                        }
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("no GOAWAY");
+    assert!(refused);
+    assert_eq!(h2_resp.await.unwrap().status(), 200);
+    let _ = tokio::time::timeout(Duration::from_secs(10), conn).await;
+}

@@ -99,7 +99,7 @@ async fn in_place_write_is_picked_up() {
     let proxy = Proxy::start_file(&path).await;
     assert!(served_by(&proxy, 10).await.iter().all(|b| b == "stable"));
     std::fs::write(&path, config(&stable, &canary, "100", false)).unwrap();
-    proxy.wait_generation(2).await;
+    proxy.wait_watched(2).await;
     assert!(served_by(&proxy, 10).await.iter().all(|b| b == "canary"));
 }
 
@@ -113,7 +113,7 @@ async fn rename_write_is_picked_up_repeatedly() {
     // A file watch would go silent after the first rename; the directory watch does not.
     for (i, w) in ["100", "0", "100"].iter().enumerate() {
         write_rename(&path, &config(&stable, &canary, w, false));
-        proxy.wait_generation(i as u64 + 2).await;
+        proxy.wait_watched(i as u64 + 2).await;
         let want = if *w == "100" { "canary" } else { "stable" };
         assert!(served_by(&proxy, 5).await.iter().all(|b| b == want));
     }
@@ -127,7 +127,7 @@ async fn kubernetes_configmap_symlink_swap_is_picked_up() {
     let proxy = Proxy::start_file(&cm.path()).await;
     for (i, w) in ["100", "0"].iter().enumerate() {
         cm.update(&config(&stable, &canary, w, false));
-        proxy.wait_generation(i as u64 + 2).await;
+        proxy.wait_watched(i as u64 + 2).await;
         let want = if *w == "100" { "canary" } else { "stable" };
         assert!(served_by(&proxy, 5).await.iter().all(|b| b == want));
     }
@@ -138,9 +138,12 @@ async fn half_written_file_never_applies() {
     let (stable, canary) = (Origin::start("stable").await, Origin::start("canary").await);
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("canaryd.yaml");
-    let base = config(&stable, &canary, "0", true);
-    std::fs::write(&path, &base).unwrap();
+    std::fs::write(&path, config(&stable, &canary, "0", true)).unwrap();
     let proxy = Proxy::start_file(&path).await;
+    // First prove the watcher is live (on the current-thread test runtime it only starts
+    // once this test awaits): a half file written before it existed would test nothing.
+    write_rename(&path, &config(&stable, &canary, "1", true));
+    proxy.wait_watched(2).await;
     // The new file has two routes; cut after the first it is still a valid config (one that
     // would route /other to 404), so only the guards stop it from applying.
     let second = format!(
@@ -152,14 +155,16 @@ async fn half_written_file_never_applies() {
     let mut f = std::fs::File::create(&path).unwrap();
     f.write_all(head.as_bytes()).unwrap();
     f.flush().unwrap();
-    // Far longer than the debounce: a watcher that only debounced would apply `head` now.
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    assert_eq!(proxy.generation(), 1, "half-written file was applied");
+    // Far longer than the debounce, and longer than the watcher waits for a file that is
+    // unreadable or changing: a writer holding the file open is waited for however long.
+    let wait = canaryd::watch::UNSETTLED_MAX_WAIT + std::time::Duration::from_millis(500);
+    tokio::time::sleep(wait).await;
+    assert_eq!(proxy.generation(), 2, "half-written file was applied");
     f.write_all(tail.as_bytes()).unwrap();
     drop(f);
-    proxy.wait_generation(2).await;
+    proxy.wait_watched(3).await;
     let (_, status) = proxy.admin_call("GET", "/api/v1/reload", "").await;
-    assert_eq!(status["reloads_success"], 1, "{status}");
+    assert_eq!(status["reloads_success"], 2, "{status}");
     assert_eq!(status["reloads_failure"], 0, "{status}");
     let (_, routes) = proxy.admin_call("GET", "/api/v1/routes", "").await;
     assert_eq!(routes["routes"].as_array().unwrap().len(), 2, "{routes}");
@@ -202,7 +207,7 @@ async fn invalid_file_keeps_the_running_config_and_counts_a_failure() {
     assert!(err["at"].as_str().unwrap().starts_with("20"), "{status}");
     // Fixing the file applies again and keeps the error history.
     write_rename(&path, &config(&stable, &canary, "0", true));
-    proxy.wait_generation(2).await;
+    proxy.wait_watched(2).await;
     assert!(served_by(&proxy, 5).await.iter().all(|b| b == "stable"));
     let metrics = proxy.state.metrics.encode();
     assert!(metrics.contains("canaryd_config_generation 2"), "{metrics}");
@@ -276,7 +281,7 @@ async fn runtime_weights_and_rules_override_the_file_and_survive_reloads() {
 
     // A file reload keeps both overrides on top of the new file.
     write_rename(&path, &config(&stable, &canary, "5", true));
-    proxy.wait_generation(4).await;
+    proxy.wait_watched(4).await;
     assert!(served_by(&proxy, 5).await.iter().all(|b| b == "canary"));
     assert_eq!(
         c.get(&proxy.url("/"), &[("x-argo", "stable")]).await.body,
@@ -520,7 +525,7 @@ async fn listener_changes_need_a_restart_and_are_ignored() {
         "listeners: [{ address: \"127.0.0.1:1\" }]",
     );
     write_rename(&path, &moved);
-    proxy.wait_generation(2).await;
+    proxy.wait_watched(2).await;
     // Routing changes apply; the listener stays where it was bound.
     assert!(served_by(&proxy, 3).await.iter().all(|b| b == "canary"));
     let (_, status) = proxy.admin_call("GET", "/api/v1/reload", "").await;
@@ -542,7 +547,7 @@ async fn listener_changes_need_a_restart_and_are_ignored() {
     };
     for (g, w) in [(3, "50"), (4, "0")] {
         write_rename(&path, &capped(w));
-        proxy.wait_generation(g).await;
+        proxy.wait_watched(g).await;
         let (_, status) = proxy.admin_call("GET", "/api/v1/reload", "").await;
         assert!(
             status["needs_restart"].is_string(),
@@ -570,7 +575,7 @@ async fn upstream_pool_survives_reloads() {
             &path,
             &config(&stable, &canary, w, false).replace("weight: ", "weight: 0.0"),
         );
-        proxy.wait_generation(i as u64 + 2).await;
+        proxy.wait_watched(i as u64 + 2).await;
     }
     // Weights changed three times (all ~0%); the pooled connection to stable is reused.
     let served = served_by(&proxy, 20).await;

@@ -280,6 +280,7 @@ pub struct Proxy {
     pub addr: SocketAddr,
     pub admin: Option<SocketAddr>,
     pub state: Arc<State>,
+    pub control: Arc<canaryd::control::Control>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
@@ -306,6 +307,7 @@ impl Proxy {
         let addr = server.local_addrs()[0];
         let admin = server.admin_addr();
         let state = server.state();
+        let control = server.control();
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(server.run(async {
             let _ = rx.await;
@@ -314,6 +316,7 @@ impl Proxy {
             addr,
             admin,
             state,
+            control,
             stop: Some(tx),
             task: Some(task),
         }
@@ -334,6 +337,23 @@ impl Proxy {
     /// Wait (bounded) until the applied generation is at least `g`.
     pub async fn wait_generation(&self, g: u64) {
         wait_for(&format!("generation {g}"), || self.generation() >= g).await;
+    }
+
+    /// Wait (bounded) until generation `g` is in force, and check that the config file
+    /// watcher applied it — not the 10 s periodic re-read, which would hide a broken watcher
+    /// inside `wait_for`'s 20 s.
+    pub async fn wait_watched(&self, g: u64) {
+        self.wait_generation(g).await;
+        let last = self
+            .control
+            .status()
+            .last_success
+            .expect("no reload applied");
+        assert_eq!(
+            (last.trigger, last.generation),
+            (canaryd::control::Trigger::Watch, g),
+            "generation {g} was not applied by the file watcher"
+        );
     }
 
     /// Call the admin API; returns status and parsed JSON body.
@@ -370,9 +390,16 @@ impl Proxy {
             .unwrap_or_else(|| panic!("metric series {series} is not exported"))
     }
 
+    /// Start the drain (as SIGTERM does) without waiting for it.
+    pub fn begin_stop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+
     /// Stop accepting and wait for the drain to finish.
     pub async fn stop(mut self) {
-        let _ = self.stop.take().unwrap().send(());
+        self.begin_stop();
         self.task.take().unwrap().await.unwrap().unwrap();
     }
 }
