@@ -280,10 +280,10 @@ async fn access_log_is_json_lines_with_the_decision() {
 #[tokio::test]
 async fn access_log_is_off_by_default() {
     let (stable, canary) = (Origin::start("stable").await, Origin::start("canary").await);
-    let proc = ProxyProcess::start_with(
-        &access_yaml(&stable, &canary, false),
-        &["--log-format", "json"],
-    );
+    // No `access_log` key at all: the default is what is tested.
+    let yaml = yaml(&stable, &canary, "");
+    assert!(!yaml.contains("access_log"));
+    let proc = ProxyProcess::start_with(&yaml, &["--log-format", "json"]);
     let c = TestClient::http1();
     for _ in 0..5 {
         assert_eq!(

@@ -9,17 +9,10 @@ use std::time::Duration;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// The value of the first sample line starting with `prefix` (`name{labels}`), or 0.
-fn metric(proxy: &Proxy, prefix: &str) -> f64 {
-    proxy
-        .state
-        .metrics
-        .encode()
-        .lines()
-        .find(|l| l.starts_with(prefix))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
+/// The value of an exported series (`name{labels}`); panics when it is not exported, so a
+/// renamed metric or label cannot pass as a zero.
+fn metric(proxy: &Proxy, series: &str) -> f64 {
+    proxy.metric_value(series)
 }
 
 /// `n` GETs from `tasks` concurrent keep-alive clients; (status, serving version) of each.
@@ -75,12 +68,17 @@ async fn killed_canary_falls_back_to_primary_then_recovers() {
     assert_eq!(failures(&before), 0);
     assert!(served_by(&before, "canary") > 40, "canary serves its share");
 
-    // Crash the canary under load. Requests in flight at that instant may fail; that is the
-    // detection window.
+    // Crash the canary between two bursts. Only a request in flight at the kill may fail
+    // (none is here); the one other way is a request written to a pooled canary connection
+    // in the instant before canaryd sees it closed: at most one per concurrent client.
     let canary_addr = canary.addr;
     canary.kill();
     let window = load(&proxy, 4, 100).await;
-    println!("failures in the detection window: {}", failures(&window));
+    assert!(
+        failures(&window) <= 4,
+        "{} failures in the detection window",
+        failures(&window)
+    );
     assert!(
         metric(
             &proxy,

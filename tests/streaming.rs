@@ -6,8 +6,10 @@ mod support;
 use support::*;
 
 const GIB: u64 = 1 << 30;
-/// Allowed growth of the proxy's peak RSS while 1 GiB passes each way.
-const MAX_GROWTH_KIB: u64 = 64 * 1024;
+/// Allowed growth of the proxy's peak RSS while 1 GiB passes each way: 1.2 MiB is measured
+/// (2026-11-30); 8 MiB leaves room for allocator and buffer-size noise, while buffering even
+/// 1 % of a body would fail it.
+const MAX_GROWTH_KIB: u64 = 8 * 1024;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_gib_each_way_with_flat_memory() {

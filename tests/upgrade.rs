@@ -46,35 +46,50 @@ routes:
   - name: ws
     versions:
       stable: {{ endpoints: ["{stable}"] }}
-      canary: {{ endpoints: ["{canary}"], weight: 0 }}
-    rules:
-      - {{ to: canary, when: {{ header: {{ name: x-canary, equals: always }} }} }}
+      canary: {{ endpoints: ["{canary}"], weight: 50 }}
 "#
     );
     let proxy = Proxy::start(&yaml).await;
-
-    let mut req = format!("ws://{}/chat", proxy.addr)
-        .into_client_request()
-        .unwrap();
-    req.headers_mut()
-        .insert("x-canary", "always".parse().unwrap());
-    let tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
-    let (mut ws, resp) = tokio_tungstenite::client_async(req, tcp)
-        .await
-        .expect("upgrade");
-    assert_eq!(resp.status(), 101);
+    let rule = r#"{"to": "canary", "when": {"header": {"name": "x-canary", "equals": "always"}}}"#;
+    let (code, _) = proxy
+        .admin_call("PUT", "/api/v1/routes/ws/rules/pin", rule)
+        .await;
+    assert_eq!(code, 200);
+    let open = |header: bool| {
+        let addr = proxy.addr;
+        async move {
+            let mut req = format!("ws://{addr}/chat").into_client_request().unwrap();
+            if header {
+                req.headers_mut()
+                    .insert("x-canary", "always".parse().unwrap());
+            }
+            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let (ws, resp) = tokio_tungstenite::client_async(req, tcp)
+                .await
+                .expect("upgrade");
+            assert_eq!(resp.status(), 101);
+            ws
+        }
+    };
+    let mut ws = open(true).await;
     ws.send(Message::text("hello")).await.unwrap();
     assert_eq!(
         ws.next().await.unwrap().unwrap(),
         Message::text("canary:hello")
     );
 
-    // Send everyone to stable and drop the rule: the open socket stays on canary.
+    // Take the canary out entirely: weight 0 and the rule that pinned this socket gone.
+    let before = proxy.generation();
     let (code, _) = proxy
         .admin_call("PUT", "/api/v1/routes/ws/weights", r#"{"canary": 0}"#)
         .await;
     assert_eq!(code, 200);
-    assert!(proxy.generation() >= 2);
+    let (code, _) = proxy
+        .admin_call("DELETE", "/api/v1/routes/ws/rules/pin", "")
+        .await;
+    assert_eq!(code, 200);
+    assert_eq!(proxy.generation(), before + 2);
+    // The open socket stays on canary...
     for i in 0..5 {
         ws.send(Message::text(format!("m{i}"))).await.unwrap();
         assert_eq!(
@@ -84,13 +99,12 @@ routes:
     }
     ws.close(None).await.unwrap();
 
-    // A new socket without the header goes to stable.
-    let tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
-    let (mut ws, _) = tokio_tungstenite::client_async(format!("ws://{}/", proxy.addr), tcp)
-        .await
-        .unwrap();
-    ws.send(Message::text("x")).await.unwrap();
-    assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("stable:x"));
+    // ...while a new socket, even with the header, goes to stable: the change applied.
+    for header in [true, false] {
+        let mut ws = open(header).await;
+        ws.send(Message::text("x")).await.unwrap();
+        assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("stable:x"));
+    }
 }
 
 /// Read one HTTP/1.1 response with a `content-length` body: (head, body).

@@ -62,17 +62,20 @@ wait_url "http://127.0.0.1:$ADMIN/readyz"
 wait_url "http://127.0.0.1:$PROM/-/ready"
 echo "canaryd on http://127.0.0.1:$PROXY (admin :$ADMIN), Prometheus on http://127.0.0.1:$PROM"
 
-split() { # N requests → "stable canary" counts
-  local s=0 c=0
-  for _ in $(seq "$1"); do
-    case "$(curl -fs "http://127.0.0.1:$PROXY/")" in stable) s=$((s+1));; canary) c=$((c+1));; *) fail "bad answer";; esac
-  done
+split() { # N requests over one keep-alive connection → "stable canary" counts
+  local urls=() out s c
+  for _ in $(seq "$1"); do urls+=("http://127.0.0.1:$PROXY/"); done
+  out=$(curl -fs -w '\n' "${urls[@]}") || fail "a request failed"
+  s=$(grep -cx stable <<<"$out" || true); c=$(grep -cx canary <<<"$out" || true)
+  [ $((s + c)) = "$1" ] || fail "bad answers: $((s + c)) of $1 were stable or canary"
   echo "$s $c"
 }
 
-echo "1. 300 requests at the configured 10% canary:"
-read -r S C < <(split 300); echo "   stable $S, canary $C"
-[ "$CHECK" = 0 ] || { [ "$C" -ge 10 ] && [ "$C" -le 60 ]; } || fail "canary share $C/300 is not about 10%"
+# 2000 requests: at 10 % the canary count has mean 200 and sd 13.4, so 140..260 (±4.5 sd)
+# passes a right split but never a doubled (400) or halved (100) one; at 50 %: 900..1100.
+echo "1. 2000 requests at the configured 10% canary:"
+read -r S C < <(split 2000); echo "   stable $S, canary $C"
+[ "$CHECK" = 0 ] || { [ "$C" -ge 140 ] && [ "$C" -le 260 ]; } || fail "canary share $C/2000 is not about 10%"
 
 echo "2. the header rule: x-canary: always"
 [ "$(curl -fs -H 'x-canary: always' "http://127.0.0.1:$PROXY/")" = canary ] || fail "header rule"
@@ -80,8 +83,8 @@ echo "   canary"
 
 echo "3. change the weight live to 50% through the admin API:"
 curl -fs -XPUT "http://127.0.0.1:$ADMIN/api/v1/routes/demo/weights" -d '{"canary": 50}' | tr -d '\n '; echo
-read -r S C < <(split 300); echo "   stable $S, canary $C"
-[ "$CHECK" = 0 ] || { [ "$C" -ge 105 ] && [ "$C" -le 195 ]; } || fail "canary share $C/300 is not about 50%"
+read -r S C < <(split 2000); echo "   stable $S, canary $C"
+[ "$CHECK" = 0 ] || { [ "$C" -ge 900 ] && [ "$C" -le 1100 ]; } || fail "canary share $C/2000 is not about 50%"
 
 echo "4. Prometheus sees the new weight and per-version traffic:"
 prom() { curl -fs "http://127.0.0.1:$PROM/api/v1/query" --data-urlencode "query=$1" \
@@ -90,11 +93,11 @@ W=none; T=none
 for _ in $(seq 100); do
   W=$(prom 'canaryd_route_weight{route="demo",version="canary"}')
   T=$(prom 'sum(canaryd_requests_total{route="demo"})')
-  [ "$W" = 50 ] && [ "$T" = 601 ] && break
+  [ "$W" = 50 ] && [ "$T" = 4001 ] && break
   sleep 0.2
 done
 echo "   canaryd_route_weight{version=\"canary\"} = $W; requests seen = $T"
-[ "$CHECK" = 0 ] || { [ "$W" = 50 ] && [ "$T" = 601 ]; } || fail "Prometheus saw weight $W and $T requests"
+[ "$CHECK" = 0 ] || { [ "$W" = 50 ] && [ "$T" = 4001 ]; } || fail "Prometheus saw weight $W and $T requests"
 
 if [ "$CHECK" = 1 ]; then
   echo "native demo: all checks passed"

@@ -274,6 +274,27 @@ fn sticky_hash_is_pinned() {
         pinned, PINNED_BUCKETS,
         "the sticky hash changed: every sticky user would move"
     );
+    // What a request actually gets (the request path hashes from a precomputed seed, not
+    // through `sticky_bucket`): the same pinned bucket, and the same as `sticky_bucket` for
+    // any key.
+    let r = router(&split("10"));
+    let rng = SmallRng::seed_from_u64(7);
+    let bucket_of = |key: &str| {
+        let h = headers(&[("cookie", &format!("session={key}"))]);
+        match r.decide(None, "/", &h, &mut rng.clone()).unwrap().reason {
+            Reason::Sticky { bucket } => bucket,
+            other => panic!("not sticky: {other:?}"),
+        }
+    };
+    assert_eq!(bucket_of("user-1"), PINNED_BUCKETS[0]);
+    for i in 0..200 {
+        let key = format!("k{i}");
+        assert_eq!(
+            bucket_of(&key),
+            sticky_bucket("shop", key.as_bytes()),
+            "{key}"
+        );
+    }
 }
 
 /// Recorded from the first release; never update without a migration plan.
