@@ -10,7 +10,7 @@
 //!
 //! Every failure is a [`ProxyError`], turned into a response in exactly one place.
 
-use crate::body::ClientGone;
+use crate::body::{ClientBody, ClientGone};
 use crate::body::{Idle, ProxyBody, Replayable, RequestBody};
 use crate::config::RETRY_BUDGET_MIN;
 use crate::error::{DownstreamErrorKind, ErrorSource, ProxyError, UpstreamErrorKind};
@@ -313,6 +313,7 @@ async fn forward(
     let idle = route.timeouts().idle;
     let method = parts.method.clone();
     let no_body = body.is_end_stream();
+    let body = ClientBody::new(body, parts.version >= Version::HTTP_2);
     let status_retry_ok = no_body && is_idempotent(&method) && upgrade.is_none();
     // Our HTTP/1.1 pools hand an unsent request back; hyper-util's client does not, so a body
     // bound for it waits in a replayable slot.

@@ -353,3 +353,39 @@ async fn per_core_workers_share_the_port_and_drain() {
         .expect("per-core workers did not finish draining");
     assert!(tokio::net::TcpStream::connect(addr).await.is_err());
 }
+
+/// An HTTP/2 client that sends its END_STREAM in a frame of its own, after the upstream has
+/// already answered (the body's length was reached): the stream must not be reset. HTTP/2
+/// allows RST_STREAM(NO_ERROR) after a complete response, but clients such as Python's httpx
+/// then fail the request; canaryd reads the rest of the body instead.
+#[tokio::test]
+async fn h2_body_whose_end_comes_after_the_response_is_not_reset() {
+    let origin = Origin::start("stable").await;
+    let proxy = Proxy::start(&split_yaml(&origin, &origin, "0", "")).await;
+    let tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let (client, mut conn) = h2::client::handshake(tcp).await.unwrap();
+    let mut ping = conn.ping_pong().unwrap();
+    tokio::spawn(conn);
+    let mut c = client.ready().await.unwrap();
+    let req = http::Request::post(format!("http://{}/sink", proxy.addr))
+        .header("content-length", "5")
+        .body(())
+        .unwrap();
+    let (resp, mut body) = c.send_request(req, false).unwrap();
+    body.send_data(bytes::Bytes::from_static(b"hello"), false)
+        .unwrap();
+    // The origin answers once it has its 5 bytes; read the whole response.
+    let resp = resp.await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut rbody = resp.into_body();
+    let mut got = Vec::new();
+    while let Some(chunk) = rbody.data().await {
+        got.extend_from_slice(&chunk.unwrap());
+    }
+    assert_eq!(got, b"5");
+    // A PING round trip after the response: a reset sent with it has arrived by the PONG.
+    ping.ping(h2::Ping::opaque()).await.unwrap();
+    body.send_data(bytes::Bytes::new(), true)
+        .expect("the stream was reset after a complete response");
+    ping.ping(h2::Ping::opaque()).await.unwrap();
+}
