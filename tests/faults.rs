@@ -240,3 +240,70 @@ async fn refused_before_routing_counts_with_an_empty_route() {
     assert!(origin.seen().is_empty());
     version_is_clean(&proxy, &[]).await;
 }
+
+/// A gRPC call the client cancels mid-stream: CANCELLED in the gRPC metric, the client's
+/// leaving in `client_closed`, and nothing in the version's analysis window.
+#[tokio::test]
+async fn grpc_call_cancelled_by_the_client_is_not_a_version_failure() {
+    // An upstream that starts a gRPC response and never finishes it.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut b = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if s.read(&mut b).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(b[0]);
+                }
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/grpc\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n")
+                    .await;
+                let mut rest = [0u8; 64];
+                while s.read(&mut rest).await.unwrap_or(0) > 0 {}
+            });
+        }
+    });
+    let proxy = Proxy::start(&format!(
+        r#"listeners: [{{ address: "127.0.0.1:0" }}]
+admin: {{ address: "127.0.0.1:0" }}
+routes:
+  - name: app
+    versions:
+      stable: {{ endpoints: ["{upstream}"] }}
+"#
+    ))
+    .await;
+    let tcp = TcpStream::connect(proxy.addr).await.unwrap();
+    let (client, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(conn);
+    let mut c = client.ready().await.unwrap();
+    let req = http::Request::post(format!("http://{}/svc/Call", proxy.addr))
+        .header("content-type", "application/grpc")
+        .body(())
+        .unwrap();
+    let (resp, _) = c.send_request(req, true).unwrap();
+    let resp = resp.await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    assert!(body.data().await.unwrap().is_ok(), "first message");
+    drop(body);
+    drop(c);
+    wait_for("client_closed counted", || {
+        proxy.metric(&downstream("client_closed")) == Some(1.0)
+    })
+    .await;
+    assert_eq!(
+        proxy.metric_value(
+            "canaryd_grpc_responses_total{route=\"app\",version=\"stable\",grpc_status=\"1\"}"
+        ),
+        1.0
+    );
+    let (_, analysis) = proxy
+        .admin_call("GET", "/api/v1/routes/app/analysis?min_requests=1", "")
+        .await;
+    assert_eq!(analysis["versions"]["stable"]["requests"], 0, "{analysis}");
+}

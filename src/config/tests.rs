@@ -680,3 +680,33 @@ fn h2c_is_never_an_allowed_upgrade() {
         "not an upgrade protocol token",
     );
 }
+
+#[test]
+fn every_error_is_shown_one_per_line_with_its_field() {
+    let errs = Config::from_yaml(&GOOD.replacen("weight: 10", "weight: 150", 1).replacen(
+        "assign_cookie: canaryd_uid",
+        "assign_cookie: \"bad cookie\"",
+        1,
+    ))
+    .unwrap_err();
+    let text = errs.to_string();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), errs.errors.len(), "{text}");
+    assert!(lines.len() >= 2, "{text}");
+    for (line, e) in lines.iter().zip(&errs.errors) {
+        assert!(line.starts_with(&e.field), "{line}");
+    }
+}
+
+#[test]
+fn the_admin_token_never_prints() {
+    let text = GOOD.replacen(
+        "  address: 127.0.0.1:9901",
+        "  address: 127.0.0.1:9901\n  token: s3cr3t-t0ken",
+        1,
+    );
+    let cfg = Config::from_yaml(&text).unwrap();
+    let shown = format!("{cfg:?}");
+    assert!(!shown.contains("s3cr3t-t0ken"), "{shown}");
+    assert!(shown.contains("Secret(***)"), "{shown}");
+}
