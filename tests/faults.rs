@@ -68,43 +68,48 @@ async fn exchange(proxy: &Proxy, bytes: &[u8], half_close: bool) -> String {
     String::from_utf8_lossy(&buf).into_owned()
 }
 
+/// Wait (bounded) until exactly one `client_closed` is counted on the route.
+async fn client_closed_counted(proxy: &Proxy) {
+    wait_for("client_closed counted", || {
+        proxy.metric(&downstream("client_closed")) == Some(1.0)
+    })
+    .await;
+}
+
 /// Reset the connection (RST, not FIN): a client that crashed or gave up.
 fn reset(s: TcpStream) {
     s.set_zero_linger().unwrap();
     drop(s);
 }
 
-#[tokio::test]
-async fn broken_chunk_framing_is_a_400_counted_on_the_client() {
+/// Send a malformed body; the client (still reading) gets 400 and it counts as `bad_framing`.
+async fn malformed_body_is_a_400(request: &[u8], half_close: bool) {
     let origin = Origin::start("stable").await;
     let proxy = Proxy::start(&yaml(&origin)).await;
-    // A valid first chunk, then a size line that is not hex.
-    let answer = exchange(
-        &proxy,
-        b"POST /sink HTTP/1.1\r\nhost: a\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\nxx\r\n0\r\n\r\n",
-        false,
-    )
-    .await;
+    let answer = exchange(&proxy, request, half_close).await;
     assert!(answer.starts_with("HTTP/1.1 400"), "got {answer:?}");
     assert_eq!(proxy.metric_value(&downstream("bad_framing")), 1.0);
     version_is_clean(&proxy, &[]).await;
 }
 
 #[tokio::test]
+async fn broken_chunk_framing_is_a_400_counted_on_the_client() {
+    // A valid first chunk, then a size line that is not hex.
+    malformed_body_is_a_400(
+        b"POST /sink HTTP/1.1\r\nhost: a\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\nxx\r\n0\r\n\r\n",
+        false,
+    )
+    .await;
+}
+
+#[tokio::test]
 async fn truncated_body_is_a_400_counted_on_the_client() {
-    let origin = Origin::start("stable").await;
-    let proxy = Proxy::start(&yaml(&origin)).await;
     // 100 bytes promised, 10 sent, then the client's side of the connection ends.
-    let answer = exchange(
-        &proxy,
+    malformed_body_is_a_400(
         b"POST /sink HTTP/1.1\r\nhost: a\r\ncontent-length: 100\r\n\r\n0123456789",
         true,
     )
     .await;
-    // The client can still read: it is told what was wrong.
-    assert!(answer.starts_with("HTTP/1.1 400"), "got {answer:?}");
-    assert_eq!(proxy.metric_value(&downstream("bad_framing")), 1.0);
-    version_is_clean(&proxy, &[]).await;
 }
 
 #[tokio::test]
@@ -138,10 +143,7 @@ async fn reset_mid_upload_is_counted_on_the_client() {
     // The upload is under way at the origin before the client resets.
     wait_for("the origin to see the upload", || !origin.seen().is_empty()).await;
     reset(s);
-    wait_for("client_closed counted", || {
-        proxy.metric(&downstream("client_closed")) == Some(1.0)
-    })
-    .await;
+    client_closed_counted(&proxy).await;
     version_is_clean(&proxy, &[]).await;
 }
 
@@ -161,10 +163,7 @@ async fn reset_mid_download_is_counted_on_the_client() {
         "no response head"
     );
     reset(s);
-    wait_for("client_closed counted", || {
-        proxy.metric(&downstream("client_closed")) == Some(1.0)
-    })
-    .await;
+    client_closed_counted(&proxy).await;
     // The version answered 200 and was streaming fine: that is all it is credited with.
     assert_eq!(
         proxy.metric_value("canaryd_requests_total{route=\"app\",version=\"stable\",code=\"200\"}"),
@@ -186,10 +185,7 @@ async fn client_gone_before_the_response_is_counted_on_the_client() {
     })
     .await;
     reset(s);
-    wait_for("client_closed counted", || {
-        proxy.metric(&downstream("client_closed")) == Some(1.0)
-    })
-    .await;
+    client_closed_counted(&proxy).await;
     version_is_clean(&proxy, &[]).await;
 }
 
@@ -210,10 +206,7 @@ async fn h2_stream_cancelled_mid_upload_is_counted_on_the_client() {
     wait_for("the origin to see the upload", || !origin.seen().is_empty()).await;
     body.send_reset(h2::Reason::CANCEL);
     drop(resp);
-    wait_for("client_closed counted", || {
-        proxy.metric(&downstream("client_closed")) == Some(1.0)
-    })
-    .await;
+    client_closed_counted(&proxy).await;
     version_is_clean(&proxy, &[]).await;
 }
 
@@ -292,10 +285,7 @@ routes:
     assert!(body.data().await.unwrap().is_ok(), "first message");
     drop(body);
     drop(c);
-    wait_for("client_closed counted", || {
-        proxy.metric(&downstream("client_closed")) == Some(1.0)
-    })
-    .await;
+    client_closed_counted(&proxy).await;
     assert_eq!(
         proxy.metric_value(
             "canaryd_grpc_responses_total{route=\"app\",version=\"stable\",grpc_status=\"1\"}"

@@ -173,19 +173,19 @@ async fn refused_upgrade_is_a_normal_response() {
     assert_eq!(origin.last().uri.path(), "/second");
 }
 
+/// A GET asking to upgrade to `proto`.
+async fn upgrade_get(url: String, proto: &str) -> Resp {
+    TestClient::http1()
+        .get(&url, &[("connection", "Upgrade"), ("upgrade", proto)])
+        .await
+}
+
 #[tokio::test]
 async fn only_upgrades_the_route_allows_are_forwarded() {
     let origin = Origin::start("plain").await;
     // Default `proxy.upgrades` is [websocket], matched case-insensitively.
     let proxy = Proxy::start(&one_route(origin.addr, "")).await;
-    let get = |proto: &'static str| {
-        let url = proxy.url("/");
-        async move {
-            TestClient::http1()
-                .get(&url, &[("connection", "Upgrade"), ("upgrade", proto)])
-                .await
-        }
-    };
+    let get = |proto| upgrade_get(proxy.url("/"), proto);
     assert_eq!(get("WebSocket").await.status, 200);
     assert_eq!(origin.last().headers["upgrade"], "WebSocket");
     for proto in ["foo", "h2c"] {
@@ -207,14 +207,7 @@ async fn only_upgrades_the_route_allows_are_forwarded() {
 
     // A route's own list replaces the default: `foo` yes, WebSocket no.
     let proxy = Proxy::start(&one_route(origin.addr, "    upgrades: [FOO]\n")).await;
-    let get = |proto: &'static str| {
-        let url = proxy.url("/");
-        async move {
-            TestClient::http1()
-                .get(&url, &[("connection", "Upgrade"), ("upgrade", proto)])
-                .await
-        }
-    };
+    let get = |proto| upgrade_get(proxy.url("/"), proto);
     get("foo").await;
     assert_eq!(origin.last().headers["upgrade"], "foo");
     get("websocket").await;
