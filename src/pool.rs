@@ -16,9 +16,7 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
-use std::cell::Cell;
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -27,27 +25,6 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// Most idle connections kept per endpoint.
 const MAX_IDLE: usize = 1024;
 
-/// Pools built from now on keep this many separate idle lists, one per per-core worker.
-static WORKERS: AtomicUsize = AtomicUsize::new(1);
-
-thread_local! {
-    /// The per-core worker this thread runs (0 outside per-core mode).
-    static WORKER: Cell<usize> = const { Cell::new(0) };
-}
-
-/// Per-core mode with `n` workers: each worker reuses only connections it opened itself, so a
-/// connection's I/O and the requests on it stay on one thread. Call before the first snapshot.
-/// Only ever raises the count (tests run servers of both kinds in one process; a thread
-/// outside per-core mode uses list 0).
-pub fn set_workers(n: usize) {
-    WORKERS.fetch_max(n, Ordering::Relaxed);
-}
-
-/// Mark the calling thread as per-core worker `i` (`0..n` of [`set_workers`]).
-pub fn enter_worker(i: usize) {
-    WORKER.with(|w| w.set(i));
-}
-
 type Idle = Mutex<VecDeque<(SendRequest<RequestBody>, Instant)>>;
 
 /// One endpoint's idle connections.
@@ -55,7 +32,9 @@ type Idle = Mutex<VecDeque<(SendRequest<RequestBody>, Instant)>>;
 pub struct Pool {
     authority: Authority,
     connect_timeout: Duration,
-    /// One list per per-core worker (one in all in the shared runtime). Most recently used at
+    /// One list per per-core worker (one in all in the shared runtime), indexed by the
+    /// worker that serves the request: a worker reuses only connections it opened itself, so
+    /// a connection's I/O and the requests on it stay on one thread. Most recently used at
     /// the back (warm caches, and the oldest age out from the front).
     idle: Box<[Idle]>,
 }
@@ -73,37 +52,39 @@ pub struct SendError {
 pub struct Lease {
     sender: SendRequest<RequestBody>,
     pool: Arc<Pool>,
+    /// The worker whose idle list takes the connection back.
+    worker: usize,
 }
 
 impl Lease {
     pub fn release(self) {
-        self.pool.put(self.sender);
+        self.pool.put(self.worker, self.sender);
     }
 }
 
 impl Pool {
-    pub fn new(authority: Authority, connect_timeout: Duration) -> Pool {
+    /// A pool for `workers` per-core workers (1 for the shared runtime).
+    pub fn new(authority: Authority, connect_timeout: Duration, workers: usize) -> Pool {
         Pool {
             authority,
             connect_timeout,
-            idle: (0..WORKERS.load(Ordering::Relaxed))
+            idle: (0..workers.max(1))
                 .map(|_| Mutex::new(VecDeque::new()))
                 .collect(),
         }
     }
 
-    /// The calling worker's idle list.
-    fn idle(&self) -> &Idle {
-        let i = WORKER.with(Cell::get);
-        &self.idle[i.min(self.idle.len() - 1)]
+    /// Worker `i`'s idle list.
+    fn idle(&self, worker: usize) -> &Idle {
+        &self.idle[worker.min(self.idle.len() - 1)]
     }
 
-    fn put(&self, sender: SendRequest<RequestBody>) {
+    fn put(&self, worker: usize, sender: SendRequest<RequestBody>) {
         if sender.is_closed() {
             return;
         }
         let now = Instant::now();
-        let mut idle = self.idle().lock().unwrap_or_else(|e| e.into_inner());
+        let mut idle = self.idle(worker).lock().unwrap_or_else(|e| e.into_inner());
         while idle
             .front()
             .is_some_and(|(_, t)| now.duration_since(*t) > IDLE_TIMEOUT)
@@ -115,8 +96,8 @@ impl Pool {
         }
     }
 
-    fn checkout(&self) -> Option<SendRequest<RequestBody>> {
-        let mut idle = self.idle().lock().unwrap_or_else(|e| e.into_inner());
+    fn checkout(&self, worker: usize) -> Option<SendRequest<RequestBody>> {
+        let mut idle = self.idle(worker).lock().unwrap_or_else(|e| e.into_inner());
         while let Some((s, t)) = idle.pop_back() {
             if !s.is_closed() && t.elapsed() <= IDLE_TIMEOUT {
                 return Some(s);
@@ -125,18 +106,20 @@ impl Pool {
         None
     }
 
-    /// Send `req` (origin-form URI, `Host` set) on an idle connection or a new one.
+    /// Send `req` (origin-form URI, `Host` set) on one of `worker`'s idle connections or a
+    /// new one.
     pub async fn send(
         self: &Arc<Self>,
+        worker: usize,
         mut req: Request<RequestBody>,
     ) -> Result<(Response<Incoming>, Lease), SendError> {
-        while let Some(mut sender) = self.checkout() {
+        while let Some(mut sender) = self.checkout(worker) {
             // Just released: its connection may still be finishing the last response.
             if sender.ready().await.is_err() {
                 continue;
             }
             match sender.try_send_request(req).await {
-                Ok(resp) => return Ok((resp, self.lease(sender))),
+                Ok(resp) => return Ok((resp, self.lease(worker, sender))),
                 Err(mut e) => match e.take_message() {
                     // Closed under us before the request went out: try the next one.
                     Some(r) => req = r,
@@ -160,7 +143,7 @@ impl Pool {
             }
         };
         match sender.try_send_request(req).await {
-            Ok(resp) => Ok((resp, self.lease(sender))),
+            Ok(resp) => Ok((resp, self.lease(worker, sender))),
             Err(mut e) => {
                 tracing::debug!(error = %e.error(), endpoint = %self.authority, "upstream request failed");
                 Err(SendError {
@@ -171,10 +154,11 @@ impl Pool {
         }
     }
 
-    fn lease(self: &Arc<Self>, sender: SendRequest<RequestBody>) -> Lease {
+    fn lease(self: &Arc<Self>, worker: usize, sender: SendRequest<RequestBody>) -> Lease {
         Lease {
             sender,
             pool: self.clone(),
+            worker,
         }
     }
 

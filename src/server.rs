@@ -110,7 +110,6 @@ impl Server {
         text: Option<&str>,
         workers: usize,
     ) -> anyhow::Result<Server> {
-        crate::pool::set_workers(workers);
         let admin = match &config.admin {
             None => None,
             Some(a) => {
@@ -145,7 +144,8 @@ impl Server {
             listeners.push((sockets, tls));
         }
         let tls: Vec<Arc<TlsListener>> = listeners.iter().filter_map(|(_, t)| t.clone()).collect();
-        let state = Arc::new(State::new(config).map_err(|e| anyhow::anyhow!("{e}"))?);
+        let state =
+            Arc::new(State::with_workers(config, workers).map_err(|e| anyhow::anyhow!("{e}"))?);
         let control = Arc::new(Control::new(state.clone(), path, text, tls));
         Ok(Server {
             state,
@@ -217,8 +217,10 @@ impl Server {
                 generation = self.state.snapshot().generation,
                 "proxy listening"
             );
+            // This runtime is worker 0; the threads below are workers 1...
             loops.spawn(accept_loop(
                 listener,
+                0,
                 tls.clone(),
                 self.state.clone(),
                 limits.clone(),
@@ -299,7 +301,6 @@ fn run_worker(
     limits: ConnLimits,
     stop: watch::Receiver<bool>,
 ) {
-    crate::pool::enter_worker(i);
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -317,6 +318,7 @@ fn run_worker(
                 Ok(l) => {
                     loops.spawn(accept_loop(
                         l,
+                        i,
                         tls,
                         state.clone(),
                         limits.clone(),
@@ -332,6 +334,7 @@ fn run_worker(
 
 async fn accept_loop(
     listener: TcpListener,
+    worker: usize,
     tls: Option<Arc<TlsListener>>,
     state: Arc<State>,
     limits: ConnLimits,
@@ -379,7 +382,7 @@ async fn accept_loop(
         };
         while conns.try_join_next().is_some() {}
         let _ = stream.set_nodelay(true);
-        let conn_info = ConnInfo::new(peer, if tls.is_some() { "https" } else { "http" });
+        let conn_info = ConnInfo::new(peer, if tls.is_some() { "https" } else { "http" }, worker);
         let activity = Arc::new(ConnActivity::default());
         let st = state.clone();
         let act = activity.clone();

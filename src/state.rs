@@ -119,6 +119,8 @@ struct Clients {
     pools: HashMap<(Duration, String), Arc<Pool>>,
     /// Running active health checks and the settings they were started with.
     checks: HashMap<HealthKey, (HealthCheck, Upstream, tokio::task::AbortHandle)>,
+    /// Per-core workers serving requests: each pool keeps an idle list per worker.
+    workers: usize,
 }
 
 type HealthKey = (String, String, String);
@@ -134,6 +136,11 @@ impl Drop for Clients {
 impl State {
     /// Build the first snapshot. Fails only on upstream TLS files that cannot be used.
     pub fn new(config: Config) -> Result<State, ConfigError> {
+        State::with_workers(config, 1)
+    }
+
+    /// [`State::new`] for `workers` per-core workers (see [`crate::pool::Pool`]).
+    pub fn with_workers(config: Config, workers: usize) -> Result<State, ConfigError> {
         let metrics = Arc::new(Metrics::new());
         let mut clients = Clients {
             by_key: HashMap::new(),
@@ -142,6 +149,7 @@ impl State {
             down: HashMap::new(),
             pools: HashMap::new(),
             checks: HashMap::new(),
+            workers,
         };
         let first = clients.build(config, &metrics)?;
         publish(&metrics, &first);
@@ -243,7 +251,7 @@ impl Clients {
                             self.pools
                                 .entry(key)
                                 .or_insert_with(|| {
-                                    Arc::new(Pool::new(e.authority.clone(), connect))
+                                    Arc::new(Pool::new(e.authority.clone(), connect, self.workers))
                                 })
                                 .clone()
                         })
