@@ -94,29 +94,19 @@ fn describe_test(t: &ValueTest) -> String {
 
 /// Bucket ranges of a route's versions, e.g. `canary 10.00% (buckets 0-999)`.
 fn describe_table(route: &Route) -> String {
-    let mut parts = Vec::new();
-    let mut lo = 0u32;
-    let versions = &route.config.versions;
-    for v in versions.iter().skip(1).filter(|v| v.weight.0 > 0) {
-        parts.push(format!(
-            "{} {}% (buckets {}-{})",
-            v.name,
-            v.weight,
-            lo,
-            lo + v.weight.0 - 1
-        ));
-        lo += v.weight.0;
-    }
-    if lo < BUCKETS {
-        parts.push(format!(
-            "{} {}% (buckets {}-{})",
-            versions[0].name,
-            Weight(BUCKETS - lo),
-            lo,
-            BUCKETS - 1
-        ));
-    }
-    parts.join(", ")
+    route
+        .bucket_ranges()
+        .map(|(v, r)| {
+            format!(
+                "{} {}% (buckets {}-{})",
+                route.config.versions[v].name,
+                Weight(r.end - r.start),
+                r.start,
+                r.end - 1
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Explain which route and version a request would get, as `canaryd route` prints it.

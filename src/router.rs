@@ -241,6 +241,18 @@ impl Route {
         host_ok && path.starts_with(self.config.path_prefix.as_str())
     }
 
+    /// The bucket range each version owns, in table order (non-primary versions from bucket 0
+    /// up in listed order, then the primary): the one layout that routing uses and that
+    /// `canaryd route` prints. Versions that own no bucket are left out.
+    pub fn bucket_ranges(&self) -> impl Iterator<Item = (usize, std::ops::Range<u32>)> + '_ {
+        let starts = std::iter::once(0).chain(self.table_bounds.iter().copied());
+        starts
+            .zip(self.table_bounds.iter().copied())
+            .zip(self.table_versions.iter().copied())
+            .filter(|((lo, hi), _)| lo < hi)
+            .map(|((lo, hi), v)| (v, lo..hi))
+    }
+
     /// Version for a bucket in `0..BUCKETS`.
     pub fn version_for_bucket(&self, bucket: u32) -> usize {
         let i = self

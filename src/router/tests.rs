@@ -517,3 +517,20 @@ fn cookie_search_agrees_with_pair_splitting() {
         }
     }
 }
+
+#[test]
+fn printed_bucket_ranges_are_the_routing_layout() {
+    for canary in ["0", "0.01", "10", "33.33", "100"] {
+        let r = router(&split(canary));
+        let route = &r.routes[0];
+        let ranges: Vec<_> = route.bucket_ranges().collect();
+        let covered: u32 = ranges.iter().map(|(_, r)| r.end - r.start).sum();
+        assert_eq!(covered, BUCKETS, "{canary}: {ranges:?}");
+        for (v, range) in &ranges {
+            assert!(!range.is_empty(), "{canary}: {ranges:?}");
+            for b in range.clone() {
+                assert_eq!(route.version_for_bucket(b), *v, "{canary}: bucket {b}");
+            }
+        }
+    }
+}
