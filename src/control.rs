@@ -17,7 +17,7 @@ use crate::analysis;
 use crate::config::raw::{RawRule, RawWhen};
 use crate::config::{
     Admin, Condition, Config, ConfigError, Errors, FieldError, Listener, RouteConfig, StickyKey,
-    ValueTest, WEIGHT_SCALE, Weight, validate_rule,
+    ValueTest, Weight, validate_rule,
 };
 use crate::metrics::ReloadResult;
 use crate::state::State;
@@ -677,18 +677,14 @@ fn compose(file: &Config, ov: &mut Overrides) -> Result<Config, ConfigError> {
                 x.weight = *w;
             }
         }
-        let total: u32 = route.versions.iter().skip(1).map(|v| v.weight.0).sum();
-        if total > WEIGHT_SCALE {
+        if let Err(total) = crate::config::primary_takes_the_rest(&mut route.versions) {
             errors.push(FieldError {
                 field: format!("routes[{ri}].versions"),
                 message: format!(
-                    "with the runtime weight overrides of route `{}` the non-primary weights sum to {}%, more than 100%",
+                    "with the runtime weight overrides of route `{}` the non-primary weights sum to {total}%, more than 100%",
                     route.name,
-                    Weight(total)
                 ),
             });
-        } else {
-            route.versions[0].weight = Weight(WEIGHT_SCALE - total);
         }
         let mut runtime_rules = Vec::new();
         o.rules.retain(|raw| {

@@ -1202,7 +1202,6 @@ fn validate_versions(
     }
     let mut out: Vec<VersionConfig> = Vec::new();
     let mut seen = HashSet::new();
-    let mut total = 0u32;
     for (idx, (name, v)) in raw.0.iter().enumerate() {
         let f = format!("{vf}.{name}");
         if let Err(m) = check_label_name(name, "version name") {
@@ -1241,7 +1240,6 @@ fn validate_versions(
                 }
             },
         };
-        total += weight.0;
         let upstream = validate_upstream(v, &f, errs);
         out.push(VersionConfig {
             name: name.clone(),
@@ -1250,18 +1248,27 @@ fn validate_versions(
             upstream,
         });
     }
-    if total > WEIGHT_SCALE {
+    if let Err(total) = primary_takes_the_rest(&mut out) {
         errs.push(
             &vf,
-            format!(
-                "weights of the non-primary versions sum to {}%, more than 100%",
-                Weight(total)
-            ),
+            format!("weights of the non-primary versions sum to {total}%, more than 100%"),
         );
-    } else {
-        out[0].weight = Weight(WEIGHT_SCALE - total);
     }
     out
+}
+
+/// The weight rule, in one place for the file and the runtime overrides: non-primary versions
+/// carry weights, the primary (first) gets the rest. Errs with the non-primary total when it
+/// is over 100 %, leaving the weights as they were.
+pub fn primary_takes_the_rest(versions: &mut [VersionConfig]) -> Result<(), Weight> {
+    let total: u32 = versions.iter().skip(1).map(|v| v.weight.0).sum();
+    if total > WEIGHT_SCALE {
+        return Err(Weight(total));
+    }
+    if let Some(primary) = versions.first_mut() {
+        primary.weight = Weight(WEIGHT_SCALE - total);
+    }
+    Ok(())
 }
 
 /// Validate one rule against a route's versions. Public within the crate so runtime rules
