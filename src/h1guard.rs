@@ -455,6 +455,37 @@ POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n\
 5;ext=1\r\nhello\r\n1A\r\nContent-Length: 5\r\n\r\nxxxxx\r\n0\r\nX-T: 1\r\n\r\n\
 GET /d HTTP/1.1\r\nHost: x\r\n\r\n";
 
+    /// The reader hyper sees: a valid request passes untouched, a conflicting head after it
+    /// is replaced by bytes that cannot parse, and nothing after them is read; a passthrough
+    /// stream (TLS with ALPN h2) is never inspected.
+    #[tokio::test]
+    async fn the_guarded_stream_poisons_a_conflicting_head() {
+        use tokio::io::AsyncReadExt;
+        let ok = &b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n"[..];
+        let bad = &b"POST /e HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"[..];
+        let stream = [ok, bad].concat();
+        let mut out = Vec::new();
+        Guarded::new(&stream[..])
+            .read_to_end(&mut out)
+            .await
+            .unwrap();
+        // Bytes of the bad head read before its end was seen may have gone through; the head
+        // never completes: it ends in the poison, without its framing headers or body.
+        assert!(out.starts_with(ok) && out.ends_with(POISON), "{out:?}");
+        let rest = &out[ok.len()..out.len() - POISON.len()];
+        assert!(
+            bad.starts_with(rest) && !rest.ends_with(b"\r\n\r\n"),
+            "{rest:?}"
+        );
+        assert!(!out.windows(8).any(|w| w == b"chunked\r"), "{out:?}");
+        let mut out = Vec::new();
+        Guarded::passthrough(&stream[..])
+            .read_to_end(&mut out)
+            .await
+            .unwrap();
+        assert_eq!(out, stream);
+    }
+
     #[test]
     fn valid_pipelines_pass_however_they_are_split() {
         for seed in 0..500 {
