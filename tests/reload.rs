@@ -263,6 +263,13 @@ async fn runtime_weights_and_rules_override_the_file_and_survive_reloads() {
     assert!(served_by(&proxy, 5).await.iter().all(|b| b == "canary"));
     let (_, route) = proxy.admin_call("GET", "/api/v1/routes/app", "").await;
     assert_eq!(route["versions"][1]["weight"], 100.0);
+    // The primary gets the rest under runtime overrides too (cargo-mutants found this path
+    // unchecked): in the API and in the weight metric.
+    assert_eq!(route["versions"][0]["weight"], 0.0);
+    assert_eq!(
+        proxy.metric_value("canaryd_route_weight{route=\"app\",version=\"stable\"}"),
+        0.0
+    );
     assert_eq!(route["versions"][1]["weight_source"], "override");
     assert_eq!(route["versions"][1]["file_weight"], 0.0);
     assert_eq!(route["generation"], 2);
