@@ -95,11 +95,12 @@ impl ProxyBody {
         lease: Option<Lease>,
         mut gone: ClientGone,
     ) -> ProxyBody {
-        if body.is_end_stream() {
+        let ended = body.is_end_stream();
+        if ended {
             gone.disarm();
         }
         match lease {
-            Some(l) if body.is_end_stream() => {
+            Some(l) if ended => {
                 l.release();
                 ProxyBody::Upstream(body, idle, None, gone)
             }

@@ -109,6 +109,13 @@ impl DownstreamErrorKind {
     }
 }
 
+/// `e` and every error it was caused by, outermost first.
+fn causes<'a>(
+    e: &'a (dyn std::error::Error + 'static),
+) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
+    std::iter::successors(Some(e), |s| s.source())
+}
+
 /// The client's request body failed; carried through the upstream client's error chain so
 /// the exchange is blamed on the client ([`ProxyError::from_exchange`]).
 #[derive(Debug, thiserror::Error)]
@@ -118,24 +125,21 @@ pub struct ClientBodyError(pub ProxyError);
 impl ClientBodyError {
     /// Classify an error of the client's body stream: our idle timer, or hyper's read error.
     pub fn classify(e: &(dyn std::error::Error + 'static)) -> ClientBodyError {
-        let mut src: Option<&(dyn std::error::Error + 'static)> = Some(e);
-        while let Some(s) = src {
+        use std::io::ErrorKind as K;
+        let kind = causes(e).find_map(|s| {
             if s.is::<crate::body::IdleTimeout>() {
-                return ClientBodyError(ProxyError::BodyTimeout);
+                return Some(ProxyError::BodyTimeout);
             }
-            if let Some(io) = s.downcast_ref::<std::io::Error>() {
-                use std::io::ErrorKind as K;
-                return ClientBodyError(match io.kind() {
-                    // hyper's decoder: EOF before the framing said the body ends, or
-                    // broken chunk syntax.
+            s.downcast_ref::<std::io::Error>()
+                .map(|io| match io.kind() {
+                    // hyper's decoder: EOF before the framing said the body ends, or broken
+                    // chunk syntax.
                     K::UnexpectedEof | K::InvalidData | K::InvalidInput => ProxyError::BadBody,
                     _ => ProxyError::ClientClosed,
-                });
-            }
-            src = s.source();
-        }
+                })
+        });
         // No I/O cause: the connection ended under the body, or an HTTP/2 stream was reset.
-        ClientBodyError(ProxyError::ClientClosed)
+        ClientBodyError(kind.unwrap_or(ProxyError::ClientClosed))
     }
 }
 
@@ -265,14 +269,9 @@ impl ProxyError {
     /// request body ([`ClientBodyError`]) is the client's fault; anything else broke the
     /// upstream side.
     pub fn from_exchange(e: &(dyn std::error::Error + 'static)) -> ProxyError {
-        let mut src: Option<&(dyn std::error::Error + 'static)> = Some(e);
-        while let Some(s) = src {
-            if let Some(c) = s.downcast_ref::<ClientBodyError>() {
-                return c.0;
-            }
-            src = s.source();
-        }
-        ProxyError::UpstreamReset
+        causes(e)
+            .find_map(|s| s.downcast_ref::<ClientBodyError>().map(|c| c.0))
+            .unwrap_or(ProxyError::UpstreamReset)
     }
 
     /// Classify a client error from hyper-util's pooled client.
@@ -282,16 +281,15 @@ impl ProxyError {
             return exchange;
         }
         if e.is_connect() {
-            let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
-            while let Some(s) = src {
-                if let Some(io) = s.downcast_ref::<std::io::Error>() {
-                    if io.kind() == std::io::ErrorKind::TimedOut {
-                        return ProxyError::ConnectTimeout;
-                    }
-                }
-                src = s.source();
+            let timed_out = causes(e).any(|s| {
+                s.downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+            });
+            if timed_out {
+                ProxyError::ConnectTimeout
+            } else {
+                ProxyError::Connect
             }
-            ProxyError::Connect
         } else {
             ProxyError::UpstreamReset
         }

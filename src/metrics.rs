@@ -192,6 +192,9 @@ pub struct Metrics {
     duration: Family<VersionLabels, LatencyHistogram>,
     upstream_errors: Family<UpstreamErrorLabels, Counter>,
     downstream_errors: Family<DownstreamErrorLabels, Counter>,
+    /// `canaryd_downstream_errors_total{route=""}`: connections and requests that failed
+    /// before a route was chosen. Resolved once, so they are exported as zeros from the start.
+    unrouted: DownstreamCounters,
     grpc: Family<GrpcLabels, Counter>,
     route_weight: Family<VersionLabels, Gauge<f64, AtomicU64>>,
     /// 1 for each route's primary version (absent for the others), for PromQL joins.
@@ -323,19 +326,14 @@ impl Metrics {
         for r in [ReloadResult::Success, ReloadResult::Failure] {
             let _ = reloads.get_or_create(&ResultLabels { result: r.as_str() });
         }
-        // Connection-level client failures (no route yet) exist from the start too.
-        for k in DownstreamErrorKind::ALL {
-            let _ = downstream_errors.get_or_create(&DownstreamErrorLabels {
-                route: String::new(),
-                kind: k.as_str(),
-            });
-        }
+        let unrouted = downstream_counters(&downstream_errors, "");
         Metrics {
             registry,
             requests,
             duration,
             upstream_errors,
             downstream_errors,
+            unrouted,
             grpc,
             route_weight,
             route_primary,
@@ -403,23 +401,12 @@ impl Metrics {
 
     /// Resolve the client-failure handles of one route (`""`: before routing).
     pub fn downstream(&self, route: &str) -> DownstreamCounters {
-        DownstreamCounters(DownstreamErrorKind::ALL.map(|k| {
-            self.downstream_errors
-                .get_or_create_owned(&DownstreamErrorLabels {
-                    route: route.to_string(),
-                    kind: k.as_str(),
-                })
-        }))
+        downstream_counters(&self.downstream_errors, route)
     }
 
     /// Count a client failure of a connection that never became a routed request.
     pub fn downstream_error(&self, kind: DownstreamErrorKind) {
-        self.downstream_errors
-            .get_or_create(&DownstreamErrorLabels {
-                route: String::new(),
-                kind: kind.as_str(),
-            })
-            .inc();
+        self.unrouted.count(kind);
     }
 
     /// Resolve the per-request handles of one (route, version).
@@ -457,6 +444,19 @@ impl Metrics {
             metrics: self.clone(),
         }
     }
+}
+
+/// The handles of every kind of client failure on `route`.
+fn downstream_counters(
+    family: &Family<DownstreamErrorLabels, Counter>,
+    route: &str,
+) -> DownstreamCounters {
+    DownstreamCounters(DownstreamErrorKind::ALL.map(|k| {
+        family.get_or_create_owned(&DownstreamErrorLabels {
+            route: route.to_string(),
+            kind: k.as_str(),
+        })
+    }))
 }
 
 /// Status codes 100..=599 get a slot each.

@@ -105,10 +105,8 @@ pub async fn handle(state: &State, conn: &ConnInfo, req: Request<Incoming>) -> R
     // `canaryd_downstream_errors_total`, so a bad client cannot make a version look bad.
     match (&result, target) {
         (Err(e), t) if e.source() != ErrorSource::Upstream => {
-            match (e.downstream_kind(), t) {
-                (Some(kind), Some(t)) => snap.routes[t.route].downstream.count(kind),
-                (Some(kind), None) => state.metrics.downstream_error(kind),
-                (None, _) => {}
+            if let Some(kind) = e.downstream_kind() {
+                client_fault(&snap, &state.metrics, t, kind);
             }
             if e.source() == ErrorSource::Internal {
                 tracing::warn!(error = %e, "internal error");
@@ -148,14 +146,23 @@ struct Unanswered<'a> {
 
 impl Drop for Unanswered<'_> {
     fn drop(&mut self) {
-        if self.answered {
-            return;
+        if !self.answered {
+            let kind = DownstreamErrorKind::ClientClosed;
+            client_fault(self.snap, self.metrics, self.target, kind);
         }
-        let kind = DownstreamErrorKind::ClientClosed;
-        match self.target {
-            Some(t) => self.snap.routes[t.route].downstream.count(kind),
-            None => self.metrics.downstream_error(kind),
-        }
+    }
+}
+
+/// Count a client failure on the route it was routed to, or with `route=""` before routing.
+fn client_fault(
+    snap: &Snapshot,
+    metrics: &crate::metrics::Metrics,
+    target: Option<Target>,
+    kind: DownstreamErrorKind,
+) {
+    match target {
+        Some(t) => snap.routes[t.route].downstream.count(kind),
+        None => metrics.downstream_error(kind),
     }
 }
 
