@@ -91,7 +91,7 @@ async fn run(
     );
     let mut w = WatchState {
         names,
-        writer_open: None,
+        writer_open: false,
     };
     let mut periodic = tokio::time::interval_at(Instant::now() + PERIODIC, PERIODIC);
     let far = || Instant::now() + Duration::from_secs(86_400);
@@ -109,7 +109,7 @@ async fn run(
                 }
             }
             _ = sleep_until(deadline), if pending => {
-                if w.writer_open.is_some() {
+                if w.writer_open {
                     deadline = Instant::now() + DEBOUNCE;
                     continue;
                 }
@@ -143,7 +143,7 @@ async fn run(
             _ = periodic.tick() => {
                 // A change in progress is the debounced path's job; reading now could catch
                 // an in-place write half done.
-                if pending || w.writer_open.is_some() {
+                if pending || w.writer_open {
                     continue;
                 }
                 if let Read::Stable(text) = read_stable(&path).await {
@@ -166,8 +166,8 @@ async fn run(
 struct WatchState {
     /// File names of the config and of the TLS certificates and keys.
     names: Vec<std::ffi::OsString>,
-    /// Some(t): the file was modified at t and its writer has not closed it yet.
-    writer_open: Option<Instant>,
+    /// The file was modified and its writer has not closed it yet.
+    writer_open: bool,
 }
 
 impl WatchState {
@@ -178,7 +178,7 @@ impl WatchState {
             Ok(ev) if ev.need_rescan() => {
                 // Events were lost (queue overflow): a close may be among them.
                 tracing::warn!("config watcher lost events; re-reading the file");
-                self.writer_open = None;
+                self.writer_open = false;
                 true
             }
             Ok(ev) => {
@@ -193,14 +193,14 @@ impl WatchState {
                     match ev.kind {
                         EventKind::Modify(ModifyKind::Data(_))
                         | EventKind::Modify(ModifyKind::Any) => {
-                            self.writer_open.get_or_insert_with(Instant::now);
+                            self.writer_open = true;
                         }
                         // Closed by its writer; or replaced, removed, renamed away: whoever
                         // held the old file open is not writing this name any more.
                         EventKind::Access(AccessKind::Close(AccessMode::Write))
                         | EventKind::Create(_)
                         | EventKind::Remove(_)
-                        | EventKind::Modify(ModifyKind::Name(_)) => self.writer_open = None,
+                        | EventKind::Modify(ModifyKind::Name(_)) => self.writer_open = false,
                         _ => {}
                     }
                 }
