@@ -10,8 +10,8 @@
 //! `timeouts.idle` fails instead of holding a connection (and an upstream request) forever.
 
 use crate::error::ClientBodyError;
-use crate::pool::Lease;
 use crate::proxy::GrpcDone;
+use crate::upstream::pool::Lease;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;

@@ -165,7 +165,7 @@ pub fn explain(
             uri.path()
         ));
     };
-    let route = &router.routes[d.route];
+    let route = d.route;
     let rc = &route.config;
     let mut out = String::new();
     let host_desc = rc

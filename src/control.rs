@@ -577,11 +577,8 @@ impl Control {
     /// `GET /api/v1/routes/{route}/analysis?window=60s&min_requests=50`.
     pub fn analysis_json(&self, route: &str, query: Option<&str>) -> Result<Value, ApiError> {
         let snap = self.state.snapshot();
-        let ri = snap
-            .router
-            .routes
-            .iter()
-            .position(|r| r.name() == route)
+        let rt = snap
+            .route(route)
             .ok_or_else(|| ApiError::unknown_route(route))?;
         let mut window = std::time::Duration::from_secs(60);
         let mut settings = snap.config.analysis.clone();
@@ -620,14 +617,12 @@ impl Control {
             }
         }
         let now = std::time::Instant::now();
-        let route_cfg = &snap.router.routes[ri].config;
-        let inputs: Vec<analysis::VersionInput<'_>> = route_cfg
+        let inputs: Vec<analysis::VersionInput<'_>> = rt
             .versions
             .iter()
-            .zip(&snap.routes[ri].versions)
-            .map(|(v, rt)| analysis::VersionInput {
+            .map(|v| analysis::VersionInput {
                 name: &v.name,
-                summary: rt.metrics.window.summary(now, window),
+                summary: v.metrics.window.summary(now, window),
             })
             .collect();
         Ok(analysis::analyse(

@@ -15,9 +15,10 @@ use crate::body::{Idle, ProxyBody, Replayable, RequestBody};
 use crate::config::RETRY_BUDGET_MIN;
 use crate::error::{DownstreamErrorKind, ErrorSource, ProxyError, UpstreamErrorKind};
 use crate::headers::{self, X_CANARYD_VERSION};
-use crate::pool::Lease;
-use crate::router::{self, Decision, Reason};
-use crate::state::{Snapshot, State};
+use crate::router::{self, Reason};
+use crate::state::{RouteRt, Snapshot, State};
+use crate::upstream::VersionRt;
+use crate::upstream::pool::Lease;
 use http::header::{CONTENT_TYPE, HOST, HeaderName, SET_COOKIE, UPGRADE};
 use http::uri::PathAndQuery;
 use http::{HeaderValue, Method, Request, Response, Uri, Version};
@@ -25,6 +26,7 @@ use http_body::Body as _;
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
@@ -67,10 +69,11 @@ thread_local! {
 
 /// What `forward` decided, kept for metrics and the access log even when forwarding fails.
 #[derive(Debug, Clone, Copy)]
-struct Target {
-    route: usize,
-    version: usize,
+struct Target<'s> {
+    route: &'s RouteRt,
+    version: &'s VersionRt,
     reason: Reason,
+    /// Index in `version.endpoints`.
     endpoint: usize,
 }
 
@@ -86,7 +89,6 @@ pub async fn handle(state: &State, conn: &ConnInfo, req: Request<Incoming>) -> R
         .access_log
         .then(|| (req.method().clone(), req.uri().path().to_owned()));
     let mut pending = Unanswered {
-        snap: &snap,
         metrics: &state.metrics,
         target: None,
         answered: false,
@@ -106,14 +108,14 @@ pub async fn handle(state: &State, conn: &ConnInfo, req: Request<Incoming>) -> R
     match (&result, target) {
         (Err(e), t) if e.source() != ErrorSource::Upstream => {
             if let Some(kind) = e.downstream_kind() {
-                client_fault(&snap, &state.metrics, t, kind);
+                client_fault(&state.metrics, t, kind);
             }
             if e.source() == ErrorSource::Internal {
                 tracing::warn!(error = %e, "internal error");
             }
         }
         (_, Some(t)) => {
-            let vm = &snap.routes[t.route].versions[t.version].metrics;
+            let vm = &t.version.metrics;
             // A gRPC call's success is known at its trailers: `GrpcDone` feeds the window then.
             let grpc = matches!(&result, Ok(r) if matches!(r.body(), ProxyBody::Grpc(..)));
             vm.record(status.as_u16(), elapsed, (!grpc).then_some(now));
@@ -121,9 +123,7 @@ pub async fn handle(state: &State, conn: &ConnInfo, req: Request<Incoming>) -> R
         (_, None) => {}
     }
     if let Some((method, path)) = log_req {
-        access_log(
-            &snap, conn, target, &method, &path, status, elapsed, &result,
-        );
+        access_log(conn, target, &method, &path, status, elapsed, &result);
     }
     match result {
         Ok(resp) => resp,
@@ -138,9 +138,8 @@ pub async fn handle(state: &State, conn: &ConnInfo, req: Request<Incoming>) -> R
 /// client closes the connection or resets the HTTP/2 stream first: that is counted as the
 /// client's `client_closed`, on the route when one was chosen, never against the version.
 struct Unanswered<'a> {
-    snap: &'a Snapshot,
     metrics: &'a crate::metrics::Metrics,
-    target: Option<Target>,
+    target: Option<Target<'a>>,
     answered: bool,
 }
 
@@ -148,20 +147,19 @@ impl Drop for Unanswered<'_> {
     fn drop(&mut self) {
         if !self.answered {
             let kind = DownstreamErrorKind::ClientClosed;
-            client_fault(self.snap, self.metrics, self.target, kind);
+            client_fault(self.metrics, self.target, kind);
         }
     }
 }
 
 /// Count a client failure on the route it was routed to, or with `route=""` before routing.
 fn client_fault(
-    snap: &Snapshot,
     metrics: &crate::metrics::Metrics,
-    target: Option<Target>,
+    target: Option<Target<'_>>,
     kind: DownstreamErrorKind,
 ) {
     match target {
-        Some(t) => snap.routes[t.route].downstream.count(kind),
+        Some(t) => t.route.downstream.count(kind),
         None => metrics.downstream_error(kind),
     }
 }
@@ -169,9 +167,8 @@ fn client_fault(
 /// One structured line per request, target `canaryd::access` (JSON with `--log-format json`).
 #[allow(clippy::too_many_arguments)]
 fn access_log(
-    snap: &Snapshot,
     conn: &ConnInfo,
-    target: Option<Target>,
+    target: Option<Target<'_>>,
     method: &http::Method,
     path: &str,
     status: http::StatusCode,
@@ -180,8 +177,8 @@ fn access_log(
 ) {
     let (route, version, reason, detail, upstream) = match target {
         Some(t) => {
-            let r = &snap.router.routes[t.route].config;
-            let v = &r.versions[t.version];
+            let r = t.route.config();
+            let v = t.version;
             let (reason, detail) = match t.reason {
                 Reason::Rule(i) => ("rule", i as u64),
                 Reason::Sticky { bucket } => ("sticky", u64::from(bucket)),
@@ -192,7 +189,7 @@ fn access_log(
                 v.name.as_str(),
                 reason,
                 Some(detail),
-                Some(v.endpoints[t.endpoint].to_string()),
+                Some(v.endpoints[t.endpoint].authority.to_string()),
             )
         }
         None => ("", "", "no_route", None, None),
@@ -236,11 +233,11 @@ impl Drop for GaugeGuard<'_> {
     }
 }
 
-async fn forward(
-    snap: &Arc<Snapshot>,
+async fn forward<'s>(
+    snap: &'s Arc<Snapshot>,
     conn: &ConnInfo,
     req: Request<Incoming>,
-    target: &mut Option<Target>,
+    target: &mut Option<Target<'s>>,
     start: Instant,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let (mut parts, body) = req.into_parts();
@@ -253,7 +250,7 @@ async fn forward(
     );
     // One lookup of `Host` serves routing, X-Forwarded-Host and the upstream request.
     let host_header = parts.headers.get(HOST).cloned();
-    let decision: Decision = {
+    let decision = {
         let host = router::host_of(&parts.uri, host_header.as_ref());
         RNG.with(|rng| {
             snap.router.decide_for(
@@ -266,12 +263,12 @@ async fn forward(
         })
         .ok_or(ProxyError::NoRoute)?
     };
-    let route = &snap.router.routes[decision.route];
-    let runtime = &snap.routes[decision.route];
-    let (mut vi, mut ei) = choose(route, runtime, decision.version, None);
+    let runtime: &RouteRt = decision.route;
+    let route = &runtime.route;
+    let (mut vrt, mut ei) = runtime.choose(&runtime.versions[decision.version], None);
     *target = Some(Target {
-        route: decision.route,
-        version: vi,
+        route: runtime,
+        version: vrt,
         reason: decision.reason,
         endpoint: ei,
     });
@@ -328,7 +325,7 @@ async fn forward(
     let status_retry_ok = no_body && is_idempotent(&method) && upgrade.is_none();
     // Our HTTP/1.1 pools hand an unsent request back; hyper-util's client does not, so a body
     // bound for it waits in a replayable slot.
-    let first_pooled = runtime.versions[vi].pool(ei).is_some();
+    let first_pooled = vrt.endpoints[ei].pool.is_some();
     let mut body = Some(if no_body {
         RequestBody::Empty
     } else if policy.attempts > 0 && upgrade.is_none() && !first_pooled {
@@ -342,17 +339,15 @@ async fn forward(
     let mut retry_slot: Option<Counted> = None;
     let mut attempt = 0u32;
     let (resp, lease, vrt) = loop {
-        let version = &route.config.versions[vi];
-        let vrt = &runtime.versions[vi];
-        let endpoint = &version.endpoints[ei];
-        let pool = vrt.pool(ei);
+        let endpoint = &vrt.endpoints[ei];
+        let pool = endpoint.pool.as_ref();
         let last = attempt >= policy.attempts;
         // Pools take origin-form (`/path?q`); hyper-util's client wants the absolute URI.
         let uri = match pool {
             Some(_) => Uri::from(path_and_query.clone()),
             None => {
                 let mut uri = http::uri::Parts::default();
-                uri.scheme = Some(vrt.scheme.clone());
+                uri.scheme = Some(vrt.upstream.scheme.clone());
                 uri.authority = Some(endpoint.authority.clone());
                 uri.path_and_query = Some(path_and_query.clone());
                 Uri::from_parts(uri)
@@ -388,7 +383,7 @@ async fn forward(
             }
         };
         // The version's protocol decides, whatever the client spoke.
-        *upstream_req.version_mut() = vrt.http_version;
+        *upstream_req.version_mut() = vrt.upstream.http_version;
         if pool.is_some() && !has_host && !upstream_req.headers().contains_key(HOST) {
             // HTTP/1.0 without Host: name the endpoint, as hyper-util's client would.
             if let Ok(h) = HeaderValue::from_str(endpoint.authority.as_str()) {
@@ -407,10 +402,12 @@ async fn forward(
                     Ok(Ok((r, lease))) => Ok((r, Some(lease))),
                 }
             }
-            None => match tokio::time::timeout(timeout, vrt.client.request(upstream_req)).await {
+            None => match tokio::time::timeout(timeout, vrt.upstream.client.request(upstream_req))
+                .await
+            {
                 Err(_elapsed) => Err(ProxyError::ResponseTimeout),
                 Ok(Err(e)) => {
-                    tracing::debug!(error = ?e, endpoint = %endpoint, "upstream request failed");
+                    tracing::debug!(error = ?e, endpoint = %endpoint.authority, "upstream request failed");
                     Err(ProxyError::from_client(&e))
                 }
                 Ok(Ok(r)) => Ok((r, None)),
@@ -429,10 +426,9 @@ async fn forward(
         // Outlier detection hears only what the endpoint did: a client's failure is neither.
         let upstream_outcome = !matches!(&result, Err(e) if e.source() != ErrorSource::Upstream);
         if upstream_outcome && status.is_server_error() {
-            vrt.endpoints
-                .failure(ei, &route.config.outlier, &vrt.metrics);
+            vrt.failure(ei, &route.config.outlier);
         } else if upstream_outcome {
-            vrt.endpoints.success(ei);
+            vrt.success(ei);
         }
         // Connect failures never reached the upstream: any method may go again. Other
         // failures only for idempotent requests without a body, on the statuses configured.
@@ -461,16 +457,16 @@ async fn forward(
         };
         match result {
             result if retry && can_resend && budget_ok => {
-                tracing::debug!(endpoint = %endpoint, %status, attempt, "retrying");
+                tracing::debug!(endpoint = %endpoint.authority, %status, attempt, "retrying");
                 if retry_slot.is_none() {
                     retry_slot = Some(Counted::new(&runtime.retrying));
                 }
                 drop(result);
                 attempt += 1;
                 vrt.metrics.retry();
-                (vi, ei) = choose(route, runtime, vi, Some(ei));
+                (vrt, ei) = runtime.choose(vrt, Some(ei));
                 if let Some(t) = target.as_mut() {
-                    t.version = vi;
+                    t.version = vrt;
                     t.endpoint = ei;
                 }
             }
@@ -529,7 +525,7 @@ async fn forward(
     let body = if switching {
         ProxyBody::empty()
     } else if is_grpc {
-        let mut done = GrpcDone::new(snap, decision.route, vi, start);
+        let mut done = GrpcDone::new(vrt, runtime, start);
         // Trailers-only response: the status is in the headers.
         if rparts.headers.contains_key(&GRPC_STATUS) {
             done.finish(grpc_status(&rparts.headers));
@@ -552,41 +548,6 @@ fn is_idempotent(m: &Method) -> bool {
         *m,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
     )
-}
-
-/// Version and endpoint for an attempt at version `vi` (not endpoint `skip`, which just
-/// failed). Skips ejected and unhealthy endpoints; when the version has none left and the
-/// route has `fallback`, the primary serves instead (counted on the version that could not).
-/// When nothing is available at all, it tries anyway rather than fail without trying (the
-/// "panic mode" of Envoy): ejection is a guess, a request that might succeed is not refused.
-fn choose(
-    route: &router::Route,
-    rt: &crate::state::RouteRuntime,
-    vi: usize,
-    skip: Option<usize>,
-) -> (usize, usize) {
-    let v = &rt.versions[vi];
-    let rc = &route.config;
-    if let Some(ei) = v.pick_endpoint(skip) {
-        v.endpoints
-            .note_down(false, &rc.name, &rc.versions[vi].name, rc.fallback);
-        return (vi, ei);
-    }
-    let n = rc.versions[vi].endpoints.len();
-    if skip.is_none() || v.endpoints.pick(0, None, &v.metrics).is_none() {
-        v.endpoints
-            .note_down(true, &rc.name, &rc.versions[vi].name, rc.fallback);
-    }
-    if rc.fallback && vi != 0 {
-        if let Some(ei) = rt.versions[0].pick_endpoint(None) {
-            v.metrics.fallback();
-            return (0, ei);
-        }
-    }
-    match skip {
-        Some(s) => (vi, (s + 1) % n),
-        None => (vi, v.next_endpoint(n)),
-    }
 }
 
 /// Increments a counter now and decrements it when dropped.
@@ -650,25 +611,24 @@ pub fn grpc_status(h: &http::HeaderMap) -> u8 {
 }
 
 /// Counts a gRPC call's final status once: from the trailers, or CANCELLED if the client went
-/// away first. Holds the snapshot the call started on.
+/// away first. Holds the version's metric handles and the route's `client_closed` counter.
 #[derive(Debug)]
 pub struct GrpcDone {
-    pending: Option<(Arc<Snapshot>, usize, usize, Instant)>,
+    pending: Option<(Arc<crate::metrics::VersionMetrics>, Counter, Instant)>,
 }
 
 impl GrpcDone {
-    fn new(snap: &Arc<Snapshot>, route: usize, version: usize, start: Instant) -> GrpcDone {
+    fn new(version: &VersionRt, route: &RouteRt, start: Instant) -> GrpcDone {
+        let closed = route.downstream.counter(DownstreamErrorKind::ClientClosed);
         GrpcDone {
-            pending: Some((snap.clone(), route, version, start)),
+            pending: Some((version.metrics.clone(), closed.clone(), start)),
         }
     }
 
     pub fn finish(&mut self, code: u8) {
-        if let Some((snap, r, v, start)) = self.pending.take() {
+        if let Some((metrics, _, start)) = self.pending.take() {
             let now = Instant::now();
-            snap.routes[r].versions[v]
-                .metrics
-                .grpc(code, now - start, Some(now));
+            metrics.grpc(code, now - start, Some(now));
         }
     }
 }
@@ -678,12 +638,9 @@ impl Drop for GrpcDone {
     /// in the gRPC metric, and the client's leaving in `client_closed`; the analysis window
     /// does not see it (it says nothing about the version).
     fn drop(&mut self) {
-        if let Some((snap, r, v, start)) = self.pending.take() {
-            let route = &snap.routes[r];
-            route.versions[v]
-                .metrics
-                .grpc(GRPC_CANCELLED, start.elapsed(), None);
-            route.downstream.count(DownstreamErrorKind::ClientClosed);
+        if let Some((metrics, closed, start)) = self.pending.take() {
+            metrics.grpc(GRPC_CANCELLED, start.elapsed(), None);
+            closed.inc();
         }
     }
 }

@@ -21,13 +21,16 @@ use std::net::IpAddr;
 /// Size of the sticky bucket space; equal to the weight scale so 0.01 % = one bucket.
 pub const BUCKETS: u32 = WEIGHT_SCALE;
 
-/// Routes compiled from one config, ordered most specific first.
+/// Routes compiled from one config, ordered most specific first. `T` is what a route
+/// carries: the [`Route`] alone here, a route with its runtime in a snapshot (anything that
+/// gives its `Route` through `AsRef`), so a decision hands back the route itself.
 #[derive(Debug)]
-pub struct Router {
+pub struct Router<T = Route> {
     /// Indices into `routes`, most specific match first (exact host, then wildcard by suffix
     /// length, then no host; within each, longest path prefix first; then file order).
     order: Vec<usize>,
-    pub routes: Vec<Route>,
+    /// In config order.
+    pub routes: Vec<T>,
 }
 
 /// One route, ready for the hot path.
@@ -97,16 +100,28 @@ pub enum Reason {
 }
 
 /// The result of routing one request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Decision {
-    /// Index of the route in `Router::routes`.
-    pub route: usize,
+#[derive(Debug, Clone, Copy)]
+pub struct Decision<'a, T = Route> {
+    /// The route chosen.
+    pub route: &'a T,
     /// Index of the version in the route's `versions`.
     pub version: usize,
     pub reason: Reason,
     /// A fresh sticky id to send back in the route's `assign_cookie`.
     pub assign: Option<u128>,
 }
+
+/// Two decisions are the same when they name the same route (route names are unique in a
+/// config, so decisions of two routers built from one config compare) and the same outcome.
+impl<T: AsRef<Route>> PartialEq for Decision<'_, T> {
+    fn eq(&self, other: &Self) -> bool {
+        self.route.as_ref().name() == other.route.as_ref().name()
+            && (self.version, self.reason, self.assign)
+                == (other.version, other.reason, other.assign)
+    }
+}
+
+impl<T: AsRef<Route>> Eq for Decision<'_, T> {}
 
 impl Router {
     pub fn new(config: &Config) -> Router {
@@ -128,12 +143,28 @@ impl Router {
         Router { order, routes }
     }
 
-    /// Pick the route for a host (port stripped, any case) and path.
+    /// The same routes, each carrying `f(index, route)`: how a snapshot attaches its runtime
+    /// to each route while keeping the matching order.
+    pub fn map<U>(self, mut f: impl FnMut(usize, Route) -> U) -> Router<U> {
+        Router {
+            order: self.order,
+            routes: self
+                .routes
+                .into_iter()
+                .enumerate()
+                .map(|(i, r)| f(i, r))
+                .collect(),
+        }
+    }
+}
+
+impl<T: AsRef<Route>> Router<T> {
+    /// Pick the route for a host (port stripped, any case) and path: its index in `routes`.
     pub fn select(&self, host: Option<&str>, path: &str) -> Option<usize> {
         self.order
             .iter()
             .copied()
-            .find(|&i| self.routes[i].matches(host, path))
+            .find(|&i| self.routes[i].as_ref().matches(host, path))
     }
 
     /// The full decision for a request with no known client address (`client_ip` rules do
@@ -144,7 +175,7 @@ impl Router {
         path: &str,
         headers: &HeaderMap,
         rng: &mut R,
-    ) -> Option<Decision> {
+    ) -> Option<Decision<'_, T>> {
         self.decide_for(host, path, headers, None, rng)
     }
 
@@ -156,15 +187,21 @@ impl Router {
         headers: &HeaderMap,
         client: Option<IpAddr>,
         rng: &mut R,
-    ) -> Option<Decision> {
-        let route = self.select(host, path)?;
-        let (version, reason, assign) = self.routes[route].decide(headers, client, rng);
+    ) -> Option<Decision<'_, T>> {
+        let route = &self.routes[self.select(host, path)?];
+        let (version, reason, assign) = route.as_ref().decide(headers, client, rng);
         Some(Decision {
             route,
             version,
             reason,
             assign,
         })
+    }
+}
+
+impl AsRef<Route> for Route {
+    fn as_ref(&self) -> &Route {
+        self
     }
 }
 

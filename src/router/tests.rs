@@ -50,7 +50,7 @@ fn version(r: &Router, h: &HeaderMap) -> (String, Reason) {
     let mut rng = SmallRng::seed_from_u64(1);
     let d = r.decide(Some("x"), "/", h, &mut rng).unwrap();
     (
-        r.routes[d.route].config.versions[d.version].name.clone(),
+        d.route.config.versions[d.version].name.clone(),
         d.reason,
     )
 }

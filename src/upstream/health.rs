@@ -7,8 +7,8 @@
 //! path reads two relaxed atomics per endpoint it considers and takes the clock only when an
 //! ejection is in force.
 
+use super::{UpstreamClient, VersionRt};
 use crate::config::{HealthCheck, OutlierPolicy};
-use crate::metrics::VersionMetrics;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -91,43 +91,32 @@ impl EndpointHealth {
     }
 }
 
-/// The endpoints of one version in one snapshot, with their shared health.
-#[derive(Debug)]
-pub struct VersionEndpoints {
-    pub health: Vec<std::sync::Arc<EndpointHealth>>,
-    /// True while no endpoint is available; flips are logged once each.
-    pub down: std::sync::Arc<AtomicBool>,
-}
-
-impl VersionEndpoints {
+/// The endpoint pick and the outcome of attempts, over one version's endpoints.
+impl VersionRt {
     /// The next available endpoint after `start` in round-robin order, skipping `skip`.
-    pub fn pick(
-        &self,
-        start: usize,
-        skip: Option<usize>,
-        metrics: &VersionMetrics,
-    ) -> Option<usize> {
-        let n = self.health.len();
+    pub fn pick(&self, start: usize, skip: Option<usize>) -> Option<usize> {
+        let n = self.endpoints.len();
         let mut returned = false;
         let found = (0..n)
             .map(|k| (start + k) % n)
-            .find(|&i| Some(i) != skip && self.health[i].available(&mut returned));
+            .find(|&i| Some(i) != skip && self.endpoints[i].health.available(&mut returned));
         if returned {
-            metrics.set_unavailable(self.unavailable());
+            self.metrics.set_unavailable(self.unavailable());
         }
         found
     }
 
     /// How many endpoints cannot take traffic now (ejected or failing their check).
     pub fn unavailable(&self) -> usize {
-        self.health
+        self.endpoints
             .iter()
-            .filter(|h| h.is_ejected() || h.is_check_failing())
+            .filter(|e| e.health.is_ejected() || e.health.is_check_failing())
             .count()
     }
 
     /// Record whether the whole version has no available endpoint; a flip is logged once.
-    pub fn note_down(&self, down: bool, route: &str, version: &str, fallback: bool) {
+    pub fn note_down(&self, down: bool, route: &str, fallback: bool) {
+        let version = self.name.as_str();
         // Load first: the steady state writes nothing to this shared flag.
         if self.down.load(Ordering::Relaxed) != down
             && self.down.swap(down, Ordering::Relaxed) != down
@@ -152,7 +141,7 @@ impl VersionEndpoints {
 
     /// An attempt on endpoint `i` succeeded (any response below 500).
     pub fn success(&self, i: usize) {
-        let h = &self.health[i];
+        let h = &self.endpoints[i].health;
         // Loads first: the common case writes nothing, so no cache line bounces.
         if h.consecutive_failures.load(Ordering::Relaxed) != 0 {
             h.consecutive_failures.store(0, Ordering::Relaxed);
@@ -165,11 +154,12 @@ impl VersionEndpoints {
 
     /// An attempt on endpoint `i` failed (connect failure, timeout, reset, or a 5xx). Ejects
     /// it when the policy says so and the version's ejection share allows.
-    pub fn failure(&self, i: usize, policy: &OutlierPolicy, metrics: &VersionMetrics) {
+    pub fn failure(&self, i: usize, policy: &OutlierPolicy) {
+        let metrics = &self.metrics;
         if policy.consecutive_failures == 0 {
             return;
         }
-        let h = &self.health[i];
+        let h = &self.endpoints[i].health;
         let n = h.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
         let probation = h.probation.swap(false, Ordering::Relaxed);
         if n < policy.consecutive_failures && !probation {
@@ -178,8 +168,12 @@ impl VersionEndpoints {
         if h.ejected_until.load(Ordering::Relaxed) != 0 {
             return; // already out (a concurrent failure got there first)
         }
-        let total = self.health.len();
-        let ejected = self.health.iter().filter(|e| e.is_ejected()).count();
+        let total = self.endpoints.len();
+        let ejected = self
+            .endpoints
+            .iter()
+            .filter(|e| e.health.is_ejected())
+            .count();
         let share = (total as f64 * policy.max_ejection_percent / 100.0).floor() as usize;
         if ejected >= share.max(1) {
             return;
@@ -214,7 +208,7 @@ pub async fn check_loop(
     health: std::sync::Arc<EndpointHealth>,
     unavailable: prometheus_client::metrics::gauge::Gauge,
     check: HealthCheck,
-    client: crate::state::UpstreamClient,
+    client: UpstreamClient,
     uri: http::Uri,
     host: http::HeaderValue,
 ) {
@@ -253,7 +247,7 @@ pub async fn check_loop(
 }
 
 async fn probe_once(
-    client: &crate::state::UpstreamClient,
+    client: &UpstreamClient,
     uri: &http::Uri,
     host: &http::HeaderValue,
     timeout: Duration,
