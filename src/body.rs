@@ -10,7 +10,7 @@
 //! `timeouts.idle` fails instead of holding a connection (and an upstream request) forever.
 
 use crate::error::ClientBodyError;
-use crate::proxy::GrpcDone;
+use crate::proxy::grpc::GrpcDone;
 use crate::upstream::pool::Lease;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -142,17 +142,7 @@ impl Body for ProxyBody {
             }
             ProxyBody::Grpc(b, idle, done) => {
                 let frame = ready!(idle.poll(Pin::new(b), cx));
-                match &frame {
-                    Some(Ok(f)) => {
-                        if let Some(trailers) = f.trailers_ref() {
-                            done.finish(crate::proxy::grpc_status(trailers));
-                        }
-                    }
-                    // The upstream stream broke: the call did not complete.
-                    Some(Err(_)) => done.finish(crate::proxy::GRPC_UNAVAILABLE),
-                    // Ended without trailers: no status, which gRPC clients see as UNKNOWN.
-                    None => done.finish(crate::proxy::GRPC_UNKNOWN),
-                }
+                done.observe(&frame);
                 Poll::Ready(frame)
             }
             ProxyBody::Full(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),

@@ -74,25 +74,6 @@ pub struct GrpcLabels {
     pub grpc_status: u8,
 }
 
-/// The HTTP status a gRPC status corresponds to (google.rpc.Code mapping), for the success
-/// rate: a gRPC failure travels as HTTP 200.
-pub fn grpc_http_status(code: u8) -> u16 {
-    match code {
-        0 => 200,
-        1 => 499,
-        3 | 9 | 11 => 400,
-        4 => 504,
-        5 => 404,
-        6 | 10 => 409,
-        7 => 403,
-        8 => 429,
-        12 => 501,
-        14 => 503,
-        16 => 401,
-        _ => 500, // 2 UNKNOWN, 13 INTERNAL, 15 DATA_LOSS
-    }
-}
-
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
     pub result: &'static str,
@@ -506,7 +487,8 @@ impl VersionMetrics {
     /// A gRPC call ended with `code` (0..=16). The analysis window counts it by the HTTP
     /// status the code corresponds to, so UNAVAILABLE is as much a failure as a 503;
     /// `window` is `None` for a call the client abandoned, which says nothing of the version.
-    pub fn grpc(&self, code: u8, elapsed: Duration, window: Option<std::time::Instant>) {
+    /// Count one gRPC call's final status in `canaryd_grpc_responses_total`.
+    pub fn grpc(&self, code: u8) {
         let code = code.min(16);
         self.grpc[usize::from(code)]
             .get_or_init(|| {
@@ -517,9 +499,6 @@ impl VersionMetrics {
                 })
             })
             .inc();
-        if let Some(now) = window {
-            self.window.record(now, grpc_http_status(code), elapsed);
-        }
     }
 
     pub fn upstream_error(&self, kind: UpstreamErrorKind) {

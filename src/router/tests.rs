@@ -49,10 +49,7 @@ fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
 fn version(r: &Router, h: &HeaderMap) -> (String, Reason) {
     let mut rng = SmallRng::seed_from_u64(1);
     let d = r.decide(Some("x"), "/", h, &mut rng).unwrap();
-    (
-        d.route.config.versions[d.version].name.clone(),
-        d.reason,
-    )
+    (d.route.config.versions[d.version].name.clone(), d.reason)
 }
 
 #[test]

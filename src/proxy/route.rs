@@ -1,0 +1,79 @@
+//! Phases `route` and `pick`: which route and version (the pure decision of
+//! [`crate::router`]), then which endpoint.
+
+use super::ctx::{RequestCtx, Target};
+use crate::error::ProxyError;
+use crate::headers;
+use crate::router::{self, Decision};
+use crate::state::RouteRt;
+use http::header::HOST;
+use http::request::Parts;
+use http::{HeaderValue, Version};
+use rand::SeedableRng;
+use rand::rngs::SmallRng;
+use std::cell::RefCell;
+
+thread_local! {
+    /// Per-thread fast RNG for unsticky weight draws and new sticky ids; seeded from the OS so
+    /// replicas and restarts do not share a sequence.
+    static RNG: RefCell<SmallRng> = RefCell::new(SmallRng::from_os_rng());
+}
+
+/// Route the request: host (`:authority` or `Host`) and path → route, then rules → sticky →
+/// weights → version. `host` is the request's `Host` header.
+pub(super) fn route<'s>(
+    ctx: &mut RequestCtx<'s>,
+    parts: &Parts,
+    host: Option<&HeaderValue>,
+) -> Result<Decision<'s, RouteRt>, ProxyError> {
+    check_host(parts)?;
+    let snap = ctx.snap;
+    let client_ip = headers::client_address(
+        &parts.headers,
+        ctx.conn.peer.ip(),
+        snap.config.proxy.trusted_hops,
+    );
+    let host = router::host_of(&parts.uri, host);
+    let decision = RNG
+        .with(|rng| {
+            snap.router.decide_for(
+                host,
+                parts.uri.path(),
+                &parts.headers,
+                client_ip,
+                &mut *rng.borrow_mut(),
+            )
+        })
+        .ok_or(ProxyError::NoRoute)?;
+    ctx.assign = decision.assign;
+    Ok(decision)
+}
+
+/// Pick the endpoint of the decided version (or of the primary, with `fallback`): the
+/// request's first target.
+pub(super) fn pick<'s>(ctx: &mut RequestCtx<'s>, decision: &Decision<'s, RouteRt>) {
+    let route = decision.route;
+    let (version, endpoint) = route.choose(&route.versions[decision.version], None);
+    ctx.target = Some(Target {
+        route,
+        version,
+        reason: decision.reason,
+        endpoint,
+    });
+}
+
+/// RFC 9112 §3.2: an HTTP/1.1 request carries exactly one Host (absolute-form may stand in
+/// for it); more than one is ambiguous about which site is meant, so both are refused.
+fn check_host(parts: &Parts) -> Result<(), ProxyError> {
+    if parts.version >= Version::HTTP_2 {
+        return Ok(());
+    }
+    let mut hosts = parts.headers.get_all(HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (_, Some(_)) => Err(ProxyError::BadRequest("more than one Host header")),
+        (None, None) if parts.version == Version::HTTP_11 && parts.uri.authority().is_none() => {
+            Err(ProxyError::BadRequest("missing Host header"))
+        }
+        _ => Ok(()),
+    }
+}

@@ -1,0 +1,300 @@
+//! Phase `send`: attempts at the target until one answers or no retry is allowed.
+//!
+//! An attempt goes through our HTTP/1.1 pool (origin-form, a request that never left comes
+//! back whole) or the client (absolute URI). Every failed attempt counts on its version, and
+//! what the endpoint did (never the client's failures) feeds outlier detection. Another
+//! attempt needs the policy (a connect failure: any method; a status in `on_status`: only
+//! idempotent requests without a body), something to resend (the request handed back, the
+//! body from its replay slot, or no body) and room in the route's retry budget.
+
+use super::ctx::{RequestCtx, Target};
+use super::request::Outgoing;
+use crate::body::{ClientBody, Idle, Replayable, RequestBody};
+use crate::config::{RETRY_BUDGET_MIN, RetryPolicy, RouteConfig};
+use crate::error::{ErrorSource, ProxyError};
+use crate::state::RouteRt;
+use crate::upstream::pool::Lease;
+use http::header::HOST;
+use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
+use http_body::Body as _;
+use hyper::body::Incoming;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+type Answer = Result<(Response<Incoming>, Option<Lease>), ProxyError>;
+
+/// Send the request to the target, retrying as the route allows; a retry moves the target.
+pub(super) async fn send(ctx: &mut RequestCtx<'_>, out: &mut Outgoing, body: Incoming) -> Answer {
+    let first = ctx.target()?;
+    let route = first.route;
+    let _active = Counted::new(&route.active);
+    let pooled = first.endpoint().pool.is_some();
+    let mut attempts = Attempts::new(route.config(), out, body, pooled);
+    loop {
+        let t = ctx.target()?;
+        let req = attempts.request(out, t)?;
+        let answer = attempts.exchange(t, ctx.conn.worker, req).await;
+        let status = observe(t, &answer);
+        if !attempts.again(route, &answer, status) {
+            return answer;
+        }
+        tracing::debug!(endpoint = %t.endpoint().authority, %status, attempt = attempts.attempt, "retrying");
+        drop(answer);
+        t.version.metrics.retry();
+        let (version, endpoint) = route.choose(t.version, Some(t.endpoint));
+        ctx.target = Some(Target {
+            version,
+            endpoint,
+            ..t
+        });
+    }
+}
+
+/// The state of a request's attempts.
+struct Attempts<'s> {
+    policy: &'s RetryPolicy,
+    idle: Duration,
+    no_body: bool,
+    /// A status in `on_status` may be retried: idempotent, no body, no upgrade.
+    status_retry_ok: bool,
+    /// The body for the next attempt.
+    body: Option<RequestBody>,
+    /// A request that came back unsent from a pool, to go out again as it is.
+    returned: Option<Request<RequestBody>>,
+    /// The replay slot of the body the current attempt sends.
+    replay: Option<Replayable>,
+    /// Retries so far.
+    attempt: u32,
+    /// Held from the first retry on: this request counts against the retry budget.
+    retry_slot: Option<Counted<'s>>,
+}
+
+impl<'s> Attempts<'s> {
+    fn new(rc: &'s RouteConfig, out: &Outgoing, body: Incoming, first_pooled: bool) -> Self {
+        let policy = &rc.retries;
+        let idle = rc.timeouts.idle;
+        let no_body = body.is_end_stream();
+        let upgrade = out.upgrade.is_some();
+        let body = ClientBody::new(body, out.version >= Version::HTTP_2);
+        // Our pools hand an unsent request back; hyper-util's client does not, so a body bound
+        // for it waits in a replayable slot.
+        let body = if no_body {
+            RequestBody::Empty
+        } else if policy.attempts > 0 && !upgrade && !first_pooled {
+            RequestBody::Replayable(Replayable::new(body), Idle::new(idle))
+        } else {
+            RequestBody::Stream(body, Idle::new(idle))
+        };
+        Attempts {
+            policy,
+            idle,
+            no_body,
+            status_retry_ok: no_body && is_idempotent(&out.method) && !upgrade,
+            body: Some(body),
+            returned: None,
+            replay: None,
+            attempt: 0,
+            retry_slot: None,
+        }
+    }
+
+    fn last(&self) -> bool {
+        self.attempt >= self.policy.attempts
+    }
+
+    /// The upstream request of this attempt at `t`.
+    fn request(
+        &mut self,
+        out: &mut Outgoing,
+        t: Target<'_>,
+    ) -> Result<Request<RequestBody>, ProxyError> {
+        let endpoint = t.endpoint();
+        let pooled = endpoint.pool.is_some();
+        // Pools take origin-form (`/path?q`); hyper-util's client wants the absolute URI.
+        let uri = if pooled {
+            Uri::from(out.path_and_query.clone())
+        } else {
+            let mut uri = http::uri::Parts::default();
+            uri.scheme = Some(t.version.upstream.scheme.clone());
+            uri.authority = Some(endpoint.authority.clone());
+            uri.path_and_query = Some(out.path_and_query.clone());
+            Uri::from_parts(uri)
+                .map_err(|_| ProxyError::Internal("unusable upstream request target"))?
+        };
+        self.replay = None;
+        let mut req = match self.returned.take() {
+            Some(mut r) => {
+                *r.uri_mut() = uri;
+                r
+            }
+            None => self.fresh(out, uri, pooled),
+        };
+        // The version's protocol decides, whatever the client spoke.
+        *req.version_mut() = t.version.upstream.http_version;
+        if pooled && !out.has_host && !req.headers().contains_key(HOST) {
+            // HTTP/1.0 without Host: name the endpoint, as hyper-util's client would.
+            if let Ok(h) = HeaderValue::from_str(endpoint.authority.as_str()) {
+                req.headers_mut().insert(HOST, h);
+            }
+        }
+        Ok(req)
+    }
+
+    /// A new request from the outgoing head and the next body.
+    fn fresh(&mut self, out: &mut Outgoing, uri: Uri, pooled: bool) -> Request<RequestBody> {
+        let last = self.last();
+        let body = self.body.take().unwrap_or(RequestBody::Empty);
+        if let RequestBody::Replayable(r, _) = &body {
+            if !last {
+                self.replay = Some(r.clone());
+            }
+        }
+        // Keep the head for another attempt only when one could need it: a pool gives an
+        // unsent request back, so it needs a copy only for status retries.
+        let keep =
+            !last && (!pooled || (self.status_retry_ok && !self.policy.on_status.is_empty()));
+        let mut r = Request::new(body);
+        *r.method_mut() = out.method.clone();
+        *r.uri_mut() = uri;
+        *r.headers_mut() = if keep {
+            out.headers.clone()
+        } else {
+            std::mem::take(&mut out.headers)
+        };
+        r
+    }
+
+    /// One exchange with the target's endpoint, under the route's response timeout.
+    async fn exchange(
+        &mut self,
+        t: Target<'_>,
+        worker: usize,
+        req: Request<RequestBody>,
+    ) -> Answer {
+        let timeout = t.route.config().timeouts.response;
+        match &t.endpoint().pool {
+            Some(pool) => match tokio::time::timeout(timeout, pool.send(worker, req)).await {
+                Err(_elapsed) => Err(ProxyError::ResponseTimeout),
+                Ok(Err(e)) => {
+                    self.returned = e.request;
+                    Err(e.error)
+                }
+                Ok(Ok((r, lease))) => Ok((r, Some(lease))),
+            },
+            None => {
+                match tokio::time::timeout(timeout, t.version.upstream.client.request(req)).await {
+                    Err(_elapsed) => Err(ProxyError::ResponseTimeout),
+                    Ok(Err(e)) => {
+                        tracing::debug!(error = ?e, endpoint = %t.endpoint().authority, "upstream request failed");
+                        Err(ProxyError::from_client(&e))
+                    }
+                    Ok(Ok(r)) => Ok((r, None)),
+                }
+            }
+        }
+    }
+
+    /// Whether another attempt follows this answer (and if so, it is counted and prepared).
+    fn again(&mut self, route: &'s RouteRt, answer: &Answer, status: StatusCode) -> bool {
+        // Connect failures never reached the upstream: any method may go again.
+        let never_sent = self.returned.is_some()
+            || matches!(
+                answer,
+                Err(ProxyError::Connect | ProxyError::ConnectTimeout)
+            );
+        let wanted = !self.last()
+            && (never_sent
+                || (self.status_retry_ok && self.policy.on_status.contains(&status.as_u16())));
+        if !(wanted && self.can_resend() && self.retry_budget(route)) {
+            return false;
+        }
+        self.attempt += 1;
+        true
+    }
+
+    /// Something to send again: the request handed back, the body taken back from its slot,
+    /// or (no body) nothing to take back.
+    fn can_resend(&mut self) -> bool {
+        if self.returned.is_some() {
+            return true;
+        }
+        match &self.replay {
+            Some(r) => match r.take_back() {
+                Some(b) => {
+                    self.body = Some(RequestBody::Replayable(b, Idle::new(self.idle)));
+                    true
+                }
+                None => false,
+            },
+            None if self.no_body => {
+                self.body = Some(RequestBody::Empty);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Retries in flight on the route stay under `budget_percent` of its active requests
+    /// (at least [`RETRY_BUDGET_MIN`]). The first retry of a request takes a slot, kept until
+    /// the request ends; taking it is one atomic step, so concurrent requests cannot all see
+    /// the last free slot.
+    fn retry_budget(&mut self, route: &'s RouteRt) -> bool {
+        if self.retry_slot.is_some() {
+            return true;
+        }
+        let active = route.active.load(Ordering::Relaxed);
+        let allowed =
+            ((active as f64 * self.policy.budget_percent / 100.0) as usize).max(RETRY_BUDGET_MIN);
+        let slot = Counted::new(&route.retrying);
+        if slot.1 >= allowed {
+            return false;
+        }
+        self.retry_slot = Some(slot);
+        true
+    }
+}
+
+/// What an attempt says about its endpoint: failures count on the version (also the ones a
+/// retry then hides), and outlier detection hears only what the endpoint did.
+fn observe(t: Target<'_>, answer: &Answer) -> StatusCode {
+    let status = match answer {
+        Ok((r, _)) => r.status(),
+        Err(e) => {
+            if let Some(kind) = e.upstream_kind() {
+                t.version.metrics.upstream_error(kind);
+            }
+            e.status()
+        }
+    };
+    let upstream_outcome = !matches!(answer, Err(e) if e.source() != ErrorSource::Upstream);
+    if upstream_outcome && status.is_server_error() {
+        t.version.failure(t.endpoint, &t.route.config().outlier);
+    } else if upstream_outcome {
+        t.version.success(t.endpoint);
+    }
+    status
+}
+
+/// Methods RFC 9110 §9.2.2 calls idempotent: safe to send twice.
+fn is_idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
+}
+
+/// Increments a counter now (remembering the count before) and decrements it when dropped.
+struct Counted<'a>(&'a AtomicUsize, usize);
+
+impl<'a> Counted<'a> {
+    fn new(c: &'a AtomicUsize) -> Self {
+        let before = c.fetch_add(1, Ordering::Relaxed);
+        Counted(c, before)
+    }
+}
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
