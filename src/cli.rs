@@ -157,7 +157,8 @@ pub fn explain(
     let host = router::request_host(&uri, &map);
     let mut rng = rand::rng();
     // The address `client_ip` rules see: the peer, or what trusted proxies put in XFF.
-    let client = peer.and_then(|p| crate::headers::client_address(&map, p, cfg.proxy.trusted_hops));
+    let client =
+        peer.and_then(|p| crate::proxy::headers::client_address(&map, p, cfg.proxy.trusted_hops));
     let Some(d) = router.decide_for(host, uri.path(), &map, client, &mut rng) else {
         return Err(format!(
             "no route matches host {} path {}: canaryd answers 404",

@@ -1,4 +1,5 @@
-//! Proxy errors and their one mapping to HTTP responses.
+//! Proxy errors and their one mapping to HTTP statuses (the response is built from it in
+//! [`crate::proxy`]).
 //!
 //! Every way a request can fail inside canaryd is a variant here; [`ProxyError::status`] and
 //! [`ProxyError::source`] match each one explicitly (no catch-all) so adding a variant forces a
@@ -6,14 +7,19 @@
 //! version (metrics, analysis windows, outlier detection); downstream faults — the client's —
 //! count in `canaryd_downstream_errors_total` alone, so one bad client cannot fail a canary.
 
-use crate::body::ProxyBody;
-use http::{Response, StatusCode, header};
+use http::StatusCode;
+use std::time::Duration;
 
 /// nginx's "client closed request": logged, never seen by the client.
 pub const CLIENT_CLOSED: StatusCode = match StatusCode::from_u16(499) {
     Ok(s) => s,
     Err(_) => StatusCode::BAD_REQUEST,
 };
+
+/// The body went silent for longer than the route's `timeouts.idle`.
+#[derive(Debug, thiserror::Error)]
+#[error("body idle for more than {0:?}")]
+pub struct IdleTimeout(pub Duration);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum ProxyError {
@@ -127,7 +133,7 @@ impl ClientBodyError {
     pub fn classify(e: &(dyn std::error::Error + 'static)) -> ClientBodyError {
         use std::io::ErrorKind as K;
         let kind = causes(e).find_map(|s| {
-            if s.is::<crate::body::IdleTimeout>() {
+            if s.is::<IdleTimeout>() {
                 return Some(ProxyError::BodyTimeout);
             }
             s.downcast_ref::<std::io::Error>()
@@ -250,19 +256,6 @@ impl ProxyError {
             | ProxyError::BadUpgrade
             | ProxyError::Internal(_) => None,
         }
-    }
-
-    /// A short plain-text response; the body says which kind of failure without leaking
-    /// upstream addresses.
-    pub fn into_response(self) -> Response<ProxyBody> {
-        let body = format!("canaryd: {self}\n");
-        let mut resp = Response::new(ProxyBody::full(body));
-        *resp.status_mut() = self.status();
-        resp.headers_mut().insert(
-            header::CONTENT_TYPE,
-            header::HeaderValue::from_static("text/plain; charset=utf-8"),
-        );
-        resp
     }
 
     /// Classify a failed exchange on an open upstream connection: a failure of the client's

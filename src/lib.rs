@@ -24,14 +24,11 @@
 
 pub mod admin;
 pub mod analysis;
-pub mod body;
 pub mod cli;
 pub mod config;
 pub mod control;
 pub mod demo;
 pub mod error;
-pub mod h1guard;
-pub mod headers;
 pub mod metrics;
 pub mod proxy;
 pub mod router;

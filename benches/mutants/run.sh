@@ -9,7 +9,7 @@
 #   IN_PLACE=1 benches/mutants/run.sh       mutate this tree instead of a copy (faster:
 #                                           reuses target/; do not edit the tree meanwhile)
 #
-# Each section runs the tests that can see its code: `guard` (src/h1guard.rs), `router` and
+# Each section runs the tests that can see its code: `guard` (src/server/h1guard.rs), `router` and
 # `config` (src/config/mod.rs) the unit tests (`--lib`, ~15 s per mutant here, mostly the
 # rebuild); `watch` and `reload` (the watcher, and the reload/compose functions of
 # control.rs) tests/reload.rs. Not CI: about 3 h for all 506 mutants on 2 cores.
@@ -45,7 +45,7 @@ sections=("$@")
 [ ${#sections[@]} -gt 0 ] || sections=(watch reload guard router config)
 for s in "${sections[@]}"; do
   case "$s" in
-    guard) section guard -f src/h1guard.rs -- --lib ;;
+    guard) section guard -f src/server/h1guard.rs -- --lib ;;
     router) section router -f src/router.rs -- --lib ;;
     config) section config -f src/config/mod.rs -- --lib ;;
     watch) section watch -f src/watch.rs -- --test reload ;;

@@ -2,7 +2,7 @@
 //! when it ends — answered ([`RequestCtx::record`]) or dropped unanswered.
 
 use super::ConnInfo;
-use crate::body::ProxyBody;
+use super::body::ProxyBody;
 use crate::error::{DownstreamErrorKind, ErrorSource, ProxyError};
 use crate::metrics::Metrics;
 use crate::router::Reason;

@@ -2,11 +2,11 @@
 //! in the headers of a trailers-only response), not its HTTP status, which is 200 for
 //! failures too. [`GrpcDone`] counts it once per call, with the version's metric handles.
 
-use crate::body::BodyError;
 use crate::error::DownstreamErrorKind;
 use crate::metrics::VersionMetrics;
 use crate::state::RouteRt;
 use crate::upstream::VersionRt;
+use crate::upstream::body::BodyError;
 use bytes::Bytes;
 use http::HeaderMap;
 use http::header::{CONTENT_TYPE, HeaderName};

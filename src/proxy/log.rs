@@ -1,8 +1,8 @@
 //! The access log: one structured line per request, target `canaryd::access` (JSON with
 //! `--log-format json`), read from the request's context.
 
+use super::body::ProxyBody;
 use super::ctx::RequestCtx;
-use crate::body::ProxyBody;
 use crate::error::ProxyError;
 use crate::router::Reason;
 use http::{Method, Response, StatusCode};

@@ -19,19 +19,21 @@
 //! failure is a [`ProxyError`](crate::error::ProxyError), turned into a response in exactly
 //! one place.
 
+pub mod body;
 mod ctx;
 pub mod grpc;
+pub mod headers;
 mod log;
 mod request;
 mod response;
 mod route;
 mod send;
 
-use crate::body::ProxyBody;
-use crate::headers;
+use crate::error::ProxyError;
 use crate::state::State;
+use body::ProxyBody;
 use ctx::RequestCtx;
-use http::header::HOST;
+use http::header::{CONTENT_TYPE, HOST};
 use http::{HeaderValue, Request, Response};
 use hyper::body::Incoming;
 use prometheus_client::metrics::gauge::Gauge;
@@ -73,16 +75,29 @@ pub async fn handle(state: &State, conn: &ConnInfo, req: Request<Incoming>) -> R
         Ok(resp) => resp,
         Err(e) => {
             tracing::debug!(error = %e, "request failed");
-            e.into_response()
+            error_response(e)
         }
     }
+}
+
+/// A failure as the client sees it: its status, and a short plain-text body that says which
+/// kind of failure without leaking upstream addresses.
+fn error_response(e: ProxyError) -> Response<ProxyBody> {
+    let body = format!("canaryd: {e}\n");
+    let mut resp = Response::new(ProxyBody::full(body));
+    *resp.status_mut() = e.status();
+    resp.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
 }
 
 /// The phases, in order; the first failure ends the request.
 async fn forward(
     ctx: &mut RequestCtx<'_>,
     req: Request<Incoming>,
-) -> Result<Response<ProxyBody>, crate::error::ProxyError> {
+) -> Result<Response<ProxyBody>, ProxyError> {
     let (parts, body) = req.into_parts();
     // One lookup of `Host` serves routing, X-Forwarded-Host and the upstream request.
     let host = parts.headers.get(HOST).cloned();

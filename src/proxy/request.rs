@@ -2,7 +2,7 @@
 //! sends ([`Outgoing`]).
 
 use super::ctx::RequestCtx;
-use crate::headers;
+use crate::proxy::headers;
 use http::header::HOST;
 use http::request::Parts;
 use http::uri::PathAndQuery;

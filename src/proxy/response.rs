@@ -1,12 +1,13 @@
 //! Phase `rewrite_response`: the upstream's response as the client gets it.
 
+use super::body::{ClientGone, ProxyBody};
 use super::ctx::{RequestCtx, Target};
 use super::grpc::{self, GrpcDone};
 use super::request::Upgrade;
-use crate::body::{ClientGone, Idle, ProxyBody};
 use crate::error::{DownstreamErrorKind, ProxyError, UpstreamErrorKind};
-use crate::headers::{self, X_CANARYD_VERSION};
+use crate::proxy::headers::{self, X_CANARYD_VERSION};
 use crate::router;
+use crate::upstream::body::Idle;
 use crate::upstream::pool::Lease;
 use http::header::{SET_COOKIE, UPGRADE};
 use http::response::Parts;

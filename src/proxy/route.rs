@@ -3,7 +3,7 @@
 
 use super::ctx::{RequestCtx, Target};
 use crate::error::ProxyError;
-use crate::headers;
+use crate::proxy::headers;
 use crate::router::{self, Decision};
 use crate::state::RouteRt;
 use http::header::HOST;

@@ -9,10 +9,10 @@
 
 use super::ctx::{RequestCtx, Target};
 use super::request::Outgoing;
-use crate::body::{ClientBody, Idle, Replayable, RequestBody};
 use crate::config::{RETRY_BUDGET_MIN, RetryPolicy, RouteConfig};
 use crate::error::{ErrorSource, ProxyError};
 use crate::state::RouteRt;
+use crate::upstream::body::{ClientBody, Idle, Replayable, RequestBody};
 use crate::upstream::pool::Lease;
 use http::header::HOST;
 use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version};

@@ -255,7 +255,7 @@ async fn probe_once(
     let req = match http::Request::get(uri.clone())
         .header(http::header::HOST, host.clone())
         .header(http::header::USER_AGENT, "canaryd-health-check")
-        .body(crate::body::RequestBody::empty())
+        .body(crate::upstream::body::RequestBody::empty())
     {
         Ok(r) => r,
         Err(_) => return false,

@@ -8,12 +8,13 @@
 //! - [`pool`]: our HTTP/1.1 connection pool; [`health`]: outlier detection, active health
 //!   checks and the endpoint pick that skips what is out of service.
 
+pub mod body;
 pub mod health;
 pub mod pool;
 pub mod registry;
 
-use crate::body::RequestBody;
 use crate::metrics::VersionMetrics;
+use body::RequestBody;
 use health::EndpointHealth;
 use http::HeaderValue;
 use http::uri::Authority;

@@ -9,7 +9,7 @@
 //! (connect failure, or a pooled connection found closed) comes back whole, so a retry needs
 //! no copy of it.
 
-use crate::body::RequestBody;
+use super::body::RequestBody;
 use crate::error::ProxyError;
 use http::uri::Authority;
 use http::{Request, Response};

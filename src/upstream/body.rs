@@ -1,21 +1,17 @@
-//! Body types of the request path, as enums instead of `BoxBody` so the hot path pays no
-//! allocation per request:
+//! The bodies of upstream requests: [`RequestBody`] is empty, or the client's body
+//! ([`ClientBody`]) streamed through, optionally in a [`Replayable`] slot so a connect failure
+//! can hand it to a retry. An enum instead of `BoxBody`, so the hot path pays no allocation
+//! per request.
 //!
-//! - [`ProxyBody`], the downstream response: the upstream's body streamed through as it
-//!   arrives, or a small fixed body for errors;
-//! - [`RequestBody`], the upstream request: empty, or the client's body streamed through,
-//!   optionally in a [`Replayable`] slot so a connect failure can hand it to a retry.
-//!
-//! Streamed bodies carry an [`Idle`] timer: a body that goes silent for the route's
-//! `timeouts.idle` fails instead of holding a connection (and an upstream request) forever.
+//! Streamed bodies (these, and the response bodies of [`crate::proxy`]) carry an [`Idle`]
+//! timer: a body that goes silent for the route's `timeouts.idle` fails instead of holding a
+//! connection (and an upstream request) forever.
 
-use crate::error::ClientBodyError;
-use crate::proxy::grpc::GrpcDone;
-use crate::upstream::pool::Lease;
+use crate::error::{ClientBodyError, IdleTimeout};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use prometheus_client::metrics::counter::Counter;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
@@ -24,11 +20,6 @@ use tokio::time::Sleep;
 
 /// Errors of streamed bodies (hyper's own, or our idle timeout).
 pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
-
-/// The body went silent for longer than the route's `timeouts.idle`.
-#[derive(Debug, thiserror::Error)]
-#[error("body idle for more than {0:?}")]
-pub struct IdleTimeout(pub Duration);
 
 /// Idle timer of a streamed body. The timer is only armed (and boxed) when a poll finds no
 /// data ready, so a body that arrives in one piece never touches the timer wheel.
@@ -44,7 +35,7 @@ impl Idle {
     }
 
     /// Poll `inner`; data or end disarms the timer, a pending poll arms it.
-    fn poll<B>(
+    pub fn poll<B>(
         &mut self,
         inner: Pin<&mut B>,
         cx: &mut Context<'_>,
@@ -68,123 +59,6 @@ impl Idle {
                 ready!(sleep.as_mut().poll(cx));
                 Poll::Ready(Some(Err(Box::new(IdleTimeout(limit)))))
             }
-        }
-    }
-}
-
-use std::future::Future;
-
-#[derive(Debug)]
-pub enum ProxyBody {
-    /// Streamed from the upstream, frame by frame (data and trailers), never buffered whole.
-    /// A pooled HTTP/1 connection goes back to its pool the moment the body ends.
-    Upstream(Incoming, Idle, Option<Lease>, ClientGone),
-    /// A gRPC response: streamed like `Upstream`, and its `grpc-status` trailer is counted
-    /// when it passes (a gRPC failure is an HTTP 200).
-    Grpc(Incoming, Idle, GrpcDone),
-    /// A complete small body; `None` once sent.
-    Full(Option<Bytes>),
-}
-
-impl ProxyBody {
-    /// An upstream body; an empty one hands its pooled connection back at once. `gone`
-    /// counts the client leaving before the body ended.
-    pub fn upstream(
-        body: Incoming,
-        idle: Idle,
-        lease: Option<Lease>,
-        mut gone: ClientGone,
-    ) -> ProxyBody {
-        let ended = body.is_end_stream();
-        if ended {
-            gone.disarm();
-        }
-        match lease {
-            Some(l) if ended => {
-                l.release();
-                ProxyBody::Upstream(body, idle, None, gone)
-            }
-            lease => ProxyBody::Upstream(body, idle, lease, gone),
-        }
-    }
-
-    pub fn full(b: impl Into<Bytes>) -> ProxyBody {
-        ProxyBody::Full(Some(b.into()))
-    }
-
-    pub fn empty() -> ProxyBody {
-        ProxyBody::Full(None)
-    }
-}
-
-impl Body for ProxyBody {
-    type Data = Bytes;
-    type Error = BodyError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        match self.get_mut() {
-            ProxyBody::Upstream(b, idle, lease, gone) => {
-                let frame = ready!(idle.poll(Pin::new(&mut *b), cx));
-                let ended = b.is_end_stream();
-                if matches!(frame, None | Some(Ok(_))) && ended {
-                    if let Some(l) = lease.take() {
-                        l.release();
-                    }
-                }
-                // Ended, or broken by the upstream: either way not the client leaving.
-                if ended || matches!(frame, None | Some(Err(_))) {
-                    gone.disarm();
-                }
-                Poll::Ready(frame)
-            }
-            ProxyBody::Grpc(b, idle, done) => {
-                let frame = ready!(idle.poll(Pin::new(b), cx));
-                done.observe(&frame);
-                Poll::Ready(frame)
-            }
-            ProxyBody::Full(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            ProxyBody::Upstream(b, ..) | ProxyBody::Grpc(b, ..) => b.is_end_stream(),
-            ProxyBody::Full(b) => b.is_none(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            ProxyBody::Upstream(b, ..) | ProxyBody::Grpc(b, ..) => b.size_hint(),
-            ProxyBody::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
-            ProxyBody::Full(None) => SizeHint::with_exact(0),
-        }
-    }
-}
-
-/// Counts `canaryd_downstream_errors_total{kind="client_closed"}` on its route when dropped
-/// armed: hyper drops a response body mid-stream when the client resets or closes the
-/// connection, and that is the client's doing, not the version's.
-#[derive(Debug)]
-pub struct ClientGone(Option<Counter>);
-
-impl ClientGone {
-    pub fn new(counter: &Counter) -> ClientGone {
-        ClientGone(Some(counter.clone()))
-    }
-
-    fn disarm(&mut self) {
-        self.0 = None;
-    }
-}
-
-impl Drop for ClientGone {
-    fn drop(&mut self) {
-        if let Some(c) = self.0.take() {
-            c.inc();
         }
     }
 }

@@ -2,15 +2,17 @@
 //! tests can bind port 0 and read the real address), [`Server::run`] accepts until the
 //! shutdown future resolves, then drains open connections.
 
+pub mod h1guard;
+
 use crate::admin::{self, Admin};
 use crate::config::{Config, ConfigError};
 use crate::control::Control;
 use crate::error::DownstreamErrorKind;
-use crate::h1guard::Guarded;
 use crate::proxy::{self, ConnInfo, GaugeGuard};
 use crate::state::State;
 use crate::tls::TlsListener;
 use anyhow::Context;
+use h1guard::Guarded;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
