@@ -104,7 +104,26 @@ async fn forward(
     let decision = route::route(ctx, &parts, host.as_ref())?;
     route::pick(ctx, &decision);
     let mut out = request::rewrite_request(ctx, parts, host);
-    let (resp, lease) = send::send(ctx, &mut out, body).await?;
+    // Phase `send`: attempts until one answers or no retry is allowed (see `send`).
+    let first = ctx.target()?;
+    let timeout = first.route.config().timeouts.response;
+    let mut attempts = send::Attempts::new(first, &out, body);
+    let (resp, lease) = loop {
+        let t = ctx.target()?;
+        let req = attempts.request(&mut out, t)?;
+        let answer = match &t.endpoint().pool {
+            Some(pool) => attempts
+                .pooled(tokio::time::timeout(timeout, pool.send(ctx.conn.worker, req)).await),
+            None => {
+                let client = &t.version.upstream.client;
+                send::Attempts::client(t, tokio::time::timeout(timeout, client.request(req)).await)
+            }
+        };
+        if !attempts.settle(ctx, t, &answer) {
+            break answer?;
+        }
+    };
+    drop(attempts);
     response::rewrite_response(ctx, resp, lease, out.upgrade)
 }
 

@@ -34,6 +34,8 @@ pub(super) struct Upgrade {
 /// client's host: `Host` passes through unchanged, and is rebuilt from the target's authority
 /// when it has one (HTTP/2 `:authority`, HTTP/1 absolute-form, which RFC 9112 §3.2.2 says
 /// replaces Host). `host` is the request's `Host` header.
+// Inlined into the request's future so what it builds is not copied back (see `send`).
+#[inline(always)]
 pub(super) fn rewrite_request(
     ctx: &RequestCtx<'_>,
     mut parts: Parts,

@@ -19,6 +19,8 @@ use hyper_util::rt::TokioIo;
 /// Strip hop-by-hop headers (a 101 keeps the protocol it switched to, and starts the tunnel),
 /// add `x-canaryd-version` and a new sticky id's cookie; the body streams through (a gRPC
 /// one counts its status when it passes).
+// Inlined into the request's future so what it builds is not copied back (see `send`).
+#[inline(always)]
 pub(super) fn rewrite_response(
     ctx: &RequestCtx<'_>,
     resp: Response<Incoming>,

@@ -1,4 +1,9 @@
-//! Phase `send`: attempts at the target until one answers or no retry is allowed.
+//! Phase `send`: attempts at the target until one answers or no retry is allowed. The loop
+//! itself is in [`super::forward`], so the exchange futures live in the request's own future
+//! (a nested `async fn` per attempt costs a copy of its whole future per request); here is
+//! everything else about attempts. The helpers the loop calls are `#[inline(always)]` for the
+//! same reason: out of line, the requests and answers they build are copied on the way back
+//! into the request's future (callgrind: +1.4 % instructions per request, 0 % inlined).
 //!
 //! An attempt goes through our HTTP/1.1 pool (origin-form, a request that never left comes
 //! back whole) or the client (absolute URI). Every failed attempt counts on its version, and
@@ -9,49 +14,26 @@
 
 use super::ctx::{RequestCtx, Target};
 use super::request::Outgoing;
-use crate::config::{RETRY_BUDGET_MIN, RetryPolicy, RouteConfig};
+use crate::config::{RETRY_BUDGET_MIN, RetryPolicy};
 use crate::error::{ErrorSource, ProxyError};
 use crate::state::RouteRt;
 use crate::upstream::body::{ClientBody, Idle, Replayable, RequestBody};
-use crate::upstream::pool::Lease;
+use crate::upstream::pool::{Lease, SendError};
 use http::header::HOST;
 use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
 use hyper::body::Incoming;
+use hyper_util::client::legacy::Error as ClientError;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
+use tokio::time::error::Elapsed;
 
-type Answer = Result<(Response<Incoming>, Option<Lease>), ProxyError>;
-
-/// Send the request to the target, retrying as the route allows; a retry moves the target.
-pub(super) async fn send(ctx: &mut RequestCtx<'_>, out: &mut Outgoing, body: Incoming) -> Answer {
-    let first = ctx.target()?;
-    let route = first.route;
-    let _active = Counted::new(&route.active);
-    let pooled = first.endpoint().pool.is_some();
-    let mut attempts = Attempts::new(route.config(), out, body, pooled);
-    loop {
-        let t = ctx.target()?;
-        let req = attempts.request(out, t)?;
-        let answer = attempts.exchange(t, ctx.conn.worker, req).await;
-        let status = observe(t, &answer);
-        if !attempts.again(route, &answer, status) {
-            return answer;
-        }
-        tracing::debug!(endpoint = %t.endpoint().authority, %status, attempt = attempts.attempt, "retrying");
-        drop(answer);
-        t.version.metrics.retry();
-        let (version, endpoint) = route.choose(t.version, Some(t.endpoint));
-        ctx.target = Some(Target {
-            version,
-            endpoint,
-            ..t
-        });
-    }
-}
+pub(super) type Answer = Result<(Response<Incoming>, Option<Lease>), ProxyError>;
 
 /// The state of a request's attempts.
-struct Attempts<'s> {
+pub(super) struct Attempts<'s> {
+    /// This request counts among the route's active requests (the retry budget's base).
+    _active: Counted<'s>,
     policy: &'s RetryPolicy,
     idle: Duration,
     no_body: bool,
@@ -70,7 +52,11 @@ struct Attempts<'s> {
 }
 
 impl<'s> Attempts<'s> {
-    fn new(rc: &'s RouteConfig, out: &Outgoing, body: Incoming, first_pooled: bool) -> Self {
+    /// The attempts of a request to `first`, on its way out as `out`.
+    #[inline(always)]
+    pub(super) fn new(first: Target<'s>, out: &Outgoing, body: Incoming) -> Self {
+        let rc = first.route.config();
+        let first_pooled = first.endpoint().pool.is_some();
         let policy = &rc.retries;
         let idle = rc.timeouts.idle;
         let no_body = body.is_end_stream();
@@ -86,6 +72,7 @@ impl<'s> Attempts<'s> {
             RequestBody::Stream(body, Idle::new(idle))
         };
         Attempts {
+            _active: Counted::new(&first.route.active),
             policy,
             idle,
             no_body,
@@ -103,7 +90,8 @@ impl<'s> Attempts<'s> {
     }
 
     /// The upstream request of this attempt at `t`.
-    fn request(
+    #[inline(always)]
+    pub(super) fn request(
         &mut self,
         out: &mut Outgoing,
         t: Target<'_>,
@@ -141,6 +129,7 @@ impl<'s> Attempts<'s> {
     }
 
     /// A new request from the outgoing head and the next body.
+    #[inline(always)]
     fn fresh(&mut self, out: &mut Outgoing, uri: Uri, pooled: bool) -> Request<RequestBody> {
         let last = self.last();
         let body = self.body.take().unwrap_or(RequestBody::Empty);
@@ -164,34 +153,63 @@ impl<'s> Attempts<'s> {
         r
     }
 
-    /// One exchange with the target's endpoint, under the route's response timeout.
-    async fn exchange(
+    /// The outcome of an exchange through our pool: a request that never left comes back.
+    #[inline(always)]
+    pub(super) fn pooled(
         &mut self,
-        t: Target<'_>,
-        worker: usize,
-        req: Request<RequestBody>,
+        r: Result<Result<(Response<Incoming>, Lease), SendError>, Elapsed>,
     ) -> Answer {
-        let timeout = t.route.config().timeouts.response;
-        match &t.endpoint().pool {
-            Some(pool) => match tokio::time::timeout(timeout, pool.send(worker, req)).await {
-                Err(_elapsed) => Err(ProxyError::ResponseTimeout),
-                Ok(Err(e)) => {
-                    self.returned = e.request;
-                    Err(e.error)
-                }
-                Ok(Ok((r, lease))) => Ok((r, Some(lease))),
-            },
-            None => {
-                match tokio::time::timeout(timeout, t.version.upstream.client.request(req)).await {
-                    Err(_elapsed) => Err(ProxyError::ResponseTimeout),
-                    Ok(Err(e)) => {
-                        tracing::debug!(error = ?e, endpoint = %t.endpoint().authority, "upstream request failed");
-                        Err(ProxyError::from_client(&e))
-                    }
-                    Ok(Ok(r)) => Ok((r, None)),
-                }
+        match r {
+            Err(_elapsed) => Err(ProxyError::ResponseTimeout),
+            Ok(Err(e)) => {
+                self.returned = e.request;
+                Err(e.error)
             }
+            Ok(Ok((r, lease))) => Ok((r, Some(lease))),
         }
+    }
+
+    /// The outcome of an exchange through the client.
+    #[inline(always)]
+    pub(super) fn client(
+        t: Target<'_>,
+        r: Result<Result<Response<Incoming>, ClientError>, Elapsed>,
+    ) -> Answer {
+        match r {
+            Err(_elapsed) => Err(ProxyError::ResponseTimeout),
+            Ok(Err(e)) => {
+                tracing::debug!(error = ?e, endpoint = %t.endpoint().authority, "upstream request failed");
+                Err(ProxyError::from_client(&e))
+            }
+            Ok(Ok(r)) => Ok((r, None)),
+        }
+    }
+
+    /// Count what the answer says about the target, and whether another attempt follows
+    /// (then the target moves to the next endpoint, or the primary with `fallback`).
+    #[inline(always)]
+    pub(super) fn settle<'s2>(
+        &mut self,
+        ctx: &mut RequestCtx<'s2>,
+        t: Target<'s2>,
+        answer: &Answer,
+    ) -> bool
+    where
+        's2: 's,
+    {
+        let status = observe(t, answer);
+        if !self.again(t.route, answer, status) {
+            return false;
+        }
+        tracing::debug!(endpoint = %t.endpoint().authority, %status, attempt = self.attempt, "retrying");
+        t.version.metrics.retry();
+        let (version, endpoint) = t.route.choose(t.version, Some(t.endpoint));
+        ctx.target = Some(Target {
+            version,
+            endpoint,
+            ..t
+        });
+        true
     }
 
     /// Whether another attempt follows this answer (and if so, it is counted and prepared).
