@@ -2,6 +2,8 @@
 //! the error names the right field and says what is wrong.
 
 use super::*;
+use std::path::PathBuf;
+use std::time::Duration;
 
 const GOOD: &str = r#"
 listeners:

@@ -1,0 +1,401 @@
+//! The validated runtime types: what a [`Config`] holds once `validate` has accepted it,
+//! with their small impls (`Display`, parsing and matching helpers). The `Default` impls
+//! that carry default values are in `defaults`.
+
+use http::HeaderName;
+use http::uri::Authority;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// One validation problem, tied to the field that caused it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    /// Path of the offending field, e.g. `routes[0].versions.canary.weight`.
+    pub field: String,
+    /// What was wrong and what is allowed.
+    pub message: String,
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+/// Every problem found in one config document.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub errors: Vec<FieldError>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.errors.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// A validated configuration: every value here has been checked and means what it says.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listeners: Vec<Listener>,
+    pub admin: Option<Admin>,
+    pub proxy: ProxySettings,
+    pub routes: Vec<RouteConfig>,
+    pub analysis: AnalysisSettings,
+}
+
+/// Thresholds of the canary analysis endpoint.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AnalysisSettings {
+    /// Below this many requests in the window a version is "inconclusive".
+    pub min_requests: u64,
+    /// Percentage points the success rate may trail the primary's before "fail".
+    pub max_success_rate_drop_pp: f64,
+    /// p99 ratio (version / primary) above which latency is a "fail"…
+    pub max_p99_ratio: f64,
+    /// …unless the absolute p99 difference is below this.
+    pub latency_floor: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listener {
+    pub address: SocketAddr,
+    /// TLS termination; `None` = clear text (HTTP/1.1 and h2c).
+    pub tls: Option<TlsFiles>,
+}
+
+/// Where a TLS listener's certificates live. Loaded (and reloaded) by `tls`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub sni: Vec<SniFiles>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SniFiles {
+    pub host: HostMatch,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// How canaryd talks to a version's endpoints.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+pub struct Upstream {
+    pub protocol: Protocol,
+    pub tls: Option<UpstreamTls>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Protocol {
+    /// HTTP/1.1 (ALPN http/1.1 over TLS).
+    #[default]
+    Http1,
+    /// HTTP/2: prior knowledge in clear text, ALPN h2 over TLS. gRPC needs this.
+    H2,
+    /// Over TLS, whatever ALPN picks (h2 preferred); in clear text, HTTP/1.1.
+    Auto,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct UpstreamTls {
+    /// CA bundle to trust; `None` = the built-in web PKI roots.
+    pub ca: Option<PathBuf>,
+    /// SNI / expected certificate name; `None` = the endpoint's host.
+    pub server_name: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Admin {
+    pub address: SocketAddr,
+    /// Bearer token required by `/api/v1/*` when set.
+    pub token: Option<Secret>,
+}
+
+/// A string that never appears in `Debug` output or logs.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxySettings {
+    /// Add `x-canaryd-version` to responses, naming the version that served.
+    pub version_header: bool,
+    /// Emit one structured access-log event per request.
+    pub access_log: bool,
+    /// Most open downstream connections across all listeners (excess waits in the backlog).
+    pub max_connections: usize,
+    /// First byte and complete request headers must arrive within this (slowloris).
+    pub header_timeout: Duration,
+    /// How long shutdown waits for in-flight requests before closing what is left.
+    pub drain_timeout: Duration,
+    /// A downstream connection with nothing in flight for this long is closed.
+    pub idle_timeout: Duration,
+    /// Proxies in front of canaryd whose `X-Forwarded-For` entries are trusted.
+    pub trusted_hops: u32,
+    /// Defaults for routes that set no `timeouts`.
+    pub timeouts: Timeouts,
+    /// Upgrade protocols for routes that set no `upgrades`.
+    pub upgrades: Upgrades,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    pub connect: Duration,
+    pub response: Duration,
+    /// Longest silence inside a request or response body.
+    pub idle: Duration,
+}
+
+/// When a failed attempt is tried again, and how much retrying a route may do.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryPolicy {
+    /// Retries after the first attempt. Connect failures (nothing reached the upstream) are
+    /// retried for every method; `on_status` only for idempotent methods without a body.
+    pub attempts: u32,
+    pub on_status: Vec<u16>,
+    /// Retries in flight ≤ this share of the route's requests in flight (at least
+    /// [`RETRY_BUDGET_MIN`](super::RETRY_BUDGET_MIN)), so a failing upstream cannot multiply
+    /// its load.
+    pub budget_percent: f64,
+}
+
+/// Passive outlier detection: endpoints that keep failing are taken out for a while.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutlierPolicy {
+    /// 0 = off.
+    pub consecutive_failures: u32,
+    pub base_ejection_time: Duration,
+    pub max_ejection_time: Duration,
+    pub max_ejection_percent: f64,
+}
+
+/// Active health checking of every endpoint of a route.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct HealthCheck {
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub healthy_threshold: u32,
+    pub unhealthy_threshold: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    pub name: String,
+    pub host: Option<HostMatch>,
+    pub path_prefix: String,
+    /// Ordered; index 0 is the primary (stable) version.
+    pub versions: Vec<VersionConfig>,
+    pub rules: Vec<RuleConfig>,
+    pub sticky: Option<StickyConfig>,
+    pub timeouts: Timeouts,
+    pub retries: RetryPolicy,
+    pub outlier: OutlierPolicy,
+    pub health_check: Option<HealthCheck>,
+    /// Serve a non-primary version's traffic from the primary while it has no endpoint.
+    pub fallback: bool,
+    /// HTTP/1.1 upgrade protocols this route tunnels after a 101; any other `Upgrade` is
+    /// dropped and the request served as plain HTTP/1.1.
+    pub upgrades: Upgrades,
+}
+
+/// A set of HTTP/1.1 `Upgrade` protocol tokens, lowercased (tokens compare case-insensitively).
+/// `h2c` is never in it: a tunnelled h2c connection would carry requests canaryd never sees.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upgrades(pub Vec<String>);
+
+impl Upgrades {
+    /// Is `token` (any case) allowed?
+    pub fn allows(&self, token: &[u8]) -> bool {
+        self.0
+            .iter()
+            .any(|t| t.as_bytes().eq_ignore_ascii_case(token))
+    }
+}
+
+/// Host part of a route match, lowercased at validation so matching needs no allocation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostMatch {
+    /// `shop.example.com`
+    Exact(String),
+    /// `*.example.com`, stored as the suffix `.example.com`.
+    Wildcard(String),
+}
+
+impl HostMatch {
+    /// Does a request host (any case, no port) match?
+    pub fn matches(&self, host: &str) -> bool {
+        match self {
+            HostMatch::Exact(h) => host.eq_ignore_ascii_case(h),
+            HostMatch::Wildcard(suffix) => {
+                host.len() > suffix.len()
+                    && host.is_char_boundary(host.len() - suffix.len())
+                    && host[host.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
+            }
+        }
+    }
+}
+
+impl fmt::Display for HostMatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HostMatch::Exact(h) => f.write_str(h),
+            HostMatch::Wildcard(s) => write!(f, "*{s}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct VersionConfig {
+    pub name: String,
+    pub endpoints: Vec<Endpoint>,
+    /// For non-primary versions, the configured share; for the primary, the remainder.
+    pub weight: Weight,
+    pub upstream: Upstream,
+}
+
+/// Resolution of weights: 1 unit = 0.01 percent, so 100 % = 10 000 units. The sticky bucket
+/// space has the same size, so every weight maps to an exact number of buckets.
+pub const WEIGHT_SCALE: u32 = 10_000;
+
+/// A percentage in hundredths: `Weight(1050)` is 10.50 %.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub struct Weight(pub u32);
+
+impl Weight {
+    pub fn percent(self) -> f64 {
+        f64::from(self.0) / 100.0
+    }
+
+    /// Parse a percentage with at most two decimals, 0 to 100.
+    pub fn from_percent(p: f64) -> Result<Weight, String> {
+        if !p.is_finite() || !(0.0..=100.0).contains(&p) {
+            return Err(format!(
+                "must be a percentage from 0 to 100 (got {p}); decimals down to 0.01 are allowed"
+            ));
+        }
+        let scaled = p * 100.0;
+        let rounded = scaled.round();
+        if (scaled - rounded).abs() > 1e-6 {
+            return Err(format!(
+                "{p} has more than two decimals; the resolution of weights is 0.01 percent"
+            ));
+        }
+        Ok(Weight(rounded as u32))
+    }
+}
+
+impl fmt::Display for Weight {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // `pad` so `{:>6}` aligns weights in `canaryd check` output.
+        f.pad(&format!("{}.{:02}", self.0 / 100, self.0 % 100))
+    }
+}
+
+/// An upstream `host:port`. DNS names are kept as written and resolved at connect time.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Endpoint {
+    pub authority: Authority,
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.authority.as_str())
+    }
+}
+
+impl Endpoint {
+    pub fn parse(s: &str) -> Result<Endpoint, String> {
+        if s.contains("://") {
+            return Err(format!(
+                "`{s}` has a scheme; an endpoint is host:port, e.g. 127.0.0.1:9001 or app.default.svc:8080"
+            ));
+        }
+        let authority: Authority = s.parse().map_err(|_| {
+            format!("`{s}` is not host:port, e.g. 127.0.0.1:9001, [::1]:9001 or app.svc:8080")
+        })?;
+        if authority.as_str().contains('@') {
+            return Err(format!("`{s}` carries user info; an endpoint is host:port"));
+        }
+        match authority.port_u16() {
+            None => Err(format!("`{s}` has no port; an endpoint is host:port")),
+            Some(0) => Err(format!(
+                "`{s}` has port 0; use the port the service listens on"
+            )),
+            Some(_) if authority.host().is_empty() => Err(format!("`{s}` has no host")),
+            Some(_) => Ok(Endpoint { authority }),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RuleConfig {
+    /// Set for runtime rules (admin API) and optionally in the file; shown by `canaryd route`.
+    pub name: Option<String>,
+    /// Index into the route's versions.
+    pub to: usize,
+    /// All must hold (AND).
+    pub conditions: Vec<Condition>,
+}
+
+#[derive(Debug, Clone)]
+pub enum Condition {
+    Header {
+        name: HeaderName,
+        test: ValueTest,
+    },
+    Cookie {
+        name: String,
+        test: ValueTest,
+    },
+    /// The client address (after trusted `X-Forwarded-For` hops) is in one of these.
+    ClientIp(Vec<ipnet::IpNet>),
+}
+
+#[derive(Debug, Clone)]
+pub enum ValueTest {
+    Equals(String),
+    /// Unanchored search, like nginx `~`; write `^…$` for a full match.
+    Matches(regex::bytes::Regex),
+    /// `true`: the header is present; `false`: it is absent.
+    Present(bool),
+}
+
+#[derive(Debug, Clone)]
+pub struct StickyConfig {
+    pub key: StickyKey,
+    /// Cookie holding a random id, set on the response when the key is absent and also read
+    /// as the key's fallback so the assigned user stays where the first request sent them.
+    pub assign_cookie: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub enum StickyKey {
+    Cookie(String),
+    Header(HeaderName),
+}
+
+impl fmt::Display for StickyKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StickyKey::Cookie(c) => write!(f, "cookie {c}"),
+            StickyKey::Header(h) => write!(f, "header {h}"),
+        }
+    }
+}
