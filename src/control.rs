@@ -16,8 +16,8 @@
 use crate::analysis;
 use crate::config::raw::{RawRule, RawWhen};
 use crate::config::{
-    Admin, Condition, Config, ConfigError, Errors, FieldError, Listener, RouteConfig, StickyKey,
-    ValueTest, Weight, validate_rule,
+    Admin, Config, ConfigError, Errors, FieldError, Listener, RouteConfig, StickyKey, Weight,
+    validate_rule,
 };
 use crate::metrics::ReloadResult;
 use crate::state::State;
@@ -748,7 +748,7 @@ fn route_json(rc: &RouteConfig, ov: Option<&RouteOverrides>, file: Option<&Route
                 "index": i,
                 "name": r.name,
                 "to": rc.versions[r.to].name,
-                "when": r.conditions.iter().map(condition_json).collect::<Vec<_>>(),
+                "when": r.conditions,
                 "source": if i < n_runtime { "override" } else { "file" },
             })
         })
@@ -776,28 +776,4 @@ fn route_json(rc: &RouteConfig, ov: Option<&RouteOverrides>, file: Option<&Route
         },
         "fallback": rc.fallback,
     })
-}
-
-fn condition_json(c: &Condition) -> Value {
-    let test = |t: &ValueTest| match t {
-        ValueTest::Equals(v) => json!({ "equals": v }),
-        ValueTest::Matches(re) => json!({ "matches": re.as_str() }),
-        ValueTest::Present(p) => json!({ "present": p }),
-    };
-    match c {
-        Condition::Header { name, test: t } => {
-            let mut v = test(t);
-            v["name"] = json!(name.as_str());
-            json!({ "header": v })
-        }
-        Condition::Cookie { name, test: t } => {
-            let mut v = test(t);
-            v["name"] = json!(name);
-            json!({ "cookie": v })
-        }
-        Condition::ClientIp(nets) => {
-            let nets: Vec<String> = nets.iter().map(|n| n.to_string()).collect();
-            json!({ "client_ip": nets })
-        }
-    }
 }

@@ -7,6 +7,7 @@
 //! so both reject exactly the same inputs with exactly the same messages.
 
 pub mod raw;
+mod render;
 
 use http::HeaderName;
 use http::uri::Authority;
