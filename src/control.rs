@@ -630,13 +630,13 @@ impl Control {
                 summary: rt.metrics.window.summary(now, window),
             })
             .collect();
-        Ok(analysis::analyse(
+        Ok(json!(analysis::analyse(
             route,
             snap.generation,
             window,
             &settings,
             &inputs,
-        ))
+        )))
     }
 }
 
