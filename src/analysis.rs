@@ -10,7 +10,8 @@
 //! "inconclusive" with the reason; its rates and percentiles are `null`, never a silent 0/NaN.
 
 use crate::config::AnalysisSettings;
-use serde_json::{Value, json};
+use serde::Serialize;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -203,6 +204,69 @@ pub struct VersionInput<'a> {
     pub summary: Summary,
 }
 
+/// The analysis document of one route, as `GET /api/v1/routes/{route}/analysis` answers it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Report {
+    pub route: String,
+    pub generation: u64,
+    pub window_seconds: u64,
+    pub min_requests: u64,
+    /// `None` only for a route without versions, which validation never lets through.
+    pub primary: Option<String>,
+    pub versions: BTreeMap<String, VersionReport>,
+    /// Every non-primary version against the primary.
+    pub comparison: BTreeMap<String, Comparison>,
+}
+
+/// One version's numbers over the window; `null` rather than a guess below `min_requests`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct VersionReport {
+    pub primary: bool,
+    pub requests: u64,
+    pub errors_5xx: u64,
+    pub status: Status,
+    pub success_rate: Option<f64>,
+    pub latency_seconds: Latency,
+    /// Why the version is inconclusive; absent when it is not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Ok,
+    Inconclusive,
+}
+
+/// Latency quantiles in seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize)]
+pub struct Latency {
+    pub p50: Option<f64>,
+    pub p90: Option<f64>,
+    pub p99: Option<f64>,
+}
+
+/// The verdict for one non-primary version.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Comparison {
+    /// The primary's name.
+    pub against: String,
+    pub verdict: Verdict,
+    /// Every threshold crossed, or why there is no verdict; empty on a pass.
+    pub reasons: Vec<String>,
+    pub success_rate_delta: Option<f64>,
+    pub p99_ratio: Option<f64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    Pass,
+    Fail,
+    Inconclusive,
+}
+
 /// Build the analysis document. `versions[0]` is the primary.
 pub fn analyse(
     route: &str,
@@ -210,52 +274,64 @@ pub fn analyse(
     window: Duration,
     settings: &AnalysisSettings,
     versions: &[VersionInput<'_>],
-) -> Value {
+) -> Report {
     let min = settings.min_requests;
-    let mut by_name = serde_json::Map::new();
-    for (i, v) in versions.iter().enumerate() {
-        let s = &v.summary;
-        let enough = s.requests >= min;
-        let mut doc = json!({
-            "primary": i == 0,
-            "requests": s.requests,
-            "errors_5xx": s.errors,
-            "status": if enough { "ok" } else { "inconclusive" },
-            "success_rate": if enough { json!(s.success_rate()) } else { Value::Null },
-            "latency_seconds": if enough {
-                json!({ "p50": s.quantile(0.5), "p90": s.quantile(0.9), "p99": s.quantile(0.99) })
-            } else {
-                json!({ "p50": null, "p90": null, "p99": null })
-            },
-        });
-        if !enough {
-            doc["reason"] = json!(format!(
+    let by_name = versions
+        .iter()
+        .enumerate()
+        .map(|(i, v)| (v.name.to_string(), version_report(i == 0, &v.summary, min)))
+        .collect();
+    let comparison = match versions.split_first() {
+        Some((primary, others)) => others
+            .iter()
+            .map(|v| (v.name.to_string(), compare(primary, v, settings)))
+            .collect(),
+        None => BTreeMap::new(),
+    };
+    Report {
+        route: route.to_string(),
+        generation,
+        window_seconds: window.as_secs(),
+        min_requests: min,
+        primary: versions.first().map(|v| v.name.to_string()),
+        versions: by_name,
+        comparison,
+    }
+}
+
+/// One version's numbers, or `null`s and the reason when it has fewer than `min` requests.
+fn version_report(primary: bool, s: &Summary, min: u64) -> VersionReport {
+    let enough = s.requests >= min;
+    VersionReport {
+        primary,
+        requests: s.requests,
+        errors_5xx: s.errors,
+        status: if enough {
+            Status::Ok
+        } else {
+            Status::Inconclusive
+        },
+        success_rate: if enough { s.success_rate() } else { None },
+        latency_seconds: if enough {
+            Latency {
+                p50: s.quantile(0.5),
+                p90: s.quantile(0.9),
+                p99: s.quantile(0.99),
+            }
+        } else {
+            Latency::default()
+        },
+        reason: (!enough).then(|| {
+            format!(
                 "{} requests in the window, fewer than min_requests {min}",
                 s.requests
-            ));
-        }
-        by_name.insert(v.name.to_string(), doc);
+            )
+        }),
     }
-
-    let mut comparison = serde_json::Map::new();
-    if let Some((primary, others)) = versions.split_first() {
-        for v in others {
-            comparison.insert(v.name.to_string(), compare(primary, v, settings));
-        }
-    }
-    json!({
-        "route": route,
-        "generation": generation,
-        "window_seconds": window.as_secs(),
-        "min_requests": min,
-        "primary": versions.first().map(|v| v.name),
-        "versions": by_name,
-        "comparison": comparison,
-    })
 }
 
 /// Verdict for one non-primary version against the primary.
-fn compare(primary: &VersionInput<'_>, v: &VersionInput<'_>, st: &AnalysisSettings) -> Value {
+fn compare(primary: &VersionInput<'_>, v: &VersionInput<'_>, st: &AnalysisSettings) -> Comparison {
     let (p, c) = (&primary.summary, &v.summary);
     let mut reasons = Vec::new();
     for (name, s) in [(primary.name, p), (v.name, c)] {
@@ -267,13 +343,13 @@ fn compare(primary: &VersionInput<'_>, v: &VersionInput<'_>, st: &AnalysisSettin
         }
     }
     if !reasons.is_empty() {
-        return json!({
-            "against": primary.name,
-            "verdict": "inconclusive",
-            "reasons": reasons,
-            "success_rate_delta": null,
-            "p99_ratio": null,
-        });
+        return Comparison {
+            against: primary.name.to_string(),
+            verdict: Verdict::Inconclusive,
+            reasons,
+            success_rate_delta: None,
+            p99_ratio: None,
+        };
     }
     // Both have data: these are Some.
     let (ps, cs) = (
@@ -310,13 +386,17 @@ fn compare(primary: &VersionInput<'_>, v: &VersionInput<'_>, st: &AnalysisSettin
             ));
         }
     }
-    json!({
-        "against": primary.name,
-        "verdict": if reasons.is_empty() { "pass" } else { "fail" },
-        "reasons": reasons,
-        "success_rate_delta": delta,
-        "p99_ratio": ratio,
-    })
+    Comparison {
+        against: primary.name.to_string(),
+        verdict: if reasons.is_empty() {
+            Verdict::Pass
+        } else {
+            Verdict::Fail
+        },
+        reasons,
+        success_rate_delta: Some(delta),
+        p99_ratio: ratio,
+    }
 }
 
 #[cfg(test)]
@@ -381,7 +461,7 @@ mod tests {
     #[test]
     fn verdicts() {
         let doc = |p: Summary, c: Summary| {
-            analyse(
+            let report = analyse(
                 "shop",
                 3,
                 Duration::from_secs(60),
@@ -396,7 +476,8 @@ mod tests {
                         summary: c,
                     },
                 ],
-            )
+            );
+            serde_json::to_value(report).unwrap()
         };
         let d = doc(filled(200, 0, 5), filled(20, 0, 5));
         assert_eq!(d["comparison"]["canary"]["verdict"], "inconclusive");

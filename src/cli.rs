@@ -1,7 +1,7 @@
 //! What `canaryd check` and `canaryd route` print. Kept in the library so tests and the
 //! binary share it; `main.rs` only parses arguments and chooses exit codes.
 
-use crate::config::{Condition, Config, ConfigError, FieldError, RuleConfig, ValueTest, Weight};
+use crate::config::{Config, ConfigError, FieldError, RuleConfig, Weight};
 use crate::router::{self, BUCKETS, Reason, Route, Router};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
 use std::fmt::Write;
@@ -58,18 +58,7 @@ pub fn check_summary(source: &str, cfg: &Config) -> String {
 }
 
 fn describe_rule(rule: &RuleConfig, route: &crate::config::RouteConfig) -> String {
-    let conds: Vec<String> = rule
-        .conditions
-        .iter()
-        .map(|c| match c {
-            Condition::Header { name, test } => format!("header {name} {}", describe_test(test)),
-            Condition::Cookie { name, test } => format!("cookie {name} {}", describe_test(test)),
-            Condition::ClientIp(nets) => {
-                let nets: Vec<String> = nets.iter().map(|n| n.to_string()).collect();
-                format!("client_ip in [{}]", nets.join(", "))
-            }
-        })
-        .collect();
+    let conds: Vec<String> = rule.conditions.iter().map(|c| c.to_string()).collect();
     let name = rule
         .name
         .as_ref()
@@ -81,15 +70,6 @@ fn describe_rule(rule: &RuleConfig, route: &crate::config::RouteConfig) -> Strin
         route.versions[rule.to].name,
         name
     )
-}
-
-fn describe_test(t: &ValueTest) -> String {
-    match t {
-        ValueTest::Equals(v) => format!("equals {v:?}"),
-        ValueTest::Matches(re) => format!("matches /{}/", re.as_str()),
-        ValueTest::Present(true) => "present".to_string(),
-        ValueTest::Present(false) => "absent".to_string(),
-    }
 }
 
 /// Bucket ranges of a route's versions, e.g. `canary 10.00% (buckets 0-999)`.

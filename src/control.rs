@@ -12,24 +12,27 @@
 //!
 //! Listeners are never re-bound: a changed `listeners` or `admin` section is reported as
 //! "needs restart" and the running one is kept.
+//!
+//! Every operation takes typed arguments and returns a typed result or a [`ControlError`]
+//! saying what went wrong; reading requests, writing JSON and choosing status codes is the
+//! admin API's business (`admin`).
 
 use crate::analysis;
 use crate::config::raw::{RawRule, RawWhen};
 use crate::config::{
     Admin, Condition, Config, ConfigError, Errors, FieldError, Listener, RouteConfig, StickyKey,
-    ValueTest, Weight, validate_rule,
+    Weight, validate_rule,
 };
 use crate::metrics::ReloadResult;
-use crate::state::State;
+use crate::state::{Snapshot, State};
 use crate::tls::TlsListener;
-use http::StatusCode;
-use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde::Serialize;
 use std::collections::BTreeMap;
+use std::fmt;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 /// What asked for a reload; logged and shown in the status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -101,45 +104,125 @@ impl From<&FieldError> for FieldErrorJson {
     }
 }
 
-/// An admin API failure: status, message and the fields at fault. Nothing was changed.
-#[derive(Debug, Clone)]
-pub struct ApiError {
-    pub status: StatusCode,
-    pub message: String,
-    pub errors: Vec<FieldError>,
+/// What a rejected reload was reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejected {
+    Certificate,
+    Config,
 }
 
-impl ApiError {
-    fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
-        ApiError {
-            status,
-            message: message.into(),
-            errors: Vec::new(),
-        }
-    }
-
-    fn bad_field(field: impl Into<String>, message: impl Into<String>) -> ApiError {
-        let e = FieldError {
-            field: field.into(),
-            message: message.into(),
-        };
-        ApiError {
-            status: StatusCode::BAD_REQUEST,
-            message: e.to_string(),
-            errors: vec![e],
-        }
-    }
-
-    fn unknown_route(route: &str) -> ApiError {
-        ApiError::new(StatusCode::NOT_FOUND, format!("no route named `{route}`"))
-    }
-
-    pub fn to_json(&self) -> Value {
-        json!({
-            "error": self.message,
-            "errors": self.errors.iter().map(FieldErrorJson::from).collect::<Vec<_>>(),
+impl fmt::Display for Rejected {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Rejected::Certificate => "certificate",
+            Rejected::Config => "config",
         })
     }
+}
+
+/// Why a control operation changed nothing.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ControlError {
+    /// No route has this name.
+    UnknownRoute(String),
+    /// The route has no runtime rule of this name (file rules cannot be deleted).
+    NoRuntimeRule { route: String, name: String },
+    /// A weight names a version the route does not have; `known` lists the ones it has.
+    UnknownVersion {
+        route: String,
+        version: String,
+        known: Vec<String>,
+    },
+    /// A weight for the primary, which always gets what the others leave.
+    PrimaryWeight { version: String },
+    /// A weight that is not a percentage from 0 to 100 with at most two decimals.
+    BadWeight { version: String, reason: String },
+    /// The rule, or the config composed with the change, is invalid: every field at fault.
+    Invalid(ConfigError),
+    /// A reload found errors; `generation` is the one still in force.
+    ReloadRejected {
+        what: Rejected,
+        generation: u64,
+        error: ConfigError,
+    },
+    /// canaryd was started without a config file (e.g. `canaryd demo`).
+    NoConfigFile,
+}
+
+impl ControlError {
+    /// The fields at fault, each naming what was wrong; empty when no field is.
+    pub fn fields(&self) -> Vec<FieldError> {
+        let field = |field: &str, message: String| {
+            vec![FieldError {
+                field: field.to_string(),
+                message,
+            }]
+        };
+        match self {
+            ControlError::UnknownRoute(_)
+            | ControlError::NoRuntimeRule { .. }
+            | ControlError::NoConfigFile => Vec::new(),
+            ControlError::UnknownVersion {
+                route,
+                version,
+                known,
+            } => field(
+                version,
+                format!("unknown version; route `{route}` has: {}", known.join(", ")),
+            ),
+            ControlError::PrimaryWeight { version } => field(
+                version,
+                "is the primary version; it receives whatever the others leave, set the others"
+                    .to_string(),
+            ),
+            ControlError::BadWeight { version, reason } => field(version, reason.clone()),
+            ControlError::Invalid(e) | ControlError::ReloadRejected { error: e, .. } => {
+                e.errors.clone()
+            }
+        }
+    }
+}
+
+impl fmt::Display for ControlError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ControlError::UnknownRoute(route) => write!(f, "no route named `{route}`"),
+            ControlError::NoRuntimeRule { route, name } => {
+                write!(f, "route `{route}` has no runtime rule named `{name}`")
+            }
+            ControlError::UnknownVersion { .. }
+            | ControlError::PrimaryWeight { .. }
+            | ControlError::BadWeight { .. }
+            | ControlError::Invalid(_) => ConfigError {
+                errors: self.fields(),
+            }
+            .fmt(f),
+            ControlError::ReloadRejected { what, error, .. } => {
+                write!(f, "{what} rejected, the running one is kept: {error}")
+            }
+            ControlError::NoConfigFile => {
+                f.write_str("canaryd was started without a config file; nothing to reload")
+            }
+        }
+    }
+}
+
+impl std::error::Error for ControlError {}
+
+/// A reload that went through: `{"result": "applied", "generation": 3}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Reloaded {
+    pub result: Change,
+    /// The generation in force afterwards.
+    pub generation: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Change {
+    Applied,
+    /// The file is what was last applied.
+    Unchanged,
 }
 
 /// Runtime overrides for every route, by route name.
@@ -406,67 +489,69 @@ impl Control {
         &self,
         inner: &mut Inner,
         mut candidate: Overrides,
-    ) -> Result<u64, ApiError> {
-        let composed = compose(&inner.file, &mut candidate).map_err(|e| ApiError {
-            status: StatusCode::BAD_REQUEST,
-            message: e.to_string(),
-            errors: e.errors,
-        })?;
-        let generation = self.state.apply(composed).map_err(|e| ApiError {
-            status: StatusCode::BAD_REQUEST,
-            message: e.to_string(),
-            errors: e.errors,
-        })?;
+    ) -> Result<u64, ControlError> {
+        let composed = compose(&inner.file, &mut candidate).map_err(ControlError::Invalid)?;
+        let generation = self.state.apply(composed).map_err(ControlError::Invalid)?;
         inner.overrides = candidate;
         tracing::info!(generation, "runtime override applied");
         Ok(generation)
     }
 
-    fn file_route<'a>(inner: &'a Inner, route: &str) -> Result<&'a RouteConfig, ApiError> {
+    fn file_route<'a>(inner: &'a Inner, route: &str) -> Result<&'a RouteConfig, ControlError> {
         inner
             .file
             .routes
             .iter()
             .find(|r| r.name == route)
-            .ok_or_else(|| ApiError::unknown_route(route))
+            .ok_or_else(|| ControlError::UnknownRoute(route.to_string()))
     }
 
-    /// `PUT /api/v1/routes/{route}/weights` with `{"canary": 25.5}`.
-    pub fn set_weights(&self, route: &str, body: &[u8]) -> Result<u64, ApiError> {
+    /// Fails with [`ControlError::UnknownRoute`] for a route the config does not have. The
+    /// admin API checks this before reading a request's body or query, so an unknown route
+    /// is reported before bad input.
+    pub fn check_route(&self, route: &str) -> Result<(), ControlError> {
+        Self::file_route(&self.lock(), route).map(|_| ())
+    }
+
+    /// Set non-primary weights at runtime; the primary gets the rest. Entries are checked in
+    /// name order, each version name before its value, and `percent` reads a value (the
+    /// admin API passes its JSON number reader), so the problem reported first does not
+    /// depend on how the caller encodes weights. No weights change nothing.
+    pub fn set_weights<V>(
+        &self,
+        route: &str,
+        weights: &BTreeMap<String, V>,
+        percent: impl Fn(&V) -> Result<f64, String>,
+    ) -> Result<u64, ControlError> {
         let mut inner = self.lock();
         let rc = Self::file_route(&inner, route)?;
-        let map: BTreeMap<String, Value> = serde_json::from_slice(body).map_err(|e| {
-            ApiError::bad_field(
-                "body",
-                format!("must be a JSON object of version name to percent, e.g. {{\"canary\": 25.5}} ({e})"),
-            )
-        })?;
-        if map.is_empty() {
-            return Err(ApiError::bad_field("body", "names no version"));
-        }
-        let mut weights = BTreeMap::new();
-        for (version, value) in &map {
+        let mut checked = BTreeMap::new();
+        for (version, value) in weights {
             match rc.versions.iter().position(|v| &v.name == version) {
                 None => {
-                    let known: Vec<&str> = rc.versions.iter().map(|v| v.name.as_str()).collect();
-                    return Err(ApiError::bad_field(
-                        version.clone(),
-                        format!("unknown version; route `{route}` has: {}", known.join(", ")),
-                    ));
+                    return Err(ControlError::UnknownVersion {
+                        route: route.to_string(),
+                        version: version.clone(),
+                        known: rc.versions.iter().map(|v| v.name.clone()).collect(),
+                    });
                 }
                 Some(0) => {
-                    return Err(ApiError::bad_field(
-                        version.clone(),
-                        "is the primary version; it receives whatever the others leave, set the others",
-                    ));
+                    return Err(ControlError::PrimaryWeight {
+                        version: version.clone(),
+                    });
                 }
                 Some(_) => {}
             }
-            let p = value.as_f64().ok_or_else(|| {
-                ApiError::bad_field(version.clone(), format!("{value} is not a number"))
-            })?;
-            let w = Weight::from_percent(p).map_err(|m| ApiError::bad_field(version.clone(), m))?;
-            weights.insert(version.clone(), w);
+            let w = percent(value)
+                .and_then(Weight::from_percent)
+                .map_err(|reason| ControlError::BadWeight {
+                    version: version.clone(),
+                    reason,
+                })?;
+            checked.insert(version.clone(), w);
+        }
+        if checked.is_empty() {
+            return Ok(self.state.snapshot().generation);
         }
         let mut candidate = inner.overrides.clone();
         candidate
@@ -474,41 +559,29 @@ impl Control {
             .entry(route.to_string())
             .or_default()
             .weights
-            .extend(weights);
+            .extend(checked);
         self.apply_overrides(&mut inner, candidate)
     }
 
-    /// `PUT /api/v1/routes/{route}/rules/{name}` with `{"to": "canary", "when": {...}}`.
-    pub fn put_rule(&self, route: &str, name: &str, body: &[u8]) -> Result<u64, ApiError> {
-        #[derive(Deserialize)]
-        #[serde(deny_unknown_fields)]
-        struct RuleBody {
-            to: String,
-            when: RawWhen,
-        }
+    /// Add or replace the runtime rule `name`: route to `to` when every condition in `when`
+    /// holds. Runtime rules are evaluated before the file's.
+    pub fn put_rule(
+        &self,
+        route: &str,
+        name: &str,
+        to: String,
+        when: RawWhen,
+    ) -> Result<u64, ControlError> {
         let mut inner = self.lock();
         let rc = Self::file_route(&inner, route)?;
-        let body: RuleBody = serde_json::from_slice(body).map_err(|e| {
-            ApiError::bad_field(
-                "body",
-                format!(
-                    "must be a rule like {{\"to\": \"canary\", \"when\": {{\"header\": {{\"name\": \"x-canary\", \"equals\": \"always\"}}}}}} ({e})"
-                ),
-            )
-        })?;
         let raw = RawRule {
             name: Some(name.to_string()),
-            to: body.to,
-            when: body.when,
+            to,
+            when,
         };
         let mut errs = Errors::default();
         if validate_rule(&raw, &rc.versions, "rule", &mut errs).is_none() {
-            let e = ConfigError { errors: errs.0 };
-            return Err(ApiError {
-                status: StatusCode::BAD_REQUEST,
-                message: e.to_string(),
-                errors: e.errors,
-            });
+            return Err(ControlError::Invalid(ConfigError { errors: errs.0 }));
         }
         let mut candidate = inner.overrides.clone();
         let rules = &mut candidate.routes.entry(route.to_string()).or_default().rules;
@@ -519,8 +592,8 @@ impl Control {
         self.apply_overrides(&mut inner, candidate)
     }
 
-    /// `DELETE /api/v1/routes/{route}/rules/{name}`.
-    pub fn delete_rule(&self, route: &str, name: &str) -> Result<u64, ApiError> {
+    /// Remove the runtime rule `name`.
+    pub fn delete_rule(&self, route: &str, name: &str) -> Result<u64, ControlError> {
         let mut inner = self.lock();
         Self::file_route(&inner, route)?;
         let mut candidate = inner.overrides.clone();
@@ -530,17 +603,17 @@ impl Control {
             o.rules.len() != before
         });
         if !removed {
-            return Err(ApiError::new(
-                StatusCode::NOT_FOUND,
-                format!("route `{route}` has no runtime rule named `{name}`"),
-            ));
+            return Err(ControlError::NoRuntimeRule {
+                route: route.to_string(),
+                name: name.to_string(),
+            });
         }
         candidate.routes.retain(|_, o| !o.is_empty());
         self.apply_overrides(&mut inner, candidate)
     }
 
-    /// `DELETE /api/v1/routes/{route}/overrides`: back to the file's weights and rules.
-    pub fn clear_overrides(&self, route: &str) -> Result<u64, ApiError> {
+    /// Drop every runtime override of the route: back to the file's weights and rules.
+    pub fn clear_overrides(&self, route: &str) -> Result<u64, ControlError> {
         let mut inner = self.lock();
         Self::file_route(&inner, route)?;
         let mut candidate = inner.overrides.clone();
@@ -548,83 +621,53 @@ impl Control {
         self.apply_overrides(&mut inner, candidate)
     }
 
-    /// `GET /api/v1/routes[/{route}]`: the effective config with the source of each value.
-    pub fn routes_json(&self, only: Option<&str>) -> Result<Value, ApiError> {
+    /// Every route as it runs, with the source of each value.
+    pub fn routes(&self) -> RoutesView {
         let inner = self.lock();
         let snap = self.state.snapshot();
-        let mut routes = Vec::new();
-        for rc in &snap.config.routes {
-            if only.is_some_and(|o| o != rc.name) {
-                continue;
-            }
-            let ov = inner.overrides.routes.get(&rc.name);
-            let file = inner.file.routes.iter().find(|r| r.name == rc.name);
-            routes.push(route_json(rc, ov, file));
-        }
-        match only {
-            Some(name) if routes.is_empty() => Err(ApiError::unknown_route(name)),
-            Some(_) => {
-                let mut r = routes.pop().unwrap_or(Value::Null);
-                r["generation"] = json!(snap.generation);
-                Ok(r)
-            }
-            None => Ok(json!({ "generation": snap.generation, "routes": routes })),
+        RoutesView {
+            generation: snap.generation,
+            routes: snap
+                .config
+                .routes
+                .iter()
+                .map(|rc| route_view(&inner, rc))
+                .collect(),
         }
     }
-}
 
-impl Control {
-    /// `GET /api/v1/routes/{route}/analysis?window=60s&min_requests=50`.
-    pub fn analysis_json(&self, route: &str, query: Option<&str>) -> Result<Value, ApiError> {
+    /// One route as it runs, with the source of each value.
+    pub fn route(&self, name: &str) -> Result<RouteAt, ControlError> {
+        let inner = self.lock();
         let snap = self.state.snapshot();
-        let rt = snap
-            .route(route)
-            .ok_or_else(|| ApiError::unknown_route(route))?;
-        let mut window = std::time::Duration::from_secs(60);
-        let mut settings = snap.config.analysis.clone();
-        for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            match k {
-                "window" => {
-                    window = humantime::parse_duration(v)
-                        .ok()
-                        .filter(|d| *d >= analysis::SLOT && *d <= analysis::MAX_WINDOW)
-                        .ok_or_else(|| {
-                            ApiError::bad_field(
-                                "window",
-                                format!(
-                                    "`{v}` must be a duration from {}s to {}s, e.g. 60s or 5m",
-                                    analysis::SLOT.as_secs(),
-                                    analysis::MAX_WINDOW.as_secs()
-                                ),
-                            )
-                        })?;
-                }
-                "min_requests" => {
-                    settings.min_requests = v.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
-                        ApiError::bad_field(
-                            "min_requests",
-                            format!("`{v}` must be a whole number above 0"),
-                        )
-                    })?;
-                }
-                other => {
-                    return Err(ApiError::bad_field(
-                        other.to_string(),
-                        "unknown query parameter; use window and min_requests",
-                    ));
-                }
-            }
-        }
-        let now = std::time::Instant::now();
-        let inputs: Vec<analysis::VersionInput<'_>> = rt
-            .versions
+        let rc = snap
+            .config
+            .routes
             .iter()
-            .map(|v| analysis::VersionInput {
-                name: &v.name,
-                summary: v.metrics.window.summary(now, window),
-            })
-            .collect();
+            .find(|r| r.name == name)
+            .ok_or_else(|| ControlError::UnknownRoute(name.to_string()))?;
+        Ok(RouteAt {
+            route: route_view(&inner, rc),
+            generation: snap.generation,
+        })
+    }
+
+    /// Canary analysis of the route over the last `window` (from [`analysis::SLOT`] to
+    /// [`analysis::MAX_WINDOW`]; the admin API checks), with the config's `min_requests`
+    /// unless one is given.
+    pub fn analysis(
+        &self,
+        route: &str,
+        window: Duration,
+        min_requests: Option<u64>,
+    ) -> Result<analysis::Report, ControlError> {
+        let snap = self.state.snapshot();
+        let inputs = version_windows(&snap, route, window)
+            .ok_or_else(|| ControlError::UnknownRoute(route.to_string()))?;
+        let mut settings = snap.config.analysis.clone();
+        if let Some(n) = min_requests {
+            settings.min_requests = n;
+        }
         Ok(analysis::analyse(
             route,
             snap.generation,
@@ -633,6 +676,51 @@ impl Control {
             &inputs,
         ))
     }
+
+    /// Re-read the TLS certificates, then the config file; `force` as in [`Control::reload`]
+    /// is on, so a file whose last attempt failed is tried again. A rejected certificate
+    /// stops before the config file is read.
+    pub fn reload_all(&self, trigger: Trigger) -> Result<Reloaded, ControlError> {
+        let rejected = |what, error| ControlError::ReloadRejected {
+            what,
+            generation: self.state.snapshot().generation,
+            error,
+        };
+        self.reload_certs(trigger)
+            .map_err(|e| rejected(Rejected::Certificate, e))?;
+        match self.reload(trigger, true) {
+            ReloadOutcome::Applied { generation } => Ok(Reloaded {
+                result: Change::Applied,
+                generation,
+            }),
+            ReloadOutcome::Unchanged { generation } => Ok(Reloaded {
+                result: Change::Unchanged,
+                generation,
+            }),
+            ReloadOutcome::Failed(e) => Err(rejected(Rejected::Config, e)),
+            ReloadOutcome::NoFile => Err(ControlError::NoConfigFile),
+        }
+    }
+}
+
+/// Each version's window summary, primary first; `None` for an unknown route. The only
+/// place the analysis reads the snapshot's layout.
+fn version_windows<'s>(
+    snap: &'s Snapshot,
+    route: &str,
+    window: Duration,
+) -> Option<Vec<analysis::VersionInput<'s>>> {
+    let now = Instant::now();
+    Some(
+        snap.route(route)?
+            .versions
+            .iter()
+            .map(|v| analysis::VersionInput {
+                name: &v.name,
+                summary: v.metrics.window.summary(now, window),
+            })
+            .collect(),
+    )
 }
 
 fn trigger_name(t: Trigger) -> &'static str {
@@ -707,92 +795,156 @@ fn compose(file: &Config, ov: &mut Overrides) -> Result<Config, ConfigError> {
     }
 }
 
-fn route_json(rc: &RouteConfig, ov: Option<&RouteOverrides>, file: Option<&RouteConfig>) -> Value {
+/// `GET /api/v1/routes`: every route and the generation they are from.
+#[derive(Debug, Clone, Serialize)]
+pub struct RoutesView {
+    pub generation: u64,
+    pub routes: Vec<RouteView>,
+}
+
+/// `GET /api/v1/routes/{route}`: one route, plus the generation it is from.
+#[derive(Debug, Clone, Serialize)]
+pub struct RouteAt {
+    #[serde(flatten)]
+    pub route: RouteView,
+    pub generation: u64,
+}
+
+/// A route as it runs: the file config with the runtime overrides on top.
+#[derive(Debug, Clone, Serialize)]
+pub struct RouteView {
+    pub name: String,
+    #[serde(rename = "match")]
+    pub matches: MatchView,
+    pub versions: Vec<VersionView>,
+    pub rules: Vec<RuleView>,
+    pub sticky: Option<StickyView>,
+    pub timeouts: TimeoutsView,
+    pub fallback: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct MatchView {
+    /// `None`: any host.
+    pub host: Option<String>,
+    pub path_prefix: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct VersionView {
+    pub name: String,
+    pub primary: bool,
+    pub endpoints: Vec<String>,
+    /// Effective weight, percent.
+    pub weight: f64,
+    pub weight_source: Source,
+    /// The weight in the file, under any override.
+    pub file_weight: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RuleView {
+    /// Evaluation order: runtime rules first.
+    pub index: usize,
+    pub name: Option<String>,
+    pub to: String,
+    pub when: Vec<Condition>,
+    pub source: Source,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StickyView {
+    pub key: StickyKeyView,
+    pub assign_cookie: Option<String>,
+}
+
+/// `{"cookie": "session"}` or `{"header": "x-user-id"}`.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StickyKeyView {
+    Cookie(String),
+    Header(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct TimeoutsView {
+    pub connect_ms: u64,
+    pub response_ms: u64,
+    pub idle_ms: u64,
+}
+
+/// Where a value comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    File,
+    /// A runtime override (admin API).
+    Override,
+}
+
+/// The running route `rc` with the source of each value, from the overrides and the file.
+fn route_view(inner: &Inner, rc: &RouteConfig) -> RouteView {
+    let ov = inner.overrides.routes.get(&rc.name);
+    let file = inner.file.routes.iter().find(|r| r.name == rc.name);
     let weight_overridden = |name: &str| ov.is_some_and(|o| o.weights.contains_key(name));
     let any_weight_override = ov.is_some_and(|o| !o.weights.is_empty());
-    let versions: Vec<Value> = rc
+    let versions = rc
         .versions
         .iter()
         .enumerate()
-        .map(|(i, v)| {
-            let source = if (i == 0 && any_weight_override) || weight_overridden(&v.name) {
-                "override"
+        .map(|(i, v)| VersionView {
+            name: v.name.clone(),
+            primary: i == 0,
+            endpoints: v.endpoints.iter().map(|e| e.to_string()).collect(),
+            weight: v.weight.percent(),
+            weight_source: if (i == 0 && any_weight_override) || weight_overridden(&v.name) {
+                Source::Override
             } else {
-                "file"
-            };
-            let file_weight = file
+                Source::File
+            },
+            file_weight: file
                 .and_then(|f| f.versions.iter().find(|x| x.name == v.name))
-                .map(|x| x.weight.percent());
-            json!({
-                "name": v.name,
-                "primary": i == 0,
-                "endpoints": v.endpoints.iter().map(|e| e.to_string()).collect::<Vec<_>>(),
-                "weight": v.weight.percent(),
-                "weight_source": source,
-                "file_weight": file_weight,
-            })
+                .map(|x| x.weight.percent()),
         })
         .collect();
     let n_runtime = ov.map_or(0, |o| o.rules.len());
-    let rules: Vec<Value> = rc
+    let rules = rc
         .rules
         .iter()
         .enumerate()
-        .map(|(i, r)| {
-            json!({
-                "index": i,
-                "name": r.name,
-                "to": rc.versions[r.to].name,
-                "when": r.conditions.iter().map(condition_json).collect::<Vec<_>>(),
-                "source": if i < n_runtime { "override" } else { "file" },
-            })
+        .map(|(i, r)| RuleView {
+            index: i,
+            name: r.name.clone(),
+            to: rc.versions[r.to].name.clone(),
+            when: r.conditions.clone(),
+            source: if i < n_runtime {
+                Source::Override
+            } else {
+                Source::File
+            },
         })
         .collect();
-    let sticky = rc.sticky.as_ref().map(|s| {
-        let key = match &s.key {
-            StickyKey::Cookie(c) => json!({ "cookie": c }),
-            StickyKey::Header(h) => json!({ "header": h.as_str() }),
-        };
-        json!({ "key": key, "assign_cookie": s.assign_cookie })
+    let sticky = rc.sticky.as_ref().map(|s| StickyView {
+        key: match &s.key {
+            StickyKey::Cookie(c) => StickyKeyView::Cookie(c.clone()),
+            StickyKey::Header(h) => StickyKeyView::Header(h.as_str().to_string()),
+        },
+        assign_cookie: s.assign_cookie.clone(),
     });
-    json!({
-        "name": rc.name,
-        "match": {
-            "host": rc.host.as_ref().map(|h| h.to_string()),
-            "path_prefix": rc.path_prefix,
+    RouteView {
+        name: rc.name.clone(),
+        matches: MatchView {
+            host: rc.host.as_ref().map(|h| h.to_string()),
+            path_prefix: rc.path_prefix.clone(),
         },
-        "versions": versions,
-        "rules": rules,
-        "sticky": sticky,
-        "timeouts": {
-            "connect_ms": rc.timeouts.connect.as_millis() as u64,
-            "response_ms": rc.timeouts.response.as_millis() as u64,
-            "idle_ms": rc.timeouts.idle.as_millis() as u64,
+        versions,
+        rules,
+        sticky,
+        timeouts: TimeoutsView {
+            connect_ms: rc.timeouts.connect.as_millis() as u64,
+            response_ms: rc.timeouts.response.as_millis() as u64,
+            idle_ms: rc.timeouts.idle.as_millis() as u64,
         },
-        "fallback": rc.fallback,
-    })
-}
-
-fn condition_json(c: &Condition) -> Value {
-    let test = |t: &ValueTest| match t {
-        ValueTest::Equals(v) => json!({ "equals": v }),
-        ValueTest::Matches(re) => json!({ "matches": re.as_str() }),
-        ValueTest::Present(p) => json!({ "present": p }),
-    };
-    match c {
-        Condition::Header { name, test: t } => {
-            let mut v = test(t);
-            v["name"] = json!(name.as_str());
-            json!({ "header": v })
-        }
-        Condition::Cookie { name, test: t } => {
-            let mut v = test(t);
-            v["name"] = json!(name);
-            json!({ "cookie": v })
-        }
-        Condition::ClientIp(nets) => {
-            let nets: Vec<String> = nets.iter().map(|n| n.to_string()).collect();
-            json!({ "client_ip": nets })
-        }
+        fallback: rc.fallback,
     }
 }

@@ -15,9 +15,11 @@
 //! - [`analysis`]: sliding-window success rate and latency per version; canary verdicts.
 //! - [`pool`]: our connection pool for clear-text HTTP/1.1 upstreams.
 //! - [`metrics`]: Prometheus metrics; per-version handles resolved per snapshot, lock-free histogram.
-//! - [`control`]: reloads and runtime overrides composed into one config; reload status.
+//! - [`control`]: reloads and runtime overrides composed into one config; reload status. Typed
+//!   operations and errors, no JSON or status codes.
 //! - [`watch`]: reload triggers: directory watch with debounce, periodic re-read, SIGHUP.
-//! - [`admin`]: admin listener: `/healthz`, `/readyz`, `/metrics`, JSON API under `/api/v1`.
+//! - [`admin`]: admin listener: `/healthz`, `/readyz`, `/metrics`, JSON API under `/api/v1`; reads
+//!   requests into control's typed arguments, maps every failure to a status in one match.
 //! - [`cli`]: what `canaryd check` and `canaryd route` print.
 //! - [`demo`]: `canaryd demo`: two demo backends and the proxy on built-in defaults.
 #![forbid(unsafe_code)]

@@ -15,6 +15,7 @@
 //!   carry default values.
 
 pub mod raw;
+mod render;
 
 mod defaults;
 mod types;

@@ -1,0 +1,230 @@
+//! The admin listener: `/healthz`, `/readyz`, `/metrics` and the JSON API under `/api/v1`.
+//!
+//! Access: health and metrics are open (Kubernetes probes and Prometheus need them). The API
+//! requires `Authorization: Bearer <token>` when a token is configured; without a token,
+//! state-changing calls are refused unless they come from a loopback peer. canaryd refuses to
+//! start with a non-loopback admin address and no token (see `server`).
+//!
+//! This module is the listener and the routing; `json` reads requests into the control
+//! plane's typed arguments and writes its typed results; `error` maps every failure to a
+//! status in one place.
+
+mod error;
+mod json;
+
+use crate::control::{Control, Trigger};
+use bytes::Bytes;
+use error::AdminError;
+use http::{HeaderMap, Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use json::Generation;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// Largest admin request body accepted.
+const MAX_BODY: usize = 64 * 1024;
+
+pub struct Admin {
+    pub control: Arc<Control>,
+    /// Bearer token for `/api/v1/*`, if any.
+    pub token: Option<String>,
+}
+
+/// Serve the admin API until `stop` turns true.
+pub async fn serve(listener: TcpListener, admin: Arc<Admin>, mut stop: watch::Receiver<bool>) {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(10));
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = stop.changed() => return,
+            res = listener.accept() => match res {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let admin = admin.clone();
+        let svc = service_fn(move |req| {
+            let admin = admin.clone();
+            async move { Ok::<_, Infallible>(handle(&admin, peer, req).await) }
+        });
+        let conn = builder
+            .serve_connection(TokioIo::new(stream), svc)
+            .into_owned();
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+    }
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+/// Constant-time comparison so the token cannot be guessed byte by byte from timing.
+fn token_matches(given: &[u8], want: &[u8]) -> bool {
+    given.len() == want.len()
+        && given
+            .iter()
+            .zip(want)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+}
+
+async fn handle(admin: &Admin, peer: SocketAddr, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    respond(admin, peer, req)
+        .await
+        .unwrap_or_else(AdminError::into_response)
+}
+
+async fn respond(
+    admin: &Admin,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, AdminError> {
+    let path = req.uri().path().to_string();
+    let query = req.uri().query().map(str::to_string);
+    let method = req.method().clone();
+    match (&method, path.as_str()) {
+        (&Method::GET, "/healthz") => return Ok(text(StatusCode::OK, "ok\n")),
+        (&Method::GET, "/readyz") => {
+            return Ok(if admin.control.state().is_draining() {
+                text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+            } else {
+                text(StatusCode::OK, "ready\n")
+            });
+        }
+        (&Method::GET, "/metrics") => {
+            let mut r = Response::new(Full::new(Bytes::from(
+                admin.control.state().metrics.encode(),
+            )));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            return Ok(r);
+        }
+        _ => {}
+    }
+    let Some(api_path) = path.strip_prefix("/api/v1/") else {
+        return Err(AdminError::NoEndpoint(path));
+    };
+    authorize(admin, peer, &method, req.headers())?;
+    let body = Limited::new(req.into_body(), MAX_BODY)
+        .collect()
+        .await
+        .map_err(|_| AdminError::BodyTooLarge)?
+        .to_bytes();
+    let segments: Vec<&str> = api_path.split('/').filter(|s| !s.is_empty()).collect();
+    api(
+        &admin.control,
+        &method,
+        &path,
+        &segments,
+        query.as_deref(),
+        &body,
+    )
+}
+
+/// The bearer token when one is configured; otherwise changes only from loopback.
+fn authorize(
+    admin: &Admin,
+    peer: SocketAddr,
+    method: &Method,
+    headers: &HeaderMap,
+) -> Result<(), AdminError> {
+    match &admin.token {
+        Some(token) => {
+            let given = headers
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
+            if given.is_some_and(|g| token_matches(g, token.as_bytes())) {
+                Ok(())
+            } else {
+                Err(AdminError::Unauthorized)
+            }
+        }
+        None if method != Method::GET && !peer.ip().is_loopback() => Err(AdminError::Forbidden),
+        None => Ok(()),
+    }
+}
+
+/// One `/api/v1` call: read its input, run the control operation, write the result. The
+/// route is checked before the input is read, so an unknown route is a 404 whatever the
+/// body or query says.
+fn api(
+    control: &Control,
+    method: &Method,
+    path: &str,
+    segments: &[&str],
+    query: Option<&str>,
+    body: &[u8],
+) -> Result<Response<Full<Bytes>>, AdminError> {
+    let changed = |generation| json::ok(&Generation { generation });
+    match (method, segments) {
+        (&Method::POST, ["reload"]) => Ok(json::ok(&control.reload_all(Trigger::Api)?)),
+        (&Method::GET, ["reload"]) => Ok(json::ok(&control.status())),
+        (&Method::GET, ["routes"]) => Ok(json::ok(&control.routes())),
+        (&Method::GET, ["routes", route]) => Ok(json::ok(&control.route(route)?)),
+        (&Method::GET, ["routes", route, "analysis"]) => {
+            control.check_route(route)?;
+            let q = json::analysis_query(query)?;
+            Ok(json::ok(&control.analysis(
+                route,
+                q.window,
+                q.min_requests,
+            )?))
+        }
+        (&Method::PUT, ["routes", route, "weights"]) => {
+            control.check_route(route)?;
+            let weights = json::weights(body)?;
+            Ok(changed(control.set_weights(
+                route,
+                &weights,
+                json::percent,
+            )?))
+        }
+        (&Method::PUT, ["routes", route, "rules", name]) => {
+            control.check_route(route)?;
+            let rule = json::rule(body)?;
+            Ok(changed(control.put_rule(route, name, rule.to, rule.when)?))
+        }
+        (&Method::DELETE, ["routes", route, "rules", name]) => {
+            Ok(changed(control.delete_rule(route, name)?))
+        }
+        (&Method::DELETE, ["routes", route, "overrides"]) => {
+            Ok(changed(control.clear_overrides(route)?))
+        }
+        (_, ["reload"])
+        | (_, ["routes"])
+        | (_, ["routes", _])
+        | (_, ["routes", _, "weights"])
+        | (_, ["routes", _, "analysis"])
+        | (_, ["routes", _, "rules", _])
+        | (_, ["routes", _, "overrides"]) => Err(AdminError::MethodNotAllowed {
+            method: method.clone(),
+            path: path.to_string(),
+        }),
+        _ => Err(AdminError::NoEndpoint(path.to_string())),
+    }
+}
