@@ -70,7 +70,7 @@ async fn main() {
         ms(pct(0.9)),
         ms(pct(0.99)),
         ms(samples[samples.len() - 1]),
-        canaryd::watch::DEBOUNCE.as_millis(),
-        canaryd::watch::SETTLE.as_millis(),
+        canaryd::control::watch::DEBOUNCE.as_millis(),
+        canaryd::control::watch::SETTLE.as_millis(),
     );
 }

@@ -157,7 +157,7 @@ async fn half_written_file_never_applies() {
     f.flush().unwrap();
     // Far longer than the debounce, and longer than the watcher waits for a file that is
     // unreadable or changing: a writer holding the file open is waited for however long.
-    let wait = canaryd::watch::UNSETTLED_MAX_WAIT + std::time::Duration::from_millis(500);
+    let wait = canaryd::control::watch::UNSETTLED_MAX_WAIT + std::time::Duration::from_millis(500);
     tokio::time::sleep(wait).await;
     assert_eq!(proxy.generation(), 2, "half-written file was applied");
     f.write_all(tail.as_bytes()).unwrap();

@@ -47,9 +47,9 @@ for s in "${sections[@]}"; do
   case "$s" in
     guard) section guard -f src/server/h1guard.rs -- --lib ;;
     router) section router -f src/router.rs -- --lib ;;
-    config) section config -f src/config/mod.rs -- --lib ;;
-    watch) section watch -f src/watch.rs -- --test reload ;;
-    reload) section reload -f src/control.rs \
+    config) section config -f src/config/validate.rs -- --lib ;;
+    watch) section watch -f src/control/watch.rs -- --test reload ;;
+    reload) section reload -f src/control/mod.rs \
       --re 'StartupOnly|content_hash|Control::reload|Control::fail|fn compose|compose' \
       -- --lib --test reload ;;
     *) echo "unknown section $s (watch, reload, guard, router, config)" >&2; exit 2 ;;

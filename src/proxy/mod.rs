@@ -1,22 +1,22 @@
-//! The request path, as named phases over one [`RequestCtx`] (Pingora's `ProxyHttp` phases
+//! The request path, as named phases over one `RequestCtx` (Pingora's `ProxyHttp` phases
 //! are the model):
 //!
-//! 1. [`route`](route::route): refuse an ambiguous `Host`, then host/path → route, and rules →
+//! 1. `route::route`: refuse an ambiguous `Host`, then host/path → route, and rules →
 //!    sticky → weights → version (pure, see [`crate::router`]);
-//! 2. [`pick`](route::pick): an available endpoint of that version, or the primary's with
+//! 2. `route::pick`: an available endpoint of that version, or the primary's with
 //!    `fallback`;
-//! 3. [`rewrite_request`](request::rewrite_request): strip hop-by-hop (keeping an allowed
+//! 3. `request::rewrite_request`: strip hop-by-hop (keeping an allowed
 //!    `Upgrade`), add `X-Forwarded-*`, rebuild `Host` from `:authority`;
-//! 4. [`send`](send::send): attempts through our HTTP/1.1 pool or the client, under the
-//!    route's response timeout, with retries, the retry budget, body replay and the outcome
-//!    fed to outlier detection;
-//! 5. [`rewrite_response`](response::rewrite_response): check a 101 and start the tunnel,
+//! 4. send (the loop in `forward`, the rest in `send::Attempts`): attempts through our
+//!    HTTP/1.1 pool or the client, under the route's response timeout, with retries, the retry
+//!    budget, body replay and the outcome fed to outlier detection;
+//! 5. `response::rewrite_response`: check a 101 and start the tunnel,
 //!    strip hop-by-hop, `x-canaryd-version`, the sticky cookie, and the body (streamed
 //!    through; a gRPC one counts its status at the trailers);
-//! 6. [`RequestCtx::record`]: metrics by who is at fault, and the access log.
+//! 6. `RequestCtx::record`: metrics by who is at fault, and the access log.
 //!
 //! The snapshot is loaded once, so the whole request sees one config generation. Every
-//! failure is a [`ProxyError`](crate::error::ProxyError), turned into a response in exactly
+//! failure is a [`crate::error::ProxyError`], turned into a response in exactly
 //! one place.
 
 pub mod body;

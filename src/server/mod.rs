@@ -102,7 +102,7 @@ impl Server {
         let path = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
         let mut server = Self::bind_inner(config, Some(path.clone()), Some(&text), workers).await?;
         tracing::info!(path = %path.display(), "watching config file");
-        server.watcher = Some(crate::watch::spawn(server.control.clone())?);
+        server.watcher = Some(crate::control::watch::spawn(server.control.clone())?);
         Ok(server)
     }
 

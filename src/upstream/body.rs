@@ -71,7 +71,7 @@ const DRAIN_BYTES: usize = 64 * 1024;
 /// The client's request body. Dropped before its end — the upstream answered before the
 /// client's END_STREAM arrived, typically a body of known length whose END_STREAM comes in a
 /// frame of its own — an HTTP/2 body is read to its end for a moment (bounded by
-/// [`DRAIN_TIME`] and [`DRAIN_BYTES`]) instead of reset: HTTP/2 would otherwise answer a
+/// `DRAIN_TIME` and `DRAIN_BYTES`) instead of reset: HTTP/2 would otherwise answer a
 /// complete response with RST_STREAM(NO_ERROR), which RFC 9113 §8.1 allows but clients such as
 /// Python's httpx report as a failed request (16 % of h2c POSTs under load, measured).
 #[derive(Debug)]

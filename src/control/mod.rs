@@ -17,6 +17,8 @@
 //! saying what went wrong; reading requests, writing JSON and choosing status codes is the
 //! admin API's business (`admin`).
 
+pub mod watch;
+
 use crate::analysis;
 use crate::config::raw::{RawRule, RawWhen};
 use crate::config::{

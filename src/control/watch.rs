@@ -13,7 +13,7 @@
 //! the watcher cannot know any more — the file was removed or renamed away, or the kernel's
 //! event queue overflowed — is the writer assumed gone.
 
-use crate::control::{Control, ReloadOutcome, Trigger};
+use super::{Control, ReloadOutcome, Trigger};
 use notify::event::{AccessKind, AccessMode, ModifyKind};
 use notify::{Event, EventKind, RecursiveMode, Watcher};
 use std::path::{Path, PathBuf};
