@@ -16,6 +16,7 @@
 
 pub mod raw;
 mod render;
+pub mod rollout;
 
 mod defaults;
 mod types;
@@ -26,6 +27,7 @@ pub use defaults::{
     DEFAULT_HEADER_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS,
     DEFAULT_RESPONSE_TIMEOUT, RETRY_BUDGET_MIN,
 };
+pub use rollout::{Check, CheckKind, Gate, OnInconclusive, RolloutSpec, Step};
 pub use types::{
     Admin, AnalysisSettings, Condition, Config, ConfigError, Endpoint, FieldError, HealthCheck,
     HostMatch, Listener, OutlierPolicy, Protocol, ProxySettings, RetryPolicy, RouteConfig,

@@ -152,6 +152,8 @@ pub struct ProxySettings {
     pub timeouts: Timeouts,
     /// Upgrade protocols for routes that set no `upgrades`.
     pub upgrades: Upgrades,
+    /// Where rollout state is kept across restarts (required by a route with a `rollout`).
+    pub state_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -213,6 +215,8 @@ pub struct RouteConfig {
     /// HTTP/1.1 upgrade protocols this route tunnels after a 101; any other `Upgrade` is
     /// dropped and the request served as plain HTTP/1.1.
     pub upgrades: Upgrades,
+    /// Steps, gates, automatic promotion and rollback (`crate::rollout` runs it).
+    pub rollout: Option<super::RolloutSpec>,
 }
 
 /// A set of HTTP/1.1 `Upgrade` protocol tokens, lowercased (tokens compare case-insensitively).

@@ -183,6 +183,7 @@ impl TryFrom<RawConfig> for Config {
                 .as_deref()
                 .map(|u| validate_upgrades(u, "proxy.upgrades", &mut errs))
                 .unwrap_or_default(),
+            state_file: None,
         };
 
         let mut routes = Vec::new();
@@ -736,6 +737,7 @@ fn validate_route(
         health_check,
         fallback: r.fallback,
         upgrades,
+        rollout: None,
     })
 }
 
