@@ -36,6 +36,7 @@ pub mod demo;
 pub mod error;
 pub mod metrics;
 pub mod proxy;
+pub mod rollout;
 pub mod router;
 pub mod server;
 pub mod state;
