@@ -3,6 +3,8 @@
 use super::{MAX_BODY, json};
 use crate::config::FieldError;
 use crate::control::{ControlError, FieldErrorJson};
+use crate::rollout::driver::RolloutError;
+use crate::rollout::machine::{Phase, Verb};
 use bytes::Bytes;
 use http::{Method, Response, StatusCode, header};
 use http_body_util::Full;
@@ -27,6 +29,16 @@ pub enum AdminError {
     MethodNotAllowed { method: Method, path: String },
     /// The request body is larger than [`MAX_BODY`].
     BodyTooLarge,
+    /// A rollout verb that does not apply, or a route without a rollout.
+    Rollout(RolloutError),
+    /// Weights set by hand on a route a rollout drives, without `?force=true`.
+    RolloutDrivesWeights { route: String, phase: Phase },
+}
+
+impl From<RolloutError> for AdminError {
+    fn from(e: RolloutError) -> Self {
+        AdminError::Rollout(e)
+    }
 }
 
 impl From<ControlError> for AdminError {
@@ -57,6 +69,22 @@ impl AdminError {
             AdminError::NoEndpoint(_) => StatusCode::NOT_FOUND,
             AdminError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             AdminError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            AdminError::Rollout(e) => match e {
+                RolloutError::NoRollout(_) => StatusCode::NOT_FOUND,
+                RolloutError::NotApplicable { .. } => StatusCode::CONFLICT,
+                RolloutError::NoStep { .. } => StatusCode::BAD_REQUEST,
+            },
+            AdminError::RolloutDrivesWeights { .. } => StatusCode::CONFLICT,
+        }
+    }
+
+    /// The verbs that do apply, for a 409 on a rollout verb.
+    fn verbs(&self) -> Option<Vec<Verb>> {
+        match self {
+            AdminError::Rollout(RolloutError::NotApplicable { allowed, .. }) => {
+                Some(allowed.clone())
+            }
+            _ => None,
         }
     }
 
@@ -69,7 +97,9 @@ impl AdminError {
             | AdminError::Forbidden
             | AdminError::NoEndpoint(_)
             | AdminError::MethodNotAllowed { .. }
-            | AdminError::BodyTooLarge => Vec::new(),
+            | AdminError::BodyTooLarge
+            | AdminError::Rollout(_)
+            | AdminError::RolloutDrivesWeights { .. } => Vec::new(),
         }
     }
 
@@ -87,6 +117,7 @@ impl AdminError {
         let status = self.status();
         let kept = self.kept_generation();
         let body = ErrorBody {
+            verbs: self.verbs(),
             result: kept.map(|_| "failure"),
             generation: kept,
             error: self.to_string(),
@@ -120,6 +151,12 @@ impl fmt::Display for AdminError {
                 write!(f, "{method} is not allowed on {path}")
             }
             AdminError::BodyTooLarge => write!(f, "request body larger than {MAX_BODY} bytes"),
+            AdminError::Rollout(e) => e.fmt(f),
+            AdminError::RolloutDrivesWeights { route, phase } => write!(
+                f,
+                "route `{route}` has a rollout that is {}: weights set by hand would fight it; add ?force=true to set them anyway (the rollout pauses, `resume` gives them back)",
+                serde_json::to_value(phase).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
+            ),
         }
     }
 }
@@ -135,6 +172,9 @@ struct ErrorBody {
     generation: Option<u64>,
     error: String,
     errors: Vec<FieldErrorJson>,
+    /// For a verb that does not apply: the ones that do.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    verbs: Option<Vec<Verb>>,
 }
 
 #[cfg(test)]

@@ -142,3 +142,51 @@ pub fn analysis_query(query: Option<&str>) -> Result<AnalysisQuery, AdminError> 
     }
     Ok(q)
 }
+
+/// `GET /api/v1/rollouts`.
+#[derive(Serialize)]
+pub struct RolloutList {
+    pub rollouts: Vec<crate::rollout::driver::RolloutView>,
+}
+
+/// A verb's optional body: `{"full": true}` for promote, `{"step": 3}` for resume.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerbArgs {
+    #[serde(default)]
+    pub full: bool,
+    pub step: Option<usize>,
+}
+
+pub fn verb_args(body: &[u8]) -> Result<VerbArgs, AdminError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(VerbArgs::default());
+    }
+    serde_json::from_slice(body).map_err(|e| {
+        bad(
+            "body",
+            format!(
+                "must be empty, {{\"full\": true}} (promote) or {{\"step\": 2}} (resume) ({e})"
+            ),
+        )
+    })
+}
+
+/// `?force=true` on a weights change: take the weights from a rollout (which then pauses).
+pub fn force(query: Option<&str>) -> Result<bool, AdminError> {
+    let mut force = false;
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=').unwrap_or((pair, "")) {
+            ("force", "true" | "1" | "") => force = true,
+            ("force", "false" | "0") => force = false,
+            ("force", v) => return Err(bad("force", format!("`{v}` must be true or false"))),
+            (k, _) => {
+                return Err(bad(
+                    k,
+                    "unknown query parameter; weights take only force".to_string(),
+                ));
+            }
+        }
+    }
+    Ok(force)
+}

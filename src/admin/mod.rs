@@ -13,6 +13,8 @@ mod error;
 mod json;
 
 use crate::control::{Control, Trigger};
+use crate::rollout::driver::Rollouts;
+use crate::rollout::machine::Verb;
 use bytes::Bytes;
 use error::AdminError;
 use http::{HeaderMap, Method, Request, Response, StatusCode, header};
@@ -34,6 +36,8 @@ const MAX_BODY: usize = 64 * 1024;
 
 pub struct Admin {
     pub control: Arc<Control>,
+    /// The rollouts of this process (their API, verbs and event stream).
+    pub rollouts: Arc<Rollouts>,
     /// Bearer token for `/api/v1/*`, if any.
     pub token: Option<String>,
 }
@@ -91,10 +95,57 @@ fn token_matches(given: &[u8], want: &[u8]) -> bool {
             == 0
 }
 
-async fn handle(admin: &Admin, peer: SocketAddr, req: Request<Incoming>) -> Response<Full<Bytes>> {
+/// Admin answers: whole bodies, or the event stream.
+pub enum AdminBody {
+    Full(Full<Bytes>),
+    /// `text/event-stream` frames as the rollout engine publishes them.
+    Events(tokio::sync::mpsc::Receiver<Bytes>),
+}
+
+impl http_body::Body for AdminBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+        match self.get_mut() {
+            AdminBody::Full(b) => std::pin::Pin::new(b).poll_frame(cx),
+            AdminBody::Events(rx) => rx
+                .poll_recv(cx)
+                .map(|f| f.map(|b| Ok(http_body::Frame::data(b)))),
+        }
+    }
+}
+
+async fn handle(admin: &Admin, peer: SocketAddr, req: Request<Incoming>) -> Response<AdminBody> {
+    if req.method() == Method::GET && req.uri().path() == "/api/v1/events" {
+        return match authorize(admin, peer, req.method(), req.headers()) {
+            Ok(()) => events(admin),
+            Err(e) => e.into_response().map(AdminBody::Full),
+        };
+    }
     respond(admin, peer, req)
         .await
         .unwrap_or_else(AdminError::into_response)
+        .map(AdminBody::Full)
+}
+
+/// `GET /api/v1/events`: server-sent events of rollout transitions and measurements, read
+/// with `fetch` or `curl -N` (a token goes in the `Authorization` header, as for any call).
+fn events(admin: &Admin) -> Response<AdminBody> {
+    let mut r = Response::new(AdminBody::Events(admin.rollouts.subscribe()));
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-cache"),
+    );
+    r
 }
 
 async fn respond(
@@ -136,14 +187,7 @@ async fn respond(
         .map_err(|_| AdminError::BodyTooLarge)?
         .to_bytes();
     let segments: Vec<&str> = api_path.split('/').filter(|s| !s.is_empty()).collect();
-    api(
-        &admin.control,
-        &method,
-        &path,
-        &segments,
-        query.as_deref(),
-        &body,
-    )
+    api(admin, &method, &path, &segments, query.as_deref(), &body)
 }
 
 /// The bearer token when one is configured; otherwise changes only from loopback.
@@ -173,15 +217,32 @@ fn authorize(
 /// route is checked before the input is read, so an unknown route is a 404 whatever the
 /// body or query says.
 fn api(
-    control: &Control,
+    admin: &Admin,
     method: &Method,
     path: &str,
     segments: &[&str],
     query: Option<&str>,
     body: &[u8],
 ) -> Result<Response<Full<Bytes>>, AdminError> {
+    let control: &Control = &admin.control;
+    let rollouts = &admin.rollouts;
     let changed = |generation| json::ok(&Generation { generation });
     match (method, segments) {
+        (&Method::GET, ["rollouts"]) => Ok(json::ok(&json::RolloutList {
+            rollouts: rollouts.views(),
+        })),
+        (&Method::GET, ["routes", route, "rollout"]) => {
+            control.check_route(route)?;
+            Ok(json::ok(&rollouts.view(route)?))
+        }
+        (&Method::POST, ["routes", route, "rollout", verb]) => {
+            control.check_route(route)?;
+            let Some(verb) = Verb::parse(verb) else {
+                return Err(AdminError::NoEndpoint(path.to_string()));
+            };
+            let args = json::verb_args(body)?;
+            Ok(json::ok(&rollouts.verb(route, verb, args.full, args.step)?))
+        }
         (&Method::POST, ["reload"]) => Ok(json::ok(&control.reload_all(Trigger::Api)?)),
         (&Method::GET, ["reload"]) => Ok(json::ok(&control.status())),
         (&Method::GET, ["routes"]) => Ok(json::ok(&control.routes())),
@@ -197,12 +258,20 @@ fn api(
         }
         (&Method::PUT, ["routes", route, "weights"]) => {
             control.check_route(route)?;
+            let force = json::force(query)?;
+            let driving = rollouts.drives(route);
+            if let (Some(phase), false) = (driving, force) {
+                return Err(AdminError::RolloutDrivesWeights {
+                    route: route.to_string(),
+                    phase,
+                });
+            }
             let weights = json::weights(body)?;
-            Ok(changed(control.set_weights(
-                route,
-                &weights,
-                json::percent,
-            )?))
+            let generation = control.set_weights(route, &weights, json::percent)?;
+            if driving.is_some() {
+                rollouts.weights_forced(route);
+            }
+            Ok(changed(generation))
         }
         (&Method::PUT, ["routes", route, "rules", name]) => {
             control.check_route(route)?;
@@ -216,6 +285,9 @@ fn api(
             Ok(changed(control.clear_overrides(route)?))
         }
         (_, ["reload"])
+        | (_, ["rollouts"])
+        | (_, ["routes", _, "rollout"])
+        | (_, ["routes", _, "rollout", _])
         | (_, ["routes"])
         | (_, ["routes", _])
         | (_, ["routes", _, "weights"])

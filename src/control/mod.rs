@@ -22,8 +22,8 @@ pub mod watch;
 use crate::analysis;
 use crate::config::raw::{RawRule, RawWhen};
 use crate::config::{
-    Admin, Condition, Config, ConfigError, Errors, FieldError, Listener, RouteConfig, StickyKey,
-    Weight, validate_rule,
+    Admin, Condition, Config, ConfigError, Errors, FieldError, Listener, RouteConfig, RuleConfig,
+    StickyKey, Weight, validate_rule,
 };
 use crate::metrics::ReloadResult;
 use crate::state::{Snapshot, State};
@@ -298,8 +298,24 @@ struct Inner {
     /// Hash of the file content last read, good or bad, so unchanged files are skipped.
     last_seen: Option<u64>,
     last_ok: bool,
+    /// Rollout layers by route: between the file and the runtime overrides.
+    layers: BTreeMap<String, RolloutLayer>,
     overrides: Overrides,
     status: ReloadStatus,
+}
+
+/// What a rollout imposes on its route, between the file and the runtime overrides: the
+/// canary's weight and the rollout's header routes. `DELETE .../overrides` leaves it alone.
+#[derive(Debug, Clone)]
+pub struct RolloutLayer {
+    /// Name of the version the rollout drives.
+    pub canary: String,
+    pub weight: Weight,
+    /// Other non-primary versions get 0 (the canary was promoted).
+    pub others_zero: bool,
+    /// Managed header routes to the canary, evaluated after the runtime rules and before the
+    /// file's.
+    pub rules: Vec<RuleConfig>,
 }
 
 fn content_hash(text: &str) -> u64 {
@@ -333,6 +349,7 @@ impl Control {
                 file,
                 last_seen: text.map(content_hash),
                 last_ok: true,
+                layers: BTreeMap::new(),
                 overrides: Overrides::default(),
                 status,
             }),
@@ -442,7 +459,7 @@ impl Control {
             inner.status.needs_restart = None;
         }
         let mut overrides = inner.overrides.clone();
-        let composed = match compose(&config, &mut overrides) {
+        let composed = match compose(&config, &inner.layers, &mut overrides) {
             Ok(c) => c,
             Err(e) => return self.fail(&mut inner, trigger, e),
         };
@@ -492,7 +509,8 @@ impl Control {
         inner: &mut Inner,
         mut candidate: Overrides,
     ) -> Result<u64, ControlError> {
-        let composed = compose(&inner.file, &mut candidate).map_err(ControlError::Invalid)?;
+        let composed =
+            compose(&inner.file, &inner.layers, &mut candidate).map_err(ControlError::Invalid)?;
         let generation = self.state.apply(composed).map_err(ControlError::Invalid)?;
         inner.overrides = candidate;
         tracing::info!(generation, "runtime override applied");
@@ -624,6 +642,36 @@ impl Control {
     }
 
     /// Every route as it runs, with the source of each value.
+    /// Put (or with `None` remove) the rollout layer of `route` and apply; on error nothing
+    /// changes. Runtime overrides stay on top.
+    pub fn set_layer(&self, route: &str, layer: Option<RolloutLayer>) -> Result<u64, ControlError> {
+        let mut inner = self.lock();
+        let mut layers = inner.layers.clone();
+        match layer {
+            Some(l) => layers.insert(route.to_string(), l),
+            None => layers.remove(route),
+        };
+        let mut candidate = inner.overrides.clone();
+        let composed =
+            compose(&inner.file, &layers, &mut candidate).map_err(ControlError::Invalid)?;
+        let generation = self.state.apply(composed).map_err(ControlError::Invalid)?;
+        inner.layers = layers;
+        inner.overrides = candidate;
+        Ok(generation)
+    }
+
+    /// Remove `route`'s runtime weight overrides (a rollout resumed after a forced weight takes
+    /// its weights back); its runtime rules stay.
+    pub fn clear_weight_overrides(&self, route: &str) -> Result<u64, ControlError> {
+        let mut inner = self.lock();
+        let mut candidate = inner.overrides.clone();
+        if let Some(o) = candidate.routes.get_mut(route) {
+            o.weights.clear();
+        }
+        candidate.routes.retain(|_, o| !o.is_empty());
+        self.apply_overrides(&mut inner, candidate)
+    }
+
     pub fn routes(&self) -> RoutesView {
         let inner = self.lock();
         let snap = self.state.snapshot();
@@ -734,10 +782,20 @@ fn trigger_name(t: Trigger) -> &'static str {
     }
 }
 
-/// File config + overrides → the config to run. Overrides naming a route or version that no
-/// longer exists are dropped from `ov` (with a warning); anything else invalid is an error.
-fn compose(file: &Config, ov: &mut Overrides) -> Result<Config, ConfigError> {
+/// File config + rollout layers + overrides → the config to run. Overrides naming a route or
+/// version that no longer exists are dropped from `ov` (with a warning); a layer whose route or
+/// canary is gone does nothing; anything else invalid is an error.
+fn compose(
+    file: &Config,
+    layers: &BTreeMap<String, RolloutLayer>,
+    ov: &mut Overrides,
+) -> Result<Config, ConfigError> {
     let mut cfg = file.clone();
+    for route in cfg.routes.iter_mut() {
+        if let Some(l) = layers.get(&route.name) {
+            apply_layer(route, l);
+        }
+    }
     ov.routes.retain(|name, _| {
         let keep = cfg.routes.iter().any(|r| &r.name == name);
         if !keep {
@@ -748,6 +806,9 @@ fn compose(file: &Config, ov: &mut Overrides) -> Result<Config, ConfigError> {
     let mut errors = Vec::new();
     for (ri, route) in cfg.routes.iter_mut().enumerate() {
         let Some(o) = ov.routes.get_mut(&route.name) else {
+            if let Err(total) = crate::config::primary_takes_the_rest(&mut route.versions) {
+                errors.push(too_heavy(ri, &route.name, total, "rollout"));
+            }
             continue;
         };
         o.weights.retain(|v, _| {
@@ -763,13 +824,12 @@ fn compose(file: &Config, ov: &mut Overrides) -> Result<Config, ConfigError> {
             }
         }
         if let Err(total) = crate::config::primary_takes_the_rest(&mut route.versions) {
-            errors.push(FieldError {
-                field: format!("routes[{ri}].versions"),
-                message: format!(
-                    "with the runtime weight overrides of route `{}` the non-primary weights sum to {total}%, more than 100%",
-                    route.name,
-                ),
-            });
+            errors.push(too_heavy(
+                ri,
+                &route.name,
+                total,
+                "runtime weight overrides",
+            ));
         }
         let mut runtime_rules = Vec::new();
         o.rules.retain(|raw| {
@@ -794,6 +854,40 @@ fn compose(file: &Config, ov: &mut Overrides) -> Result<Config, ConfigError> {
         Ok(cfg)
     } else {
         Err(ConfigError { errors })
+    }
+}
+
+/// The canary's weight (others 0 after a promotion) and the header routes of a rollout.
+fn apply_layer(route: &mut RouteConfig, l: &RolloutLayer) {
+    let Some(ci) = route.versions.iter().position(|v| v.name == l.canary) else {
+        return;
+    };
+    for (i, v) in route.versions.iter_mut().enumerate().skip(1) {
+        if i == ci {
+            v.weight = l.weight;
+        } else if l.others_zero {
+            v.weight = Weight(0);
+        }
+    }
+    let mut rules: Vec<RuleConfig> = l
+        .rules
+        .iter()
+        .cloned()
+        .map(|mut r| {
+            r.to = ci;
+            r
+        })
+        .collect();
+    rules.append(&mut route.rules);
+    route.rules = rules;
+}
+
+fn too_heavy(ri: usize, route: &str, total: Weight, with: &str) -> FieldError {
+    FieldError {
+        field: format!("routes[{ri}].versions"),
+        message: format!(
+            "with the {with} of route `{route}` the non-primary weights sum to {total}%, more than 100%",
+        ),
     }
 }
 
@@ -882,6 +976,8 @@ pub enum Source {
     File,
     /// A runtime override (admin API).
     Override,
+    /// The route's rollout (its layer sits between the file and the overrides).
+    Rollout,
 }
 
 /// The running route `rc` with the source of each value, from the overrides and the file.
@@ -890,6 +986,9 @@ fn route_view(inner: &Inner, rc: &RouteConfig) -> RouteView {
     let file = inner.file.routes.iter().find(|r| r.name == rc.name);
     let weight_overridden = |name: &str| ov.is_some_and(|o| o.weights.contains_key(name));
     let any_weight_override = ov.is_some_and(|o| !o.weights.is_empty());
+    let layer = inner.layers.get(&rc.name);
+    let by_layer =
+        |i: usize, name: &str| layer.is_some_and(|l| i == 0 || l.canary == name || l.others_zero);
     let versions = rc
         .versions
         .iter()
@@ -901,6 +1000,8 @@ fn route_view(inner: &Inner, rc: &RouteConfig) -> RouteView {
             weight: v.weight.percent(),
             weight_source: if (i == 0 && any_weight_override) || weight_overridden(&v.name) {
                 Source::Override
+            } else if by_layer(i, &v.name) {
+                Source::Rollout
             } else {
                 Source::File
             },
@@ -910,6 +1011,7 @@ fn route_view(inner: &Inner, rc: &RouteConfig) -> RouteView {
         })
         .collect();
     let n_runtime = ov.map_or(0, |o| o.rules.len());
+    let n_layer = layer.map_or(0, |l| l.rules.len());
     let rules = rc
         .rules
         .iter()
@@ -921,6 +1023,8 @@ fn route_view(inner: &Inner, rc: &RouteConfig) -> RouteView {
             when: r.conditions.clone(),
             source: if i < n_runtime {
                 Source::Override
+            } else if i < n_runtime + n_layer {
+                Source::Rollout
             } else {
                 Source::File
             },

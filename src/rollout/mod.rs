@@ -2,6 +2,13 @@
 //! (weights, pauses, analysis gates, header routes), promotes it after the last one and rolls
 //! it back when a gate fails.
 //!
-//! - [`machine`]: the pure state machine `(state, event, now) → actions`.
+//! - [`driver`]: the async driver of one process's rollouts: ticks, measurements, layers,
+//!   the state file, events;
+//! - [`machine`]: the pure state machine `(state, event, now) → actions`;
+//! - [`measure`]: one measurement of a gate (window checks, Prometheus, webhook judge);
+//! - [`http`]: the small outbound HTTP client gates and the CLI use.
 
+pub mod driver;
+pub mod http;
 pub mod machine;
+pub mod measure;

@@ -9,6 +9,7 @@ use crate::config::{Config, ConfigError};
 use crate::control::Control;
 use crate::error::DownstreamErrorKind;
 use crate::proxy::{self, ConnInfo, GaugeGuard};
+use crate::rollout::driver::Rollouts;
 use crate::state::State;
 use crate::tls::TlsListener;
 use anyhow::Context;
@@ -54,6 +55,9 @@ pub const ADMIN_TOKEN_ENV: &str = "CANARYD_ADMIN_TOKEN";
 pub struct Server {
     state: Arc<State>,
     control: Arc<Control>,
+    /// The routes' rollouts, resumed from the state file at bind so the first request
+    /// already sees the rollout's weights.
+    rollouts: Arc<Rollouts>,
     /// Each listener with its TLS certificates, if it terminates TLS: one socket per
     /// per-core worker (`SO_REUSEPORT`), or one shared by the whole runtime.
     listeners: Vec<(Vec<TcpListener>, Option<Arc<TlsListener>>)>,
@@ -149,9 +153,11 @@ impl Server {
         let state =
             Arc::new(State::with_workers(config, workers).map_err(|e| anyhow::anyhow!("{e}"))?);
         let control = Arc::new(Control::new(state.clone(), path, text, tls));
+        let rollouts = Rollouts::local(control.clone());
         Ok(Server {
             state,
             control,
+            rollouts,
             listeners,
             admin,
             watcher: None,
@@ -165,6 +171,10 @@ impl Server {
 
     pub fn control(&self) -> Arc<Control> {
         self.control.clone()
+    }
+
+    pub fn rollouts(&self) -> Arc<Rollouts> {
+        self.rollouts.clone()
     }
 
     /// Actual bound addresses, in config order (port 0 resolved).
@@ -184,12 +194,14 @@ impl Server {
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         let (stop_tx, stop_rx) = watch::channel(false);
         let (admin_stop_tx, admin_stop_rx) = watch::channel(false);
+        let engine = tokio::spawn(self.rollouts.clone().run(admin_stop_rx.clone()));
         let admin_task = self.admin.take().map(|(listener, token)| {
             if let Ok(addr) = listener.local_addr() {
                 tracing::info!(%addr, "admin listening");
             }
             let admin = Arc::new(Admin {
                 control: self.control.clone(),
+                rollouts: self.rollouts.clone(),
                 token,
             });
             tokio::spawn(admin::serve(listener, admin, admin_stop_rx))
@@ -266,6 +278,7 @@ impl Server {
         if let Some(t) = admin_task {
             let _ = t.await;
         }
+        let _ = engine.await;
         Ok(())
     }
 }

@@ -1,0 +1,776 @@
+//! The async driver of the rollouts of one process: it keeps one [`RolloutState`] per route
+//! with a `rollout` block, feeds the pure machine ticks, measurement results and operators'
+//! verbs, and carries out what comes back — measurements, the route's rollout layer (through
+//! [`Control::set_layer`], the same path as runtime overrides, so every request sees one
+//! generation), the state file, events and metrics.
+//!
+//! The route is read and acted on through [`Target`], so the fleet controller can drive remote
+//! replicas with the same engine.
+
+use super::machine::{
+    Action, Event, Layer, Measurement, Millis, Phase, RolloutState, Transition, Verb,
+};
+use super::measure::{self, Evidence, now_ms};
+use crate::analysis::Summary;
+use crate::config::{RolloutSpec, Step};
+use crate::control::{Control, ControlError, RolloutLayer};
+use bytes::Bytes;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+/// How often rollouts are stepped (pause ends, due measurements).
+pub const TICK: Duration = Duration::from_millis(200);
+
+/// Where the engine reads a route's evidence and applies its layer.
+pub trait Target: Send + Sync + 'static {
+    /// Each version's window over the last `window`, in config order (primary first).
+    fn windows(&self, route: &str, window: Duration) -> Option<Vec<(String, Summary)>>;
+    /// Put or remove the route's rollout layer.
+    fn apply(&self, route: &str, layer: Option<RolloutLayer>) -> Result<u64, ControlError>;
+}
+
+/// This process: its own snapshot and windows.
+pub struct Local(pub Arc<Control>);
+
+impl Target for Local {
+    fn windows(&self, route: &str, window: Duration) -> Option<Vec<(String, Summary)>> {
+        let snap = self.0.state().snapshot();
+        let now = Instant::now();
+        Some(
+            snap.route(route)?
+                .versions
+                .iter()
+                .map(|v| (v.name.clone(), v.metrics.window.summary(now, window)))
+                .collect(),
+        )
+    }
+
+    fn apply(&self, route: &str, layer: Option<RolloutLayer>) -> Result<u64, ControlError> {
+        self.0.set_layer(route, layer)
+    }
+}
+
+/// A rollout verb that cannot be used now.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RolloutError {
+    #[error("route `{0}` has no rollout")]
+    NoRollout(String),
+    #[error("`{verb}` does not apply while the rollout is {phase}; it accepts: {}", allowed.iter().map(|v| v.as_str()).collect::<Vec<_>>().join(", "))]
+    NotApplicable {
+        verb: &'static str,
+        phase: String,
+        allowed: Vec<Verb>,
+    },
+    #[error("step {step} does not exist; the rollout has {steps} steps (0 to {})", steps.saturating_sub(1))]
+    NoStep { step: usize, steps: usize },
+}
+
+struct Entry {
+    spec: RolloutSpec,
+    state: RolloutState,
+    primary: String,
+    canary: String,
+    /// The layer last applied, so it is applied again only when it changes.
+    applied: Option<Option<Layer>>,
+    /// Versions and endpoints when the rollout started: a succeeded rollout keeps the canary at
+    /// 100 % until they change (the new stable is deployed).
+    deployed: u64,
+    /// The block was removed from the file after the rollout succeeded.
+    orphaned: bool,
+}
+
+struct Engine {
+    /// Config generation last looked at.
+    generation: u64,
+    entries: BTreeMap<String, Entry>,
+    /// What the state file held at start (by route), until each rollout has taken its own.
+    saved: BTreeMap<String, RolloutState>,
+    /// The state file could not be read at start: rollouts it would have held are lost.
+    lost: Option<String>,
+    /// Something changed since the last write.
+    dirty: bool,
+}
+
+/// The rollouts of this process; shared by the driver task and the admin API.
+pub struct Rollouts<T: Target = Local> {
+    target: T,
+    control: Arc<Control>,
+    engine: Mutex<Engine>,
+    /// Event-stream subscribers (`GET /api/v1/events`).
+    subscribers: Mutex<Vec<mpsc::Sender<Bytes>>>,
+    measured: mpsc::UnboundedSender<(String, String, Measurement)>,
+    results: Mutex<Option<mpsc::UnboundedReceiver<(String, String, Measurement)>>>,
+}
+
+#[derive(Debug, Serialize, serde::Deserialize)]
+struct StateFile {
+    version: u32,
+    rollouts: BTreeMap<String, RolloutState>,
+}
+
+impl Rollouts<Local> {
+    /// The rollouts of `control`'s config, resumed from the state file if there is one.
+    pub fn local(control: Arc<Control>) -> Arc<Rollouts<Local>> {
+        Rollouts::new(Local(control.clone()), control)
+    }
+}
+
+impl<T: Target> Rollouts<T> {
+    pub fn new(target: T, control: Arc<Control>) -> Arc<Rollouts<T>> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let path = control.state().snapshot().config.proxy.state_file.clone();
+        let (saved, lost) = match path.as_deref().map(read_state) {
+            None | Some(Ok(None)) => (BTreeMap::new(), None),
+            Some(Ok(Some(s))) => (s, None),
+            Some(Err(e)) => (BTreeMap::new(), Some(e)),
+        };
+        let r = Arc::new(Rollouts {
+            target,
+            control,
+            engine: Mutex::new(Engine {
+                generation: 0,
+                entries: BTreeMap::new(),
+                saved,
+                lost,
+                dirty: false,
+            }),
+            subscribers: Mutex::new(Vec::new()),
+            measured: tx,
+            results: Mutex::new(Some(rx)),
+        });
+        r.step_all();
+        r
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Engine> {
+        self.engine.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Step every rollout until `stop` turns true.
+    pub async fn run(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
+        let Some(mut results) = self
+            .results
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        else {
+            return;
+        };
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.changed() => return,
+                _ = tick.tick() => self.step_all(),
+                Some((route, id, m)) = results.recv() => self.feed(&route, &id, Event::Measured(m)),
+            }
+        }
+    }
+
+    /// Follow the config, then tick every rollout.
+    fn step_all(&self) {
+        let mut engine = self.lock();
+        self.sync(&mut engine);
+        let now = now_ms();
+        let routes: Vec<String> = engine.entries.keys().cloned().collect();
+        for route in routes {
+            self.handle(&mut engine, &route, Event::Tick, now);
+        }
+        self.save(&mut engine);
+    }
+
+    fn feed(&self, route: &str, id: &str, event: Event) {
+        let mut engine = self.lock();
+        if engine.entries.get(route).is_some_and(|e| e.state.id == id) {
+            self.handle(&mut engine, route, event, now_ms());
+            self.save(&mut engine);
+        }
+    }
+
+    /// Take the rollout blocks of a new config generation into account.
+    fn sync(&self, engine: &mut Engine) {
+        let snap = self.control.state().snapshot();
+        if snap.generation == engine.generation {
+            return;
+        }
+        engine.generation = snap.generation;
+        let now = now_ms();
+        let mut seen = Vec::new();
+        for rc in &snap.config.routes {
+            let Some(spec) = &rc.rollout else { continue };
+            seen.push(rc.name.clone());
+            let deployed = deployed(rc);
+            let primary = rc.versions[0].name.clone();
+            let canary = rc.versions[spec.canary].name.clone();
+            let fingerprint = spec.steps_fingerprint();
+            if let Some(e) = engine.entries.get_mut(&rc.name) {
+                if e.state.id == spec.id && !e.orphaned {
+                    // Analysis edits apply from the next measurement.
+                    e.spec = spec.clone();
+                    e.canary = canary;
+                    if e.state.fingerprint != fingerprint {
+                        let actions = e.state.handle(spec, Event::Edited { fingerprint }, now);
+                        self.publish_actions(&rc.name, &e.state.id, &actions);
+                        engine.dirty = true;
+                    }
+                    continue;
+                }
+                tracing::info!(route = %rc.name, old = %e.state.id, new = %spec.id, "a new rollout id supersedes the running rollout");
+            }
+            let state = match engine.saved.remove(&rc.name) {
+                Some(s) if s.id == spec.id => s,
+                _ if engine.lost.is_some() => {
+                    let why = engine.lost.clone().unwrap_or_default();
+                    tracing::warn!(route = %rc.name, rollout = %spec.id, "state file unreadable: rollout paused (state_lost) with the canary at 0");
+                    RolloutState::lost(spec, &why, now)
+                }
+                _ => {
+                    tracing::info!(route = %rc.name, rollout = %spec.id, "rollout begins at step 0 (no saved state for it)");
+                    RolloutState::new(spec)
+                }
+            };
+            let mut entry = Entry {
+                spec: spec.clone(),
+                state,
+                primary,
+                canary,
+                applied: None,
+                deployed,
+                orphaned: false,
+            };
+            if entry.state.fingerprint != fingerprint {
+                let actions = entry.state.handle(spec, Event::Edited { fingerprint }, now);
+                self.publish_actions(&rc.name, &spec.id, &actions);
+            }
+            engine.entries.insert(rc.name.clone(), entry);
+            engine.dirty = true;
+        }
+        // Blocks removed from the file: an active rollout is cancelled (the route goes back to
+        // its file weights); a succeeded one keeps the canary at 100 % until the route's
+        // versions or endpoints change.
+        let gone: Vec<String> = engine
+            .entries
+            .keys()
+            .filter(|r| !seen.contains(r))
+            .cloned()
+            .collect();
+        for route in gone {
+            let keep = engine.entries.get_mut(&route).is_some_and(|e| {
+                let same = snap
+                    .config
+                    .routes
+                    .iter()
+                    .find(|r| r.name == route)
+                    .is_some_and(|rc| deployed(rc) == e.deployed);
+                e.orphaned = true;
+                e.state.phase == Phase::Succeeded && same
+            });
+            if !keep {
+                tracing::info!(%route, "rollout block removed: its layer is removed");
+                if let Err(e) = self.target.apply(&route, None) {
+                    tracing::warn!(%route, error = %e, "could not remove the rollout layer");
+                }
+                engine.entries.remove(&route);
+                engine.dirty = true;
+            }
+        }
+        // A succeeded rollout whose route was redeployed lets go of the route.
+        for (route, e) in engine.entries.iter_mut() {
+            if e.state.phase != Phase::Succeeded {
+                continue;
+            }
+            let redeployed = snap
+                .config
+                .routes
+                .iter()
+                .find(|r| &r.name == route)
+                .is_some_and(|rc| deployed(rc) != e.deployed);
+            if redeployed && e.applied != Some(None) {
+                tracing::info!(%route, "versions or endpoints changed after the rollout succeeded: the file's weights apply again");
+                e.applied = Some(None);
+                let _ = self.target.apply(route, None);
+            }
+        }
+    }
+
+    /// One event for one route's rollout, and everything that follows from it.
+    fn handle(&self, engine: &mut Engine, route: &str, event: Event, now: Millis) {
+        let Some(e) = engine.entries.get_mut(route) else {
+            return;
+        };
+        if e.orphaned {
+            return;
+        }
+        let actions = e.state.handle(&e.spec, event, now);
+        if !actions.is_empty() {
+            engine.dirty = true;
+        }
+        let Some(e) = engine.entries.get_mut(route) else {
+            return;
+        };
+        for a in &actions {
+            if let Action::Measure { gate, background } = a {
+                self.start_measurement(route, e, gate, *background);
+            }
+        }
+        self.publish_actions(route, &e.state.id, &actions);
+        let layer = e.state.layer();
+        if e.applied.as_ref() != Some(&layer) {
+            // The file's weights after a succeeded rollout was redeployed are not ours to touch.
+            let layer_cfg = layer.as_ref().map(|l| control_layer(&e.spec, &e.canary, l));
+            match self.target.apply(route, layer_cfg) {
+                Ok(_) => e.applied = Some(layer),
+                Err(err) => {
+                    tracing::warn!(%route, error = %err, "could not apply the rollout's weights")
+                }
+            }
+        }
+    }
+
+    fn start_measurement(&self, route: &str, e: &Entry, gate_name: &str, background: bool) {
+        let Some(gate) = e.spec.analysis.get(gate_name).cloned() else {
+            return;
+        };
+        let settings = self.control.state().snapshot().config.analysis.clone();
+        let windows = self.target.windows(route, gate.window).unwrap_or_default();
+        let find = |name: &str| {
+            windows
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, s)| s.clone())
+        };
+        let (Some(p), Some(c)) = (find(&e.primary), find(&e.canary)) else {
+            return;
+        };
+        let ev = Evidence {
+            route: route.to_string(),
+            rollout: e.state.id.clone(),
+            step: e.state.step,
+            gate: gate_name.to_string(),
+            window: gate.window,
+            primary: (e.primary.clone(), p),
+            canary: (e.canary.clone(), c),
+        };
+        let tx = self.measured.clone();
+        let (route, id, name, step) = (
+            route.to_string(),
+            e.state.id.clone(),
+            gate_name.to_string(),
+            e.state.step,
+        );
+        tokio::spawn(async move {
+            let (result, checks) = measure::measure(&gate, &settings, &ev).await;
+            let m = Measurement {
+                at: now_ms(),
+                gate: name,
+                background,
+                step,
+                result,
+                checks,
+            };
+            let _ = tx.send((route, id, m));
+        });
+    }
+
+    /// Write the state file if anything changed; a failed write pauses active rollouts.
+    fn save(&self, engine: &mut Engine) {
+        if !engine.dirty {
+            return;
+        }
+        engine.dirty = false;
+        let Some(path) = self
+            .control
+            .state()
+            .snapshot()
+            .config
+            .proxy
+            .state_file
+            .clone()
+        else {
+            return;
+        };
+        let file = StateFile {
+            version: 1,
+            rollouts: engine
+                .entries
+                .iter()
+                .map(|(r, e)| (r.clone(), e.state.clone()))
+                .chain(engine.saved.iter().map(|(r, s)| (r.clone(), s.clone())))
+                .collect(),
+        };
+        if let Err(err) = write_atomically(&path, &file) {
+            tracing::warn!(path = %path.display(), error = %err, "cannot write the rollout state file");
+            let now = now_ms();
+            let routes: Vec<String> = engine.entries.keys().cloned().collect();
+            for route in routes {
+                if let Some(e) = engine.entries.get_mut(&route) {
+                    if matches!(e.state.phase, Phase::Progressing | Phase::Paused) {
+                        let actions = e
+                            .state
+                            .handle(&e.spec, Event::WriteFailed(err.clone()), now);
+                        self.publish_actions(&route, &e.state.id, &actions);
+                    }
+                }
+            }
+        }
+    }
+
+    fn publish_actions(&self, route: &str, id: &str, actions: &[Action]) {
+        for a in actions {
+            match a {
+                Action::Transitioned(t) => {
+                    log_transition(route, id, t);
+                    self.publish(
+                        "transition",
+                        &serde_json::json!({ "route": route, "rollout": id, "transition": t }),
+                    );
+                }
+                Action::Recorded(m) => {
+                    self.publish(
+                        "measurement",
+                        &serde_json::json!({ "route": route, "rollout": id, "measurement": m }),
+                    );
+                }
+                Action::Measure { .. } => {}
+            }
+        }
+    }
+
+    fn publish(&self, kind: &str, data: &serde_json::Value) {
+        let frame = Bytes::from(format!("event: {kind}\ndata: {data}\n\n"));
+        let mut subs = self.subscribers.lock().unwrap_or_else(|e| e.into_inner());
+        subs.retain(|s| match s.try_send(frame.clone()) {
+            Ok(()) => true,
+            // A reader that falls this far behind misses events rather than slowing the engine.
+            Err(mpsc::error::TrySendError::Full(_)) => true,
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        });
+    }
+
+    /// A new event-stream reader: every transition and measurement from now on.
+    pub fn subscribe(&self) -> mpsc::Receiver<Bytes> {
+        let (tx, rx) = mpsc::channel(256);
+        let _ = tx.try_send(Bytes::from_static(b": canaryd rollout events\n\n"));
+        self.subscribers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(tx);
+        rx
+    }
+
+    /// Is a rollout driving `route`'s weights now (so hand-set weights would fight it)?
+    pub fn drives(&self, route: &str) -> Option<Phase> {
+        self.lock()
+            .entries
+            .get(route)
+            .map(|e| e.state.phase)
+            .filter(|p| matches!(p, Phase::Progressing | Phase::Paused))
+    }
+
+    /// Weights were forced by hand on `route`: its rollout pauses (`manual`).
+    pub fn weights_forced(&self, route: &str) {
+        let mut engine = self.lock();
+        self.handle(&mut engine, route, Event::ManualWeight, now_ms());
+        self.save(&mut engine);
+    }
+
+    /// An operator's verb. `full` is promote's; `step` is resume's.
+    pub fn verb(
+        &self,
+        route: &str,
+        verb: Verb,
+        full: bool,
+        step: Option<usize>,
+    ) -> Result<RolloutView, RolloutError> {
+        let mut engine = self.lock();
+        self.sync(&mut engine);
+        let e = engine
+            .entries
+            .get(route)
+            .filter(|e| !e.orphaned)
+            .ok_or_else(|| RolloutError::NoRollout(route.to_string()))?;
+        let allowed = e.state.verbs();
+        if !allowed.contains(&verb) {
+            return Err(RolloutError::NotApplicable {
+                verb: verb.as_str(),
+                phase: phase_text(&e.state),
+                allowed,
+            });
+        }
+        if let Some(s) = step.filter(|s| *s >= e.spec.steps.len()) {
+            return Err(RolloutError::NoStep {
+                step: s,
+                steps: e.spec.steps.len(),
+            });
+        }
+        let manual = e.state.pause_reason() == Some(super::machine::PauseReason::Manual);
+        let event = match verb {
+            Verb::Promote => Event::Promote { full },
+            Verb::Abort => Event::Abort,
+            Verb::Retry => Event::Retry,
+            Verb::Pause => Event::Pause,
+            Verb::Resume => Event::Resume { step },
+        };
+        if verb == Verb::Resume && manual {
+            // Hand-set weights give way to the rollout's again.
+            if let Err(err) = self.control.clear_weight_overrides(route) {
+                tracing::warn!(%route, error = %err, "could not clear the weight overrides");
+            }
+        }
+        self.handle(&mut engine, route, event, now_ms());
+        self.save(&mut engine);
+        self.view_of(&engine, route)
+            .ok_or_else(|| RolloutError::NoRollout(route.to_string()))
+    }
+
+    /// `GET /api/v1/routes/{route}/rollout`.
+    pub fn view(&self, route: &str) -> Result<RolloutView, RolloutError> {
+        let mut engine = self.lock();
+        self.sync(&mut engine);
+        self.view_of(&engine, route)
+            .ok_or_else(|| RolloutError::NoRollout(route.to_string()))
+    }
+
+    /// `GET /api/v1/rollouts`.
+    pub fn views(&self) -> Vec<RolloutView> {
+        let mut engine = self.lock();
+        self.sync(&mut engine);
+        let routes: Vec<String> = engine.entries.keys().cloned().collect();
+        routes
+            .iter()
+            .filter_map(|r| self.view_of(&engine, r))
+            .collect()
+    }
+
+    fn view_of(&self, engine: &Engine, route: &str) -> Option<RolloutView> {
+        let e = engine.entries.get(route)?;
+        let s = &e.state;
+        let now = now_ms();
+        let actual = self
+            .target
+            .windows(route, Duration::from_secs(60))
+            .and_then(|w| {
+                let total: u64 = w.iter().map(|(_, s)| s.requests).sum();
+                let canary = w.iter().find(|(n, _)| n == &e.canary)?.1.requests;
+                (total > 0).then(|| (canary as f64 / total as f64 * 10_000.0).round() / 100.0)
+            });
+        Some(RolloutView {
+            route: route.to_string(),
+            id: s.id.clone(),
+            primary: e.primary.clone(),
+            canary: e.canary.clone(),
+            phase: s.phase,
+            reason: s.reason.clone(),
+            message: s.message.clone(),
+            step: s.step,
+            steps_total: e.spec.steps.len(),
+            steps: e
+                .spec
+                .steps
+                .iter()
+                .enumerate()
+                .map(|(i, st)| StepView::of(i, st, s.step))
+                .collect(),
+            set_weight: f64::from(s.weight) / 100.0,
+            actual_weight: actual,
+            pause_until: s.pause_until.map(rfc3339),
+            pause_remaining_seconds: s.pause_until.map(|u| u.saturating_sub(now) as f64 / 1e3),
+            inline_gate: s.inline.clone(),
+            background_gate: s.background.clone(),
+            measurements: s.measurements.clone(),
+            history: s.history.clone(),
+            verbs: if e.orphaned { Vec::new() } else { s.verbs() },
+        })
+    }
+}
+
+/// The control layer for a machine layer: the canary's weight and its header routes' rules.
+fn control_layer(spec: &RolloutSpec, canary: &str, l: &Layer) -> RolloutLayer {
+    let rules = spec
+        .steps
+        .iter()
+        .filter_map(|s| match s {
+            Step::SetHeaderRoute { name, rule } if l.header_routes.contains(name) => {
+                Some(rule.clone())
+            }
+            _ => None,
+        })
+        .collect();
+    RolloutLayer {
+        canary: canary.to_string(),
+        weight: l.canary_weight,
+        others_zero: l.others_zero,
+        rules,
+    }
+}
+
+/// Fingerprint of a route's versions and endpoints (not weights).
+fn deployed(rc: &crate::config::RouteConfig) -> u64 {
+    let mut f: u64 = 0xcbf2_9ce4_8422_2325;
+    for v in &rc.versions {
+        for b in v.name.bytes().chain(
+            v.endpoints
+                .iter()
+                .flat_map(|e| e.authority.as_str().bytes().chain([b','])),
+        ) {
+            f ^= u64::from(b);
+            f = f.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        f ^= 0xff;
+    }
+    f
+}
+
+fn phase_text(s: &RolloutState) -> String {
+    let p = serde_json::to_value(s.phase)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default();
+    match &s.reason {
+        Some(r) if s.phase == Phase::Paused => format!("{p} ({r})"),
+        _ => p,
+    }
+}
+
+fn log_transition(route: &str, id: &str, t: &Transition) {
+    tracing::info!(
+        target: "canaryd::rollout",
+        route,
+        rollout = id,
+        from = ?t.from,
+        to = ?t.to,
+        step = t.step,
+        reason = t.reason.as_deref(),
+        by = %t.by,
+        "{}",
+        t.message
+    );
+}
+
+fn rfc3339(ms: Millis) -> String {
+    humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+}
+
+/// The state file: `Ok(None)` when there is none yet (first start).
+fn read_state(path: &Path) -> Result<Option<BTreeMap<String, RolloutState>>, String> {
+    let text = match std::fs::read(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            tracing::info!(path = %path.display(), "no rollout state file yet: first start, rollouts begin at step 0");
+            return Ok(None);
+        }
+        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+    };
+    let file: StateFile = serde_json::from_slice(&text)
+        .map_err(|e| format!("{} is not a canaryd state file: {e}", path.display()))?;
+    Ok(Some(file.rollouts))
+}
+
+/// Temp file in the same directory, fsync, rename: a crash leaves the old file or the new.
+fn write_atomically(path: &Path, file: &StateFile) -> Result<(), String> {
+    use std::io::Write;
+    let text = serde_json::to_vec_pretty(file).map_err(|e| e.to_string())?;
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let tmp: PathBuf = dir.join(format!(
+        ".{}.tmp",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("state")
+    ));
+    let mut f =
+        std::fs::File::create(&tmp).map_err(|e| format!("create {}: {e}", tmp.display()))?;
+    f.write_all(&text)
+        .map_err(|e| format!("write {}: {e}", tmp.display()))?;
+    f.sync_all()
+        .map_err(|e| format!("fsync {}: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, path).map_err(|e| format!("rename to {}: {e}", path.display()))?;
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+/// A rollout as the admin API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct RolloutView {
+    pub route: String,
+    pub id: String,
+    pub primary: String,
+    pub canary: String,
+    pub phase: Phase,
+    /// Pause reason or abort cause.
+    pub reason: Option<String>,
+    pub message: String,
+    /// Index of the current step (`steps_total` once done).
+    pub step: usize,
+    pub steps_total: usize,
+    pub steps: Vec<StepView>,
+    /// The canary's share the rollout sets, percent.
+    pub set_weight: f64,
+    /// The canary's share of the route's requests over the last minute, percent.
+    pub actual_weight: Option<f64>,
+    pub pause_until: Option<String>,
+    pub pause_remaining_seconds: Option<f64>,
+    pub inline_gate: Option<super::machine::GateRun>,
+    pub background_gate: Option<super::machine::GateRun>,
+    pub measurements: Vec<Measurement>,
+    pub history: Vec<Transition>,
+    /// The verbs that apply now.
+    pub verbs: Vec<Verb>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StepView {
+    pub index: usize,
+    /// `set_weight`, `pause`, `analysis`, `set_header_route`.
+    pub kind: &'static str,
+    pub weight: Option<f64>,
+    /// Pause length; `null` with kind `pause` = until promoted.
+    pub seconds: Option<f64>,
+    pub gate: Option<String>,
+    pub name: Option<String>,
+    /// `done`, `current` or `pending`.
+    pub status: &'static str,
+}
+
+impl StepView {
+    fn of(index: usize, s: &Step, current: usize) -> StepView {
+        let mut v = StepView {
+            index,
+            kind: "",
+            weight: None,
+            seconds: None,
+            gate: None,
+            name: None,
+            status: match index.cmp(&current) {
+                std::cmp::Ordering::Less => "done",
+                std::cmp::Ordering::Equal => "current",
+                std::cmp::Ordering::Greater => "pending",
+            },
+        };
+        match s {
+            Step::SetWeight(w) => {
+                v.kind = "set_weight";
+                v.weight = Some(w.percent());
+            }
+            Step::Pause(d) => {
+                v.kind = "pause";
+                v.seconds = d.map(|d| d.as_secs_f64());
+            }
+            Step::Analysis(g) => {
+                v.kind = "analysis";
+                v.gate = Some(g.clone());
+            }
+            Step::SetHeaderRoute { name, .. } => {
+                v.kind = "set_header_route";
+                v.name = Some(name.clone());
+            }
+        }
+        v
+    }
+}
