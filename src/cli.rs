@@ -19,6 +19,9 @@ pub fn check_summary(source: &str, cfg: &Config) -> String {
     if let Some(a) = &cfg.admin {
         let _ = writeln!(out, "admin: {}", a.address);
     }
+    if let Some(f) = &cfg.proxy.state_file {
+        let _ = writeln!(out, "state_file: {}", f.display());
+    }
     for r in &cfg.routes {
         let host = r
             .host
@@ -52,6 +55,15 @@ pub fn check_summary(source: &str, cfg: &Config) -> String {
                 .map(|c| format!(", assign cookie {c}"))
                 .unwrap_or_default();
             let _ = writeln!(out, "  sticky: {}{}", s.key, assign);
+        }
+        if let Some(ro) = &r.rollout {
+            let _ = writeln!(
+                out,
+                "  rollout {}: {} steps, canary {}",
+                ro.id,
+                ro.steps.len(),
+                r.versions[ro.canary].name
+            );
         }
     }
     out

@@ -115,6 +115,45 @@ fn check_reports_unreadable_and_unparsable_files() {
     );
 }
 
+#[test]
+fn check_summarises_a_rollout_and_the_state_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(
+        &dir,
+        "rollout.yaml",
+        r#"
+listeners: [{ address: 127.0.0.1:1 }]
+proxy: { state_file: /var/lib/canaryd/state.json }
+routes:
+  - name: shop
+    versions:
+      stable: { endpoints: ["127.0.0.1:9001"] }
+      canary: { endpoints: ["127.0.0.1:9002"], weight: 0 }
+    rollout:
+      id: shop-v2
+      steps: { step_weight: 10, max_weight: 50, interval: 1m }
+      background_analysis: slo
+      analysis:
+        slo: { checks: [{ success_rate: { min: 99 } }] }
+"#,
+    );
+    let out = canaryd().arg("check").arg(&path).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("state_file: /var/lib/canaryd/state.json"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("  rollout shop-v2: 10 steps, canary canary"),
+        "{stdout}"
+    );
+}
+
 fn route(args: &[&str]) -> (bool, String) {
     let out = canaryd()
         .args([

@@ -11,6 +11,7 @@
 //! - `types`: the validated runtime types and their small impls;
 //! - `validate`: raw → validated ([`Config::from_yaml`], [`Config::from_file`], the
 //!   `validate_*` / `parse_*` / `check_*` functions);
+//! - [`rollout`]: the validated `routes[].rollout` types and their validation;
 //! - `defaults`: the `DEFAULT_*` constants, [`RETRY_BUDGET_MIN`] and the `Default` impls that
 //!   carry default values.
 

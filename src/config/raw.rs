@@ -109,6 +109,8 @@ pub struct RawProxy {
     pub timeouts: RawTimeouts,
     /// HTTP/1.1 upgrade protocols (`Upgrade` tokens) routes may tunnel; default `[websocket]`.
     pub upgrades: Option<Vec<String>>,
+    /// Where rollout state survives restarts; required by any route with a `rollout`.
+    pub state_file: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -179,6 +181,8 @@ pub struct RawRoute {
     pub fallback: bool,
     /// Per-route override of `proxy.upgrades`.
     pub upgrades: Option<Vec<String>>,
+    /// Progressive delivery: steps, analysis gates, promotion and rollback.
+    pub rollout: Option<RawRollout>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -259,6 +263,278 @@ pub struct RawMirror {
     pub percent: f64,
 }
 
+/// `routes[].rollout`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRollout {
+    /// Identifies the rollout in the state file: `[a-z0-9._-]`, 1 to 63 characters.
+    pub id: String,
+    /// The version the rollout drives; default: the second version.
+    pub canary: Option<String>,
+    /// A list of steps or the Flagger shorthand; absent is reported like an empty list.
+    pub steps: Option<RawSteps>,
+    /// A key of `analysis`, measured from the first step to the end.
+    pub background_analysis: Option<String>,
+    /// Gate name → gate, in file order (so a name given twice can be reported).
+    pub analysis: Option<OrderedMap<RawGate>>,
+}
+
+/// `steps: [..]` or the Flagger shorthand `steps: { step_weight, max_weight, interval }`.
+/// Hand-written rather than `#[serde(untagged)]` so inner errors reach the user.
+#[derive(Debug)]
+pub enum RawSteps {
+    List(Vec<RawStep>),
+    Shorthand(RawStepShorthand),
+}
+
+impl<'de> Deserialize<'de> for RawSteps {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V_;
+        impl<'de> Visitor<'de> for V_ {
+            type Value = RawSteps;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a list of steps or { step_weight, max_weight, interval }")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                RawStepShorthand::deserialize(de::value::MapAccessDeserializer::new(map))
+                    .map(RawSteps::Shorthand)
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+                Vec::<RawStep>::deserialize(de::value::SeqAccessDeserializer::new(seq))
+                    .map(RawSteps::List)
+            }
+        }
+        d.deserialize_any(V_)
+    }
+}
+
+/// Flagger-style steps: `set_weight k·step_weight, pause interval` while k·step_weight ≤
+/// max_weight.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStepShorthand {
+    pub step_weight: f64,
+    pub max_weight: f64,
+    pub interval: String,
+}
+
+/// One step, written as a one-key map (`- set_weight: 5`).
+#[derive(Debug)]
+pub enum RawStep {
+    /// Percent, 0 to 100 with up to two decimals.
+    SetWeight(f64),
+    Pause(RawPause),
+    /// A key of `rollout.analysis`.
+    Analysis(String),
+    SetHeaderRoute(RawHeaderRoute),
+}
+
+/// `pause: 2m`, `pause: { duration: 2m }`, or `pause: {}` (until promoted).
+#[derive(Debug)]
+pub enum RawPause {
+    /// `pause: 2m`.
+    Duration(String),
+    /// `pause: { duration: 2m }`, or `pause: {}` (`None`: until promoted).
+    Map { duration: Option<String> },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPauseMap {
+    duration: Option<String>,
+}
+
+impl<'de> Deserialize<'de> for RawPause {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V_;
+        impl<'de> Visitor<'de> for V_ {
+            type Value = RawPause;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a duration such as 2m, or {} to pause until promoted")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Self::Value, E> {
+                Ok(RawPause::Duration(s.to_string()))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                RawPauseMap::deserialize(de::value::MapAccessDeserializer::new(map)).map(|m| {
+                    RawPause::Map {
+                        duration: m.duration,
+                    }
+                })
+            }
+        }
+        d.deserialize_any(V_)
+    }
+}
+
+/// `set_header_route: { name, when }`: a rule to the canary, managed by the rollout.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHeaderRoute {
+    pub name: String,
+    pub when: RawWhen,
+}
+
+/// `rollout.analysis.<name>`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGate {
+    pub interval: Option<String>,
+    pub window: Option<String>,
+    pub initial_delay: Option<String>,
+    pub count: Option<u32>,
+    /// Default: the top-level `analysis.min_requests`.
+    pub min_requests: Option<u64>,
+    #[serde(default)]
+    pub checks: Vec<RawCheck>,
+    pub failure_limit: Option<u32>,
+    pub consecutive_failure_limit: Option<u32>,
+    pub error_limit: Option<u32>,
+    pub inconclusive_limit: Option<u32>,
+    /// `pause` or `continue`.
+    pub on_inconclusive: Option<String>,
+}
+
+/// One check of a gate, written as a one-key map (`- success_rate: { min: 99 }`).
+#[derive(Debug)]
+pub enum RawCheck {
+    SuccessRate(RawSuccessRateCheck),
+    LatencyP99(RawLatencyCheck),
+    Prometheus(RawPrometheusCheck),
+    Webhook(RawWebhookCheck),
+}
+
+// `critical` and `min_requests` are repeated in every check rather than flattened:
+// `#[serde(flatten)]` does not work with `deny_unknown_fields`.
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSuccessRateCheck {
+    pub min: Option<f64>,
+    pub max_drop_vs_primary: Option<f64>,
+    #[serde(default)]
+    pub critical: bool,
+    pub min_requests: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLatencyCheck {
+    pub max: Option<String>,
+    pub max_ratio_vs_primary: Option<f64>,
+    #[serde(default)]
+    pub critical: bool,
+    pub min_requests: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPrometheusCheck {
+    pub url: String,
+    pub query: String,
+    pub min: Option<f64>,
+    pub max: Option<f64>,
+    pub timeout: Option<String>,
+    #[serde(default)]
+    pub critical: bool,
+    pub min_requests: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWebhookCheck {
+    pub url: String,
+    pub min_confidence: Option<f64>,
+    pub timeout: Option<String>,
+    #[serde(default)]
+    pub critical: bool,
+    pub min_requests: Option<u64>,
+}
+
+// serde_yaml_ng reads externally tagged enums only from YAML tags (`!set_weight 5`), so
+// the one-key maps of steps and checks are read by hand: the key picks the variant, an
+// unknown key is an `unknown field` error like any other, and a second key is an error.
+
+impl<'de> Deserialize<'de> for RawStep {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        const KEYS: &[&str] = &["set_weight", "pause", "analysis", "set_header_route"];
+        struct V_;
+        impl<'de> Visitor<'de> for V_ {
+            type Value = RawStep;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str(
+                    "a step: a map with one key, set_weight, pause, analysis or set_header_route",
+                )
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let key = one_key(&mut map, &self, KEYS)?;
+                let step = match key.as_str() {
+                    "set_weight" => RawStep::SetWeight(map.next_value()?),
+                    "pause" => RawStep::Pause(map.next_value()?),
+                    "analysis" => RawStep::Analysis(map.next_value()?),
+                    _ => RawStep::SetHeaderRoute(map.next_value()?),
+                };
+                no_second_key(&mut map, &key, "step")?;
+                Ok(step)
+            }
+        }
+        d.deserialize_map(V_)
+    }
+}
+
+impl<'de> Deserialize<'de> for RawCheck {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        const KEYS: &[&str] = &["success_rate", "latency_p99", "prometheus", "webhook"];
+        struct V_;
+        impl<'de> Visitor<'de> for V_ {
+            type Value = RawCheck;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str(
+                    "a check: a map with one key, success_rate, latency_p99, prometheus or webhook",
+                )
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let key = one_key(&mut map, &self, KEYS)?;
+                let check = match key.as_str() {
+                    "success_rate" => RawCheck::SuccessRate(map.next_value()?),
+                    "latency_p99" => RawCheck::LatencyP99(map.next_value()?),
+                    "prometheus" => RawCheck::Prometheus(map.next_value()?),
+                    _ => RawCheck::Webhook(map.next_value()?),
+                };
+                no_second_key(&mut map, &key, "check")?;
+                Ok(check)
+            }
+        }
+        d.deserialize_map(V_)
+    }
+}
+
+/// The key of a one-key map, which must be one of `keys`.
+fn one_key<'de, A: MapAccess<'de>>(
+    map: &mut A,
+    expected: &dyn de::Expected,
+    keys: &'static [&'static str],
+) -> Result<String, A::Error> {
+    match map.next_key::<String>()? {
+        None => Err(de::Error::invalid_length(0, expected)),
+        Some(k) if keys.contains(&k.as_str()) => Ok(k),
+        Some(k) => Err(de::Error::unknown_field(&k, keys)),
+    }
+}
+
+fn no_second_key<'de, A: MapAccess<'de>>(
+    map: &mut A,
+    first: &str,
+    what: &str,
+) -> Result<(), A::Error> {
+    match map.next_key::<String>()? {
+        None => Ok(()),
+        Some(k) => Err(de::Error::custom(format!(
+            "a {what} has exactly one key, but `{first}` is followed by `{k}`; put each {what} in its own list item (`- {k}: ...`)"
+        ))),
+    }
+}
+
 /// `x: {..}` or `x: [{..}, {..}]`. Hand-written rather than `#[serde(untagged)]` so the
 /// inner error (e.g. "unknown field `presnt`") reaches the user instead of "did not match any
 /// variant".
@@ -302,13 +578,26 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for OneOrMany<T> {
 #[derive(Debug)]
 pub struct OrderedMap<V>(pub Vec<(String, V)>);
 
-impl<'de, V: Deserialize<'de>> Deserialize<'de> for OrderedMap<V> {
+/// What an [`OrderedMap`] of these is, for serde's "expected …" in type errors.
+pub trait Named {
+    const MAPPING: &'static str;
+}
+
+impl Named for RawVersion {
+    const MAPPING: &'static str = "a mapping of version name to version";
+}
+
+impl Named for RawGate {
+    const MAPPING: &'static str = "a mapping of gate name to gate";
+}
+
+impl<'de, V: Deserialize<'de> + Named> Deserialize<'de> for OrderedMap<V> {
     fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V_<V>(PhantomData<V>);
-        impl<'de, V: Deserialize<'de>> Visitor<'de> for V_<V> {
+        impl<'de, V: Deserialize<'de> + Named> Visitor<'de> for V_<V> {
             type Value = OrderedMap<V>;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a mapping of version name to version")
+                f.write_str(V::MAPPING)
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
                 let mut out: Vec<(String, V)> = Vec::new();

@@ -712,3 +712,624 @@ fn the_admin_token_never_prints() {
     assert!(!shown.contains("s3cr3t-t0ken"), "{shown}");
     assert!(shown.contains("Secret(***)"), "{shown}");
 }
+
+// ---- routes[].rollout and proxy.state_file ----
+
+/// A rollout using every step form and check kind; the `bg` gate leaves every default.
+const ROLLOUT: &str = r#"
+listeners:
+  - address: 127.0.0.1:8080
+proxy:
+  state_file: /var/lib/canaryd/state.json
+analysis:
+  min_requests: 77
+routes:
+  - name: shop
+    versions:
+      stable: { endpoints: ["127.0.0.1:9001"] }
+      canary: { endpoints: ["127.0.0.1:9002"], weight: 0 }
+    rollout:
+      id: shop-v2
+      canary: canary
+      steps:
+        - set_weight: 5
+        - pause: 2m
+        - pause: {}
+        - analysis: slo
+        - set_header_route: { name: qa, when: { header: { name: x-canary, equals: "1" } } }
+        - pause: { duration: 30s }
+        - set_weight: 12.5
+      background_analysis: bg
+      analysis:
+        slo:
+          interval: 10s
+          window: 2m
+          initial_delay: 15s
+          count: 5
+          min_requests: 100
+          checks:
+            - success_rate: { min: 99.0, max_drop_vs_primary: 0.5 }
+            - latency_p99: { max: 500ms, max_ratio_vs_primary: 1.25 }
+            - prometheus: { url: http://prometheus:9090, query: "sum(rate(errors[1m]))", max: 0.02, min: 0 }
+            - webhook: { url: http://judge/a2a/analyze, min_confidence: 70 }
+          failure_limit: 1
+          consecutive_failure_limit: 2
+          error_limit: 6
+          inconclusive_limit: 3
+          on_inconclusive: continue
+        bg:
+          checks:
+            - success_rate: { min: 80, critical: true, min_requests: 20 }
+"#;
+
+/// Errors for `ROLLOUT` with `from` replaced by `to` (the replacement must apply).
+fn rollout_errors_with(from: &str, to: &str) -> Vec<FieldError> {
+    assert!(ROLLOUT.contains(from), "test bug: {from:?} not in ROLLOUT");
+    match Config::from_yaml(&ROLLOUT.replacen(from, to, 1)) {
+        Ok(_) => panic!("expected an error after replacing {from:?} with {to:?}"),
+        Err(e) => e.errors,
+    }
+}
+
+fn rollout_with(from: &str, to: &str) -> RolloutSpec {
+    assert!(ROLLOUT.contains(from), "test bug: {from:?} not in ROLLOUT");
+    let cfg = Config::from_yaml(&ROLLOUT.replacen(from, to, 1)).unwrap();
+    cfg.routes[0].rollout.clone().unwrap()
+}
+
+const SLO_STEPS: &str = "        - set_weight: 5
+        - pause: 2m
+        - pause: {}
+        - analysis: slo
+        - set_header_route: { name: qa, when: { header: { name: x-canary, equals: \"1\" } } }
+        - pause: { duration: 30s }
+        - set_weight: 12.5
+";
+
+#[test]
+fn rollout_block_parses_with_defaults_filled() {
+    let cfg = Config::from_yaml(ROLLOUT).unwrap();
+    assert_eq!(
+        cfg.proxy.state_file,
+        Some(PathBuf::from("/var/lib/canaryd/state.json"))
+    );
+    let ro = cfg.routes[0].rollout.as_ref().unwrap();
+    assert_eq!(ro.id, "shop-v2");
+    assert_eq!(ro.canary, 1);
+    assert_eq!(ro.background_analysis.as_deref(), Some("bg"));
+    assert_eq!(ro.steps.len(), 7);
+    assert!(matches!(ro.steps[0], Step::SetWeight(Weight(500))));
+    assert!(matches!(ro.steps[1], Step::Pause(Some(d)) if d == Duration::from_secs(120)));
+    assert!(matches!(ro.steps[2], Step::Pause(None)));
+    assert!(matches!(&ro.steps[3], Step::Analysis(g) if g == "slo"));
+    match &ro.steps[4] {
+        Step::SetHeaderRoute { name, rule } => {
+            assert_eq!(name, "qa");
+            assert_eq!(rule.to, 1, "a header route sends to the canary");
+            assert_eq!(rule.name.as_deref(), Some("qa"));
+            assert_eq!(rule.conditions.len(), 1);
+        }
+        s => panic!("{s:?}"),
+    }
+    assert!(matches!(ro.steps[5], Step::Pause(Some(d)) if d == Duration::from_secs(30)));
+    assert!(matches!(ro.steps[6], Step::SetWeight(Weight(1250))));
+
+    let slo = &ro.analysis["slo"];
+    assert_eq!(slo.interval, Duration::from_secs(10));
+    assert_eq!(slo.window, Duration::from_secs(120));
+    assert_eq!(slo.initial_delay, Duration::from_secs(15));
+    assert_eq!((slo.count, slo.min_requests), (5, 100));
+    assert_eq!(
+        (
+            slo.failure_limit,
+            slo.consecutive_failure_limit,
+            slo.error_limit,
+            slo.inconclusive_limit
+        ),
+        (1, 2, 6, 3)
+    );
+    assert_eq!(slo.on_inconclusive, OnInconclusive::Continue);
+    assert_eq!(
+        slo.checks[0].kind,
+        CheckKind::SuccessRate {
+            min: Some(99.0),
+            max_drop_vs_primary: Some(0.5)
+        }
+    );
+    assert_eq!(
+        slo.checks[1].kind,
+        CheckKind::LatencyP99 {
+            max: Some(Duration::from_millis(500)),
+            max_ratio_vs_primary: Some(1.25)
+        }
+    );
+    assert_eq!(
+        slo.checks[2].kind,
+        CheckKind::Prometheus {
+            url: "http://prometheus:9090".into(),
+            query: "sum(rate(errors[1m]))".into(),
+            min: Some(0.0),
+            max: Some(0.02),
+            timeout: Duration::from_secs(5),
+        }
+    );
+    assert_eq!(
+        slo.checks[3].kind,
+        CheckKind::Webhook {
+            url: "http://judge/a2a/analyze".into(),
+            min_confidence: 70.0,
+            timeout: Duration::from_secs(10),
+        }
+    );
+    assert!(!slo.checks[0].critical);
+    assert_eq!(slo.checks[0].min_requests, None);
+
+    // Every default.
+    let bg = &ro.analysis["bg"];
+    assert_eq!(
+        bg,
+        &Gate {
+            interval: Duration::from_secs(30),
+            window: Duration::from_secs(60),
+            initial_delay: Duration::ZERO,
+            count: 3,
+            min_requests: 77,
+            checks: vec![Check {
+                kind: CheckKind::SuccessRate {
+                    min: Some(80.0),
+                    max_drop_vs_primary: None
+                },
+                critical: true,
+                min_requests: Some(20),
+            }],
+            failure_limit: 0,
+            consecutive_failure_limit: 0,
+            error_limit: 4,
+            inconclusive_limit: 0,
+            on_inconclusive: OnInconclusive::Pause,
+        }
+    );
+}
+
+#[test]
+fn gate_min_requests_defaults_to_the_top_level_analysis_setting() {
+    let text = ROLLOUT.replacen("analysis:\n  min_requests: 77\n", "", 1);
+    let cfg = Config::from_yaml(&text).unwrap();
+    let ro = cfg.routes[0].rollout.as_ref().unwrap();
+    assert_eq!(
+        ro.analysis["bg"].min_requests,
+        AnalysisSettings::default().min_requests
+    );
+}
+
+#[test]
+fn rollout_canary_defaults_to_the_second_version() {
+    let text = ROLLOUT
+        .replacen("      canary: canary\n", "", 1)
+        .replacen(
+            "      canary: { endpoints: [\"127.0.0.1:9002\"], weight: 0 }\n",
+            "      beta: { endpoints: [\"127.0.0.1:9003\"] }\n      canary: { endpoints: [\"127.0.0.1:9002\"], weight: 0 }\n",
+            1,
+        );
+    let cfg = Config::from_yaml(&text).unwrap();
+    assert_eq!(cfg.routes[0].rollout.as_ref().unwrap().canary, 1);
+    let ro = rollout_with("      canary: canary\n", "      canary: canary\n");
+    assert_eq!(ro.canary, 1);
+}
+
+#[test]
+fn rollout_canary_must_be_a_non_primary_version() {
+    let e = rollout_errors_with("canary: canary\n", "canary: stable\n");
+    assert_error(&e, "routes[0].rollout.canary", "is the primary");
+    let e = rollout_errors_with("canary: canary\n", "canary: canari\n");
+    assert_error(&e, "routes[0].rollout.canary", "unknown version `canari`");
+    let e = rollout_errors_with(
+        "      canary: { endpoints: [\"127.0.0.1:9002\"], weight: 0 }\n",
+        "",
+    );
+    assert_error(&e, "routes[0].rollout", "at least two versions");
+}
+
+#[test]
+fn flagger_shorthand_expands_to_weights_and_pauses() {
+    let ro = rollout_with(
+        SLO_STEPS,
+        "        { step_weight: 10, max_weight: 50, interval: 1m }\n",
+    );
+    let minute = Some(Duration::from_secs(60));
+    assert_eq!(ro.steps.len(), 10);
+    for (k, pair) in ro.steps.chunks(2).enumerate() {
+        assert!(
+            matches!(pair[0], Step::SetWeight(Weight(w)) if w == 1000 * (k as u32 + 1)),
+            "{pair:?}"
+        );
+        assert!(matches!(pair[1], Step::Pause(d) if d == minute), "{pair:?}");
+    }
+    // The last weight is the largest multiple not above max_weight.
+    let ro = rollout_with(
+        SLO_STEPS,
+        "        { step_weight: 30, max_weight: 100, interval: 1m }\n",
+    );
+    assert_eq!(ro.steps.len(), 6);
+    assert!(matches!(ro.steps[4], Step::SetWeight(Weight(9000))));
+}
+
+#[test]
+fn flagger_shorthand_needs_background_analysis() {
+    let text = ROLLOUT
+        .replacen(
+            SLO_STEPS,
+            "        { step_weight: 10, max_weight: 50, interval: 1m }\n",
+            1,
+        )
+        .replacen("      background_analysis: bg\n", "", 1);
+    let e = Config::from_yaml(&text).unwrap_err().errors;
+    assert_error(&e, "routes[0].rollout.steps", "needs background_analysis");
+}
+
+#[test]
+fn flagger_shorthand_bounds() {
+    let short = |s: &str| rollout_errors_with(SLO_STEPS, &format!("        {{ {s} }}\n"));
+    let e = short("step_weight: 0, max_weight: 50, interval: 1m");
+    assert_error(&e, "routes[0].rollout.steps.step_weight", "greater than 0");
+    let e = short("step_weight: 10, max_weight: 0, interval: 1m");
+    assert_error(&e, "routes[0].rollout.steps.max_weight", "greater than 0");
+    let e = short("step_weight: 10, max_weight: 120, interval: 1m");
+    assert_error(&e, "routes[0].rollout.steps.max_weight", "from 0 to 100");
+    let e = short("step_weight: 60, max_weight: 50, interval: 1m");
+    assert_error(
+        &e,
+        "routes[0].rollout.steps.step_weight",
+        "more than max_weight",
+    );
+    let e = short("step_weight: 10, max_weight: 50, interval: soon");
+    assert_error(&e, "routes[0].rollout.steps.interval", "not a duration");
+    let e = short("step_weight: 10, max_weight: 50, interval: 1m, step: 1");
+    assert!(e[0].message.contains("unknown field `step`"), "{:?}", e[0]);
+}
+
+#[test]
+fn rollout_steps_must_not_be_empty() {
+    let e = rollout_errors_with(&format!("      steps:\n{SLO_STEPS}"), "      steps: []\n");
+    assert_error(&e, "routes[0].rollout.steps", "is empty");
+    let e = rollout_errors_with(&format!("      steps:\n{SLO_STEPS}"), "");
+    assert_error(&e, "routes[0].rollout.steps", "is required");
+}
+
+#[test]
+fn rollout_needs_a_state_file() {
+    let e = rollout_errors_with(
+        "  state_file: /var/lib/canaryd/state.json\n",
+        "  access_log: true\n",
+    );
+    assert_error(
+        &e,
+        "routes[0].rollout",
+        "a rollout needs proxy.state_file (where its state survives restarts)",
+    );
+    let e = rollout_errors_with(
+        "state_file: /var/lib/canaryd/state.json",
+        "state_file: \"\"",
+    );
+    assert_error(&e, "proxy.state_file", "is empty");
+    assert!(
+        !e.iter().any(|e| e.field == "routes[0].rollout"),
+        "an empty state_file is reported once: {e:?}"
+    );
+}
+
+#[test]
+fn state_file_is_parsed_without_rollouts() {
+    assert_eq!(Config::from_yaml(GOOD).unwrap().proxy.state_file, None);
+    let text = GOOD.replacen(
+        "routes:\n",
+        "proxy: { state_file: state.json }\nroutes:\n",
+        1,
+    );
+    let cfg = Config::from_yaml(&text).unwrap();
+    assert_eq!(cfg.proxy.state_file, Some(PathBuf::from("state.json")));
+    let e = errors_with("routes:\n", "proxy: { state_file: \" \" }\nroutes:\n");
+    assert_error(&e, "proxy.state_file", "is empty");
+}
+
+#[test]
+fn rollout_id_charset() {
+    let e = rollout_errors_with("id: shop-v2", "id: Shop/v2");
+    assert_error(&e, "routes[0].rollout.id", "1 to 63 characters");
+    let e = rollout_errors_with("id: shop-v2", &format!("id: {}", "a".repeat(64)));
+    assert_error(&e, "routes[0].rollout.id", "1 to 63 characters");
+    let ro = rollout_with("id: shop-v2", &format!("id: shop.v2_{}", "a".repeat(55)));
+    assert_eq!(ro.id.len(), 63);
+    let e = rollout_errors_with("      id: shop-v2\n", "");
+    assert!(e[0].message.contains("missing field `id`"), "{:?}", e[0]);
+}
+
+#[test]
+fn rollout_ids_are_unique_across_routes() {
+    let (head, route) = ROLLOUT.split_once("routes:\n").unwrap();
+    let second = route.replacen("name: shop", "name: cart", 1).replacen(
+        "    versions:",
+        "    match: { path_prefix: /cart }\n    versions:",
+        1,
+    );
+    let e = Config::from_yaml(&format!("{head}routes:\n{route}{second}"))
+        .unwrap_err()
+        .errors;
+    assert_error(
+        &e,
+        "routes[1].rollout.id",
+        "rollout id `shop-v2` is also used by routes[0]",
+    );
+}
+
+#[test]
+fn set_weight_range_and_resolution() {
+    let e = rollout_errors_with("set_weight: 5\n", "set_weight: 101\n");
+    assert_error(&e, "routes[0].rollout.steps[0].set_weight", "from 0 to 100");
+    let e = rollout_errors_with("set_weight: 12.5\n", "set_weight: 12.555\n");
+    assert_error(&e, "routes[0].rollout.steps[6].set_weight", "two decimals");
+}
+
+#[test]
+fn pause_forms_are_validated() {
+    let e = rollout_errors_with("pause: 2m", "pause: soon");
+    assert_error(&e, "routes[0].rollout.steps[1].pause", "not a duration");
+    let e = rollout_errors_with("pause: { duration: 30s }", "pause: { duration: 0s }");
+    assert_error(
+        &e,
+        "routes[0].rollout.steps[5].pause.duration",
+        "greater than zero",
+    );
+    let e = rollout_errors_with("pause: {}", "pause: { until: promoted }");
+    assert!(e[0].message.contains("unknown field `until`"), "{:?}", e[0]);
+}
+
+#[test]
+fn analysis_steps_must_name_a_gate() {
+    let e = rollout_errors_with("- analysis: slo", "- analysis: sli");
+    assert_error(
+        &e,
+        "routes[0].rollout.steps[3].analysis",
+        "unknown gate `sli`; rollout.analysis has: slo, bg",
+    );
+    let e = rollout_errors_with("background_analysis: bg", "background_analysis: nope");
+    assert_error(
+        &e,
+        "routes[0].rollout.background_analysis",
+        "unknown gate `nope`",
+    );
+    // A gate nobody uses is fine.
+    let ro = rollout_with("      background_analysis: bg\n", "");
+    assert!(ro.analysis.contains_key("bg"));
+}
+
+#[test]
+fn header_routes_are_named_uniquely_and_their_conditions_validated() {
+    let route = "{ name: qa, when: { header: { name: x-canary, equals: \"1\" } } }";
+    let e = rollout_errors_with(
+        route,
+        "{ name: QA!, when: { header: { name: x-canary, equals: \"1\" } } }",
+    );
+    assert_error(
+        &e,
+        "routes[0].rollout.steps[4].set_header_route.name",
+        "header route name `QA!`",
+    );
+    let e = rollout_errors_with("- pause: {}\n", &format!("- set_header_route: {route}\n"));
+    assert_error(
+        &e,
+        "routes[0].rollout.steps[4].set_header_route.name",
+        "already set by steps[2]",
+    );
+    let e = rollout_errors_with("equals: \"1\"", "matches: \"^(1\"");
+    assert_error(
+        &e,
+        "routes[0].rollout.steps[4].set_header_route.when.header.matches",
+        "not a valid regular expression",
+    );
+    let e = rollout_errors_with(
+        "when: { header: { name: x-canary, equals: \"1\" } }",
+        "when: {}",
+    );
+    assert_error(
+        &e,
+        "routes[0].rollout.steps[4].set_header_route.when",
+        "at least one condition",
+    );
+    let e = rollout_errors_with("when: { header:", "when: { heder:");
+    assert!(e[0].message.contains("unknown field `heder`"), "{:?}", e[0]);
+}
+
+#[test]
+fn gate_settings_are_validated() {
+    let e = rollout_errors_with("interval: 10s", "interval: 500ms");
+    assert_error(&e, "routes[0].rollout.analysis.slo.interval", "1s or more");
+    for bad in ["window: 11m", "window: 1500ms", "window: 500ms"] {
+        let e = rollout_errors_with("window: 2m", bad);
+        assert_error(
+            &e,
+            "routes[0].rollout.analysis.slo.window",
+            "whole seconds from 1s to 10m",
+        );
+    }
+    let e = rollout_errors_with("initial_delay: 15s", "initial_delay: later");
+    assert_error(
+        &e,
+        "routes[0].rollout.analysis.slo.initial_delay",
+        "not a duration",
+    );
+    let ro = rollout_with("initial_delay: 15s", "initial_delay: 0s");
+    assert_eq!(ro.analysis["slo"].initial_delay, Duration::ZERO);
+    for (from, to, field) in [
+        ("count: 5", "count: 0", "count"),
+        ("error_limit: 6", "error_limit: 0", "error_limit"),
+        ("min_requests: 100", "min_requests: 0", "min_requests"),
+    ] {
+        let e = rollout_errors_with(from, to);
+        assert_error(
+            &e,
+            &format!("routes[0].rollout.analysis.slo.{field}"),
+            "at least 1",
+        );
+    }
+    let e = rollout_errors_with("on_inconclusive: continue", "on_inconclusive: abort");
+    assert_error(
+        &e,
+        "routes[0].rollout.analysis.slo.on_inconclusive",
+        "use pause (the default) or continue",
+    );
+    let e = rollout_errors_with(
+        "        bg:\n          checks:\n            - success_rate: { min: 80, critical: true, min_requests: 20 }\n",
+        "        bg:\n          checks: []\n",
+    );
+    assert_error(
+        &e,
+        "routes[0].rollout.analysis.bg.checks",
+        "at least one check",
+    );
+    let e = rollout_errors_with("failure_limit: 1", "failure_limits: 1");
+    assert!(
+        e[0].message.contains("unknown field `failure_limits`"),
+        "{:?}",
+        e[0]
+    );
+}
+
+#[test]
+fn checks_are_validated() {
+    let at = "routes[0].rollout.analysis.slo.checks";
+    let e = rollout_errors_with(
+        "min: 99.0, max_drop_vs_primary: 0.5",
+        "min: 101, max_drop_vs_primary: -1",
+    );
+    assert_error(&e, &format!("{at}[0].success_rate.min"), "from 0 to 100");
+    assert_error(
+        &e,
+        &format!("{at}[0].success_rate.max_drop_vs_primary"),
+        "0 or more",
+    );
+    let e = rollout_errors_with(
+        "max: 500ms, max_ratio_vs_primary: 1.25",
+        "max: slow, max_ratio_vs_primary: 0",
+    );
+    assert_error(&e, &format!("{at}[1].latency_p99.max"), "not a duration");
+    assert_error(
+        &e,
+        &format!("{at}[1].latency_p99.max_ratio_vs_primary"),
+        "greater than 0",
+    );
+    let e = rollout_errors_with(
+        "url: http://prometheus:9090, query: \"sum(rate(errors[1m]))\", max: 0.02, min: 0",
+        "url: prometheus:9090, query: \" \", timeout: 0s",
+    );
+    assert_error(
+        &e,
+        &format!("{at}[2].prometheus.url"),
+        "not an http:// or https:// URL",
+    );
+    assert_error(&e, &format!("{at}[2].prometheus.query"), "is empty");
+    assert_error(
+        &e,
+        &format!("{at}[2].prometheus"),
+        "set `min`, `max` or both",
+    );
+    assert_error(
+        &e,
+        &format!("{at}[2].prometheus.timeout"),
+        "greater than zero",
+    );
+    let e = rollout_errors_with("max: 0.02, min: 0", "max: 0.02, min: 1");
+    assert_error(&e, &format!("{at}[2].prometheus.min"), "more than max");
+    let e = rollout_errors_with(
+        "url: http://judge/a2a/analyze, min_confidence: 70",
+        "url: ftp://judge, min_confidence: 170, critical: true, min_requests: 0",
+    );
+    assert_error(
+        &e,
+        &format!("{at}[3].webhook.url"),
+        "not an http:// or https:// URL",
+    );
+    assert_error(
+        &e,
+        &format!("{at}[3].webhook.min_confidence"),
+        "from 0 to 100",
+    );
+    assert_error(&e, &format!("{at}[3].webhook.min_requests"), "at least 1");
+    let e = rollout_errors_with("- webhook:", "- judge:");
+    assert!(e[0].message.contains("unknown field `judge`"), "{:?}", e[0]);
+    let e = rollout_errors_with("min_confidence: 70", "min_confidence: 70, model: gpt");
+    assert!(e[0].message.contains("unknown field `model`"), "{:?}", e[0]);
+}
+
+#[test]
+fn unknown_rollout_keys_and_steps_are_rejected() {
+    let e = rollout_errors_with(
+        "      canary: canary\n",
+        "      canary: canary\n      auto_promote: true\n",
+    );
+    assert!(
+        e[0].message.contains("unknown field `auto_promote`"),
+        "{:?}",
+        e[0]
+    );
+    assert!(e[0].field.starts_with("routes[0]"), "{:?}", e[0]);
+    let e = rollout_errors_with("- set_weight: 5", "- set_wieght: 5");
+    assert!(
+        e[0].message.contains("unknown field `set_wieght`"),
+        "{:?}",
+        e[0]
+    );
+    assert_eq!(e[0].field, "routes[0].rollout.steps[0]");
+    let e = rollout_errors_with(
+        "- set_weight: 5\n",
+        "- set_weight: 5\n          pause: 2m\n",
+    );
+    assert!(
+        e[0].message
+            .contains("exactly one key, but `set_weight` is followed by `pause`"),
+        "{:?}",
+        e[0]
+    );
+    let e = rollout_errors_with("- set_weight: 5\n", "- {}\n");
+    assert!(e[0].message.contains("a map with one key"), "{:?}", e[0]);
+}
+
+#[test]
+fn gate_defined_twice_is_rejected() {
+    let e = rollout_errors_with(
+        "        bg:\n",
+        "        slo:\n          checks: [{ success_rate: { min: 1 } }]\n        bg:\n",
+    );
+    assert_error(
+        &e,
+        "routes[0].rollout.analysis.slo",
+        "gate `slo` is defined twice",
+    );
+    // The rest of the block then sits under an unknown key; serde stops at the first error.
+    let e = rollout_errors_with("      analysis:\n", "      analysis: [slo]\n      rest:\n");
+    assert_eq!(e[0].field, "routes[0].rollout.analysis");
+    assert!(
+        e[0].message
+            .contains("expected a mapping of gate name to gate"),
+        "{:?}",
+        e[0]
+    );
+}
+
+#[test]
+fn every_rollout_error_is_reported_at_once() {
+    let text = ROLLOUT
+        .replacen("set_weight: 5\n", "set_weight: 101\n", 1)
+        .replacen("- analysis: slo", "- analysis: sli", 1)
+        .replacen("window: 2m", "window: 1h", 1)
+        .replacen("min: 80,", "min: 180,", 1);
+    let e = Config::from_yaml(&text).unwrap_err().errors;
+    assert_error(&e, "routes[0].rollout.steps[0].set_weight", "from 0 to 100");
+    assert_error(&e, "routes[0].rollout.steps[3].analysis", "unknown gate");
+    assert_error(&e, "routes[0].rollout.analysis.slo.window", "10m");
+    assert_error(
+        &e,
+        "routes[0].rollout.analysis.bg.checks[0].success_rate.min",
+        "from 0 to 100",
+    );
+}

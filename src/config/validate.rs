@@ -6,6 +6,7 @@ use super::defaults::{
     DEFAULT_DRAIN_TIMEOUT, DEFAULT_HEADER_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS,
 };
 use super::raw::*;
+use super::rollout::validate_rollout;
 use super::types::{
     Admin, AnalysisSettings, Condition, Config, ConfigError, Endpoint, FieldError, HealthCheck,
     HostMatch, Listener, OutlierPolicy, Protocol, ProxySettings, RetryPolicy, RouteConfig,
@@ -13,7 +14,7 @@ use super::types::{
     UpstreamTls, ValueTest, VersionConfig, WEIGHT_SCALE, Weight,
 };
 use http::HeaderName;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -183,15 +184,54 @@ impl TryFrom<RawConfig> for Config {
                 .as_deref()
                 .map(|u| validate_upgrades(u, "proxy.upgrades", &mut errs))
                 .unwrap_or_default(),
-            state_file: None,
+            state_file: match raw.proxy.state_file.as_deref() {
+                None => None,
+                Some(s) if s.trim().is_empty() => {
+                    errs.push(
+                        "proxy.state_file",
+                        "is empty; give the path of the file where rollout state is kept, e.g. /var/lib/canaryd/state.json",
+                    );
+                    None
+                }
+                Some(s) => Some(PathBuf::from(s)),
+            },
         };
+        let state_file_given = raw.proxy.state_file.is_some();
+
+        // Validated before the routes (gates default to its `min_requests`), reported after
+        // them as always.
+        let mut analysis_errs = Errors::default();
+        let analysis = validate_analysis(&raw.analysis, &mut analysis_errs);
 
         let mut routes = Vec::new();
         let mut names = HashSet::new();
         let mut matches: Vec<(Option<HostMatch>, String, usize)> = Vec::new();
+        let mut rollout_ids: HashMap<String, usize> = HashMap::new();
         for (i, r) in raw.routes.into_iter().enumerate() {
             let field = format!("routes[{i}]");
-            if let Some(route) = validate_route(r, &field, &proxy, &mut errs) {
+            let has_rollout = r.rollout.is_some();
+            let route = validate_route(r, &field, &proxy, analysis.min_requests, &mut errs);
+            // An empty state_file is reported at proxy.state_file, not again here.
+            if has_rollout && !state_file_given {
+                errs.push(
+                    format!("{field}.rollout"),
+                    "a rollout needs proxy.state_file (where its state survives restarts)",
+                );
+            }
+            if let Some(route) = route {
+                if let Some(ro) = &route.rollout {
+                    if let Some(j) = rollout_ids.get(&ro.id) {
+                        errs.push(
+                            format!("{field}.rollout.id"),
+                            format!(
+                                "rollout id `{}` is also used by routes[{j}]; ids identify rollouts in the state file and must be unique",
+                                ro.id
+                            ),
+                        );
+                    } else {
+                        rollout_ids.insert(ro.id.clone(), i);
+                    }
+                }
                 if !names.insert(route.name.clone()) {
                     errs.push(
                         format!("{field}.name"),
@@ -218,7 +258,7 @@ impl TryFrom<RawConfig> for Config {
             errs.push("routes", "at least one route is required");
         }
 
-        let analysis = validate_analysis(&raw.analysis, &mut errs);
+        errs.0.extend(analysis_errs.0);
 
         if errs.0.is_empty() {
             Ok(Config {
@@ -355,7 +395,7 @@ fn parse_socket_addr(s: &str) -> Result<SocketAddr, String> {
     })
 }
 
-fn parse_duration(s: &str, field: &str, errs: &mut Errors) -> Option<Duration> {
+pub(super) fn parse_duration(s: &str, field: &str, errs: &mut Errors) -> Option<Duration> {
     match humantime::parse_duration(s) {
         Ok(d) if d.is_zero() => {
             errs.push(field, "must be greater than zero");
@@ -397,7 +437,7 @@ fn validate_timeouts(
 
 /// An optional duration field: its value if given and valid, else `default` (an invalid
 /// value is reported in `errs`).
-fn duration_or(
+pub(super) fn duration_or(
     raw: &Option<String>,
     field: &str,
     default: Duration,
@@ -408,7 +448,7 @@ fn duration_or(
         .unwrap_or(default)
 }
 
-fn parse_percent(p: f64, field: &str, errs: &mut Errors) -> Option<f64> {
+pub(super) fn parse_percent(p: f64, field: &str, errs: &mut Errors) -> Option<f64> {
     if p.is_finite() && (0.0..=100.0).contains(&p) {
         Some(p)
     } else {
@@ -568,7 +608,7 @@ fn validate_upgrades(raw: &[String], field: &str, errs: &mut Errors) -> Upgrades
 }
 
 /// Names that become metric labels: short, lowercase, no surprises in PromQL.
-fn check_label_name(name: &str, what: &str) -> Result<(), String> {
+pub(super) fn check_label_name(name: &str, what: &str) -> Result<(), String> {
     let ok = !name.is_empty()
         && name.len() <= 64
         && name
@@ -630,6 +670,7 @@ fn validate_route(
     r: RawRoute,
     field: &str,
     proxy: &ProxySettings,
+    min_requests: u64,
     errs: &mut Errors,
 ) -> Option<RouteConfig> {
     let default_timeouts = proxy.timeouts;
@@ -721,6 +762,16 @@ fn validate_route(
         None => proxy.upgrades.clone(),
     };
 
+    let rollout = r.rollout.as_ref().and_then(|ro| {
+        validate_rollout(
+            ro,
+            &versions,
+            min_requests,
+            &format!("{field}.rollout"),
+            errs,
+        )
+    });
+
     if errs.0.len() > before {
         return None;
     }
@@ -737,7 +788,7 @@ fn validate_route(
         health_check,
         fallback: r.fallback,
         upgrades,
-        rollout: None,
+        rollout,
     })
 }
 
