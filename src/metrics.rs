@@ -195,6 +195,151 @@ pub struct Metrics {
     published_weights: std::sync::Mutex<Vec<VersionLabels>>,
     /// Analysis windows by (route, version); they outlive snapshots so reloads keep history.
     windows: std::sync::Mutex<std::collections::HashMap<VersionLabels, Arc<Window>>>,
+    /// `canaryd_rollout_*`.
+    pub rollout: RolloutMetrics,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RoutePhaseLabels {
+    pub route: String,
+    pub phase: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RolloutWeightLabels {
+    pub route: String,
+    /// `set` (what the rollout asks for) or `actual` (the canary's share of the last minute).
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MeasurementLabels {
+    pub route: String,
+    pub gate: String,
+    pub result: &'static str,
+}
+
+/// Rollout metrics: labels are route and gate names from the config and closed enums.
+#[derive(Debug, Default)]
+pub struct RolloutMetrics {
+    phase: Family<RoutePhaseLabels, Gauge>,
+    step: Family<RouteLabels, Gauge>,
+    weight: Family<RolloutWeightLabels, Gauge<f64, AtomicU64>>,
+    measurements: Family<MeasurementLabels, Counter>,
+    transitions: Family<RoutePhaseLabels, Counter>,
+}
+
+/// Every phase a rollout can be in, as exported.
+pub const ROLLOUT_PHASES: [&str; 6] = [
+    "pending",
+    "progressing",
+    "paused",
+    "aborted",
+    "succeeded",
+    "superseded",
+];
+
+impl RolloutMetrics {
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "rollout_phase",
+            "1 for the phase each route's rollout is in, 0 for the others",
+            self.phase.clone(),
+        );
+        registry.register(
+            "rollout_step",
+            "Index of the step each route's rollout is at",
+            self.step.clone(),
+        );
+        registry.register(
+            "rollout_weight",
+            "Canary share of each rollout, percent: kind=set (the step's), kind=actual (last minute)",
+            self.weight.clone(),
+        );
+        registry.register(
+            "rollout_measurements",
+            "Analysis measurements by route, gate and result",
+            self.measurements.clone(),
+        );
+        registry.register(
+            "rollout_transitions",
+            "Rollout phase changes by route and the phase entered",
+            self.transitions.clone(),
+        );
+    }
+
+    /// Where a route's rollout is now.
+    pub fn state(
+        &self,
+        route: &str,
+        phase: &'static str,
+        step: usize,
+        set: f64,
+        actual: Option<f64>,
+    ) {
+        for p in ROLLOUT_PHASES {
+            let labels = RoutePhaseLabels {
+                route: route.to_string(),
+                phase: p,
+            };
+            self.phase.get_or_create(&labels).set(i64::from(p == phase));
+        }
+        let r = RouteLabels {
+            route: route.to_string(),
+        };
+        self.step.get_or_create(&r).set(step as i64);
+        let w = |kind| RolloutWeightLabels {
+            route: route.to_string(),
+            kind,
+        };
+        self.weight.get_or_create(&w("set")).set(set);
+        if let Some(a) = actual {
+            self.weight.get_or_create(&w("actual")).set(a);
+        }
+    }
+
+    pub fn measured(&self, route: &str, gate: &str, result: &'static str) {
+        self.measurements
+            .get_or_create(&MeasurementLabels {
+                route: route.to_string(),
+                gate: gate.to_string(),
+                result,
+            })
+            .inc();
+    }
+
+    pub fn transition(&self, route: &str, phase: &'static str) {
+        self.transitions
+            .get_or_create(&RoutePhaseLabels {
+                route: route.to_string(),
+                phase,
+            })
+            .inc();
+    }
+
+    /// The route has no rollout any more: its series go.
+    pub fn forget(&self, route: &str) {
+        for p in ROLLOUT_PHASES {
+            self.phase.remove(&RoutePhaseLabels {
+                route: route.to_string(),
+                phase: p,
+            });
+        }
+        self.step.remove(&RouteLabels {
+            route: route.to_string(),
+        });
+        for kind in ["set", "actual"] {
+            self.weight.remove(&RolloutWeightLabels {
+                route: route.to_string(),
+                kind,
+            });
+        }
+    }
 }
 
 impl std::fmt::Debug for Metrics {
@@ -308,7 +453,10 @@ impl Metrics {
             let _ = reloads.get_or_create(&ResultLabels { result: r.as_str() });
         }
         let unrouted = downstream_counters(&downstream_errors, "");
+        let rollout = RolloutMetrics::default();
+        rollout.register(&mut registry);
         Metrics {
+            rollout,
             registry,
             requests,
             duration,

@@ -186,6 +186,27 @@ async fn a_healthy_canary_walks_every_step_and_sticky_users_only_move_to_it() {
         proxy.metric_value("canaryd_route_weight{route=\"app\",version=\"canary\"}"),
         100.0
     );
+    wait_for("the succeeded phase exported", || {
+        proxy.metric("canaryd_rollout_phase{route=\"app\",phase=\"succeeded\"}") == Some(1.0)
+    })
+    .await;
+    let m = |s: &str| proxy.metric_value(s);
+    assert_eq!(
+        m("canaryd_rollout_phase{route=\"app\",phase=\"paused\"}"),
+        0.0
+    );
+    assert_eq!(
+        m("canaryd_rollout_transitions_total{route=\"app\",phase=\"paused\"}"),
+        2.0
+    );
+    assert!(
+        m("canaryd_rollout_measurements_total{route=\"app\",gate=\"slo\",result=\"passed\"}")
+            >= 2.0
+    );
+    assert_eq!(
+        m("canaryd_rollout_weight{route=\"app\",kind=\"set\"}"),
+        100.0
+    );
 }
 
 #[tokio::test]

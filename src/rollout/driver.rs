@@ -181,6 +181,30 @@ impl<T: Target> Rollouts<T> {
             self.handle(&mut engine, &route, Event::Tick, now);
         }
         self.save(&mut engine);
+        self.export(&engine);
+    }
+
+    /// Phase, step and weights of every rollout as metrics.
+    fn export(&self, engine: &Engine) {
+        let metrics = &self.control.state().metrics.rollout;
+        for (route, e) in &engine.entries {
+            let actual = self.actual_share(route, &e.canary);
+            metrics.state(
+                route,
+                e.state.phase.as_str(),
+                e.state.step,
+                f64::from(e.state.weight) / 100.0,
+                actual,
+            );
+        }
+    }
+
+    /// The canary's share of the route's requests over the last minute, percent.
+    fn actual_share(&self, route: &str, canary: &str) -> Option<f64> {
+        let w = self.target.windows(route, Duration::from_secs(60))?;
+        let total: u64 = w.iter().map(|(_, s)| s.requests).sum();
+        let c = w.iter().find(|(n, _)| n == canary)?.1.requests;
+        (total > 0).then(|| (c as f64 / total as f64 * 10_000.0).round() / 100.0)
     }
 
     fn feed(&self, route: &str, id: &str, event: Event) {
@@ -275,6 +299,7 @@ impl<T: Target> Rollouts<T> {
                     tracing::warn!(%route, error = %e, "could not remove the rollout layer");
                 }
                 engine.entries.remove(&route);
+                self.control.state().metrics.rollout.forget(&route);
                 engine.dirty = true;
             }
         }
@@ -420,9 +445,11 @@ impl<T: Target> Rollouts<T> {
     }
 
     fn publish_actions(&self, route: &str, id: &str, actions: &[Action]) {
+        let metrics = &self.control.state().metrics.rollout;
         for a in actions {
             match a {
                 Action::Transitioned(t) => {
+                    metrics.transition(route, t.to.as_str());
                     log_transition(route, id, t);
                     self.publish(
                         "transition",
@@ -430,6 +457,7 @@ impl<T: Target> Rollouts<T> {
                     );
                 }
                 Action::Recorded(m) => {
+                    metrics.measured(route, &m.gate, m.result.as_str());
                     self.publish(
                         "measurement",
                         &serde_json::json!({ "route": route, "rollout": id, "measurement": m }),

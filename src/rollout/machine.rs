@@ -29,6 +29,19 @@ pub enum Phase {
     Superseded,
 }
 
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Pending => "pending",
+            Phase::Progressing => "progressing",
+            Phase::Paused => "paused",
+            Phase::Aborted => "aborted",
+            Phase::Succeeded => "succeeded",
+            Phase::Superseded => "superseded",
+        }
+    }
+}
+
 /// Why a rollout is paused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -60,6 +73,15 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Passed => "passed",
+            Outcome::Inconclusive => "inconclusive",
+            Outcome::Errored => "errored",
+            Outcome::Failed => "failed",
+        }
+    }
+
     /// failed > errored > inconclusive > passed.
     pub fn worst(self, other: Outcome) -> Outcome {
         fn rank(o: Outcome) -> u8 {
