@@ -479,3 +479,96 @@ impl Judge {
         self.asked.lock().unwrap().clone()
     }
 }
+
+/// The four reload cases, through the config file and its watcher.
+#[tokio::test]
+async fn reloads_leave_unrelated_edits_alone_pause_edited_steps_supersede_and_cancel() {
+    let (stable, canary) = (Origin::start("stable").await, Origin::start("canary").await);
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("s.json");
+    let path = dir.path().join("canaryd.yaml");
+    let steps = "      id: app-v2\n      steps:\n        - set_weight: 10\n        - set_weight: 30\n        - pause: {}\n        - set_weight: 60\n";
+    let write = |rollout: &str, extra: &str| {
+        let y = yaml(stable.addr, canary.addr, &state, rollout)
+            .replace("    sticky:", &format!("{extra}    sticky:"));
+        std::fs::write(&path, y).unwrap();
+    };
+    write(steps, "");
+    let proxy = Proxy::start_file(&path).await;
+    let v = wait_phase(&proxy, "paused").await;
+    assert_eq!(
+        (v["step"].as_u64(), v["set_weight"].as_f64()),
+        (Some(2), Some(30.0))
+    );
+    let history = v["history"].as_array().unwrap().len();
+
+    // An unrelated edit: nothing happens to the rollout.
+    let reloads = || proxy.control.status().reloads_success;
+    let r0 = reloads();
+    write(steps, "    fallback: true\n");
+    wait_for("reload 1", || reloads() > r0).await;
+    let v = rollout(&proxy).await;
+    assert_eq!(
+        (v["reason"].as_str(), v["history"].as_array().unwrap().len()),
+        (Some("step"), history)
+    );
+
+    // Edited steps: paused (edited) at the current weight; resume goes to the first step
+    // whose weight is at least 30 %.
+    write(
+        &steps.replace(
+            "set_weight: 60",
+            "set_weight: 50\n        - pause: {}\n        - set_weight: 70",
+        ),
+        "",
+    );
+    wait_for("reload 2", || reloads() > r0 + 1).await;
+    let v = rollout(&proxy).await;
+    assert_eq!(
+        (v["reason"].as_str(), v["set_weight"].as_f64()),
+        (Some("edited"), Some(30.0)),
+        "{v}"
+    );
+    let (s, _) = proxy
+        .admin_call("POST", "/api/v1/routes/app/rollout/resume", "")
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let v = rollout(&proxy).await;
+    assert_eq!(
+        (v["step"].as_u64(), v["set_weight"].as_f64()),
+        (Some(2), Some(30.0)),
+        "{v}"
+    );
+
+    // A new id supersedes: the new rollout starts from step 0.
+    write(
+        &steps
+            .replace("app-v2", "app-v3")
+            .replace("set_weight: 10", "set_weight: 5"),
+        "",
+    );
+    wait_for("reload 3", || reloads() > r0 + 2).await;
+    let v = wait_phase(&proxy, "paused").await;
+    assert_eq!(v["id"], "app-v3");
+    assert_eq!(v["history"][0]["message"], "started at step 0", "{v}");
+
+    // Removing the block of an active rollout cancels it: back to the file's weights.
+    let plain = yaml(
+        stable.addr,
+        canary.addr,
+        &state,
+        "      id: x\n      steps: [ { set_weight: 1 } ]\n",
+    );
+    let plain = plain.split("    rollout:").next().unwrap().to_string();
+    std::fs::write(&path, plain).unwrap();
+    wait_for("reload 4", || reloads() > r0 + 3).await;
+    wait_for("the layer removed", || {
+        proxy.state.snapshot().config.routes[0].versions[1].weight.0 == 0
+    })
+    .await;
+    let (s, _) = proxy
+        .admin_call("GET", "/api/v1/routes/app/rollout", "")
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    assert_eq!(canary_share(&proxy, 0..100).await, 0);
+}
