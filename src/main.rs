@@ -75,18 +75,29 @@ enum Command {
     },
     /// Exit 0 if URL answers 2xx within 3 s (container HEALTHCHECK without curl).
     Probe { url: String },
-    /// Run one demo backend that answers `<name>` (for local demos and tests).
+    /// Run one demo backend that answers `<name>` (for local demos and tests). Its fault knob
+    /// can also be turned at run time: `PUT /fault?error_rate=0.3&latency_ms=100`.
     Backend {
         #[arg(long)]
         name: String,
         #[arg(long, default_value = "127.0.0.1:0")]
         listen: SocketAddr,
+        /// Share of requests answered 500, 0.0 to 1.0.
+        #[arg(long, default_value_t = 0.0)]
+        error_rate: f64,
+        /// Added to every answer, e.g. `100ms`.
+        #[arg(long, default_value = "0ms", value_parser = humantime::parse_duration)]
+        latency: std::time::Duration,
     },
-    /// Start two demo backends and the proxy on built-in defaults (10 % canary).
+    /// Start two demo backends, the proxy on built-in defaults and a real rollout of the
+    /// canary (10 % -> 30 % -> 60 % -> 100 %) judged from built-in traffic.
     Demo {
         /// Proxy listen address.
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
+        /// Admin listener (API, metrics, event stream).
+        #[arg(long, default_value = "127.0.0.1:9901")]
+        admin: SocketAddr,
         /// Worker threads; 0 = one per CPU core.
         #[arg(long, default_value_t = 0)]
         workers: usize,
@@ -117,12 +128,24 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { file, skip_files } => check(&file, skip_files),
         Command::Probe { url } => probe(&url),
-        Command::Backend { name, listen } => {
+        Command::Backend {
+            name,
+            listen,
+            error_rate,
+            latency,
+        } => {
+            if !(0.0..=1.0).contains(&error_rate) {
+                eprintln!("--error-rate must be from 0.0 to 1.0 (got {error_rate})");
+                return ExitCode::FAILURE;
+            }
+            let fault = canaryd::demo::Fault {
+                error_rate,
+                latency,
+            };
             serve(cli.log_format, 1, RuntimeFlavor::Shared, |_| async move {
                 // Leaked once: the name lives as long as the process.
-                let addr =
-                    canaryd::demo::start_backend_on(Box::leak(name.into_boxed_str()), listen)
-                        .await?;
+                let name = Box::leak(name.into_boxed_str());
+                let addr = canaryd::demo::start_backend_on(name, listen, fault).await?;
                 println!("backend listening on {addr}");
                 shutdown_signal().await;
                 Ok(())
@@ -169,11 +192,13 @@ fn main() -> ExitCode {
             let server = Server::bind_file_per_core(&config, per_core).await?;
             server.run(shutdown_signal()).await
         }),
-        Command::Demo { listen, workers } => {
-            serve(cli.log_format, workers, RuntimeFlavor::Shared, |_| {
-                canaryd::demo::run(listen, shutdown_signal())
-            })
-        }
+        Command::Demo {
+            listen,
+            admin,
+            workers,
+        } => serve(cli.log_format, workers, RuntimeFlavor::Shared, |_| {
+            canaryd::demo::run(listen, admin, shutdown_signal())
+        }),
     }
 }
 

@@ -243,7 +243,7 @@ fn route_explains_rules_sticky_and_draws() {
 #[tokio::test]
 async fn demo_serves_a_split_and_the_header_rule() {
     let mut child = canaryd()
-        .args(["demo", "--listen", "127.0.0.1:0"])
+        .args(["demo", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -251,15 +251,23 @@ async fn demo_serves_a_split_and_the_header_rule() {
     let stdout = child.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
+        let (mut proxy, mut canary) = (None, None);
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
             if let Some(rest) = line.strip_prefix("proxy on http://") {
-                let _ = tx.send(rest.split_whitespace().next().unwrap().to_string());
+                proxy = Some(rest.split_whitespace().next().unwrap().to_string());
+            }
+            if let Some(rest) = line.split("canary backend on ").nth(1) {
+                canary = Some(rest.trim().to_string());
+            }
+            if let Some(rest) = line.strip_prefix("  curl -N http://") {
+                let admin = rest.split('/').next().unwrap().to_string();
+                let _ = tx.send((proxy.clone().unwrap(), canary.clone().unwrap(), admin));
             }
         }
     });
-    let addr = rx
+    let (addr, canary_backend, admin) = rx
         .recv_timeout(Duration::from_secs(30))
-        .expect("demo printed its address");
+        .expect("demo printed its addresses");
     let c = TestClient::http1();
     let url = format!("http://{addr}/");
     let mut canary = 0;
@@ -275,6 +283,31 @@ async fn demo_serves_a_split_and_the_header_rule() {
         "canary\n"
     );
     assert_eq!(c.get(&url, &[("x-canary", "never")]).await.body, "stable\n");
+    // The demo's rollout is live: break the canary with the backend's fault knob and its
+    // background analysis rolls it back (built-in traffic, 5 s measurements).
+    let rollout_url = format!("http://{admin}/api/v1/routes/demo/rollout");
+    let v: serde_json::Value = serde_json::from_str(&c.get(&rollout_url, &[]).await.body).unwrap();
+    assert_eq!(v["id"], "demo-v2");
+    assert_eq!(v["set_weight"].as_f64(), Some(10.0), "{v}");
+    let knob = http::Request::put(format!("http://{canary_backend}/fault?error_rate=1"))
+        .body(full(""))
+        .unwrap();
+    assert_eq!(c.send(knob).await.status, 200);
+    let mut phase = String::new();
+    for _ in 0..120 {
+        let v: serde_json::Value =
+            serde_json::from_str(&c.get(&rollout_url, &[]).await.body).unwrap();
+        phase = v["phase"].as_str().unwrap_or_default().to_string();
+        if phase == "aborted" {
+            assert_eq!(v["set_weight"].as_f64(), Some(0.0));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(phase, "aborted", "the demo's broken canary was not rolled back");
+    for _ in 0..50 {
+        assert_eq!(c.get(&url, &[]).await.body, "stable\n");
+    }
     let _ = child.kill();
     let _ = child.wait();
 }
