@@ -304,7 +304,10 @@ async fn demo_serves_a_split_and_the_header_rule() {
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    assert_eq!(phase, "aborted", "the demo's broken canary was not rolled back");
+    assert_eq!(
+        phase, "aborted",
+        "the demo's broken canary was not rolled back"
+    );
     for _ in 0..50 {
         assert_eq!(c.get(&url, &[]).await.body, "stable\n");
     }

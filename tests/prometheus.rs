@@ -56,6 +56,11 @@ fn enc(s: &str) -> String {
 
 impl Prometheus {
     fn start(bin: &str, target: std::net::SocketAddr) -> Prometheus {
+        Self::start_at(bin, target, closed_port())
+    }
+
+    /// Listening on `addr` (a port picked by `closed_port`, known before canaryd starts).
+    fn start_at(bin: &str, target: std::net::SocketAddr, addr: std::net::SocketAddr) -> Prometheus {
         let dir = tempfile::tempdir().unwrap();
         let rules = Path::new(ROOT).join("deploy/prometheus/rules.yml");
         let config = format!(
@@ -63,7 +68,6 @@ impl Prometheus {
             rules.display()
         );
         std::fs::write(dir.path().join("prometheus.yml"), config).unwrap();
-        let addr = closed_port();
         let child = Command::new(bin)
             .arg(format!(
                 "--config.file={}",
@@ -345,4 +349,93 @@ async fn shipped_promql_agrees_with_the_traffic_sent() {
         |r| r.len() == 1 && r[0].0["route"] == "api" && r[0].0["alertstate"] == "pending",
     )
     .await;
+}
+
+/// A rollout gate with a `prometheus` check asks a real Prometheus that scrapes canaryd: the
+/// canary's 5xx ratio from canaryd's own metrics fails it and the rollout is rolled back.
+/// Before Prometheus has data the query returns no series: errored, never passed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prometheus_gate_rolls_back_a_failing_canary() {
+    let Some(bin) = prometheus_binary() else {
+        if std::env::var_os("CI").is_some() {
+            panic!(
+                "prometheus is not installed; .ci/run must install the Debian package `prometheus`"
+            );
+        }
+        eprintln!(
+            "SKIPPED: prometheus is not installed (apt-get install prometheus); CI runs this test"
+        );
+        return;
+    };
+    let stable = Origin::start("stable").await;
+    let dir = tempfile::tempdir().unwrap();
+    let prom_addr = closed_port();
+    let query = r#"sum(rate(canaryd_requests_total{route="{{route}}",version="{{canary}}",code=~"5.."}[10s])) / sum(rate(canaryd_requests_total{route="{{route}}",version="{{canary}}"}[10s]))"#;
+    let yaml = format!(
+        r#"
+listeners: [{{ address: "127.0.0.1:0" }}]
+admin: {{ address: "127.0.0.1:0" }}
+proxy: {{ state_file: "{}" }}
+routes:
+  - name: app
+    versions:
+      stable: {{ endpoints: ["{}"] }}
+      canary: {{ endpoints: ["{}"], weight: 0 }}
+    rollout:
+      id: app-v2
+      steps: [ {{ set_weight: 50 }}, {{ analysis: prom }}, {{ set_weight: 90 }} ]
+      analysis:
+        prom:
+          interval: 1s
+          count: 3
+          error_limit: 60
+          checks:
+            - prometheus: {{ url: "http://{prom_addr}", query: '{query}', max: 0.05 }}
+"#,
+        dir.path().join("s.json").display(),
+        stable.addr,
+        closed_port(),
+    );
+    let proxy = Proxy::start(&yaml).await;
+    let _prom = Prometheus::start_at(&bin, proxy.admin.unwrap(), prom_addr);
+    let load = {
+        let url = proxy.url("/");
+        tokio::spawn(async move {
+            let c = TestClient::http1();
+            for _ in 0..20_000 {
+                let _ = c.try_get(&url).await;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+    let mut last = Value::Null;
+    for _ in 0..240 {
+        let (_, v) = proxy
+            .admin_call("GET", "/api/v1/routes/app/rollout", "")
+            .await;
+        last = v;
+        if last["phase"] == "aborted" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    load.abort();
+    assert_eq!(last["phase"], "aborted", "{last}");
+    let ms = last["measurements"].as_array().unwrap();
+    let failed = ms
+        .iter()
+        .find(|m| m["result"] == "failed")
+        .expect("a failed measurement");
+    let check = &failed["checks"][0];
+    assert_eq!(check["check"], "prometheus");
+    assert!(check["value"].as_f64().unwrap() > 0.05, "{check}");
+    assert!(
+        check["message"]
+            .as_str()
+            .unwrap()
+            .contains("canaryd_requests_total{route=\"app\",version=\"canary\""),
+        "{check}"
+    );
+    // Nothing passed before the data was there.
+    assert!(ms.iter().all(|m| m["result"] != "passed"), "{last}");
 }
