@@ -64,6 +64,23 @@ impl Default for Slot {
 pub struct Window {
     origin: Instant,
     slots: Box<[Slot]>,
+    /// The last few upstream failures, for a judge to read (only failures take the lock).
+    failures: std::sync::Mutex<std::collections::VecDeque<FailureSample>>,
+}
+
+/// Failures kept per (route, version).
+const KEEP_FAILURES: usize = 20;
+
+/// One upstream failure of a version: what a judge reads next to the numbers.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct FailureSample {
+    /// Unix time, milliseconds.
+    pub at: u64,
+    pub status: u16,
+    /// Request path (at most 200 bytes), no query string.
+    pub path: String,
+    /// `connect`, `timeout`, `reset`, `bad_response`; `None` for a 5xx the upstream sent.
+    pub error: Option<&'static str>,
 }
 
 impl std::fmt::Debug for Window {
@@ -92,7 +109,36 @@ impl Window {
         Window {
             origin,
             slots: (0..SLOTS).map(|_| Slot::default()).collect(),
+            failures: std::sync::Mutex::new(std::collections::VecDeque::new()),
         }
+    }
+
+    /// Keep one upstream failure (the oldest kept one goes).
+    pub fn note_failure(&self, status: u16, path: &str, error: Option<&'static str>) {
+        let mut end = path.len().min(200);
+        while !path.is_char_boundary(end) {
+            end -= 1;
+        }
+        let sample = FailureSample {
+            at: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0),
+            status,
+            path: path[..end].to_string(),
+            error,
+        };
+        let mut f = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        if f.len() == KEEP_FAILURES {
+            f.pop_front();
+        }
+        f.push_back(sample);
+    }
+
+    /// The failures kept, oldest first.
+    pub fn recent_failures(&self) -> Vec<FailureSample> {
+        let f = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        f.iter().cloned().collect()
     }
 
     fn slot_number(&self, now: Instant) -> u64 {

@@ -292,6 +292,7 @@ async fn a_critical_judge_saying_no_aborts_at_once_with_its_text() {
     let asked = judge.bodies();
     assert_eq!(asked[0]["route"], "app");
     assert_eq!(asked[0]["canary"]["name"], "canary");
+    assert!(asked[0]["canary_recent_failures"].is_array(), "{}", asked[0]);
 }
 
 #[tokio::test]
@@ -550,7 +551,8 @@ async fn reloads_leave_unrelated_edits_alone_pause_edited_steps_supersede_and_ca
     wait_for("reload 3", || reloads() > r0 + 2).await;
     let v = wait_phase(&proxy, "paused").await;
     assert_eq!(v["id"], "app-v3");
-    assert_eq!(v["history"][0]["message"], "started at step 0", "{v}");
+    assert_eq!(v["history"][0]["to"], "superseded", "{v}");
+    assert_eq!(v["history"][1]["message"], "started at step 0", "{v}");
 
     // Removing the block of an active rollout cancels it: back to the file's weights.
     let plain = yaml(
@@ -571,4 +573,51 @@ async fn reloads_leave_unrelated_edits_alone_pause_edited_steps_supersede_and_ca
         .await;
     assert_eq!(s, StatusCode::NOT_FOUND);
     assert_eq!(canary_share(&proxy, 0..100).await, 0);
+}
+
+#[tokio::test]
+async fn the_event_stream_carries_transitions_and_measurements_as_they_happen() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (stable, canary) = (Origin::start("stable").await, Origin::start("canary").await);
+    let dir = tempfile::tempdir().unwrap();
+    let r = "      id: app-v2\n      steps:\n        - set_weight: 10\n        - pause: {}\n        - set_weight: 40\n";
+    let proxy = Proxy::start(&yaml(
+        stable.addr,
+        canary.addr,
+        &dir.path().join("s.json"),
+        r,
+    ))
+    .await;
+    wait_phase(&proxy, "paused").await;
+    let mut s = tokio::net::TcpStream::connect(proxy.admin.unwrap())
+        .await
+        .unwrap();
+    s.write_all(b"GET /api/v1/events HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut seen = String::new();
+    let mut buf = [0u8; 4096];
+    // The stream is open before anything happens: the head and the opening comment.
+    while !seen.contains(": canaryd rollout events") {
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "stream closed: {seen}");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    assert!(seen.contains("content-type: text/event-stream"), "{seen}");
+    proxy
+        .admin_call("POST", "/api/v1/routes/app/rollout/promote", "")
+        .await;
+    while !seen.contains("\"to\":\"succeeded\"") {
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "stream closed: {seen}");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    assert!(seen.contains("event: transition"), "{seen}");
+    assert!(seen.contains("\"route\":\"app\""), "{seen}");
 }

@@ -193,11 +193,12 @@ impl<'s> Attempts<'s> {
         ctx: &mut RequestCtx<'s2>,
         t: Target<'s2>,
         answer: &Answer,
+        path: &str,
     ) -> bool
     where
         's2: 's,
     {
-        let status = observe(t, answer);
+        let status = observe(t, answer, path);
         if !self.again(t.route, answer, status) {
             return false;
         }
@@ -274,11 +275,13 @@ impl<'s> Attempts<'s> {
 
 /// What an attempt says about its endpoint: failures count on the version (also the ones a
 /// retry then hides), and outlier detection hears only what the endpoint did.
-fn observe(t: Target<'_>, answer: &Answer) -> StatusCode {
+fn observe(t: Target<'_>, answer: &Answer, path: &str) -> StatusCode {
+    let mut kind = None;
     let status = match answer {
         Ok((r, _)) => r.status(),
         Err(e) => {
-            if let Some(kind) = e.upstream_kind() {
+            kind = e.upstream_kind();
+            if let Some(kind) = kind {
                 t.version.metrics.upstream_error(kind);
             }
             e.status()
@@ -286,6 +289,9 @@ fn observe(t: Target<'_>, answer: &Answer) -> StatusCode {
     };
     let upstream_outcome = !matches!(answer, Err(e) if e.source() != ErrorSource::Upstream);
     if upstream_outcome && status.is_server_error() {
+        // Kept for a rollout's judge: what failed, where, and how.
+        let window = &t.version.metrics.window;
+        window.note_failure(status.as_u16(), path, kind.map(|k| k.as_str()));
         t.version.failure(t.endpoint, &t.route.config().outlier);
     } else if upstream_outcome {
         t.version.success(t.endpoint);

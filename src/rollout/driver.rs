@@ -31,6 +31,8 @@ pub trait Target: Send + Sync + 'static {
     fn windows(&self, route: &str, window: Duration) -> Option<Vec<(String, Summary)>>;
     /// Put or remove the route's rollout layer.
     fn apply(&self, route: &str, layer: Option<RolloutLayer>) -> Result<u64, ControlError>;
+    /// The version's most recent upstream failures (for a webhook judge).
+    fn failures(&self, route: &str, version: &str) -> Vec<crate::analysis::FailureSample>;
 }
 
 /// This process: its own snapshot and windows.
@@ -51,6 +53,14 @@ impl Target for Local {
 
     fn apply(&self, route: &str, layer: Option<RolloutLayer>) -> Result<u64, ControlError> {
         self.0.set_layer(route, layer)
+    }
+
+    fn failures(&self, route: &str, version: &str) -> Vec<crate::analysis::FailureSample> {
+        let snap = self.0.state().snapshot();
+        snap.route(route)
+            .and_then(|r| r.versions.iter().find(|v| v.name == version))
+            .map(|v| v.metrics.window.recent_failures())
+            .unwrap_or_default()
     }
 }
 
@@ -228,6 +238,7 @@ impl<T: Target> Rollouts<T> {
             let Some(spec) = &rc.rollout else { continue };
             seen.push(rc.name.clone());
             let deployed = deployed(rc);
+            let mut superseded = None;
             let primary = rc.versions[0].name.clone();
             let canary = rc.versions[spec.canary].name.clone();
             let fingerprint = spec.steps_fingerprint();
@@ -244,6 +255,29 @@ impl<T: Target> Rollouts<T> {
                     continue;
                 }
                 tracing::info!(route = %rc.name, old = %e.state.id, new = %spec.id, "a new rollout id supersedes the running rollout");
+                self.control
+                    .state()
+                    .metrics
+                    .rollout
+                    .transition(&rc.name, Phase::Superseded.as_str());
+                superseded = Some(Transition {
+                    at: now,
+                    from: e.state.phase,
+                    to: Phase::Superseded,
+                    step: e.state.step,
+                    reason: Some("superseded".into()),
+                    by: "reload".into(),
+                    message: format!(
+                        "rollout `{}` (at step {}) was superseded by `{}`",
+                        e.state.id, e.state.step, spec.id
+                    ),
+                });
+            } else {
+                tracing::warn!(
+                    route = %rc.name,
+                    rollout = %spec.id,
+                    "this rollout is judged from this process's own traffic: with more than one replica of canaryd, each would judge part of the traffic and they would disagree; run the rollout in the fleet controller instead (canaryd cannot tell how many replicas run)"
+                );
             }
             let state = match engine.saved.remove(&rc.name) {
                 Some(s) if s.id == spec.id => s,
@@ -257,6 +291,10 @@ impl<T: Target> Rollouts<T> {
                     RolloutState::new(spec)
                 }
             };
+            let mut state = state;
+            if let Some(t) = superseded {
+                state.history.push(t);
+            }
             let mut entry = Entry {
                 spec: spec.clone(),
                 state,
@@ -379,6 +417,7 @@ impl<T: Target> Rollouts<T> {
             window: gate.window,
             primary: (e.primary.clone(), p),
             canary: (e.canary.clone(), c),
+            canary_failures: self.target.failures(route, &e.canary),
         };
         let tx = self.measured.clone();
         let (route, id, name, step) = (

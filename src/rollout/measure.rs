@@ -25,6 +25,8 @@ pub struct Evidence {
     pub window: Duration,
     pub primary: (String, Summary),
     pub canary: (String, Summary),
+    /// The canary's most recent upstream failures, oldest first.
+    pub canary_failures: Vec<crate::analysis::FailureSample>,
 }
 
 /// One version's numbers, as a webhook judge receives them.
@@ -285,6 +287,7 @@ async fn webhook(url: &str, min_confidence: f64, timeout: Duration, ev: &Evidenc
         "window_seconds": ev.window.as_secs(),
         "primary": VersionFacts::of(&ev.primary.0, &ev.primary.1),
         "canary": VersionFacts::of(&ev.canary.0, &ev.canary.1),
+        "canary_recent_failures": ev.canary_failures,
     });
     let errored = |m: String| result("webhook", Outcome::Errored, None, m);
     let bytes = serde_json::to_vec(&body).unwrap_or_default();
