@@ -389,6 +389,8 @@ routes:
           interval: 1s
           count: 3
           error_limit: 60
+          min_requests: 5
+          inconclusive_limit: 20
           checks:
             - prometheus: {{ url: "http://{prom_addr}", query: '{query}', max: 0.05 }}
 "#,

@@ -270,7 +270,7 @@ async fn a_critical_judge_saying_no_aborts_at_once_with_its_text() {
     .await;
     let dir = tempfile::tempdir().unwrap();
     let r = format!(
-        "      id: app-v2\n      steps:\n        - set_weight: 10\n        - analysis: judge\n      analysis:\n        judge:\n          interval: 1s\n          checks:\n            - webhook: {{ url: \"http://{}/a2a/analyze\", critical: true }}\n",
+        "      id: app-v2\n      steps:\n        - set_weight: 10\n        - analysis: judge\n      analysis:\n        judge:\n          interval: 1s\n          initial_delay: 1s\n          min_requests: 5\n          inconclusive_limit: 10\n          checks:\n            - webhook: {{ url: \"http://{}/a2a/analyze\", critical: true }}\n",
         judge.addr
     );
     let proxy = Proxy::start(&yaml(
@@ -280,7 +280,9 @@ async fn a_critical_judge_saying_no_aborts_at_once_with_its_text() {
         &r,
     ))
     .await;
+    let load = traffic(&proxy);
     let v = wait_phase(&proxy, "aborted").await;
+    load.abort();
     assert_eq!(v["measurements"].as_array().unwrap().len(), 1, "{v}");
     assert!(
         v["message"]
@@ -292,7 +294,11 @@ async fn a_critical_judge_saying_no_aborts_at_once_with_its_text() {
     let asked = judge.bodies();
     assert_eq!(asked[0]["route"], "app");
     assert_eq!(asked[0]["canary"]["name"], "canary");
-    assert!(asked[0]["canary_recent_failures"].is_array(), "{}", asked[0]);
+    assert!(
+        asked[0]["canary_recent_failures"].is_array(),
+        "{}",
+        asked[0]
+    );
 }
 
 #[tokio::test]
@@ -443,6 +449,11 @@ struct Judge {
 
 impl Judge {
     async fn start(answer: &'static str) -> Judge {
+        Self::start_after(answer, Duration::ZERO).await
+    }
+
+    /// A judge that thinks for `delay` before answering.
+    async fn start_after(answer: &'static str, delay: Duration) -> Judge {
         use http_body_util::BodyExt;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -459,6 +470,7 @@ impl Judge {
                         move |req: http::Request<hyper::body::Incoming>| {
                             let log = log.clone();
                             async move {
+                                tokio::time::sleep(delay).await;
                                 let body = req.into_body().collect().await.unwrap().to_bytes();
                                 log.lock()
                                     .unwrap()
@@ -620,4 +632,70 @@ async fn the_event_stream_carries_transitions_and_measurements_as_they_happen() 
     }
     assert!(seen.contains("event: transition"), "{seen}");
     assert!(seen.contains("\"route\":\"app\""), "{seen}");
+}
+
+#[tokio::test]
+async fn a_judge_that_times_out_errs_and_pauses_after_error_limit() {
+    let (stable, canary) = (Origin::start("stable").await, Origin::start("canary").await);
+    let judge = Judge::start_after(
+        r#"{"promote": true, "confidence": 99}"#,
+        Duration::from_secs(5),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let r = format!(
+        "      id: app-v2\n      steps:\n        - set_weight: 10\n        - analysis: judge\n      analysis:\n        judge:\n          interval: 1s\n          error_limit: 2\n          initial_delay: 1s\n          min_requests: 5\n          inconclusive_limit: 10\n          checks:\n            - webhook: {{ url: \"http://{}/\", timeout: 300ms }}\n",
+        judge.addr
+    );
+    let proxy = Proxy::start(&yaml(
+        stable.addr,
+        canary.addr,
+        &dir.path().join("s.json"),
+        &r,
+    ))
+    .await;
+    let load = traffic(&proxy);
+    let v = wait_phase(&proxy, "paused").await;
+    load.abort();
+    assert_eq!(v["reason"], "analysis_error", "{v}");
+    let ms = v["measurements"].as_array().unwrap();
+    assert_eq!(ms.len(), 2, "{v}");
+    assert!(ms.iter().all(|m| m["result"] == "errored"));
+    assert!(
+        ms[0]["checks"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no answer within"),
+        "{v}"
+    );
+    assert_eq!(
+        v["set_weight"].as_f64(),
+        Some(10.0),
+        "errors hold the weight, never abort"
+    );
+}
+
+#[tokio::test]
+async fn promote_full_skips_the_remaining_steps() {
+    let (stable, canary) = (Origin::start("stable").await, Origin::start("canary").await);
+    let dir = tempfile::tempdir().unwrap();
+    let r = "      id: app-v2\n      steps:\n        - set_weight: 5\n        - pause: 1h\n        - set_weight: 50\n        - pause: {}\n";
+    let proxy = Proxy::start(&yaml(
+        stable.addr,
+        canary.addr,
+        &dir.path().join("s.json"),
+        r,
+    ))
+    .await;
+    wait_phase(&proxy, "paused").await;
+    let (s, v) = proxy
+        .admin_call(
+            "POST",
+            "/api/v1/routes/app/rollout/promote",
+            r#"{"full": true}"#,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["phase"], "succeeded");
+    assert_eq!(canary_share(&proxy, 0..50).await, 50);
 }

@@ -61,22 +61,12 @@ pub async fn measure(
 ) -> (Outcome, Vec<CheckResult>) {
     let mut results = Vec::with_capacity(gate.checks.len());
     for check in &gate.checks {
-        let r = match &check.kind {
-            CheckKind::SuccessRate { .. } | CheckKind::LatencyP99 { .. } => {
-                window_check(check, gate, settings, ev)
-            }
-            CheckKind::Prometheus {
-                url,
-                query,
-                min,
-                max,
-                timeout,
-            } => prometheus(url, query, *min, *max, *timeout, ev).await,
-            CheckKind::Webhook {
-                url,
-                min_confidence,
-                timeout,
-            } => webhook(url, *min_confidence, *timeout, ev).await,
+        // No data, no verdict: below min_requests a check is inconclusive (a judge is not
+        // even asked), whatever kind it is.
+        let r = if let Some(r) = too_few(check, gate, ev) {
+            r
+        } else {
+            judge_check(check, settings, ev).await
         };
         results.push(CheckResult {
             critical: check.critical,
@@ -89,6 +79,27 @@ pub async fn measure(
     (outcome, results)
 }
 
+/// One check of a measurement with enough data.
+async fn judge_check(check: &Check, settings: &AnalysisSettings, ev: &Evidence) -> CheckResult {
+    match &check.kind {
+        CheckKind::SuccessRate { .. } | CheckKind::LatencyP99 { .. } => {
+            window_check(check, settings, ev)
+        }
+        CheckKind::Prometheus {
+            url,
+            query,
+            min,
+            max,
+            timeout,
+        } => prometheus(url, query, *min, *max, *timeout, ev).await,
+        CheckKind::Webhook {
+            url,
+            min_confidence,
+            timeout,
+        } => webhook(url, *min_confidence, *timeout, ev).await,
+    }
+}
+
 fn result(check: &str, result: Outcome, value: Option<f64>, message: String) -> CheckResult {
     CheckResult {
         check: check.to_string(),
@@ -99,23 +110,25 @@ fn result(check: &str, result: Outcome, value: Option<f64>, message: String) -> 
     }
 }
 
-/// `success_rate` or `latency_p99` over the windows.
-pub fn window_check(
-    check: &Check,
-    gate: &Gate,
-    st: &AnalysisSettings,
-    ev: &Evidence,
-) -> CheckResult {
-    let name = match check.kind {
+fn check_name(kind: &CheckKind) -> &'static str {
+    match kind {
+        CheckKind::SuccessRate { .. } => "success_rate",
         CheckKind::LatencyP99 { .. } => "latency_p99",
-        _ => "success_rate",
-    };
+        CheckKind::Prometheus { .. } => "prometheus",
+        CheckKind::Webhook { .. } => "webhook",
+    }
+}
+
+/// Inconclusive when either version has fewer requests in the window than the check's
+/// `min_requests` (the gate's unless the check sets its own).
+fn too_few(check: &Check, gate: &Gate, ev: &Evidence) -> Option<CheckResult> {
     let min_requests = check.min_requests.unwrap_or(gate.min_requests);
-    let ((pn, p), (cn, c)) = (&ev.primary, &ev.canary);
-    for (n, s) in [(cn, c), (pn, p)] {
-        if s.requests < min_requests {
-            return result(
-                name,
+    [&ev.canary, &ev.primary]
+        .into_iter()
+        .find(|(_, s)| s.requests < min_requests)
+        .map(|(n, s)| {
+            result(
+                check_name(&check.kind),
                 Outcome::Inconclusive,
                 None,
                 format!(
@@ -123,9 +136,14 @@ pub fn window_check(
                     s.requests,
                     humantime::format_duration(ev.window)
                 ),
-            );
-        }
-    }
+            )
+        })
+}
+
+/// `success_rate` or `latency_p99` over the windows (both versions have enough requests).
+pub fn window_check(check: &Check, st: &AnalysisSettings, ev: &Evidence) -> CheckResult {
+    let name = check_name(&check.kind);
+    let ((pn, p), (cn, c)) = (&ev.primary, &ev.canary);
     match &check.kind {
         CheckKind::SuccessRate {
             min,
@@ -347,4 +365,157 @@ pub fn now_ms() -> Millis {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::analysis::Window;
+    use crate::config::{Check, CheckKind, Gate, OnInconclusive};
+    use std::time::Instant;
+
+    fn summary(requests: u64, errors: u64, latency_ms: u64) -> Summary {
+        let w = Window::new(Instant::now());
+        let now = Instant::now();
+        for i in 0..requests {
+            let status = if i < errors { 500 } else { 200 };
+            w.record(now, status, Duration::from_millis(latency_ms));
+        }
+        w.summary(now, Duration::from_secs(60))
+    }
+
+    fn evidence(primary: Summary, canary: Summary) -> Evidence {
+        Evidence {
+            route: "app".into(),
+            rollout: "r".into(),
+            step: 1,
+            gate: "g".into(),
+            window: Duration::from_secs(60),
+            primary: ("stable".into(), primary),
+            canary: ("canary".into(), canary),
+            canary_failures: Vec::new(),
+        }
+    }
+
+    fn gate(checks: Vec<CheckKind>) -> Gate {
+        Gate {
+            interval: Duration::from_secs(1),
+            window: Duration::from_secs(60),
+            initial_delay: Duration::ZERO,
+            count: 1,
+            min_requests: 10,
+            checks: checks
+                .into_iter()
+                .map(|kind| Check {
+                    kind,
+                    critical: false,
+                    min_requests: None,
+                })
+                .collect(),
+            failure_limit: 0,
+            consecutive_failure_limit: 0,
+            error_limit: 1,
+            inconclusive_limit: 0,
+            on_inconclusive: OnInconclusive::Pause,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_worst_check_wins_and_no_data_asks_no_judge() {
+        let st = AnalysisSettings::default();
+        let sr = CheckKind::SuccessRate {
+            min: Some(99.0),
+            max_drop_vs_primary: None,
+        };
+        let p99 = CheckKind::LatencyP99 {
+            max: Some(Duration::from_millis(50)),
+            max_ratio_vs_primary: None,
+        };
+        let g = gate(vec![sr.clone(), p99.clone()]);
+        let (o, r) = measure(&g, &st, &evidence(summary(100, 0, 5), summary(100, 0, 5))).await;
+        assert_eq!(o, Outcome::Passed, "{r:?}");
+        let (o, r) = measure(&g, &st, &evidence(summary(100, 0, 5), summary(100, 10, 5))).await;
+        assert_eq!(
+            (o, r[0].result, r[1].result),
+            (Outcome::Failed, Outcome::Failed, Outcome::Passed)
+        );
+        let (o, r) = measure(&g, &st, &evidence(summary(100, 0, 5), summary(100, 0, 200))).await;
+        assert_eq!(
+            (o, r[1].result),
+            (Outcome::Failed, Outcome::Failed),
+            "{r:?}"
+        );
+        // A webhook to a port nothing listens on would be `errored` if it were asked; with
+        // too few requests it is not asked: inconclusive.
+        let hook = CheckKind::Webhook {
+            url: "http://127.0.0.1:9/".into(),
+            min_confidence: 0.0,
+            timeout: Duration::from_millis(100),
+        };
+        let (o, r) = measure(
+            &gate(vec![hook]),
+            &st,
+            &evidence(summary(100, 0, 5), summary(3, 0, 5)),
+        )
+        .await;
+        assert_eq!(o, Outcome::Inconclusive, "{r:?}");
+        assert!(r[0].message.contains("canary has 3 requests"), "{r:?}");
+    }
+
+    #[test]
+    fn prometheus_answers_must_be_one_number() {
+        let vector = |n: usize| {
+            let series: Vec<String> = (0..n)
+                .map(|_| r#"{"metric":{},"value":[1,"0.25"]}"#.to_string())
+                .collect();
+            format!(
+                r#"{{"status":"success","data":{{"resultType":"vector","result":[{}]}}}}"#,
+                series.join(",")
+            )
+        };
+        assert_eq!(prometheus_value(vector(1).as_bytes()), Ok(0.25));
+        assert!(
+            prometheus_value(vector(0).as_bytes())
+                .unwrap_err()
+                .contains("0 series")
+        );
+        assert!(
+            prometheus_value(vector(2).as_bytes())
+                .unwrap_err()
+                .contains("2 series")
+        );
+        let scalar = r#"{"status":"success","data":{"resultType":"scalar","result":[1,"3"]}}"#;
+        assert_eq!(prometheus_value(scalar.as_bytes()), Ok(3.0));
+        let nan = r#"{"status":"success","data":{"resultType":"scalar","result":[1,"NaN"]}}"#;
+        assert!(prometheus_value(nan.as_bytes()).is_err());
+        let bad = r#"{"status":"error","error":"parse error"}"#;
+        assert!(
+            prometheus_value(bad.as_bytes())
+                .unwrap_err()
+                .contains("parse error")
+        );
+    }
+
+    #[test]
+    fn a_judge_answer_maps_to_a_result() {
+        let j = |s: &str| judge(s.as_bytes(), 70.0).result;
+        assert_eq!(
+            j(r#"{"promote": false, "confidence": 95, "analysis": "no"}"#),
+            Outcome::Failed
+        );
+        assert_eq!(
+            j(r#"{"promote": true, "confidence": 50}"#),
+            Outcome::Inconclusive
+        );
+        assert_eq!(j(r#"{"promote": true, "confidence": 80}"#), Outcome::Passed);
+        assert_eq!(j(r#"{"verdict": "ship it"}"#), Outcome::Errored);
+        assert!(
+            judge(
+                br#"{"promote": false, "confidence": 95, "analysis": "errors up"}"#,
+                0.0
+            )
+            .message
+            .contains("errors up")
+        );
+    }
 }
