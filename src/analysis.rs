@@ -90,8 +90,15 @@ impl std::fmt::Debug for Window {
 }
 
 impl Default for Window {
+    /// A window whose slots start at Unix-time multiples of [`SLOT`], so the windows of
+    /// several processes cover the same wall-clock seconds and can be summed.
     fn default() -> Self {
-        Window::new(Instant::now())
+        let now = Instant::now();
+        let since_epoch = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let into_slot = Duration::from_nanos((since_epoch.as_nanos() % SLOT.as_nanos()) as u64);
+        Window::new(now.checked_sub(into_slot).unwrap_or(now))
     }
 }
 
