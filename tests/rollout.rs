@@ -379,6 +379,14 @@ async fn a_corrupted_state_file_holds_the_canary_at_zero_until_an_operator_acts(
         "{v}"
     );
     assert_eq!(canary_share(&proxy, 0..100).await, 0);
+    let (s, e) = proxy
+        .admin_call("POST", "/api/v1/routes/app/rollout/resume", "")
+        .await;
+    assert_eq!(
+        s,
+        StatusCode::CONFLICT,
+        "resume needs a step after a lost state: {e}"
+    );
     let (s, _) = proxy
         .admin_call(
             "POST",
@@ -698,4 +706,74 @@ async fn promote_full_skips_the_remaining_steps() {
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(v["phase"], "succeeded");
     assert_eq!(canary_share(&proxy, 0..50).await, 50);
+}
+
+#[tokio::test]
+async fn abort_after_forced_weights_takes_the_canary_to_zero() {
+    let (stable, canary) = (Origin::start("stable").await, Origin::start("canary").await);
+    let dir = tempfile::tempdir().unwrap();
+    let r = "      id: app-v2\n      steps:\n        - set_weight: 10\n        - pause: {}\n";
+    let proxy = Proxy::start(&yaml(
+        stable.addr,
+        canary.addr,
+        &dir.path().join("s.json"),
+        r,
+    ))
+    .await;
+    wait_phase(&proxy, "paused").await;
+    let (s, _) = proxy
+        .admin_call(
+            "PUT",
+            "/api/v1/routes/app/weights?force=true",
+            r#"{"canary": 70}"#,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _) = proxy
+        .admin_call("POST", "/api/v1/routes/app/rollout/abort", "")
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(
+        canary_share(&proxy, 0..100).await,
+        0,
+        "the forced 70 % does not outlive the abort"
+    );
+}
+
+#[tokio::test]
+async fn a_succeeded_rollout_lets_go_when_the_route_is_redeployed() {
+    let (stable, canary, next) = (
+        Origin::start("stable").await,
+        Origin::start("canary").await,
+        Origin::start("next").await,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("s.json");
+    let path = dir.path().join("canaryd.yaml");
+    let r = "      id: app-v2\n      steps:\n        - set_weight: 10\n        - pause: {}\n";
+    std::fs::write(&path, yaml(stable.addr, canary.addr, &state, r)).unwrap();
+    let proxy = Proxy::start_file(&path).await;
+    wait_phase(&proxy, "paused").await;
+    proxy
+        .admin_call(
+            "POST",
+            "/api/v1/routes/app/rollout/promote",
+            r#"{"full": true}"#,
+        )
+        .await;
+    assert_eq!(canary_share(&proxy, 0..50).await, 50);
+    // The new stable is deployed (the canary's endpoint changes): the file's weights again.
+    let reloads = proxy.control.status().reloads_success;
+    std::fs::write(&path, yaml(stable.addr, next.addr, &state, r)).unwrap();
+    wait_for("the redeploy", || {
+        proxy.control.status().reloads_success > reloads
+    })
+    .await;
+    wait_for("the layer released", || {
+        proxy.state.snapshot().config.routes[0].versions[1].weight.0 == 0
+    })
+    .await;
+    // …and stays released through the engine's next ticks.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(canary_share(&proxy, 0..50).await, 0);
 }

@@ -73,6 +73,7 @@ impl AdminError {
                 RolloutError::NoRollout(_) => StatusCode::NOT_FOUND,
                 RolloutError::NotApplicable { .. } => StatusCode::CONFLICT,
                 RolloutError::NoStep { .. } => StatusCode::BAD_REQUEST,
+                RolloutError::NeedsStep => StatusCode::CONFLICT,
             },
             AdminError::RolloutDrivesWeights { .. } => StatusCode::CONFLICT,
         }

@@ -77,6 +77,10 @@ pub enum RolloutError {
     },
     #[error("step {step} does not exist; the rollout has {steps} steps (0 to {})", steps.saturating_sub(1))]
     NoStep { step: usize, steps: usize },
+    #[error(
+        "the rollout's state was lost: say where to go on with `resume` and a step ({{\"step\": N}}), or `retry` from step 0"
+    )]
+    NeedsStep,
 }
 
 struct Entry {
@@ -91,6 +95,9 @@ struct Entry {
     deployed: u64,
     /// The block was removed from the file after the rollout succeeded.
     orphaned: bool,
+    /// Succeeded, and the route was redeployed since: the file's weights apply again and the
+    /// rollout imposes nothing more.
+    released: bool,
 }
 
 struct Engine {
@@ -280,7 +287,13 @@ impl<T: Target> Rollouts<T> {
                 );
             }
             let state = match engine.saved.remove(&rc.name) {
-                Some(s) if s.id == spec.id => s,
+                Some(mut s) if s.id == spec.id => {
+                    // A measurement asked for before the restart never came back: ask again.
+                    for g in [&mut s.inline, &mut s.background].into_iter().flatten() {
+                        g.in_flight = false;
+                    }
+                    s
+                }
                 _ if engine.lost.is_some() => {
                     let why = engine.lost.clone().unwrap_or_default();
                     tracing::warn!(route = %rc.name, rollout = %spec.id, "state file unreadable: rollout paused (state_lost) with the canary at 0");
@@ -303,6 +316,7 @@ impl<T: Target> Rollouts<T> {
                 applied: None,
                 deployed,
                 orphaned: false,
+                released: false,
             };
             if entry.state.fingerprint != fingerprint {
                 let actions = entry.state.handle(spec, Event::Edited { fingerprint }, now);
@@ -311,6 +325,9 @@ impl<T: Target> Rollouts<T> {
             engine.entries.insert(rc.name.clone(), entry);
             engine.dirty = true;
         }
+        // The unreadable file could only hold the rollouts configured at start; ones added
+        // later begin at step 0.
+        engine.lost = None;
         // Blocks removed from the file: an active rollout is cancelled (the route goes back to
         // its file weights); a succeeded one keeps the canary at 100 % until the route's
         // versions or endpoints change.
@@ -352,8 +369,9 @@ impl<T: Target> Rollouts<T> {
                 .iter()
                 .find(|r| &r.name == route)
                 .is_some_and(|rc| deployed(rc) != e.deployed);
-            if redeployed && e.applied != Some(None) {
+            if redeployed && !e.released {
                 tracing::info!(%route, "versions or endpoints changed after the rollout succeeded: the file's weights apply again");
+                e.released = true;
                 e.applied = Some(None);
                 let _ = self.target.apply(route, None);
             }
@@ -381,9 +399,9 @@ impl<T: Target> Rollouts<T> {
             }
         }
         self.publish_actions(route, &e.state.id, &actions);
-        let layer = e.state.layer();
+        // The file's weights after a succeeded rollout was redeployed are not ours to touch.
+        let layer = if e.released { None } else { e.state.layer() };
         if e.applied.as_ref() != Some(&layer) {
-            // The file's weights after a succeeded rollout was redeployed are not ours to touch.
             let layer_cfg = layer.as_ref().map(|l| control_layer(&e.spec, &e.canary, l));
             match self.target.apply(route, layer_cfg) {
                 Ok(_) => e.applied = Some(layer),
@@ -574,7 +592,14 @@ impl<T: Target> Rollouts<T> {
                 steps: e.spec.steps.len(),
             });
         }
-        let manual = e.state.pause_reason() == Some(super::machine::PauseReason::Manual);
+        let reason = e.state.pause_reason();
+        let manual = reason == Some(super::machine::PauseReason::Manual);
+        if verb == Verb::Resume
+            && step.is_none()
+            && reason == Some(super::machine::PauseReason::StateLost)
+        {
+            return Err(RolloutError::NeedsStep);
+        }
         let event = match verb {
             Verb::Promote => Event::Promote { full },
             Verb::Abort => Event::Abort,
@@ -582,7 +607,7 @@ impl<T: Target> Rollouts<T> {
             Verb::Pause => Event::Pause,
             Verb::Resume => Event::Resume { step },
         };
-        if verb == Verb::Resume && manual {
+        if verb != Verb::Pause && manual {
             // Hand-set weights give way to the rollout's again.
             if let Err(err) = self.control.clear_weight_overrides(route) {
                 tracing::warn!(%route, error = %err, "could not clear the weight overrides");

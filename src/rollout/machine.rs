@@ -440,6 +440,9 @@ impl RolloutState {
                 self.inline = None;
                 if full {
                     self.step = spec.steps.len();
+                } else if self.pause_reason() == Some(PauseReason::Edited) {
+                    // As `resume` after an edit: never a drop that would move sticky users.
+                    self.step = self.first_step_at_least(spec, self.weight);
                 } else if self.pause_reason() == Some(PauseReason::Step)
                     || matches!(spec.steps.get(self.step), Some(Step::Analysis(_)))
                 {
@@ -553,12 +556,7 @@ impl RolloutState {
                 .unwrap_or(0);
         } else if reason == Some(PauseReason::Edited) {
             // Never a drop that would move sticky users back to the primary.
-            let current = self.weight;
-            self.step = spec
-                .steps
-                .iter()
-                .position(|s| matches!(s, Step::SetWeight(w) if w.0 >= current))
-                .unwrap_or(spec.steps.len());
+            self.step = self.first_step_at_least(spec, self.weight);
             self.pause_until = None;
         } else if reason == Some(PauseReason::Step) {
             // Resuming a pause step is what promote does.
@@ -590,6 +588,14 @@ impl RolloutState {
             a,
         );
         self.tick(spec, now, a);
+    }
+
+    /// The first step that sets a weight of at least `weight` (after the last step: promotion).
+    fn first_step_at_least(&self, spec: &RolloutSpec, weight: u32) -> usize {
+        spec.steps
+            .iter()
+            .position(|s| matches!(s, Step::SetWeight(w) if w.0 >= weight))
+            .unwrap_or(spec.steps.len())
     }
 
     /// Walk the steps that complete now; start measurements that are due.

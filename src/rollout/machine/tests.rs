@@ -398,3 +398,20 @@ fn a_late_answer_for_a_finished_gate_is_ignored() {
     );
     assert_eq!(st, before);
 }
+
+#[test]
+fn promote_after_edited_steps_never_drops_the_weight() {
+    let sp = spec(vec![w(10), w(30), Step::Pause(None), w(60)]);
+    let mut st = RolloutState::new(&sp);
+    st.handle(&sp, Event::Tick, 0);
+    let edited = spec(vec![w(5), Step::Pause(None), w(40), Step::Pause(None)]);
+    st.handle(
+        &edited,
+        Event::Edited {
+            fingerprint: edited.steps_fingerprint(),
+        },
+        S,
+    );
+    st.handle(&edited, Event::Promote { full: false }, 2 * S);
+    assert_eq!((st.weight, st.step), (4000, 3), "not back to 5 %");
+}
