@@ -119,7 +119,7 @@ async fn forward(
                 send::Attempts::client(t, tokio::time::timeout(timeout, client.request(req)).await)
             }
         };
-        if !attempts.settle(ctx, t, &answer, out.path_and_query.path()) {
+        if !attempts.settle(ctx, t, &answer, &out.path_and_query) {
             break answer?;
         }
     };

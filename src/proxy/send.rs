@@ -193,12 +193,12 @@ impl<'s> Attempts<'s> {
         ctx: &mut RequestCtx<'s2>,
         t: Target<'s2>,
         answer: &Answer,
-        path: &str,
+        target: &http::uri::PathAndQuery,
     ) -> bool
     where
         's2: 's,
     {
-        let status = observe(t, answer, path);
+        let status = observe(t, answer, target);
         if !self.again(t.route, answer, status) {
             return false;
         }
@@ -275,7 +275,7 @@ impl<'s> Attempts<'s> {
 
 /// What an attempt says about its endpoint: failures count on the version (also the ones a
 /// retry then hides), and outlier detection hears only what the endpoint did.
-fn observe(t: Target<'_>, answer: &Answer, path: &str) -> StatusCode {
+fn observe(t: Target<'_>, answer: &Answer, target: &http::uri::PathAndQuery) -> StatusCode {
     let mut kind = None;
     let status = match answer {
         Ok((r, _)) => r.status(),
@@ -291,7 +291,7 @@ fn observe(t: Target<'_>, answer: &Answer, path: &str) -> StatusCode {
     if upstream_outcome && status.is_server_error() {
         // Kept for a rollout's judge: what failed, where, and how.
         let window = &t.version.metrics.window;
-        window.note_failure(status.as_u16(), path, kind.map(|k| k.as_str()));
+        window.note_failure(status.as_u16(), target.path(), kind.map(|k| k.as_str()));
         t.version.failure(t.endpoint, &t.route.config().outlier);
     } else if upstream_outcome {
         t.version.success(t.endpoint);
