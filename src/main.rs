@@ -121,12 +121,19 @@ enum Command {
         #[arg(long)]
         client_ip: Option<String>,
     },
+    /// Drive and watch a route's rollout through the admin API (`get`, `promote`, `abort`,
+    /// `retry`, `pause`, `resume`, `status --wait` for CI), or `plan` a config's rollouts.
+    Rollout {
+        #[command(subcommand)]
+        command: canaryd::rollout::cli::RolloutCommand,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Check { file, skip_files } => check(&file, skip_files),
+        Command::Rollout { command } => canaryd::rollout::cli::run(command),
         Command::Probe { url } => probe(&url),
         Command::Backend {
             name,

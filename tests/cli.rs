@@ -1,4 +1,4 @@
-//! The built binary: `check`, `route` and `demo` as a user runs them.
+//! The built binary: `check`, `route`, `demo` and `rollout` as a user runs them.
 
 mod support;
 
@@ -365,4 +365,259 @@ routes:
     assert!(out.contains("version: canary"), "{out}");
     // Without an address, client_ip rules cannot match.
     assert!(run(&[]).contains("version: stable"));
+}
+
+/// A proxy with an admin listener and a state file whose route `app` has a rollout that waits
+/// at `pause: {}` (step 1 of 3) from the start; route `plain` has none.
+fn rollout_proxy(state: &tempfile::TempDir) -> ProxyProcess {
+    ProxyProcess::start(&format!(
+        r#"
+listeners: [{{ address: "127.0.0.1:0" }}]
+admin: {{ address: "127.0.0.1:0" }}
+proxy: {{ state_file: "{}" }}
+routes:
+  - name: app
+    versions:
+      stable: {{ endpoints: ["127.0.0.1:9001"] }}
+      canary: {{ endpoints: ["127.0.0.1:9002"], weight: 0 }}
+    rollout: {{ id: x, steps: [ {{set_weight: 20}}, {{pause: {{}}}}, {{set_weight: 60}}] }}
+  - name: plain
+    match: {{ path_prefix: /plain }}
+    versions:
+      stable: {{ endpoints: ["127.0.0.1:9001"] }}
+"#,
+        state.path().join("s.json").display()
+    ))
+}
+
+/// `canaryd rollout ARGS --admin <the proxy's admin>`: exit code, stdout, stderr.
+fn rollout(proxy: &ProxyProcess, args: &[&str]) -> (Option<i32>, String, String) {
+    let out = canaryd()
+        .arg("rollout")
+        .args(args)
+        .args(["--admin", &format!("http://{}", proxy.admin.unwrap())])
+        .env_remove("CANARYD_ADMIN")
+        .env_remove("CANARYD_ADMIN_TOKEN")
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn rollout_get_refuses_a_verb_that_does_not_apply_and_status_waits_for_success() {
+    let state = tempfile::tempdir().unwrap();
+    let proxy = rollout_proxy(&state);
+    let (code, out, err) = rollout(&proxy, &["get", "app"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    for needle in [
+        "route app: rollout x (canary canary, primary stable)",
+        "phase:    paused (step): pause step: waits until promoted",
+        "step:     1/3",
+        "      0  set_weight 20%",
+        "  ->  1  pause until promoted",
+        "      2  set_weight 60%",
+        "weight:   set 20%",
+        "pause:    until promoted (canaryd rollout promote app)",
+        "progressing -> paused (step) at step 1 (by engine)",
+        "verbs:    promote, abort, resume",
+    ] {
+        assert!(out.contains(needle), "missing {needle:?} in:\n{out}");
+    }
+    let (code, out, _) = rollout(&proxy, &["get", "app", "--json"]);
+    assert_eq!(code, Some(0));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (v["phase"].as_str(), v["step"].as_u64()),
+        (Some("paused"), Some(1))
+    );
+
+    // A verb that does not apply: exit 1, one line naming the verbs that do.
+    let (code, out, err) = rollout(&proxy, &["pause", "app"]);
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("`pause` does not apply while the rollout is paused (step)")
+            && err.contains("promote, abort, resume"),
+        "{err}"
+    );
+
+    let (code, out, err) = rollout(&proxy, &["promote", "app", "--full"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("phase:    succeeded (promoted)"), "{out}");
+    assert!(out.contains("step:     3/3 (every step done)"), "{out}");
+    let (code, out, err) = rollout(&proxy, &["status", "app", "--wait", "--timeout", "20s"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("rollout x of route app succeeded"), "{out}");
+}
+
+#[test]
+fn rollout_status_wait_exits_2_on_timeout_and_1_when_aborted_while_it_waits() {
+    let state = tempfile::tempdir().unwrap();
+    let proxy = rollout_proxy(&state);
+    let (code, out, err) = rollout(&proxy, &["status", "app"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert_eq!(
+        out,
+        "paused (step) at step 1/3: pause step: waits until promoted\n"
+    );
+    // Waiting at `pause: {}`: nothing moves, the timeout decides.
+    let (code, out, err) = rollout(&proxy, &["status", "app", "--wait", "--timeout", "1s"]);
+    assert_eq!(code, Some(2), "{out}{err}");
+    assert!(
+        err.contains("timed out after 1s: rollout x is still paused (step) at step 1/3"),
+        "{err}"
+    );
+
+    // Errors: one line that names the problem, exit 1.
+    for (args, needle) in [
+        (&["get", "nope"][..], "not found: no route named `nope`"),
+        (
+            &["get", "plain"][..],
+            "not found: route `plain` has no rollout",
+        ),
+        (
+            &["resume", "app", "--step", "9"][..],
+            "step 9 does not exist",
+        ),
+    ] {
+        let (code, out, err) = rollout(&proxy, args);
+        assert_eq!(code, Some(1), "{args:?}: {out}{err}");
+        assert!(
+            err.contains(needle) && err.lines().count() == 1,
+            "{args:?}: {err}"
+        );
+    }
+    let out = canaryd()
+        .args(["rollout", "get", "app", "--admin"])
+        .arg(closed_port().to_string())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("cannot reach the admin API at http://127.0.0.1:") && err.contains("refused"),
+        "{err}"
+    );
+
+    // Aborted while `status --wait` follows it: the change is printed as it happens, exit 1.
+    let mut wait = canaryd()
+        .args(["rollout", "status", "app", "--wait", "--timeout", "30s"])
+        .env("CANARYD_ADMIN", format!("{}", proxy.admin.unwrap()))
+        .env_remove("CANARYD_ADMIN_TOKEN")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(wait.stdout.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    assert!(
+        first.ends_with("paused (step) at step 1/3: pause step: waits until promoted"),
+        "{first}"
+    );
+    let (code, out, err) = rollout(&proxy, &["abort", "app"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(
+        out.contains("phase:    aborted (aborted_by_operator)"),
+        "{out}"
+    );
+    assert!(out.contains("weight:   set 0%"), "{out}");
+    let rest: Vec<String> = lines.map(Result::unwrap).collect();
+    assert_eq!(wait.wait().unwrap().code(), Some(1), "{rest:?}");
+    assert!(
+        rest[0].ends_with(
+            "aborted (aborted_by_operator) at step 1/3: aborted by an operator: the canary is at 0 (by api)"
+        ),
+        "{rest:?}"
+    );
+    assert!(
+        rest.last()
+            .unwrap()
+            .contains("rollout x of route app was aborted"),
+        "{rest:?}"
+    );
+    // Already aborted: exit 1 at once.
+    let (code, _, _) = rollout(&proxy, &["status", "app", "--wait", "--timeout", "20s"]);
+    assert_eq!(code, Some(1));
+}
+
+#[test]
+fn rollout_plan_prints_the_timeline_and_the_rollback_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(
+        &dir,
+        "plan.yaml",
+        r#"
+listeners: [{ address: "127.0.0.1:0" }]
+proxy: { state_file: /var/lib/canaryd/state.json }
+routes:
+  - name: shop
+    versions:
+      stable: { endpoints: ["127.0.0.1:9001"] }
+      canary: { endpoints: ["127.0.0.1:9002"], weight: 0 }
+    rollout:
+      id: shop-v2
+      background_analysis: slo
+      steps:
+        - set_weight: 10
+        - pause: 1m
+        - set_header_route: { name: beta, when: { header: { name: x-beta, equals: "1" } } }
+        - analysis: slo
+        - set_weight: 50
+        - pause: {}
+        - set_weight: 80
+        - pause: 30s
+      analysis:
+        slo:
+          interval: 30s
+          initial_delay: 30s
+          count: 3
+          failure_limit: 1
+          checks:
+            - success_rate: { min: 99 }
+            - latency_p99: { max: 500ms, critical: true }
+"#,
+    );
+    let out = canaryd()
+        .args(["rollout", "plan"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for needle in [
+        "route shop: rollout shop-v2, canary canary (primary stable)",
+        "     0  0s             set_weight 10%",
+        "     1  0s             pause 1m",
+        "     2  1m             set_header_route beta: header x-beta equals \"1\" -> canary",
+        "     3  1m             analysis slo: 1m 30s to pass (3 measurements: initial_delay 30s + 2 x interval 30s)",
+        "     4  2m 30s         set_weight 50%",
+        "     5  2m 30s         pause until promoted",
+        "     6  promote+0s     set_weight 80%",
+        "  done  promote+30s    promoted: canary takes 100%",
+        "background analysis: gate slo",
+        "- success_rate: at least 99%",
+        "- latency_p99: at most 500ms",
+        "[critical: aborts at the first failure]",
+        "worst-case rollback: 1m 30s = initial_delay 30s + (failure_limit 1 + 1) x interval 30s",
+        "worst-case rollback on a critical check: 1m = initial_delay 30s + interval 30s",
+    ] {
+        assert!(stdout.contains(needle), "missing {needle:?} in:\n{stdout}");
+    }
+    // An invalid file: its errors, exit 1.
+    let bad = write(&dir, "bad.yaml", "listeners: []\nroutes: nope\n");
+    let out = canaryd()
+        .args(["rollout", "plan"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("error(s)"));
 }

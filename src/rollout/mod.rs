@@ -6,8 +6,11 @@
 //!   the state file, events;
 //! - [`machine`]: the pure state machine `(state, event, now) → actions`;
 //! - [`measure`]: one measurement of a gate (window checks, Prometheus, webhook judge);
-//! - [`http`]: the small outbound HTTP client gates and the CLI use.
+//! - [`http`]: the small outbound HTTP client gates and the CLI use;
+//! - [`cli`]: `canaryd rollout`: get, verbs and `status --wait` through the admin API, and
+//!   `plan`, a config's rollout timeline.
 
+pub mod cli;
 pub mod driver;
 pub mod http;
 pub mod machine;
