@@ -63,6 +63,9 @@ impl Default for Slot {
 /// Sliding-window statistics of one (route, version).
 pub struct Window {
     origin: Instant,
+    /// Unix time (seconds) of `origin` when the slots are aligned to wall-clock multiples of
+    /// [`SLOT`]; `None` for a window with an arbitrary origin (tests).
+    origin_unix: Option<u64>,
     slots: Box<[Slot]>,
     /// The last few upstream failures, for a judge to read (only failures take the lock).
     failures: std::sync::Mutex<std::collections::VecDeque<FailureSample>>,
@@ -98,7 +101,13 @@ impl Default for Window {
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default();
         let into_slot = Duration::from_nanos((since_epoch.as_nanos() % SLOT.as_nanos()) as u64);
-        Window::new(now.checked_sub(into_slot).unwrap_or(now))
+        match now.checked_sub(into_slot) {
+            Some(origin) => Window {
+                origin_unix: Some((since_epoch - into_slot).as_secs()),
+                ..Window::new(origin)
+            },
+            None => Window::new(now),
+        }
     }
 }
 
@@ -115,6 +124,7 @@ impl Window {
     pub fn new(origin: Instant) -> Window {
         Window {
             origin,
+            origin_unix: None,
             slots: (0..SLOTS).map(|_| Slot::default()).collect(),
             failures: std::sync::Mutex::new(std::collections::VecDeque::new()),
         }
@@ -194,28 +204,122 @@ impl Window {
             .div_ceil(SLOT.as_secs())
             .clamp(1, SLOTS as u64 - 1);
         let oldest = n.saturating_sub(k);
-        let mut s = Summary {
-            requests: 0,
-            errors: 0,
-            max_us: 0,
-            latency: [0; NB],
-        };
+        let mut s = Summary::empty();
         for slot in self.slots.iter() {
             let e = slot.epoch.load(Ordering::Acquire);
             if e != 0 && e >= oldest && e <= n {
-                s.requests += slot.total.load(Ordering::Relaxed);
-                s.errors += slot.errors.load(Ordering::Relaxed);
-                s.max_us = s.max_us.max(slot.max_us.load(Ordering::Relaxed));
-                for (acc, b) in s.latency.iter_mut().zip(&slot.latency) {
-                    *acc += b.load(Ordering::Relaxed);
-                }
+                s.add_slot(slot);
             }
         }
         s
     }
 }
 
+impl Window {
+    /// Totals of the slots that start in the Unix-time range `[from, to)` (seconds): the raw
+    /// material the fleet controller sums across replicas. Slots start at multiples of
+    /// [`SLOT`], so every replica's slots cover the same seconds. Errs for a window without
+    /// a wall-clock origin, an empty range, or one reaching back past what is kept.
+    pub fn range(&self, from: u64, to: u64, now: Instant) -> Result<Summary, String> {
+        let origin = self
+            .origin_unix
+            .ok_or_else(|| "this window is not aligned to wall-clock time".to_string())?;
+        if from >= to {
+            return Err(format!("from {from} must be before to {to}"));
+        }
+        let step = SLOT.as_secs();
+        let current = self.slot_number(now);
+        // Slot n covers [origin + (n-1)·SLOT, origin + n·SLOT).
+        let first = from.saturating_sub(origin).div_ceil(step) + 1;
+        let last = (to.saturating_sub(origin)).div_ceil(step).min(current);
+        // Before this process recorded (a restarted replica) or past the history kept: not
+        // zeros, which would undercount a fleet, but an answer that says it cannot tell.
+        if from < origin {
+            return Err(format!(
+                "from {from} is before this process started recording (Unix {origin})"
+            ));
+        }
+        let oldest_kept = current.saturating_sub(SLOTS as u64 - 2).max(1);
+        if first < oldest_kept {
+            return Err(format!(
+                "from {from} is older than the {} s of history kept",
+                MAX_WINDOW.as_secs()
+            ));
+        }
+        let mut s = Summary::empty();
+        for slot in self.slots.iter() {
+            let e = slot.epoch.load(Ordering::Acquire);
+            if e != 0 && e >= first && e <= last {
+                s.add_slot(slot);
+            }
+        }
+        Ok(s)
+    }
+}
+
 impl Summary {
+    fn empty() -> Summary {
+        Summary {
+            requests: 0,
+            errors: 0,
+            max_us: 0,
+            latency: [0; NB],
+        }
+    }
+
+    fn add_slot(&mut self, slot: &Slot) {
+        self.requests += slot.total.load(Ordering::Relaxed);
+        self.errors += slot.errors.load(Ordering::Relaxed);
+        self.max_us = self.max_us.max(slot.max_us.load(Ordering::Relaxed));
+        for (acc, b) in self.latency.iter_mut().zip(&slot.latency) {
+            *acc += b.load(Ordering::Relaxed);
+        }
+    }
+
+    /// Upper bounds of the latency buckets in µs (the last bucket, not listed, is overflow).
+    pub fn bounds_us() -> &'static [u64] {
+        &BOUNDS_US
+    }
+
+    /// Requests per latency bucket (one more than [`Summary::bounds_us`]).
+    pub fn latency_counts(&self) -> &[u64] {
+        &self.latency
+    }
+
+    /// The largest latency seen, in µs.
+    pub fn max_us(&self) -> u64 {
+        self.max_us
+    }
+
+    /// A summary from raw parts (as a replica serves them); `latency` must have one count per
+    /// bucket.
+    pub fn from_parts(
+        requests: u64,
+        errors: u64,
+        max_us: u64,
+        latency: &[u64],
+    ) -> Result<Summary, String> {
+        let latency: [u64; NB] = latency
+            .try_into()
+            .map_err(|_| format!("{} latency buckets, expected {NB}", latency.len()))?;
+        Ok(Summary {
+            requests,
+            errors,
+            max_us,
+            latency,
+        })
+    }
+
+    /// Add another summary's counts: the fleet's window is the sum of the replicas'.
+    pub fn merge(&mut self, other: &Summary) {
+        self.requests += other.requests;
+        self.errors += other.errors;
+        self.max_us = self.max_us.max(other.max_us);
+        for (a, b) in self.latency.iter_mut().zip(&other.latency) {
+            *a += b;
+        }
+    }
+
     /// Share of non-5xx responses; `None` without requests.
     pub fn success_rate(&self) -> Option<f64> {
         (self.requests > 0).then(|| (self.requests - self.errors) as f64 / self.requests as f64)

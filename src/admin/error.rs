@@ -62,6 +62,7 @@ impl AdminError {
                 | ControlError::Invalid(_) => StatusCode::BAD_REQUEST,
                 ControlError::ReloadRejected { .. } => StatusCode::UNPROCESSABLE_ENTITY,
                 ControlError::NoConfigFile => StatusCode::CONFLICT,
+                ControlError::BadRange(_) => StatusCode::BAD_REQUEST,
             },
             AdminError::BadInput(_) => StatusCode::BAD_REQUEST,
             AdminError::Unauthorized => StatusCode::UNAUTHORIZED,

@@ -190,3 +190,30 @@ pub fn force(query: Option<&str>) -> Result<bool, AdminError> {
     }
     Ok(force)
 }
+
+/// The window query, `?from=UNIX&to=UNIX` (seconds).
+pub fn window_query(query: Option<&str>) -> Result<(u64, u64), AdminError> {
+    let (mut from, mut to) = (None, None);
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let n = || {
+            v.parse::<u64>()
+                .map_err(|_| bad(k, format!("`{v}` must be Unix time in whole seconds")))
+        };
+        match k {
+            "from" => from = Some(n()?),
+            "to" => to = Some(n()?),
+            other => {
+                return Err(bad(
+                    other,
+                    "unknown query parameter; use from and to".to_string(),
+                ));
+            }
+        }
+    }
+    match (from, to) {
+        (Some(f), Some(t)) => Ok((f, t)),
+        (None, _) => Err(bad("from", "is required (Unix time, seconds)".to_string())),
+        (_, None) => Err(bad("to", "is required (Unix time, seconds)".to_string())),
+    }
+}

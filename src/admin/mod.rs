@@ -247,6 +247,11 @@ fn api(
         (&Method::GET, ["reload"]) => Ok(json::ok(&control.status())),
         (&Method::GET, ["routes"]) => Ok(json::ok(&control.routes())),
         (&Method::GET, ["routes", route]) => Ok(json::ok(&control.route(route)?)),
+        (&Method::GET, ["routes", route, "window"]) => {
+            control.check_route(route)?;
+            let (from, to) = json::window_query(query)?;
+            Ok(json::ok(&control.window(route, from, to)?))
+        }
         (&Method::GET, ["routes", route, "analysis"]) => {
             control.check_route(route)?;
             let q = json::analysis_query(query)?;
@@ -292,6 +297,7 @@ fn api(
         | (_, ["routes", _])
         | (_, ["routes", _, "weights"])
         | (_, ["routes", _, "analysis"])
+        | (_, ["routes", _, "window"])
         | (_, ["routes", _, "rules", _])
         | (_, ["routes", _, "overrides"]) => Err(AdminError::MethodNotAllowed {
             method: method.clone(),

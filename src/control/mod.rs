@@ -149,6 +149,8 @@ pub enum ControlError {
     },
     /// canaryd was started without a config file (e.g. `canaryd demo`).
     NoConfigFile,
+    /// A window range that cannot be served (empty, or older than what is kept).
+    BadRange(String),
 }
 
 impl ControlError {
@@ -181,6 +183,7 @@ impl ControlError {
             ControlError::Invalid(e) | ControlError::ReloadRejected { error: e, .. } => {
                 e.errors.clone()
             }
+            ControlError::BadRange(m) => field("from", m.clone()),
         }
     }
 }
@@ -205,6 +208,7 @@ impl fmt::Display for ControlError {
             ControlError::NoConfigFile => {
                 f.write_str("canaryd was started without a config file; nothing to reload")
             }
+            ControlError::BadRange(m) => write!(f, "from: {m}"),
         }
     }
 }
@@ -727,6 +731,41 @@ impl Control {
         ))
     }
 
+    /// `GET /api/v1/routes/{route}/window?from=&to=`: each version's raw counts and latency
+    /// buckets for the slots that start in the Unix-time range `[from, to)`, for a fleet
+    /// controller to sum across replicas.
+    pub fn window(&self, route: &str, from: u64, to: u64) -> Result<WindowView, ControlError> {
+        let snap = self.state.snapshot();
+        let rt = snap
+            .route(route)
+            .ok_or_else(|| ControlError::UnknownRoute(route.to_string()))?;
+        let now = Instant::now();
+        let mut versions = Vec::with_capacity(rt.versions.len());
+        for v in &rt.versions {
+            let s = v
+                .metrics
+                .window
+                .range(from, to, now)
+                .map_err(ControlError::BadRange)?;
+            versions.push(VersionWindow {
+                name: v.name.clone(),
+                requests: s.requests,
+                errors_5xx: s.errors,
+                max_us: s.max_us(),
+                latency_counts: s.latency_counts().to_vec(),
+            });
+        }
+        Ok(WindowView {
+            route: route.to_string(),
+            generation: snap.generation,
+            from,
+            to,
+            slot_seconds: analysis::SLOT.as_secs(),
+            latency_bounds_us: analysis::Summary::bounds_us().to_vec(),
+            versions,
+        })
+    }
+
     /// Re-read the TLS certificates, then the config file; `force` as in [`Control::reload`]
     /// is on, so a file whose last attempt failed is tried again. A rejected certificate
     /// stops before the config file is read.
@@ -889,6 +928,30 @@ fn too_heavy(ri: usize, route: &str, total: Weight, with: &str) -> FieldError {
             "with the {with} of route `{route}` the non-primary weights sum to {total}%, more than 100%",
         ),
     }
+}
+
+/// `GET /api/v1/routes/{route}/window`: raw per-version counts of a wall-clock range.
+#[derive(Debug, Clone, Serialize)]
+pub struct WindowView {
+    pub route: String,
+    pub generation: u64,
+    pub from: u64,
+    pub to: u64,
+    /// Slots start at Unix-time multiples of this; the range covers the slots starting in it.
+    pub slot_seconds: u64,
+    /// Upper bounds of the latency buckets in µs; the last count is the overflow bucket.
+    pub latency_bounds_us: Vec<u64>,
+    /// In config order, the primary first.
+    pub versions: Vec<VersionWindow>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct VersionWindow {
+    pub name: String,
+    pub requests: u64,
+    pub errors_5xx: u64,
+    pub max_us: u64,
+    pub latency_counts: Vec<u64>,
 }
 
 /// `GET /api/v1/routes`: every route and the generation they are from.
