@@ -217,3 +217,13 @@ pub fn window_query(query: Option<&str>) -> Result<(u64, u64), AdminError> {
         (_, None) => Err(bad("to", "is required (Unix time, seconds)".to_string())),
     }
 }
+
+/// A controller's layer, `{id, revision, step, weights, rules}`.
+pub fn pushed_layer(body: &[u8]) -> Result<crate::control::PushedLayer, AdminError> {
+    serde_json::from_slice(body).map_err(|e| {
+        bad(
+            "body",
+            format!("must be {{\"id\", \"revision\", \"step\", \"weights\": {{\"canary\": 25}}, \"rules\": [...]}} ({e})"),
+        )
+    })
+}

@@ -247,6 +247,18 @@ fn api(
         (&Method::GET, ["reload"]) => Ok(json::ok(&control.status())),
         (&Method::GET, ["routes"]) => Ok(json::ok(&control.routes())),
         (&Method::GET, ["routes", route]) => Ok(json::ok(&control.route(route)?)),
+        (&Method::PUT, ["routes", route, "rollout-layer"]) => {
+            control.check_route(route)?;
+            let layer = json::pushed_layer(body)?;
+            control.push_layer(route, layer)?;
+            Ok(json::ok(&control.pushed_layer(route)?))
+        }
+        (&Method::GET, ["routes", route, "rollout-layer"]) => {
+            Ok(json::ok(&control.pushed_layer(route)?))
+        }
+        (&Method::DELETE, ["routes", route, "rollout-layer"]) => {
+            Ok(changed(control.drop_pushed_layer(route)?))
+        }
         (&Method::GET, ["routes", route, "window"]) => {
             control.check_route(route)?;
             let (from, to) = json::window_query(query)?;
@@ -298,6 +310,7 @@ fn api(
         | (_, ["routes", _, "weights"])
         | (_, ["routes", _, "analysis"])
         | (_, ["routes", _, "window"])
+        | (_, ["routes", _, "rollout-layer"])
         | (_, ["routes", _, "rules", _])
         | (_, ["routes", _, "overrides"]) => Err(AdminError::MethodNotAllowed {
             method: method.clone(),

@@ -151,6 +151,10 @@ pub enum ControlError {
     NoConfigFile,
     /// A window range that cannot be served (empty, or older than what is kept).
     BadRange(String),
+    /// A controller's layer that cannot be taken (own rollout block, stale revision).
+    LayerRefused(String),
+    /// No controller's layer on this route.
+    NoLayer(String),
 }
 
 impl ControlError {
@@ -184,6 +188,7 @@ impl ControlError {
                 e.errors.clone()
             }
             ControlError::BadRange(m) => field("from", m.clone()),
+            ControlError::LayerRefused(_) | ControlError::NoLayer(_) => Vec::new(),
         }
     }
 }
@@ -209,6 +214,10 @@ impl fmt::Display for ControlError {
                 f.write_str("canaryd was started without a config file; nothing to reload")
             }
             ControlError::BadRange(m) => write!(f, "from: {m}"),
+            ControlError::LayerRefused(m) => f.write_str(m),
+            ControlError::NoLayer(route) => {
+                write!(f, "route `{route}` has no rollout layer from a controller")
+            }
         }
     }
 }
@@ -308,18 +317,36 @@ struct Inner {
     status: ReloadStatus,
 }
 
-/// What a rollout imposes on its route, between the file and the runtime overrides: the
-/// canary's weight and the rollout's header routes. `DELETE .../overrides` leaves it alone.
+/// What a rollout imposes on its route, between the file and the runtime overrides: weights
+/// of non-primary versions and header routes. `DELETE .../overrides` leaves it alone. It comes
+/// from this process's rollout engine, or from a fleet controller (`PUT .../rollout-layer`).
 #[derive(Debug, Clone)]
 pub struct RolloutLayer {
-    /// Name of the version the rollout drives.
-    pub canary: String,
-    pub weight: Weight,
-    /// Other non-primary versions get 0 (the canary was promoted).
-    pub others_zero: bool,
-    /// Managed header routes to the canary, evaluated after the runtime rules and before the
-    /// file's.
+    /// Non-primary version name → weight; versions not named keep the file's weight.
+    pub weights: BTreeMap<String, Weight>,
+    /// Managed header routes (validated against the route, `to` resolved), evaluated after the
+    /// runtime rules and before the file's.
     pub rules: Vec<RuleConfig>,
+    /// Set by a fleet controller: what it pushed, read back to verify.
+    pub pushed: Option<PushedLayer>,
+}
+
+/// A layer as a fleet controller pushes it (`PUT /api/v1/routes/{r}/rollout-layer`).
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PushedLayer {
+    /// The rollout's id.
+    pub id: String,
+    /// Increases with every change the controller makes; an older one is refused.
+    pub revision: u64,
+    /// The step the fleet is at (for people and the readback).
+    pub step: usize,
+    /// Non-primary version → percent.
+    pub weights: BTreeMap<String, f64>,
+    /// Header routes: `{name, to, when}` with `when` as in the config file (kept as sent, for
+    /// the readback).
+    #[serde(default)]
+    pub rules: Vec<serde_json::Value>,
 }
 
 fn content_hash(text: &str) -> u64 {
@@ -664,6 +691,122 @@ impl Control {
         Ok(generation)
     }
 
+    /// `PUT /api/v1/routes/{route}/rollout-layer`: a fleet controller's layer. Refused for a
+    /// route with its own `rollout` block, for an older revision of the same rollout, and for
+    /// weights or rules that do not fit the route. The same revision again changes nothing.
+    pub fn push_layer(&self, route: &str, pushed: PushedLayer) -> Result<u64, ControlError> {
+        let layer = {
+            let inner = self.lock();
+            let rc = Self::file_route(&inner, route)?;
+            if rc.rollout.is_some() {
+                return Err(ControlError::LayerRefused(format!(
+                    "route `{route}` runs its own rollout block; a controller's layer would fight it"
+                )));
+            }
+            if let Some(current) = inner.layers.get(route).and_then(|l| l.pushed.as_ref()) {
+                if current.id == pushed.id && current.revision > pushed.revision {
+                    return Err(ControlError::LayerRefused(format!(
+                        "revision {} of rollout `{}` is older than the {} in force",
+                        pushed.revision, pushed.id, current.revision
+                    )));
+                }
+                if *current == pushed {
+                    return Ok(self.state.snapshot().generation);
+                }
+            }
+            let mut weights = BTreeMap::new();
+            for (version, p) in &pushed.weights {
+                match rc.versions.iter().position(|v| &v.name == version) {
+                    None => {
+                        return Err(ControlError::UnknownVersion {
+                            route: route.to_string(),
+                            version: version.clone(),
+                            known: rc.versions.iter().map(|v| v.name.clone()).collect(),
+                        });
+                    }
+                    Some(0) => {
+                        return Err(ControlError::PrimaryWeight {
+                            version: version.clone(),
+                        });
+                    }
+                    Some(_) => {}
+                }
+                let w = Weight::from_percent(*p).map_err(|reason| ControlError::BadWeight {
+                    version: version.clone(),
+                    reason,
+                })?;
+                weights.insert(version.clone(), w);
+            }
+            let mut errs = Errors::default();
+            let mut rules = Vec::new();
+            for (i, r) in pushed.rules.iter().enumerate() {
+                let field = format!("rules[{i}]");
+                match serde_json::from_value::<RawRule>(r.clone()) {
+                    Ok(raw) => {
+                        if let Some(rule) = validate_rule(&raw, &rc.versions, &field, &mut errs) {
+                            rules.push(rule);
+                        }
+                    }
+                    Err(e) => errs.push(
+                        field,
+                        format!("must be a rule like {{\"name\", \"to\", \"when\"}} ({e})"),
+                    ),
+                }
+            }
+            if !errs.0.is_empty() {
+                return Err(ControlError::Invalid(ConfigError { errors: errs.0 }));
+            }
+            RolloutLayer {
+                weights,
+                rules,
+                pushed: Some(pushed),
+            }
+        };
+        self.set_layer(route, Some(layer))
+    }
+
+    /// `GET /api/v1/routes/{route}/rollout-layer`: what a controller pushed, with the weights
+    /// in force now (Argo's VerifyWeight reads these).
+    pub fn pushed_layer(&self, route: &str) -> Result<PushedLayerView, ControlError> {
+        let inner = self.lock();
+        Self::file_route(&inner, route)?;
+        let pushed = inner
+            .layers
+            .get(route)
+            .and_then(|l| l.pushed.clone())
+            .ok_or_else(|| ControlError::NoLayer(route.to_string()))?;
+        let snap = self.state.snapshot();
+        let effective = snap
+            .config
+            .routes
+            .iter()
+            .find(|r| r.name == route)
+            .map(|r| {
+                r.versions
+                    .iter()
+                    .map(|v| (v.name.clone(), v.weight.percent()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(PushedLayerView {
+            layer: pushed,
+            effective_weights: effective,
+            generation: snap.generation,
+        })
+    }
+
+    /// `DELETE /api/v1/routes/{route}/rollout-layer`: the controller let go of the route.
+    pub fn drop_pushed_layer(&self, route: &str) -> Result<u64, ControlError> {
+        {
+            let inner = self.lock();
+            Self::file_route(&inner, route)?;
+            if inner.layers.get(route).is_none_or(|l| l.pushed.is_none()) {
+                return Err(ControlError::NoLayer(route.to_string()));
+            }
+        }
+        self.set_layer(route, None)
+    }
+
     /// Remove `route`'s runtime weight overrides (a rollout resumed after a forced weight takes
     /// its weights back); its runtime rules stay.
     pub fn clear_weight_overrides(&self, route: &str) -> Result<u64, ControlError> {
@@ -898,25 +1041,12 @@ fn compose(
 
 /// The canary's weight (others 0 after a promotion) and the header routes of a rollout.
 fn apply_layer(route: &mut RouteConfig, l: &RolloutLayer) {
-    let Some(ci) = route.versions.iter().position(|v| v.name == l.canary) else {
-        return;
-    };
-    for (i, v) in route.versions.iter_mut().enumerate().skip(1) {
-        if i == ci {
-            v.weight = l.weight;
-        } else if l.others_zero {
-            v.weight = Weight(0);
+    for v in route.versions.iter_mut().skip(1) {
+        if let Some(w) = l.weights.get(&v.name) {
+            v.weight = *w;
         }
     }
-    let mut rules: Vec<RuleConfig> = l
-        .rules
-        .iter()
-        .cloned()
-        .map(|mut r| {
-            r.to = ci;
-            r
-        })
-        .collect();
+    let mut rules = l.rules.clone();
     rules.append(&mut route.rules);
     route.rules = rules;
 }
@@ -928,6 +1058,16 @@ fn too_heavy(ri: usize, route: &str, total: Weight, with: &str) -> FieldError {
             "with the {with} of route `{route}` the non-primary weights sum to {total}%, more than 100%",
         ),
     }
+}
+
+/// `GET /api/v1/routes/{route}/rollout-layer`.
+#[derive(Debug, Clone, Serialize)]
+pub struct PushedLayerView {
+    #[serde(flatten)]
+    pub layer: PushedLayer,
+    /// Every version's weight in force now, percent (the primary's included).
+    pub effective_weights: BTreeMap<String, f64>,
+    pub generation: u64,
 }
 
 /// `GET /api/v1/routes/{route}/window`: raw per-version counts of a wall-clock range.
@@ -1051,7 +1191,7 @@ fn route_view(inner: &Inner, rc: &RouteConfig) -> RouteView {
     let any_weight_override = ov.is_some_and(|o| !o.weights.is_empty());
     let layer = inner.layers.get(&rc.name);
     let by_layer =
-        |i: usize, name: &str| layer.is_some_and(|l| i == 0 || l.canary == name || l.others_zero);
+        |i: usize, name: &str| layer.is_some_and(|l| i == 0 || l.weights.contains_key(name));
     let versions = rc
         .versions
         .iter()

@@ -402,7 +402,11 @@ impl<T: Target> Rollouts<T> {
         // The file's weights after a succeeded rollout was redeployed are not ours to touch.
         let layer = if e.released { None } else { e.state.layer() };
         if e.applied.as_ref() != Some(&layer) {
-            let layer_cfg = layer.as_ref().map(|l| control_layer(&e.spec, &e.canary, l));
+            let snap = self.control.state().snapshot();
+            let rc = snap.config.routes.iter().find(|r| r.name == route);
+            let layer_cfg = layer
+                .as_ref()
+                .and_then(|l| rc.map(|rc| control_layer(&e.spec, rc, l)));
             match self.target.apply(route, layer_cfg) {
                 Ok(_) => e.applied = Some(layer),
                 Err(err) => {
@@ -680,8 +684,13 @@ impl<T: Target> Rollouts<T> {
     }
 }
 
-/// The control layer for a machine layer: the canary's weight and its header routes' rules.
-fn control_layer(spec: &RolloutSpec, canary: &str, l: &Layer) -> RolloutLayer {
+/// The control layer for a machine layer: the canary's weight (others 0 after a promotion)
+/// and its header routes' rules.
+fn control_layer(
+    spec: &RolloutSpec,
+    route: &crate::config::RouteConfig,
+    l: &Layer,
+) -> RolloutLayer {
     let rules = spec
         .steps
         .iter()
@@ -692,11 +701,25 @@ fn control_layer(spec: &RolloutSpec, canary: &str, l: &Layer) -> RolloutLayer {
             _ => None,
         })
         .collect();
+    let weights = route
+        .versions
+        .iter()
+        .enumerate()
+        .skip(1)
+        .filter(|(i, _)| *i == spec.canary || l.others_zero)
+        .map(|(i, v)| {
+            let w = if i == spec.canary {
+                l.canary_weight
+            } else {
+                crate::config::Weight(0)
+            };
+            (v.name.clone(), w)
+        })
+        .collect();
     RolloutLayer {
-        canary: canary.to_string(),
-        weight: l.canary_weight,
-        others_zero: l.others_zero,
+        weights,
         rules,
+        pushed: None,
     }
 }
 
