@@ -576,31 +576,7 @@ impl Control {
     ) -> Result<u64, ControlError> {
         let mut inner = self.lock();
         let rc = Self::file_route(&inner, route)?;
-        let mut checked = BTreeMap::new();
-        for (version, value) in weights {
-            match rc.versions.iter().position(|v| &v.name == version) {
-                None => {
-                    return Err(ControlError::UnknownVersion {
-                        route: route.to_string(),
-                        version: version.clone(),
-                        known: rc.versions.iter().map(|v| v.name.clone()).collect(),
-                    });
-                }
-                Some(0) => {
-                    return Err(ControlError::PrimaryWeight {
-                        version: version.clone(),
-                    });
-                }
-                Some(_) => {}
-            }
-            let w = percent(value)
-                .and_then(Weight::from_percent)
-                .map_err(|reason| ControlError::BadWeight {
-                    version: version.clone(),
-                    reason,
-                })?;
-            checked.insert(version.clone(), w);
-        }
+        let checked = runtime_weights(rc, weights, percent)?;
         if checked.is_empty() {
             return Ok(self.state.snapshot().generation);
         }
@@ -714,29 +690,7 @@ impl Control {
                     return Ok(self.state.snapshot().generation);
                 }
             }
-            let mut weights = BTreeMap::new();
-            for (version, p) in &pushed.weights {
-                match rc.versions.iter().position(|v| &v.name == version) {
-                    None => {
-                        return Err(ControlError::UnknownVersion {
-                            route: route.to_string(),
-                            version: version.clone(),
-                            known: rc.versions.iter().map(|v| v.name.clone()).collect(),
-                        });
-                    }
-                    Some(0) => {
-                        return Err(ControlError::PrimaryWeight {
-                            version: version.clone(),
-                        });
-                    }
-                    Some(_) => {}
-                }
-                let w = Weight::from_percent(*p).map_err(|reason| ControlError::BadWeight {
-                    version: version.clone(),
-                    reason,
-                })?;
-                weights.insert(version.clone(), w);
-            }
+            let weights = runtime_weights(rc, &pushed.weights, |p| Ok(*p))?;
             let mut errs = Errors::default();
             let mut rules = Vec::new();
             for (i, r) in pushed.rules.iter().enumerate() {
@@ -1039,7 +993,44 @@ fn compose(
     }
 }
 
-/// The canary's weight (others 0 after a promotion) and the header routes of a rollout.
+/// Weights given at run time (the API's, a controller's) checked against route `rc`: each names
+/// a non-primary version and is a percentage with the weights' resolution. Entries are checked
+/// in name order, each version name before its value, and `percent` reads a value, so the
+/// problem reported first does not depend on how the caller encodes weights.
+fn runtime_weights<V>(
+    rc: &RouteConfig,
+    weights: &BTreeMap<String, V>,
+    percent: impl Fn(&V) -> Result<f64, String>,
+) -> Result<BTreeMap<String, Weight>, ControlError> {
+    let mut checked = BTreeMap::new();
+    for (version, value) in weights {
+        match rc.versions.iter().position(|v| &v.name == version) {
+            None => {
+                return Err(ControlError::UnknownVersion {
+                    route: rc.name.clone(),
+                    version: version.clone(),
+                    known: rc.versions.iter().map(|v| v.name.clone()).collect(),
+                });
+            }
+            Some(0) => {
+                return Err(ControlError::PrimaryWeight {
+                    version: version.clone(),
+                });
+            }
+            Some(_) => {}
+        }
+        let w = percent(value)
+            .and_then(Weight::from_percent)
+            .map_err(|reason| ControlError::BadWeight {
+                version: version.clone(),
+                reason,
+            })?;
+        checked.insert(version.clone(), w);
+    }
+    Ok(checked)
+}
+
+/// The weights and header routes of a rollout layer.
 fn apply_layer(route: &mut RouteConfig, l: &RolloutLayer) {
     for v in route.versions.iter_mut().skip(1) {
         if let Some(w) = l.weights.get(&v.name) {
