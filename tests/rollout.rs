@@ -43,6 +43,17 @@ const GATE: &str = r#"      analysis:
             - success_rate: { min: 95 }
 "#;
 
+/// A proxy in front of `stable` and `canary` with `rollout`, its state file in `dir`.
+async fn start(stable: &Origin, canary: &Origin, dir: &tempfile::TempDir, rollout: &str) -> Proxy {
+    Proxy::start(&yaml(
+        stable.addr,
+        canary.addr,
+        &dir.path().join("s.json"),
+        rollout,
+    ))
+    .await
+}
+
 async fn rollout(proxy: &Proxy) -> Value {
     let (s, v) = proxy
         .admin_call("GET", "/api/v1/routes/app/rollout", "")
@@ -273,13 +284,7 @@ async fn a_critical_judge_saying_no_aborts_at_once_with_its_text() {
         "      id: app-v2\n      steps:\n        - set_weight: 10\n        - analysis: judge\n      analysis:\n        judge:\n          interval: 1s\n          initial_delay: 1s\n          min_requests: 5\n          inconclusive_limit: 10\n          checks:\n            - webhook: {{ url: \"http://{}/a2a/analyze\", critical: true }}\n",
         judge.addr
     );
-    let proxy = Proxy::start(&yaml(
-        stable.addr,
-        canary.addr,
-        &dir.path().join("s.json"),
-        &r,
-    ))
-    .await;
+    let proxy = start(&stable, &canary, &dir, &r).await;
     let load = traffic(&proxy);
     let v = wait_phase(&proxy, "aborted").await;
     load.abort();
@@ -308,13 +313,7 @@ async fn no_traffic_pauses_inconclusive_and_never_promotes() {
     let r = format!(
         "      id: app-v2\n      steps:\n        - set_weight: 10\n        - analysis: slo\n{GATE}"
     );
-    let proxy = Proxy::start(&yaml(
-        stable.addr,
-        canary.addr,
-        &dir.path().join("s.json"),
-        &r,
-    ))
-    .await;
+    let proxy = start(&stable, &canary, &dir, &r).await;
     let v = wait_phase(&proxy, "paused").await;
     assert_eq!(v["reason"], "inconclusive", "{v}");
     assert_eq!(v["set_weight"].as_f64(), Some(10.0));
@@ -325,13 +324,7 @@ async fn hand_set_weights_answer_409_unless_forced_which_pauses_the_rollout() {
     let (stable, canary) = (Origin::start("stable").await, Origin::start("canary").await);
     let dir = tempfile::tempdir().unwrap();
     let r = "      id: app-v2\n      steps:\n        - set_weight: 10\n        - pause: {}\n";
-    let proxy = Proxy::start(&yaml(
-        stable.addr,
-        canary.addr,
-        &dir.path().join("s.json"),
-        r,
-    ))
-    .await;
+    let proxy = start(&stable, &canary, &dir, r).await;
     wait_phase(&proxy, "paused").await;
     let (s, e) = proxy
         .admin_call("PUT", "/api/v1/routes/app/weights", r#"{"canary": 40}"#)
@@ -601,13 +594,7 @@ async fn the_event_stream_carries_transitions_and_measurements_as_they_happen() 
     let (stable, canary) = (Origin::start("stable").await, Origin::start("canary").await);
     let dir = tempfile::tempdir().unwrap();
     let r = "      id: app-v2\n      steps:\n        - set_weight: 10\n        - pause: {}\n        - set_weight: 40\n";
-    let proxy = Proxy::start(&yaml(
-        stable.addr,
-        canary.addr,
-        &dir.path().join("s.json"),
-        r,
-    ))
-    .await;
+    let proxy = start(&stable, &canary, &dir, r).await;
     wait_phase(&proxy, "paused").await;
     let mut s = tokio::net::TcpStream::connect(proxy.admin.unwrap())
         .await
@@ -655,13 +642,7 @@ async fn a_judge_that_times_out_errs_and_pauses_after_error_limit() {
         "      id: app-v2\n      steps:\n        - set_weight: 10\n        - analysis: judge\n      analysis:\n        judge:\n          interval: 1s\n          error_limit: 2\n          initial_delay: 1s\n          min_requests: 5\n          inconclusive_limit: 10\n          checks:\n            - webhook: {{ url: \"http://{}/\", timeout: 300ms }}\n",
         judge.addr
     );
-    let proxy = Proxy::start(&yaml(
-        stable.addr,
-        canary.addr,
-        &dir.path().join("s.json"),
-        &r,
-    ))
-    .await;
+    let proxy = start(&stable, &canary, &dir, &r).await;
     let load = traffic(&proxy);
     let v = wait_phase(&proxy, "paused").await;
     load.abort();
@@ -688,13 +669,7 @@ async fn promote_full_skips_the_remaining_steps() {
     let (stable, canary) = (Origin::start("stable").await, Origin::start("canary").await);
     let dir = tempfile::tempdir().unwrap();
     let r = "      id: app-v2\n      steps:\n        - set_weight: 5\n        - pause: 1h\n        - set_weight: 50\n        - pause: {}\n";
-    let proxy = Proxy::start(&yaml(
-        stable.addr,
-        canary.addr,
-        &dir.path().join("s.json"),
-        r,
-    ))
-    .await;
+    let proxy = start(&stable, &canary, &dir, r).await;
     wait_phase(&proxy, "paused").await;
     let (s, v) = proxy
         .admin_call(
@@ -713,13 +688,7 @@ async fn abort_after_forced_weights_takes_the_canary_to_zero() {
     let (stable, canary) = (Origin::start("stable").await, Origin::start("canary").await);
     let dir = tempfile::tempdir().unwrap();
     let r = "      id: app-v2\n      steps:\n        - set_weight: 10\n        - pause: {}\n";
-    let proxy = Proxy::start(&yaml(
-        stable.addr,
-        canary.addr,
-        &dir.path().join("s.json"),
-        r,
-    ))
-    .await;
+    let proxy = start(&stable, &canary, &dir, r).await;
     wait_phase(&proxy, "paused").await;
     let (s, _) = proxy
         .admin_call(
