@@ -15,7 +15,27 @@ pub fn check_summary(source: &str, cfg: &Config) -> String {
         .iter()
         .map(|l| l.address.to_string())
         .collect();
-    let _ = writeln!(out, "listeners: {}", listeners.join(", "));
+    match &cfg.controller {
+        None => {
+            let _ = writeln!(out, "listeners: {}", listeners.join(", "));
+        }
+        Some(c) => {
+            let targets = match &c.targets {
+                crate::config::Targets::List(l) => l
+                    .iter()
+                    .map(|u| u.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                crate::config::Targets::Dns { host, port } => format!("{host}:{port} (DNS)"),
+            };
+            let _ = writeln!(
+                out,
+                "fleet controller: targets {targets}; every {}; state_file {}",
+                humantime::format_duration(c.interval),
+                c.state_file.display()
+            );
+        }
+    }
     if let Some(a) = &cfg.admin {
         let _ = writeln!(out, "admin: {}", a.address);
     }

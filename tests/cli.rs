@@ -621,3 +621,27 @@ routes:
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("error(s)"));
 }
+
+/// A fleet controller's file: `check` accepts it (no listeners, versions as names) and says
+/// what it drives; `run` refuses it, naming the problem.
+#[test]
+fn a_controller_file_is_checked_and_run_refuses_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("controller.yaml");
+    std::fs::write(
+        &path,
+        "controller:\n  targets: [\"http://127.0.0.1:9901\"]\n  state_file: /tmp/s.json\nroutes:\n  - name: shop\n    versions: { stable: {}, canary: {} }\n    rollout: { id: shop-v2, steps: [ { set_weight: 10 } ] }\n",
+    )
+    .unwrap();
+    let out = canaryd().arg("check").arg(&path).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        stdout.contains("fleet controller: targets http://127.0.0.1:9901/"),
+        "{stdout}"
+    );
+    let out = canaryd().args(["run", "-c"]).arg(&path).output().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("fleet controller's file"), "{stderr}");
+}

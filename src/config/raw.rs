@@ -25,6 +25,24 @@ pub struct RawConfig {
     /// Thresholds for `GET /api/v1/routes/{route}/analysis`.
     #[serde(default)]
     pub analysis: RawAnalysis,
+    /// Present in a fleet controller's file (`canaryd controller`): the replicas it drives.
+    pub controller: Option<RawController>,
+}
+
+/// `controller:`: the canaryd replicas a fleet controller drives.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawController {
+    /// Admin URLs of the replicas, e.g. `http://10.0.0.5:9901`.
+    pub targets: Option<Vec<String>>,
+    /// `name:port` resolved every interval (a Kubernetes headless Service: every pod).
+    pub targets_dns: Option<String>,
+    /// Bearer token sent to the replicas (or env `CANARYD_TARGET_TOKEN`).
+    pub token: Option<String>,
+    /// Reconcile interval (default 1s).
+    pub interval: Option<String>,
+    /// Where the controller keeps its rollout state.
+    pub state_file: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -1333,3 +1333,81 @@ fn every_rollout_error_is_reported_at_once() {
         "from 0 to 100",
     );
 }
+
+const CONTROLLER: &str = r#"
+controller:
+  targets_dns: canaryd-admin.shop.svc.cluster.local:9901
+  interval: 2s
+  state_file: /var/lib/canaryd-controller/state.json
+routes:
+  - name: shop
+    versions:
+      stable: {}
+      canary: {}
+    rollout:
+      id: shop-v2
+      steps: [ { set_weight: 10 }, { pause: {} } ]
+"#;
+
+#[test]
+fn a_controller_file_needs_no_listeners_and_no_endpoints() {
+    let c = Config::from_yaml(CONTROLLER).unwrap();
+    let ctl = c.controller.unwrap();
+    assert_eq!(
+        ctl.targets,
+        Targets::Dns {
+            host: "canaryd-admin.shop.svc.cluster.local".into(),
+            port: 9901
+        }
+    );
+    assert_eq!(ctl.interval, Duration::from_secs(2));
+    assert!(c.listeners.is_empty());
+    assert!(c.routes[0].versions[1].endpoints.is_empty());
+    assert!(
+        c.routes[0].rollout.is_some(),
+        "its state_file is the controller's"
+    );
+    // Without the section, the same routes need endpoints and listeners again.
+    let e = Config::from_yaml(&CONTROLLER.replace("controller:\n  targets_dns: canaryd-admin.shop.svc.cluster.local:9901\n  interval: 2s\n  state_file: /var/lib/canaryd-controller/state.json\n", "")).unwrap_err();
+    let fields: Vec<&str> = e.errors.iter().map(|f| f.field.as_str()).collect();
+    assert!(fields.contains(&"listeners"), "{fields:?}");
+    assert!(
+        fields.contains(&"routes[0].versions.stable.endpoints"),
+        "{fields:?}"
+    );
+    assert!(fields.contains(&"routes[0].rollout"), "{fields:?}");
+}
+
+#[test]
+fn controller_settings_errors_name_their_field() {
+    let bad = |section: &str| {
+        let y = CONTROLLER.replace(
+            "controller:\n  targets_dns: canaryd-admin.shop.svc.cluster.local:9901\n  interval: 2s\n  state_file: /var/lib/canaryd-controller/state.json\n",
+            section,
+        );
+        Config::from_yaml(&y).unwrap_err().errors[0].field.clone()
+    };
+    assert_eq!(
+        bad(
+            "controller:\n  targets: [\"http://a:9901\"]\n  targets_dns: b:9901\n  state_file: s\n"
+        ),
+        "controller"
+    );
+    assert_eq!(bad("controller:\n  state_file: s\n"), "controller");
+    assert_eq!(
+        bad("controller:\n  targets: [\"a:9901\"]\n  state_file: s\n"),
+        "controller.targets[0]"
+    );
+    assert_eq!(
+        bad("controller:\n  targets_dns: nodns\n  state_file: s\n"),
+        "controller.targets_dns"
+    );
+    assert_eq!(
+        bad("controller:\n  targets: [\"http://a:9901\"]\n"),
+        "controller.state_file"
+    );
+    assert_eq!(
+        bad("controller:\n  targets: [\"http://a:9901\"]\n  interval: soon\n  state_file: s\n"),
+        "controller.interval"
+    );
+}

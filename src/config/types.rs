@@ -47,11 +47,36 @@ impl std::error::Error for ConfigError {}
 /// A validated configuration: every value here has been checked and means what it says.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// Empty only in a fleet controller's file.
     pub listeners: Vec<Listener>,
     pub admin: Option<Admin>,
     pub proxy: ProxySettings,
     pub routes: Vec<RouteConfig>,
     pub analysis: AnalysisSettings,
+    /// A fleet controller's file (`canaryd controller`): the replicas it drives. Such a file
+    /// needs no listeners and no endpoints (its versions are names).
+    pub controller: Option<ControllerSettings>,
+}
+
+/// `controller:`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ControllerSettings {
+    pub targets: Targets,
+    /// Sent to the replicas as `Authorization: Bearer`; env `CANARYD_TARGET_TOKEN` otherwise.
+    pub token: Option<Secret>,
+    /// How often every replica is reconciled (and DNS re-resolved).
+    pub interval: Duration,
+    /// The controller's rollout state.
+    pub state_file: PathBuf,
+}
+
+/// Where the replicas are.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Targets {
+    /// Admin base URLs.
+    List(Vec<http::Uri>),
+    /// `host:port` resolved every interval; every address is a replica's admin listener.
+    Dns { host: String, port: u16 },
 }
 
 /// Thresholds of the canary analysis endpoint.

@@ -8,10 +8,11 @@ use super::defaults::{
 use super::raw::*;
 use super::rollout::validate_rollout;
 use super::types::{
-    Admin, AnalysisSettings, Condition, Config, ConfigError, Endpoint, FieldError, HealthCheck,
-    HostMatch, Listener, OutlierPolicy, Protocol, ProxySettings, RetryPolicy, RouteConfig,
-    RuleConfig, Secret, SniFiles, StickyConfig, StickyKey, Timeouts, TlsFiles, Upgrades, Upstream,
-    UpstreamTls, ValueTest, VersionConfig, WEIGHT_SCALE, Weight,
+    Admin, AnalysisSettings, Condition, Config, ConfigError, ControllerSettings, Endpoint,
+    FieldError, HealthCheck, HostMatch, Listener, OutlierPolicy, Protocol, ProxySettings,
+    RetryPolicy, RouteConfig, RuleConfig, Secret, SniFiles, StickyConfig, StickyKey, Targets,
+    Timeouts, TlsFiles, Upgrades, Upstream, UpstreamTls, ValueTest, VersionConfig, WEIGHT_SCALE,
+    Weight,
 };
 use http::HeaderName;
 use std::collections::{HashMap, HashSet};
@@ -74,7 +75,13 @@ impl TryFrom<RawConfig> for Config {
     fn try_from(raw: RawConfig) -> Result<Config, ConfigError> {
         let mut errs = Errors::default();
 
-        if raw.listeners.is_empty() {
+        // A fleet controller's file: no listeners, versions are names.
+        let controller = raw
+            .controller
+            .as_ref()
+            .and_then(|c| validate_controller(c, &mut errs));
+        let names_only = raw.controller.is_some();
+        if raw.listeners.is_empty() && !names_only {
             errs.push(
                 "listeners",
                 "at least one listener is required, e.g. `listeners: [{ address: 0.0.0.0:8080 }]`",
@@ -196,7 +203,7 @@ impl TryFrom<RawConfig> for Config {
                 Some(s) => Some(PathBuf::from(s)),
             },
         };
-        let state_file_given = raw.proxy.state_file.is_some();
+        let state_file_given = raw.proxy.state_file.is_some() || names_only;
 
         // Validated before the routes (gates default to its `min_requests`), reported after
         // them as always.
@@ -210,7 +217,14 @@ impl TryFrom<RawConfig> for Config {
         for (i, r) in raw.routes.into_iter().enumerate() {
             let field = format!("routes[{i}]");
             let has_rollout = r.rollout.is_some();
-            let route = validate_route(r, &field, &proxy, analysis.min_requests, &mut errs);
+            let route = validate_route(
+                r,
+                &field,
+                &proxy,
+                analysis.min_requests,
+                names_only,
+                &mut errs,
+            );
             // An empty state_file is reported at proxy.state_file, not again here.
             if has_rollout && !state_file_given {
                 errs.push(
@@ -267,6 +281,7 @@ impl TryFrom<RawConfig> for Config {
                 proxy,
                 routes,
                 analysis,
+                controller,
             })
         } else {
             Err(ConfigError { errors: errs.0 })
@@ -671,6 +686,7 @@ fn validate_route(
     field: &str,
     proxy: &ProxySettings,
     min_requests: u64,
+    names_only: bool,
     errs: &mut Errors,
 ) -> Option<RouteConfig> {
     let default_timeouts = proxy.timeouts;
@@ -701,7 +717,7 @@ fn validate_route(
         );
     }
 
-    let versions = validate_versions(&r.versions, field, errs);
+    let versions = validate_versions(&r.versions, field, names_only, errs);
 
     let mut rules = Vec::new();
     let mut rule_names = HashSet::new();
@@ -795,6 +811,7 @@ fn validate_route(
 fn validate_versions(
     raw: &OrderedMap<RawVersion>,
     field: &str,
+    names_only: bool,
     errs: &mut Errors,
 ) -> Vec<VersionConfig> {
     let vf = format!("{field}.versions");
@@ -815,7 +832,8 @@ fn validate_versions(
         if !seen.insert(name.as_str()) {
             errs.push(&f, format!("version `{name}` is listed twice"));
         }
-        if v.endpoints.is_empty() {
+        // In a controller's file versions are names: the replicas have the endpoints.
+        if v.endpoints.is_empty() && !names_only {
             errs.push(
                 format!("{f}.endpoints"),
                 "at least one endpoint (host:port) is required",
@@ -1080,4 +1098,90 @@ fn validate_sticky(s: &RawSticky, field: &str, errs: &mut Errors) -> Option<Stic
         }),
         _ => None,
     }
+}
+
+/// `controller:`: exactly one of `targets` and `targets_dns`, a `state_file`, and an optional
+/// `token` and `interval` (default 1 s).
+fn validate_controller(c: &RawController, errs: &mut Errors) -> Option<ControllerSettings> {
+    let before = errs.0.len();
+    let targets = match (&c.targets, &c.targets_dns) {
+        (Some(_), Some(_)) | (None, None) => {
+            errs.push(
+                "controller",
+                "give exactly one of `targets` (admin URLs of the replicas) and `targets_dns` (name:port of a headless Service)",
+            );
+            None
+        }
+        (Some(list), None) => {
+            if list.is_empty() {
+                errs.push("controller.targets", "lists no replica");
+            }
+            let mut urls = Vec::new();
+            for (i, t) in list.iter().enumerate() {
+                match t.parse::<http::Uri>() {
+                    Ok(u)
+                        if matches!(u.scheme_str(), Some("http" | "https"))
+                            && u.authority().is_some() =>
+                    {
+                        urls.push(u)
+                    }
+                    _ => errs.push(
+                        format!("controller.targets[{i}]"),
+                        format!("`{t}` must be a replica's admin URL, e.g. http://10.0.0.5:9901"),
+                    ),
+                }
+            }
+            Some(Targets::List(urls))
+        }
+        (None, Some(dns)) => match dns.rsplit_once(':') {
+            Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0) => {
+                Some(Targets::Dns {
+                    host: host.to_string(),
+                    port: port.parse().unwrap_or_default(),
+                })
+            }
+            _ => {
+                errs.push(
+                    "controller.targets_dns",
+                    format!(
+                        "`{dns}` must be name:port, e.g. canaryd-admin.shop.svc.cluster.local:9901"
+                    ),
+                );
+                None
+            }
+        },
+    };
+    let token = match c.token.as_deref() {
+        Some("") => {
+            errs.push(
+                "controller.token",
+                "is empty; omit it or set CANARYD_TARGET_TOKEN instead",
+            );
+            None
+        }
+        t => t.map(|t| Secret(t.to_string())),
+    };
+    let interval = match c.interval.as_deref() {
+        None => Some(std::time::Duration::from_secs(1)),
+        Some(s) => parse_duration(s, "controller.interval", errs),
+    };
+    let state_file = match c.state_file.as_deref() {
+        Some(s) if !s.trim().is_empty() => Some(PathBuf::from(s)),
+        _ => {
+            errs.push(
+                "controller.state_file",
+                "is required: where the controller keeps rollout state across restarts",
+            );
+            None
+        }
+    };
+    if errs.0.len() != before {
+        return None;
+    }
+    Some(ControllerSettings {
+        targets: targets?,
+        token,
+        interval: interval?,
+        state_file: state_file?,
+    })
 }

@@ -116,6 +116,11 @@ impl Server {
         text: Option<&str>,
         workers: usize,
     ) -> anyhow::Result<Server> {
+        if config.controller.is_some() {
+            anyhow::bail!(
+                "this is a fleet controller's file (it has a `controller:` section and its versions are names): `canaryd run` needs a replica's config with listeners and endpoints; the fleet controller (`canaryd controller`) is not in this build yet"
+            );
+        }
         let admin = match &config.admin {
             None => None,
             Some(a) => {
