@@ -261,24 +261,9 @@ impl<T: Target> Rollouts<T> {
                     }
                     continue;
                 }
-                tracing::info!(route = %rc.name, old = %e.state.id, new = %spec.id, "a new rollout id supersedes the running rollout");
-                self.control
-                    .state()
-                    .metrics
-                    .rollout
-                    .transition(&rc.name, Phase::Superseded.as_str());
-                superseded = Some(Transition {
-                    at: now,
-                    from: e.state.phase,
-                    to: Phase::Superseded,
-                    step: e.state.step,
-                    reason: Some("superseded".into()),
-                    by: "reload".into(),
-                    message: format!(
-                        "rollout `{}` (at step {}) was superseded by `{}`",
-                        e.state.id, e.state.step, spec.id
-                    ),
-                });
+                let actions = e.state.supersede(&spec.id, now);
+                self.publish_actions(&rc.name, &e.state.id, &actions);
+                superseded = e.state.history.last().cloned();
             } else {
                 tracing::warn!(
                     route = %rc.name,
@@ -286,7 +271,7 @@ impl<T: Target> Rollouts<T> {
                     "this rollout is judged from this process's own traffic: with more than one replica of canaryd, each would judge part of the traffic and they would disagree; run the rollout in the fleet controller instead (canaryd cannot tell how many replicas run)"
                 );
             }
-            let state = match engine.saved.remove(&rc.name) {
+            let mut state = match engine.saved.remove(&rc.name) {
                 Some(mut s) if s.id == spec.id => {
                     // A measurement asked for before the restart never came back: ask again.
                     for g in [&mut s.inline, &mut s.background].into_iter().flatten() {
@@ -304,7 +289,6 @@ impl<T: Target> Rollouts<T> {
                     RolloutState::new(spec)
                 }
             };
-            let mut state = state;
             if let Some(t) = superseded {
                 state.history.push(t);
             }
@@ -372,46 +356,43 @@ impl<T: Target> Rollouts<T> {
             if redeployed && !e.released {
                 tracing::info!(%route, "versions or endpoints changed after the rollout succeeded: the file's weights apply again");
                 e.released = true;
-                e.applied = Some(None);
-                let _ = self.target.apply(route, None);
+                self.apply_layer(route, e);
             }
         }
     }
 
     /// One event for one route's rollout, and everything that follows from it.
     fn handle(&self, engine: &mut Engine, route: &str, event: Event, now: Millis) {
-        let Some(e) = engine.entries.get_mut(route) else {
+        let Some(e) = engine.entries.get_mut(route).filter(|e| !e.orphaned) else {
             return;
         };
-        if e.orphaned {
-            return;
-        }
         let actions = e.state.handle(&e.spec, event, now);
-        if !actions.is_empty() {
-            engine.dirty = true;
-        }
-        let Some(e) = engine.entries.get_mut(route) else {
-            return;
-        };
         for a in &actions {
             if let Action::Measure { gate, background } = a {
                 self.start_measurement(route, e, gate, *background);
             }
         }
         self.publish_actions(route, &e.state.id, &actions);
-        // The file's weights after a succeeded rollout was redeployed are not ours to touch.
+        self.apply_layer(route, e);
+        engine.dirty |= !actions.is_empty();
+    }
+
+    /// Apply the rollout's layer to its route when it differs from the one last applied. The
+    /// file's weights after a succeeded rollout was redeployed are not ours to touch.
+    fn apply_layer(&self, route: &str, e: &mut Entry) {
         let layer = if e.released { None } else { e.state.layer() };
-        if e.applied.as_ref() != Some(&layer) {
-            let snap = self.control.state().snapshot();
-            let rc = snap.config.routes.iter().find(|r| r.name == route);
-            let layer_cfg = layer
-                .as_ref()
-                .and_then(|l| rc.map(|rc| control_layer(&e.spec, rc, l)));
-            match self.target.apply(route, layer_cfg) {
-                Ok(_) => e.applied = Some(layer),
-                Err(err) => {
-                    tracing::warn!(%route, error = %err, "could not apply the rollout's weights")
-                }
+        if e.applied.as_ref() == Some(&layer) {
+            return;
+        }
+        let snap = self.control.state().snapshot();
+        let rc = snap.config.routes.iter().find(|r| r.name == route);
+        let layer_cfg = layer
+            .as_ref()
+            .and_then(|l| rc.map(|rc| control_layer(&e.spec, rc, l)));
+        match self.target.apply(route, layer_cfg) {
+            Ok(_) => e.applied = Some(layer),
+            Err(err) => {
+                tracing::warn!(%route, error = %err, "could not apply the rollout's weights")
             }
         }
     }
@@ -491,15 +472,12 @@ impl<T: Target> Rollouts<T> {
         if let Err(err) = write_atomically(&path, &file) {
             tracing::warn!(path = %path.display(), error = %err, "cannot write the rollout state file");
             let now = now_ms();
-            let routes: Vec<String> = engine.entries.keys().cloned().collect();
-            for route in routes {
-                if let Some(e) = engine.entries.get_mut(&route) {
-                    if matches!(e.state.phase, Phase::Progressing | Phase::Paused) {
-                        let actions = e
-                            .state
-                            .handle(&e.spec, Event::WriteFailed(err.clone()), now);
-                        self.publish_actions(&route, &e.state.id, &actions);
-                    }
+            for (route, e) in engine.entries.iter_mut() {
+                if matches!(e.state.phase, Phase::Progressing | Phase::Paused) {
+                    let actions = e
+                        .state
+                        .handle(&e.spec, Event::WriteFailed(err.clone()), now);
+                    self.publish_actions(route, &e.state.id, &actions);
                 }
             }
         }

@@ -429,6 +429,25 @@ impl RolloutState {
         self.transition(Phase::Aborted, Some(cause.to_string()), by, message, now, a);
     }
 
+    /// A rollout with id `by` replaced this one (a reload changed the id): its last
+    /// transition, which the new rollout's history starts with.
+    pub fn supersede(&mut self, by: &str, now: Millis) -> Vec<Action> {
+        let mut a = Vec::new();
+        let message = format!(
+            "rollout `{}` (at step {}) was superseded by `{by}`",
+            self.id, self.step
+        );
+        self.transition(
+            Phase::Superseded,
+            Some("superseded".into()),
+            "reload",
+            message,
+            now,
+            &mut a,
+        );
+        a
+    }
+
     /// Feed one event; returns what the driver must do.
     pub fn handle(&mut self, spec: &RolloutSpec, event: Event, now: Millis) -> Vec<Action> {
         let mut a = Vec::new();
