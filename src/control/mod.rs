@@ -538,14 +538,44 @@ impl Control {
     fn apply_overrides(
         &self,
         inner: &mut Inner,
-        mut candidate: Overrides,
+        candidate: Overrides,
     ) -> Result<u64, ControlError> {
-        let composed =
-            compose(&inner.file, &inner.layers, &mut candidate).map_err(ControlError::Invalid)?;
-        let generation = self.state.apply(composed).map_err(ControlError::Invalid)?;
-        inner.overrides = candidate;
+        let layers = inner.layers.clone();
+        let generation = self.apply_candidate(inner, layers, candidate)?;
         tracing::info!(generation, "runtime override applied");
         Ok(generation)
+    }
+
+    /// Compose the file config with candidate rollout layers and overrides and apply; only
+    /// then are they kept. On error nothing changes.
+    fn apply_candidate(
+        &self,
+        inner: &mut Inner,
+        layers: BTreeMap<String, RolloutLayer>,
+        mut overrides: Overrides,
+    ) -> Result<u64, ControlError> {
+        let composed =
+            compose(&inner.file, &layers, &mut overrides).map_err(ControlError::Invalid)?;
+        let generation = self.state.apply(composed).map_err(ControlError::Invalid)?;
+        inner.layers = layers;
+        inner.overrides = overrides;
+        Ok(generation)
+    }
+
+    /// Put (or with `None` remove) `route`'s layer, under the lock the caller holds.
+    fn put_layer(
+        &self,
+        inner: &mut Inner,
+        route: &str,
+        layer: Option<RolloutLayer>,
+    ) -> Result<u64, ControlError> {
+        let mut layers = inner.layers.clone();
+        match layer {
+            Some(l) => layers.insert(route.to_string(), l),
+            None => layers.remove(route),
+        };
+        let overrides = inner.overrides.clone();
+        self.apply_candidate(inner, layers, overrides)
     }
 
     fn file_route<'a>(inner: &'a Inner, route: &str) -> Result<&'a RouteConfig, ControlError> {
@@ -653,26 +683,16 @@ impl Control {
     /// changes. Runtime overrides stay on top.
     pub fn set_layer(&self, route: &str, layer: Option<RolloutLayer>) -> Result<u64, ControlError> {
         let mut inner = self.lock();
-        let mut layers = inner.layers.clone();
-        match layer {
-            Some(l) => layers.insert(route.to_string(), l),
-            None => layers.remove(route),
-        };
-        let mut candidate = inner.overrides.clone();
-        let composed =
-            compose(&inner.file, &layers, &mut candidate).map_err(ControlError::Invalid)?;
-        let generation = self.state.apply(composed).map_err(ControlError::Invalid)?;
-        inner.layers = layers;
-        inner.overrides = candidate;
-        Ok(generation)
+        self.put_layer(&mut inner, route, layer)
     }
 
     /// `PUT /api/v1/routes/{route}/rollout-layer`: a fleet controller's layer. Refused for a
     /// route with its own `rollout` block, for an older revision of the same rollout, and for
     /// weights or rules that do not fit the route. The same revision again changes nothing.
     pub fn push_layer(&self, route: &str, pushed: PushedLayer) -> Result<u64, ControlError> {
+        // One lock from the revision check to the apply: two pushes cannot interleave.
+        let mut inner = self.lock();
         let layer = {
-            let inner = self.lock();
             let rc = Self::file_route(&inner, route)?;
             if rc.rollout.is_some() {
                 return Err(ControlError::LayerRefused(format!(
@@ -716,7 +736,7 @@ impl Control {
                 pushed: Some(pushed),
             }
         };
-        self.set_layer(route, Some(layer))
+        self.put_layer(&mut inner, route, Some(layer))
     }
 
     /// `GET /api/v1/routes/{route}/rollout-layer`: what a controller pushed, with the weights
@@ -751,14 +771,12 @@ impl Control {
 
     /// `DELETE /api/v1/routes/{route}/rollout-layer`: the controller let go of the route.
     pub fn drop_pushed_layer(&self, route: &str) -> Result<u64, ControlError> {
-        {
-            let inner = self.lock();
-            Self::file_route(&inner, route)?;
-            if inner.layers.get(route).is_none_or(|l| l.pushed.is_none()) {
-                return Err(ControlError::NoLayer(route.to_string()));
-            }
+        let mut inner = self.lock();
+        Self::file_route(&inner, route)?;
+        if inner.layers.get(route).is_none_or(|l| l.pushed.is_none()) {
+            return Err(ControlError::NoLayer(route.to_string()));
         }
-        self.set_layer(route, None)
+        self.put_layer(&mut inner, route, None)
     }
 
     /// Remove `route`'s runtime weight overrides (a rollout resumed after a forced weight takes
