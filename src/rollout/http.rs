@@ -1,5 +1,7 @@
 //! Small outbound HTTP calls of the control side: gate queries (Prometheus, webhooks) and the
-//! `canaryd rollout` CLI. Not the request path: one client per call is fine here.
+//! `canaryd rollout` CLI. Not the request path: a client per call is fine here (a shared one
+//! would keep pooled connections on whichever runtime opened them); the TLS settings, with
+//! their root store, are built once.
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, StatusCode, Uri};
@@ -19,17 +21,8 @@ pub async fn call(
     timeout: Duration,
 ) -> Result<(StatusCode, Bytes), String> {
     let uri: Uri = url.parse().map_err(|_| format!("`{url}` is not a URL"))?;
-    let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| e.to_string())?
-    .with_root_certificates(rustls::RootCertStore {
-        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-    })
-    .with_no_client_auth();
     let connector = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
+        .with_tls_config(tls_config()?)
         .https_or_http()
         .enable_http1()
         .build();
@@ -72,6 +65,26 @@ pub async fn call(
             humantime::format_duration(timeout)
         )),
     }
+}
+
+/// Client TLS settings with the web PKI roots, built on first use.
+fn tls_config() -> Result<rustls::ClientConfig, String> {
+    static TLS: std::sync::OnceLock<Result<rustls::ClientConfig, String>> =
+        std::sync::OnceLock::new();
+    TLS.get_or_init(|| {
+        Ok(
+            rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_root_certificates(rustls::RootCertStore {
+                roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+            })
+            .with_no_client_auth(),
+        )
+    })
+    .clone()
 }
 
 /// Percent-encode a query parameter value.
