@@ -24,6 +24,7 @@
 //! - [`error`]: every request failure, who is at fault, and its single mapping to a status.
 //! - [`tls`]: rustls termination (SNI, ALPN, hot certificate reload) and upstream TLS configs.
 //! - [`config`]: YAML → raw serde types → validated [`config::Config`] (every error names its field).
+//! - [`hash`]: FNV-1a, the stable hash of sticky buckets and state-file fingerprints.
 //! - [`cli`]: what `canaryd check` and `canaryd route` print; [`demo`]: `canaryd demo`.
 #![forbid(unsafe_code)]
 
@@ -34,6 +35,7 @@ pub mod config;
 pub mod control;
 pub mod demo;
 pub mod error;
+pub mod hash;
 pub mod metrics;
 pub mod proxy;
 pub mod rollout;

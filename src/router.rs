@@ -13,6 +13,7 @@ use crate::config::{
     Condition, Config, HostMatch, RouteConfig, RuleConfig, StickyKey, Timeouts, ValueTest,
     WEIGHT_SCALE, Weight,
 };
+use crate::hash::{FNV_OFFSET, fnv};
 use http::header::COOKIE;
 use http::{HeaderMap, HeaderValue};
 use rand::Rng;
@@ -455,18 +456,6 @@ pub fn sticky_bucket(route: &str, key: &[u8]) -> u32 {
         FNV_OFFSET,
         route.as_bytes().iter().chain(&[0xffu8]).chain(key),
     ))
-}
-
-const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-
-/// FNV-1a over `bytes`, continuing from state `h`.
-fn fnv<'a>(mut h: u64, bytes: impl IntoIterator<Item = &'a u8>) -> u64 {
-    const PRIME: u64 = 0x0000_0100_0000_01b3;
-    for &b in bytes {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(PRIME);
-    }
-    h
 }
 
 /// The murmur3 finalizer, then the bucket.

@@ -125,14 +125,9 @@ pub enum CheckKind {
 impl RolloutSpec {
     /// A stable fingerprint of the steps: the same id with other steps is an edited rollout.
     pub fn steps_fingerprint(&self) -> u64 {
-        // FNV-1a over the Debug form: stable across runs (std's hasher is not promised to be),
-        // which is what a state file needs.
-        let mut f: u64 = 0xcbf2_9ce4_8422_2325;
-        for b in format!("{:?}", self.steps).bytes() {
-            f ^= u64::from(b);
-            f = f.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-        f
+        // Over the Debug form, with the stable hash a state file needs.
+        let text = format!("{:?}", self.steps);
+        crate::hash::fnv(crate::hash::FNV_OFFSET, text.as_bytes())
     }
 }
 

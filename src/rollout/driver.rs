@@ -703,16 +703,13 @@ fn control_layer(
 
 /// Fingerprint of a route's versions and endpoints (not weights).
 fn deployed(rc: &crate::config::RouteConfig) -> u64 {
-    let mut f: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut f = crate::hash::FNV_OFFSET;
     for v in &rc.versions {
-        for b in v.name.bytes().chain(
-            v.endpoints
-                .iter()
-                .flat_map(|e| e.authority.as_str().bytes().chain([b','])),
-        ) {
-            f ^= u64::from(b);
-            f = f.wrapping_mul(0x0000_0100_0000_01b3);
-        }
+        let endpoints = v
+            .endpoints
+            .iter()
+            .flat_map(|e| e.authority.as_str().as_bytes().iter().chain(b","));
+        f = crate::hash::fnv(f, v.name.as_bytes().iter().chain(endpoints));
         f ^= 0xff;
     }
     f
