@@ -54,6 +54,25 @@ async fn start(stable: &Origin, canary: &Origin, dir: &tempfile::TempDir, rollou
     .await
 }
 
+/// Wait (bounded) for the file reload after the `after`-th, and check the file watcher applied
+/// it — not the 10 s periodic re-read, which would hide a broken watcher.
+async fn wait_reload(proxy: &Proxy, after: u64) {
+    wait_for(&format!("reload {}", after + 1), || {
+        proxy.control.status().reloads_success > after
+    })
+    .await;
+    let last = proxy
+        .control
+        .status()
+        .last_success
+        .expect("a reload applied");
+    assert_eq!(
+        last.trigger,
+        canaryd::control::Trigger::Watch,
+        "not applied by the watcher"
+    );
+}
+
 async fn rollout(proxy: &Proxy) -> Value {
     let (s, v) = proxy
         .admin_call("GET", "/api/v1/routes/app/rollout", "")
@@ -520,7 +539,7 @@ async fn reloads_leave_unrelated_edits_alone_pause_edited_steps_supersede_and_ca
     let reloads = || proxy.control.status().reloads_success;
     let r0 = reloads();
     write(steps, "    fallback: true\n");
-    wait_for("reload 1", || reloads() > r0).await;
+    wait_reload(&proxy, r0).await;
     let v = rollout(&proxy).await;
     assert_eq!(
         (v["reason"].as_str(), v["history"].as_array().unwrap().len()),
@@ -536,7 +555,7 @@ async fn reloads_leave_unrelated_edits_alone_pause_edited_steps_supersede_and_ca
         ),
         "",
     );
-    wait_for("reload 2", || reloads() > r0 + 1).await;
+    wait_reload(&proxy, r0 + 1).await;
     let v = rollout(&proxy).await;
     assert_eq!(
         (v["reason"].as_str(), v["set_weight"].as_f64()),
@@ -561,7 +580,7 @@ async fn reloads_leave_unrelated_edits_alone_pause_edited_steps_supersede_and_ca
             .replace("set_weight: 10", "set_weight: 5"),
         "",
     );
-    wait_for("reload 3", || reloads() > r0 + 2).await;
+    wait_reload(&proxy, r0 + 2).await;
     let v = wait_phase(&proxy, "paused").await;
     assert_eq!(v["id"], "app-v3");
     assert_eq!(v["history"][0]["to"], "superseded", "{v}");
@@ -576,7 +595,7 @@ async fn reloads_leave_unrelated_edits_alone_pause_edited_steps_supersede_and_ca
     );
     let plain = plain.split("    rollout:").next().unwrap().to_string();
     std::fs::write(&path, plain).unwrap();
-    wait_for("reload 4", || reloads() > r0 + 3).await;
+    wait_reload(&proxy, r0 + 3).await;
     wait_for("the layer removed", || {
         proxy.state.snapshot().config.routes[0].versions[1].weight.0 == 0
     })
@@ -734,10 +753,7 @@ async fn a_succeeded_rollout_lets_go_when_the_route_is_redeployed() {
     // The new stable is deployed (the canary's endpoint changes): the file's weights again.
     let reloads = proxy.control.status().reloads_success;
     std::fs::write(&path, yaml(stable.addr, next.addr, &state, r)).unwrap();
-    wait_for("the redeploy", || {
-        proxy.control.status().reloads_success > reloads
-    })
-    .await;
+    wait_reload(&proxy, reloads).await;
     wait_for("the layer released", || {
         proxy.state.snapshot().config.routes[0].versions[1].weight.0 == 0
     })
