@@ -762,3 +762,40 @@ async fn a_succeeded_rollout_lets_go_when_the_route_is_redeployed() {
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert_eq!(canary_share(&proxy, 0..50).await, 0);
 }
+
+#[tokio::test]
+async fn a_header_route_step_sends_testers_to_the_canary_until_the_abort_removes_it() {
+    let (stable, canary) = (Origin::start("stable").await, Origin::start("canary").await);
+    let dir = tempfile::tempdir().unwrap();
+    let r = "      id: app-v2\n      steps:\n        - set_header_route: { name: qa, when: { header: { name: x-qa, equals: \"1\" } } }\n        - pause: {}\n";
+    let proxy = start(&stable, &canary, &dir, r).await;
+    wait_phase(&proxy, "paused").await;
+    let c = TestClient::http1();
+    let version = |r: Resp| r.header("x-canaryd-version").map(str::to_string);
+    let url = proxy.url("/");
+    assert_eq!(
+        version(c.get(&url, &[("x-qa", "1")]).await).as_deref(),
+        Some("canary")
+    );
+    assert_eq!(
+        version(c.get(&url, &[]).await).as_deref(),
+        Some("stable"),
+        "the weight is still 0"
+    );
+    let (_, r) = proxy.admin_call("GET", "/api/v1/routes/app", "").await;
+    assert_eq!(
+        (
+            r["rules"][0]["name"].as_str(),
+            r["rules"][0]["source"].as_str()
+        ),
+        (Some("qa"), Some("rollout")),
+        "{r}"
+    );
+    proxy
+        .admin_call("POST", "/api/v1/routes/app/rollout/abort", "")
+        .await;
+    assert_eq!(
+        version(c.get(&url, &[("x-qa", "1")]).await).as_deref(),
+        Some("stable")
+    );
+}
