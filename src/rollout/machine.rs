@@ -273,6 +273,17 @@ impl Verb {
     }
 }
 
+/// Whether the layer a rollout last set is in force wherever it must be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InForce {
+    /// Applied as soon as it is set (one process): steps follow one another at once.
+    Immediately,
+    /// Pushed to a fleet of replicas: `true` once every one of them verified it. Progress (the
+    /// next step, the end of a pause, promotion) waits for it, and a step that changes the
+    /// layer is the last one taken before the fleet verifies it (Argo's VerifyWeight).
+    Verified(bool),
+}
+
 /// The weights and header routes a rollout imposes on its route, between the file and the
 /// runtime overrides.
 #[derive(Debug, Clone, PartialEq)]
@@ -325,6 +336,35 @@ impl RolloutState {
             Some(token(PauseReason::StateLost)),
             "start",
             format!("the state file could not be read ({why}); the canary is held at 0 until `resume` with a step or `retry`"),
+            now,
+            &mut Vec::new(),
+        );
+        s
+    }
+
+    /// No state of its own, but the fleet's replicas hold this rollout's layer at `step`: hold
+    /// them there (same weight, same header routes, so no sticky user moves) until an operator
+    /// says to go on (`resume` continues at that step) or start over (`retry`). Never step 0.
+    pub fn found(
+        spec: &RolloutSpec,
+        step: usize,
+        weight: Weight,
+        header_routes: Vec<String>,
+        now: Millis,
+    ) -> RolloutState {
+        let mut s = RolloutState::new(spec);
+        s.step = step.min(spec.steps.len());
+        s.weight = weight.0;
+        s.header_routes = header_routes;
+        s.transition(
+            Phase::Paused,
+            Some(token(PauseReason::StateLost)),
+            "start",
+            format!(
+                "no saved state, but the replicas hold this rollout at step {} with the canary at {} %: held there until `resume` (continues at that step) or `retry`",
+                s.step,
+                weight.percent()
+            ),
             now,
             &mut Vec::new(),
         );
@@ -448,12 +488,23 @@ impl RolloutState {
         a
     }
 
-    /// Feed one event; returns what the driver must do.
+    /// Feed one event; returns what the driver must do. The layer applies at once.
     pub fn handle(&mut self, spec: &RolloutSpec, event: Event, now: Millis) -> Vec<Action> {
+        self.handle_in(spec, event, now, InForce::Immediately)
+    }
+
+    /// [`RolloutState::handle`] for a layer that must be verified before progress.
+    pub fn handle_in(
+        &mut self,
+        spec: &RolloutSpec,
+        event: Event,
+        now: Millis,
+        f: InForce,
+    ) -> Vec<Action> {
         let mut a = Vec::new();
         match event {
-            Event::Tick => self.tick(spec, now, &mut a),
-            Event::Measured(m) => self.measured(spec, m, now, &mut a),
+            Event::Tick => self.tick(spec, now, &mut a, f),
+            Event::Measured(m) => self.measured(spec, m, now, &mut a, f),
             Event::Promote { full } => {
                 self.pause_until = None;
                 self.inline = None;
@@ -481,7 +532,7 @@ impl RolloutState {
                     now,
                     &mut a,
                 );
-                self.tick(spec, now, &mut a);
+                self.tick(spec, now, &mut a, f);
             }
             Event::Abort => self.abort(
                 "aborted_by_operator",
@@ -497,7 +548,7 @@ impl RolloutState {
                 self.history = history;
                 self.measurements = measurements;
                 self.start(spec, "api", "retried from step 0", now, &mut a);
-                self.tick(spec, now, &mut a);
+                self.tick(spec, now, &mut a, f);
             }
             Event::Pause => self.pause(
                 PauseReason::Manual,
@@ -506,7 +557,7 @@ impl RolloutState {
                 now,
                 &mut a,
             ),
-            Event::Resume { step } => self.resume(spec, step, now, &mut a),
+            Event::Resume { step } => self.resume(spec, step, now, &mut a, f),
             Event::ManualWeight => self.pause(
                 PauseReason::Manual,
                 "api",
@@ -558,6 +609,7 @@ impl RolloutState {
         step: Option<usize>,
         now: Millis,
         a: &mut Vec<Action>,
+        f: InForce,
     ) {
         let reason = self.pause_reason();
         if let Some(s) = step {
@@ -606,7 +658,7 @@ impl RolloutState {
             now,
             a,
         );
-        self.tick(spec, now, a);
+        self.tick(spec, now, a, f);
     }
 
     /// The first step that sets a weight of at least `weight` (after the last step: promotion).
@@ -618,7 +670,7 @@ impl RolloutState {
     }
 
     /// Walk the steps that complete now; start measurements that are due.
-    fn tick(&mut self, spec: &RolloutSpec, now: Millis, a: &mut Vec<Action>) {
+    fn tick(&mut self, spec: &RolloutSpec, now: Millis, a: &mut Vec<Action>, f: InForce) {
         if self.phase == Phase::Pending {
             self.start(spec, "engine", "started at step 0", now, a);
         }
@@ -627,7 +679,10 @@ impl RolloutState {
                 || (s.pause_reason() == Some(PauseReason::Step)
                     && s.pause_until.is_some_and(|u| u <= now))
         };
-        while stepping(self) {
+        // A fleet that has not verified the layer yet holds every step where it is.
+        let mut hold = f == InForce::Verified(false);
+        let fleet = f != InForce::Immediately;
+        while !hold && stepping(self) {
             if self.phase == Phase::Paused {
                 // A timed pause ran out.
                 self.pause_until = None;
@@ -647,12 +702,14 @@ impl RolloutState {
             };
             match step {
                 Step::SetWeight(w) => {
+                    hold = fleet && self.weight != w.0;
                     self.weight = w.0;
                     self.step += 1;
                 }
                 Step::SetHeaderRoute { name, .. } => {
                     if !self.header_routes.contains(name) {
                         self.header_routes.push(name.clone());
+                        hold = fleet;
                     }
                     self.step += 1;
                 }
@@ -719,7 +776,14 @@ impl RolloutState {
         );
     }
 
-    fn measured(&mut self, spec: &RolloutSpec, m: Measurement, now: Millis, a: &mut Vec<Action>) {
+    fn measured(
+        &mut self,
+        spec: &RolloutSpec,
+        m: Measurement,
+        now: Millis,
+        a: &mut Vec<Action>,
+        f: InForce,
+    ) {
         let background = m.background;
         let run = if background {
             self.background.as_mut()
@@ -819,7 +883,7 @@ impl RolloutState {
             );
         }
         if self.phase == Phase::Progressing {
-            self.tick(spec, now, a);
+            self.tick(spec, now, a, f);
         }
     }
 }

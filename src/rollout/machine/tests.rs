@@ -415,3 +415,77 @@ fn promote_after_edited_steps_never_drops_the_weight() {
     st.handle(&edited, Event::Promote { full: false }, 2 * S);
     assert_eq!((st.weight, st.step), (4000, 3), "not back to 5 %");
 }
+
+// ---- a fleet: the layer must be verified on every replica before progress ----
+
+#[test]
+fn a_fleet_takes_one_layer_change_at_a_time_and_waits_for_it_to_be_verified() {
+    let sp = spec(vec![
+        w(10),
+        w(20),
+        Step::Pause(Some(Duration::from_secs(5))),
+        w(50),
+    ]);
+    let mut s = RolloutState::new(&sp);
+    let (no, yes) = (InForce::Verified(false), InForce::Verified(true));
+    // The first weight is taken (the fleet held the empty layer), then it stops there.
+    s.handle_in(&sp, Event::Tick, 0, yes);
+    assert_eq!((s.phase, s.step, s.weight), (Phase::Progressing, 1, 1000));
+    // Not verified yet: nothing moves, however long it takes.
+    s.handle_in(&sp, Event::Tick, 100 * S, no);
+    assert_eq!((s.step, s.weight), (1, 1000));
+    // Verified: the next weight, and a stop again.
+    s.handle_in(&sp, Event::Tick, 101 * S, yes);
+    assert_eq!((s.step, s.weight), (2, 2000));
+    // Verified again: the pause starts only now.
+    s.handle_in(&sp, Event::Tick, 102 * S, yes);
+    assert_eq!(s.pause_until, Some(107 * S));
+    // A replica falls behind at the pause end: the pause is over but the step waits.
+    s.handle_in(&sp, Event::Tick, 108 * S, no);
+    assert_eq!((s.phase, s.step, s.weight), (Phase::Paused, 2, 2000));
+    s.handle_in(&sp, Event::Tick, 109 * S, yes);
+    assert_eq!((s.phase, s.step, s.weight), (Phase::Progressing, 4, 5000));
+    // Promotion (past the last step) waits for the last weight to be verified too.
+    s.handle_in(&sp, Event::Tick, 110 * S, no);
+    assert_eq!(s.phase, Phase::Progressing);
+    s.handle_in(&sp, Event::Tick, 111 * S, yes);
+    assert_eq!(s.phase, Phase::Succeeded);
+}
+
+#[test]
+fn a_fleet_aborts_without_waiting_for_any_replica() {
+    let sp = spec(vec![w(30), Step::Pause(None)]);
+    let mut s = RolloutState::new(&sp);
+    s.handle_in(&sp, Event::Tick, 0, InForce::Verified(true));
+    s.handle_in(&sp, Event::Tick, S, InForce::Verified(true));
+    assert_eq!(s.pause_reason(), Some(PauseReason::Step));
+    // An operator's promote is taken but the next step waits; abort does not.
+    s.handle_in(
+        &sp,
+        Event::Promote { full: false },
+        2 * S,
+        InForce::Verified(false),
+    );
+    assert_eq!((s.phase, s.step), (Phase::Progressing, 2));
+    s.handle_in(&sp, Event::Abort, 3 * S, InForce::Verified(false));
+    assert_eq!((s.phase, s.weight), (Phase::Aborted, 0));
+    assert_eq!(s.layer().map(|l| l.canary_weight), Some(Weight(0)));
+}
+
+#[test]
+fn a_rollout_found_on_the_fleet_is_held_at_its_step_and_resumes_there() {
+    let sp = spec(vec![w(10), Step::Pause(None), w(40), Step::Pause(None)]);
+    let mut s = RolloutState::found(&sp, 3, Weight(4000), Vec::new(), 0);
+    assert_eq!(s.pause_reason(), Some(PauseReason::StateLost));
+    // The fleet keeps its weight: no sticky user moves back.
+    assert_eq!(s.layer().map(|l| l.canary_weight), Some(Weight(4000)));
+    assert!(!s.verbs().contains(&Verb::Promote));
+    s.handle_in(
+        &sp,
+        Event::Resume { step: None },
+        S,
+        InForce::Verified(true),
+    );
+    assert_eq!((s.phase, s.step, s.weight), (Phase::Paused, 3, 4000));
+    assert_eq!(s.pause_reason(), Some(PauseReason::Step));
+}
