@@ -8,7 +8,8 @@
 //! replicas with the same engine.
 
 use super::machine::{
-    Action, Event, Layer, Measurement, Millis, Phase, RolloutState, Transition, Verb,
+    Action, CheckResult, Event, InForce, Layer, Measurement, Millis, Outcome, Phase, RolloutState,
+    Transition, Verb,
 };
 use super::measure::{self, Evidence, now_ms};
 use crate::analysis::Summary;
@@ -17,7 +18,9 @@ use crate::control::{Control, ControlError, RolloutLayer};
 use bytes::Bytes;
 use serde::Serialize;
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -25,21 +28,61 @@ use tokio::sync::mpsc;
 /// How often rollouts are stepped (pause ends, due measurements).
 pub const TICK: Duration = Duration::from_millis(200);
 
-/// Where the engine reads a route's evidence and applies its layer.
+/// A future the engine can spawn or await.
+pub type Boxed<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// Each version's totals, in config order (primary first), or why they cannot be told.
+pub type Windows = Result<Vec<(String, Summary)>, String>;
+
+/// A rollout's layer as the engine applies it.
+#[derive(Debug, Clone)]
+pub struct Applied {
+    /// The rollout's id and the step it is at (for a fleet's readback).
+    pub id: String,
+    pub step: usize,
+    pub layer: RolloutLayer,
+    /// The header routes as rules are written in a config file (`{name, to, when}`).
+    pub rules: Vec<serde_json::Value>,
+}
+
+/// A rollout's layer found where the engine drives (a fleet's replicas) when it started.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Found {
+    pub id: String,
+    pub step: usize,
+    /// Version → percent.
+    pub weights: BTreeMap<String, f64>,
+    /// Names of the header routes in force.
+    pub header_routes: Vec<String>,
+}
+
+/// Where the engine reads a route's evidence and applies its layer: this process
+/// ([`Local`]) or a fleet of replicas ([`super::fleet::Fleet`]).
 pub trait Target: Send + Sync + 'static {
-    /// Each version's window over the last `window`, in config order (primary first).
-    fn windows(&self, route: &str, window: Duration) -> Option<Vec<(String, Summary)>>;
+    /// Each version's totals over the last `window`. A fleet's are summed over every replica,
+    /// and one replica that cannot be read makes them unknown (the measurement inconclusive).
+    fn windows(&self, route: &str, window: Duration) -> Boxed<Windows>;
+    /// The canary's share of the route's requests over the last minute, percent.
+    fn share(&self, route: &str, canary: &str) -> Option<f64>;
     /// Put or remove the route's rollout layer.
-    fn apply(&self, route: &str, layer: Option<RolloutLayer>) -> Result<u64, ControlError>;
+    fn apply(&self, route: &str, layer: Option<Applied>) -> Result<(), String>;
+    /// Is the layer last applied in force wherever it must be?
+    fn in_force(&self, route: &str) -> InForce;
     /// The version's most recent upstream failures (for a webhook judge).
     fn failures(&self, route: &str, version: &str) -> Vec<crate::analysis::FailureSample>;
+    /// The layer that was already in force for `route` when the engine started.
+    fn found(&self, route: &str) -> Option<Found>;
+    /// Where the layer stands on each replica (`fleet` in the rollout's view).
+    fn status(&self, route: &str) -> Option<serde_json::Value>;
+    /// Work of its own the target runs beside the engine until `stop` (a fleet's reconcile).
+    fn background(&self, stop: tokio::sync::watch::Receiver<bool>) -> Option<Boxed<()>>;
 }
 
 /// This process: its own snapshot and windows.
 pub struct Local(pub Arc<Control>);
 
-impl Target for Local {
-    fn windows(&self, route: &str, window: Duration) -> Option<Vec<(String, Summary)>> {
+impl Local {
+    fn summaries(&self, route: &str, window: Duration) -> Option<Vec<(String, Summary)>> {
         let snap = self.0.state().snapshot();
         let now = Instant::now();
         Some(
@@ -50,9 +93,29 @@ impl Target for Local {
                 .collect(),
         )
     }
+}
 
-    fn apply(&self, route: &str, layer: Option<RolloutLayer>) -> Result<u64, ControlError> {
-        self.0.set_layer(route, layer)
+impl Target for Local {
+    fn windows(&self, route: &str, window: Duration) -> Boxed<Windows> {
+        let w = self
+            .summaries(route, window)
+            .ok_or_else(|| format!("route `{route}` is gone"));
+        Box::pin(std::future::ready(w))
+    }
+
+    fn share(&self, route: &str, canary: &str) -> Option<f64> {
+        share_of(&self.summaries(route, Duration::from_secs(60))?, canary)
+    }
+
+    fn apply(&self, route: &str, layer: Option<Applied>) -> Result<(), String> {
+        self.0
+            .set_layer(route, layer.map(|a| a.layer))
+            .map(|_| ())
+            .map_err(|e: ControlError| e.to_string())
+    }
+
+    fn in_force(&self, _route: &str) -> InForce {
+        InForce::Immediately
     }
 
     fn failures(&self, route: &str, version: &str) -> Vec<crate::analysis::FailureSample> {
@@ -62,6 +125,25 @@ impl Target for Local {
             .map(|v| v.metrics.window.recent_failures())
             .unwrap_or_default()
     }
+
+    fn found(&self, _route: &str) -> Option<Found> {
+        None
+    }
+
+    fn status(&self, _route: &str) -> Option<serde_json::Value> {
+        None
+    }
+
+    fn background(&self, _stop: tokio::sync::watch::Receiver<bool>) -> Option<Boxed<()>> {
+        None
+    }
+}
+
+/// The canary's share of requests in `windows`, percent with two decimals.
+pub fn share_of(windows: &[(String, Summary)], canary: &str) -> Option<f64> {
+    let total: u64 = windows.iter().map(|(_, s)| s.requests).sum();
+    let c = windows.iter().find(|(n, _)| n == canary)?.1.requests;
+    (total > 0).then(|| (c as f64 / total as f64 * 10_000.0).round() / 100.0)
 }
 
 /// A rollout verb that cannot be used now.
@@ -112,9 +194,10 @@ struct Engine {
     dirty: bool,
 }
 
-/// The rollouts of this process; shared by the driver task and the admin API.
-pub struct Rollouts<T: Target = Local> {
-    target: T,
+/// The rollouts of this process (or of a fleet, driven by the controller); shared by the
+/// driver task and the admin API.
+pub struct Rollouts {
+    target: Box<dyn Target>,
     control: Arc<Control>,
     engine: Mutex<Engine>,
     /// Event-stream subscribers (`GET /api/v1/events`).
@@ -129,17 +212,16 @@ struct StateFile {
     rollouts: BTreeMap<String, RolloutState>,
 }
 
-impl Rollouts<Local> {
+impl Rollouts {
     /// The rollouts of `control`'s config, resumed from the state file if there is one.
-    pub fn local(control: Arc<Control>) -> Arc<Rollouts<Local>> {
-        Rollouts::new(Local(control.clone()), control)
+    pub fn local(control: Arc<Control>) -> Arc<Rollouts> {
+        Rollouts::new(Box::new(Local(control.clone())), control)
     }
-}
 
-impl<T: Target> Rollouts<T> {
-    pub fn new(target: T, control: Arc<Control>) -> Arc<Rollouts<T>> {
+    /// The rollouts of `control`'s config carried out on `target`.
+    pub fn new(target: Box<dyn Target>, control: Arc<Control>) -> Arc<Rollouts> {
         let (tx, rx) = mpsc::unbounded_channel();
-        let path = control.state().snapshot().config.proxy.state_file.clone();
+        let path = state_path(&control.state().snapshot().config);
         let (saved, lost) = match path.as_deref().map(read_state) {
             None | Some(Ok(None)) => (BTreeMap::new(), None),
             Some(Ok(Some(s))) => (s, None),
@@ -177,6 +259,9 @@ impl<T: Target> Rollouts<T> {
         else {
             return;
         };
+        if let Some(work) = self.target.background(stop.clone()) {
+            tokio::spawn(work);
+        }
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -205,7 +290,7 @@ impl<T: Target> Rollouts<T> {
     fn export(&self, engine: &Engine) {
         let metrics = &self.control.state().metrics.rollout;
         for (route, e) in &engine.entries {
-            let actual = self.actual_share(route, &e.canary);
+            let actual = self.target.share(route, &e.canary);
             metrics.state(
                 route,
                 e.state.phase.as_str(),
@@ -214,14 +299,6 @@ impl<T: Target> Rollouts<T> {
                 actual,
             );
         }
-    }
-
-    /// The canary's share of the route's requests over the last minute, percent.
-    fn actual_share(&self, route: &str, canary: &str) -> Option<f64> {
-        let w = self.target.windows(route, Duration::from_secs(60))?;
-        let total: u64 = w.iter().map(|(_, s)| s.requests).sum();
-        let c = w.iter().find(|(n, _)| n == canary)?.1.requests;
-        (total > 0).then(|| (c as f64 / total as f64 * 10_000.0).round() / 100.0)
     }
 
     fn feed(&self, route: &str, id: &str, event: Event) {
@@ -264,7 +341,7 @@ impl<T: Target> Rollouts<T> {
                 let actions = e.state.supersede(&spec.id, now);
                 self.publish_actions(&rc.name, &e.state.id, &actions);
                 superseded = e.state.history.last().cloned();
-            } else {
+            } else if snap.config.controller.is_none() {
                 tracing::warn!(
                     route = %rc.name,
                     rollout = %spec.id,
@@ -279,15 +356,18 @@ impl<T: Target> Rollouts<T> {
                     }
                     s
                 }
-                _ if engine.lost.is_some() => {
-                    let why = engine.lost.clone().unwrap_or_default();
-                    tracing::warn!(route = %rc.name, rollout = %spec.id, "state file unreadable: rollout paused (state_lost) with the canary at 0");
-                    RolloutState::lost(spec, &why, now)
-                }
-                _ => {
-                    tracing::info!(route = %rc.name, rollout = %spec.id, "rollout begins at step 0 (no saved state for it)");
-                    RolloutState::new(spec)
-                }
+                _ => match self.found_state(spec, rc, now) {
+                    Some(s) => s,
+                    None if engine.lost.is_some() => {
+                        let why = engine.lost.clone().unwrap_or_default();
+                        tracing::warn!(route = %rc.name, rollout = %spec.id, "state file unreadable: rollout paused (state_lost) with the canary at 0");
+                        RolloutState::lost(spec, &why, now)
+                    }
+                    None => {
+                        tracing::info!(route = %rc.name, rollout = %spec.id, "rollout begins at step 0 (no saved state for it)");
+                        RolloutState::new(spec)
+                    }
+                },
             };
             if let Some(t) = superseded {
                 state.history.push(t);
@@ -366,7 +446,9 @@ impl<T: Target> Rollouts<T> {
         let Some(e) = engine.entries.get_mut(route).filter(|e| !e.orphaned) else {
             return;
         };
-        let actions = e.state.handle(&e.spec, event, now);
+        let actions = e
+            .state
+            .handle_in(&e.spec, event, now, self.target.in_force(route));
         for a in &actions {
             if let Action::Measure { gate, background } = a {
                 self.start_measurement(route, e, gate, *background);
@@ -386,9 +468,17 @@ impl<T: Target> Rollouts<T> {
         }
         let snap = self.control.state().snapshot();
         let rc = snap.config.routes.iter().find(|r| r.name == route);
-        let layer_cfg = layer
-            .as_ref()
-            .and_then(|l| rc.map(|rc| control_layer(&e.spec, rc, l)));
+        let layer_cfg = layer.as_ref().and_then(|l| {
+            rc.map(|rc| {
+                let layer = control_layer(&e.spec, rc, l);
+                Applied {
+                    id: e.state.id.clone(),
+                    step: e.state.step,
+                    rules: layer.rules.iter().map(|r| rule_json(r, rc)).collect(),
+                    layer,
+                }
+            })
+        });
         match self.target.apply(route, layer_cfg) {
             Ok(_) => e.applied = Some(layer),
             Err(err) => {
@@ -402,26 +492,9 @@ impl<T: Target> Rollouts<T> {
             return;
         };
         let settings = self.control.state().snapshot().config.analysis.clone();
-        let windows = self.target.windows(route, gate.window).unwrap_or_default();
-        let find = |name: &str| {
-            windows
-                .iter()
-                .find(|(n, _)| n == name)
-                .map(|(_, s)| s.clone())
-        };
-        let (Some(p), Some(c)) = (find(&e.primary), find(&e.canary)) else {
-            return;
-        };
-        let ev = Evidence {
-            route: route.to_string(),
-            rollout: e.state.id.clone(),
-            step: e.state.step,
-            gate: gate_name.to_string(),
-            window: gate.window,
-            primary: (e.primary.clone(), p),
-            canary: (e.canary.clone(), c),
-            canary_failures: self.target.failures(route, &e.canary),
-        };
+        let windows = self.target.windows(route, gate.window);
+        let canary_failures = self.target.failures(route, &e.canary);
+        let (primary, canary) = (e.primary.clone(), e.canary.clone());
         let tx = self.measured.clone();
         let (route, id, name, step) = (
             route.to_string(),
@@ -430,7 +503,41 @@ impl<T: Target> Rollouts<T> {
             e.state.step,
         );
         tokio::spawn(async move {
-            let (result, checks) = measure::measure(&gate, &settings, &ev).await;
+            let windows = windows.await.and_then(|w| {
+                let find = |name: &str| {
+                    w.iter()
+                        .find(|(n, _)| n == name)
+                        .map(|(_, s)| (name.to_string(), s.clone()))
+                        .ok_or_else(|| format!("version `{name}` has no window"))
+                };
+                Ok((find(&primary)?, find(&canary)?))
+            });
+            let (result, checks) = match windows {
+                Ok((primary, canary)) => {
+                    let ev = Evidence {
+                        route: route.clone(),
+                        rollout: id.clone(),
+                        step,
+                        gate: name.clone(),
+                        window: gate.window,
+                        primary,
+                        canary,
+                        canary_failures,
+                    };
+                    measure::measure(&gate, &settings, &ev).await
+                }
+                // Evidence that cannot be read is no evidence: neither a pass nor a failure.
+                Err(why) => (
+                    Outcome::Inconclusive,
+                    vec![CheckResult {
+                        check: "window".into(),
+                        result: Outcome::Inconclusive,
+                        critical: false,
+                        value: None,
+                        message: why,
+                    }],
+                ),
+            };
             let m = Measurement {
                 at: now_ms(),
                 gate: name,
@@ -449,15 +556,7 @@ impl<T: Target> Rollouts<T> {
             return;
         }
         engine.dirty = false;
-        let Some(path) = self
-            .control
-            .state()
-            .snapshot()
-            .config
-            .proxy
-            .state_file
-            .clone()
-        else {
+        let Some(path) = state_path(&self.control.state().snapshot().config) else {
             return;
         };
         let file = StateFile {
@@ -576,9 +675,12 @@ impl<T: Target> Rollouts<T> {
         }
         let reason = e.state.pause_reason();
         let manual = reason == Some(super::machine::PauseReason::Manual);
+        // Lost with nothing found: no step to go on from. Found on a fleet: its step.
         if verb == Verb::Resume
             && step.is_none()
             && reason == Some(super::machine::PauseReason::StateLost)
+            && e.state.step == 0
+            && e.state.weight == 0
         {
             return Err(RolloutError::NeedsStep);
         }
@@ -624,14 +726,7 @@ impl<T: Target> Rollouts<T> {
         let e = engine.entries.get(route)?;
         let s = &e.state;
         let now = now_ms();
-        let actual = self
-            .target
-            .windows(route, Duration::from_secs(60))
-            .and_then(|w| {
-                let total: u64 = w.iter().map(|(_, s)| s.requests).sum();
-                let canary = w.iter().find(|(n, _)| n == &e.canary)?.1.requests;
-                (total > 0).then(|| (canary as f64 / total as f64 * 10_000.0).round() / 100.0)
-            });
+        let actual = self.target.share(route, &e.canary);
         Some(RolloutView {
             route: route.to_string(),
             id: s.id.clone(),
@@ -658,8 +753,82 @@ impl<T: Target> Rollouts<T> {
             measurements: s.measurements.clone(),
             history: s.history.clone(),
             verbs: if e.orphaned { Vec::new() } else { s.verbs() },
+            fleet: self.target.status(route),
         })
     }
+
+    /// No saved state for `spec`, but its layer is in force where the engine drives (a
+    /// controller restarted without its state file): paused (`state_lost`) at that step.
+    fn found_state(
+        &self,
+        spec: &RolloutSpec,
+        rc: &crate::config::RouteConfig,
+        now: Millis,
+    ) -> Option<RolloutState> {
+        let f = self.target.found(&rc.name).filter(|f| f.id == spec.id)?;
+        let canary = &rc.versions[spec.canary].name;
+        let weight = f
+            .weights
+            .get(canary)
+            .and_then(|p| crate::config::Weight::from_percent(*p).ok())
+            .unwrap_or(crate::config::Weight(0));
+        tracing::warn!(route = %rc.name, rollout = %spec.id, step = f.step, "no saved state for this rollout, but the replicas hold it: paused (state_lost) at their step");
+        Some(RolloutState::found(
+            spec,
+            f.step,
+            weight,
+            f.header_routes,
+            now,
+        ))
+    }
+}
+
+/// Where rollout state is kept: a controller's `controller.state_file`, a proxy's
+/// `proxy.state_file`.
+fn state_path(config: &crate::config::Config) -> Option<PathBuf> {
+    match &config.controller {
+        Some(c) => Some(c.state_file.clone()),
+        None => config.proxy.state_file.clone(),
+    }
+}
+
+/// A managed header route as a rule is written in a config file, `{name, to, when}`, for a
+/// fleet's replicas to validate as their own.
+fn rule_json(
+    rule: &crate::config::RuleConfig,
+    route: &crate::config::RouteConfig,
+) -> serde_json::Value {
+    use crate::config::Condition;
+    let mut headers = Vec::new();
+    let mut cookies = Vec::new();
+    let mut nets = Vec::new();
+    for c in &rule.conditions {
+        let v = serde_json::to_value(c).unwrap_or_default();
+        match c {
+            Condition::Header { .. } => headers.push(v["header"].clone()),
+            Condition::Cookie { .. } => cookies.push(v["cookie"].clone()),
+            Condition::ClientIp(_) => {
+                if let Some(a) = v["client_ip"].as_array() {
+                    nets.extend(a.iter().cloned());
+                }
+            }
+        }
+    }
+    let mut when = serde_json::Map::new();
+    if !headers.is_empty() {
+        when.insert("header".into(), headers.into());
+    }
+    if !cookies.is_empty() {
+        when.insert("cookie".into(), cookies.into());
+    }
+    if !nets.is_empty() {
+        when.insert("client_ip".into(), nets.into());
+    }
+    serde_json::json!({
+        "name": rule.name,
+        "to": route.versions.get(rule.to).map(|v| v.name.as_str()),
+        "when": when,
+    })
 }
 
 /// The control layer for a machine layer: the canary's weight (others 0 after a promotion)
@@ -812,6 +981,10 @@ pub struct RolloutView {
     pub history: Vec<Transition>,
     /// The verbs that apply now.
     pub verbs: Vec<Verb>,
+    /// Driven by a fleet controller: where the layer stands on each replica, and what blocks
+    /// progress.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Serialize)]
