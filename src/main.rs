@@ -64,6 +64,14 @@ enum Command {
         #[arg(long, value_enum, default_value = "per-core", env = "CANARYD_RUNTIME")]
         runtime: RuntimeFlavor,
     },
+    /// Run the fleet controller: one rollout for every canaryd replica the file's `controller:`
+    /// section names (analysis summed over all of them, every step pushed to each and
+    /// verified), with its own admin API, CLI and events.
+    Controller {
+        /// Controller file (YAML): `controller:`, `admin:` and routes with `rollout` blocks.
+        #[arg(short, long)]
+        config: PathBuf,
+    },
     /// Validate a config file, like `nginx -t`: exit 0 with a summary or 1 with every error.
     /// A Kubernetes manifest is accepted too: every canaryd config in its ConfigMaps is checked.
     Check {
@@ -199,6 +207,12 @@ fn main() -> ExitCode {
             let server = Server::bind_file_per_core(&config, per_core).await?;
             server.run(shutdown_signal()).await
         }),
+        Command::Controller { config } => {
+            serve(cli.log_format, 1, RuntimeFlavor::Shared, |_| async move {
+                let server = Server::bind_controller(&config).await?;
+                server.run(shutdown_signal()).await
+            })
+        }
         Command::Demo {
             listen,
             admin,

@@ -105,6 +105,8 @@ pub struct State {
     pub metrics: Arc<Metrics>,
     /// Set when shutdown starts: `/readyz` answers 503 so load balancers stop sending.
     draining: AtomicBool,
+    /// A fleet controller has given this replica the current rollout state.
+    synced: AtomicBool,
 }
 
 struct Built {
@@ -132,6 +134,7 @@ impl State {
             registry: Mutex::new(built),
             metrics,
             draining: AtomicBool::new(false),
+            synced: AtomicBool::new(false),
         })
     }
 
@@ -141,6 +144,31 @@ impl State {
 
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::SeqCst)
+    }
+
+    /// A fleet controller verified every rollout layer it drives here (`PUT /api/v1/synced`).
+    pub fn set_synced(&self) {
+        if !self.synced.swap(true, Ordering::SeqCst) {
+            tracing::info!("synced by the fleet controller");
+        }
+    }
+
+    pub fn is_synced(&self) -> bool {
+        self.synced.load(Ordering::SeqCst)
+    }
+
+    /// Why `/readyz` answers 503, if it does: shutting down, or waiting for the fleet
+    /// controller (`proxy.wait_for_controller`).
+    pub fn not_ready(&self) -> Option<&'static str> {
+        if self.is_draining() {
+            Some("draining\n")
+        } else if self.snapshot().config.proxy.wait_for_controller && !self.is_synced() {
+            Some(
+                "waiting for the fleet controller to sync the rollout state (proxy.wait_for_controller)\n",
+            )
+        } else {
+            None
+        }
     }
 
     /// The snapshot in force now. Hold the `Arc` for the whole request.

@@ -644,4 +644,20 @@ fn a_controller_file_is_checked_and_run_refuses_it() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("fleet controller's file"), "{stderr}");
+    assert!(stderr.contains("canaryd controller --config"), "{stderr}");
+    // And the controller refuses a replica's file, naming the missing section.
+    let replica = dir.path().join("replica.yaml");
+    std::fs::write(
+        &replica,
+        "listeners: [{ address: \"127.0.0.1:0\" }]\nroutes:\n  - name: shop\n    versions: { stable: { endpoints: [\"127.0.0.1:9\"] } }\n",
+    )
+    .unwrap();
+    let out = canaryd()
+        .args(["controller", "-c"])
+        .arg(&replica)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("needs a `controller:` section"), "{stderr}");
 }

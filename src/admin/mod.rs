@@ -159,10 +159,9 @@ async fn respond(
     match (&method, path.as_str()) {
         (&Method::GET, "/healthz") => return Ok(text(StatusCode::OK, "ok\n")),
         (&Method::GET, "/readyz") => {
-            return Ok(if admin.control.state().is_draining() {
-                text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
-            } else {
-                text(StatusCode::OK, "ready\n")
+            return Ok(match admin.control.state().not_ready() {
+                Some(why) => text(StatusCode::SERVICE_UNAVAILABLE, why),
+                None => text(StatusCode::OK, "ready\n"),
             });
         }
         (&Method::GET, "/metrics") => {
@@ -243,6 +242,11 @@ fn api(
             let args = json::verb_args(body)?;
             Ok(json::ok(&rollouts.verb(route, verb, args.full, args.step)?))
         }
+        (&Method::PUT, ["synced"]) => {
+            control.state().set_synced();
+            Ok(json::ok(&synced(control)))
+        }
+        (&Method::GET, ["synced"]) => Ok(json::ok(&synced(control))),
         (&Method::POST, ["reload"]) => Ok(json::ok(&control.reload_all(Trigger::Api)?)),
         (&Method::GET, ["reload"]) => Ok(json::ok(&control.status())),
         (&Method::GET, ["routes"]) => Ok(json::ok(&control.routes())),
@@ -302,6 +306,7 @@ fn api(
             Ok(changed(control.clear_overrides(route)?))
         }
         (_, ["reload"])
+        | (_, ["synced"])
         | (_, ["rollouts"])
         | (_, ["routes", _, "rollout"])
         | (_, ["routes", _, "rollout", _])
@@ -318,4 +323,14 @@ fn api(
         }),
         _ => Err(AdminError::NoEndpoint(path.to_string())),
     }
+}
+
+/// `GET/PUT /api/v1/synced`: whether a fleet controller has synced this replica.
+fn synced(control: &Control) -> serde_json::Value {
+    let state = control.state();
+    serde_json::json!({
+        "synced": state.is_synced(),
+        "wait_for_controller": state.snapshot().config.proxy.wait_for_controller,
+        "ready": state.not_ready().is_none(),
+    })
 }

@@ -129,6 +129,9 @@ pub struct RawProxy {
     pub upgrades: Option<Vec<String>>,
     /// Where rollout state survives restarts; required by any route with a `rollout`.
     pub state_file: Option<String>,
+    /// `/readyz` answers 503 until a fleet controller has synced this replica.
+    #[serde(default)]
+    pub wait_for_controller: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]

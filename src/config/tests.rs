@@ -1411,3 +1411,25 @@ fn controller_settings_errors_name_their_field() {
         "controller.interval"
     );
 }
+
+#[test]
+fn a_controller_file_routes_need_no_match_of_their_own() {
+    let two = CONTROLLER.to_string()
+        + "  - name: api\n    versions:\n      stable: {}\n      canary: {}\n    rollout:\n      id: api-v2\n      steps: [ { set_weight: 5 } ]\n";
+    let c = Config::from_yaml(&two).unwrap();
+    assert_eq!(c.routes.len(), 2);
+    // In a replica's file the same two routes would shadow each other.
+    let e = Config::from_yaml(
+        "listeners: [{ address: \"127.0.0.1:0\" }]\nroutes:\n  - name: a\n    versions: { stable: { endpoints: [\"127.0.0.1:9\"] } }\n  - name: b\n    versions: { stable: { endpoints: [\"127.0.0.1:9\"] } }\n",
+    )
+    .unwrap_err();
+    assert_error(&e.errors, "routes[1].match", "same host and path_prefix");
+}
+
+#[test]
+fn wait_for_controller_is_off_unless_set() {
+    let base = "listeners: [{ address: \"127.0.0.1:0\" }]\nroutes:\n  - name: a\n    versions: { stable: { endpoints: [\"127.0.0.1:9\"] } }\n";
+    assert!(!Config::from_yaml(base).unwrap().proxy.wait_for_controller);
+    let on = format!("proxy: {{ wait_for_controller: true }}\n{base}");
+    assert!(Config::from_yaml(&on).unwrap().proxy.wait_for_controller);
+}

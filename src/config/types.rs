@@ -179,6 +179,10 @@ pub struct ProxySettings {
     pub upgrades: Upgrades,
     /// Where rollout state is kept across restarts (required by a route with a `rollout`).
     pub state_file: Option<std::path::PathBuf>,
+    /// A replica of a fleet: `/readyz` answers 503 until a fleet controller has given it the
+    /// current rollout state (`PUT /api/v1/synced`), so a restarted pod does not take traffic
+    /// with stale weights.
+    pub wait_for_controller: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -202,6 +202,7 @@ impl TryFrom<RawConfig> for Config {
                 }
                 Some(s) => Some(PathBuf::from(s)),
             },
+            wait_for_controller: raw.proxy.wait_for_controller,
         };
         let state_file_given = raw.proxy.state_file.is_some() || names_only;
 
@@ -255,8 +256,10 @@ impl TryFrom<RawConfig> for Config {
                         ),
                     );
                 }
+                // A controller's routes match no request: only their names count.
                 if let Some((_, _, j)) = matches
                     .iter()
+                    .filter(|_| !names_only)
                     .find(|(h, p, _)| *h == route.host && *p == route.path_prefix)
                 {
                     errs.push(

@@ -12,6 +12,7 @@
 
 pub mod cli;
 pub mod driver;
+pub mod fleet;
 pub mod http;
 pub mod machine;
 pub mod measure;

@@ -10,6 +10,7 @@ use crate::control::Control;
 use crate::error::DownstreamErrorKind;
 use crate::proxy::{self, ConnInfo, GaugeGuard};
 use crate::rollout::driver::Rollouts;
+use crate::rollout::fleet::Fleet;
 use crate::state::State;
 use crate::tls::TlsListener;
 use anyhow::Context;
@@ -75,11 +76,18 @@ impl Drop for Server {
     }
 }
 
+/// What a process is: a proxy (`canaryd run`) or a fleet controller (`canaryd controller`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Proxy,
+    Controller,
+}
+
 impl Server {
     /// Bind every listener of `config` and build the first snapshot. No file: reloads are
     /// not possible, runtime overrides are.
     pub async fn bind(config: Config) -> anyhow::Result<Server> {
-        Self::bind_inner(config, None, None, 1).await
+        Self::bind_inner(config, None, None, 1, Role::Proxy).await
     }
 
     /// [`Server::bind`] for `workers` per-core workers: each listener address is bound
@@ -87,7 +95,7 @@ impl Server {
     /// sockets), and [`Server::run`] serves sockets 1.. on threads of their own, each with a
     /// single-threaded runtime; the caller's runtime serves socket 0.
     pub async fn bind_per_core(config: Config, workers: usize) -> anyhow::Result<Server> {
-        Self::bind_inner(config, None, None, workers).await
+        Self::bind_inner(config, None, None, workers, Role::Proxy).await
     }
 
     /// Read, validate and bind the config at `path`; it is watched and reloaded from then on.
@@ -97,6 +105,17 @@ impl Server {
 
     /// [`Server::bind_file`] with [`Server::bind_per_core`]'s workers.
     pub async fn bind_file_per_core(path: &Path, workers: usize) -> anyhow::Result<Server> {
+        Self::bind_file_as(path, workers, Role::Proxy).await
+    }
+
+    /// `canaryd controller`: the fleet controller of the file at `path` (watched and reloaded
+    /// like a proxy's): its admin listener and the rollouts of its routes, carried out on the
+    /// replicas its `controller:` section names.
+    pub async fn bind_controller(path: &Path) -> anyhow::Result<Server> {
+        Self::bind_file_as(path, 1, Role::Controller).await
+    }
+
+    async fn bind_file_as(path: &Path, workers: usize, role: Role) -> anyhow::Result<Server> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read config file {}", path.display()))?;
         let config = Config::from_yaml(&text).map_err(|e: ConfigError| {
@@ -104,7 +123,8 @@ impl Server {
         })?;
         // Absolute, so the watcher and reloads do not depend on the working directory.
         let path = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
-        let mut server = Self::bind_inner(config, Some(path.clone()), Some(&text), workers).await?;
+        let mut server =
+            Self::bind_inner(config, Some(path.clone()), Some(&text), workers, role).await?;
         tracing::info!(path = %path.display(), "watching config file");
         server.watcher = Some(crate::control::watch::spawn(server.control.clone())?);
         Ok(server)
@@ -115,11 +135,16 @@ impl Server {
         path: Option<PathBuf>,
         text: Option<&str>,
         workers: usize,
+        role: Role,
     ) -> anyhow::Result<Server> {
-        if config.controller.is_some() {
-            anyhow::bail!(
-                "this is a fleet controller's file (it has a `controller:` section and its versions are names): `canaryd run` needs a replica's config with listeners and endpoints; the fleet controller (`canaryd controller`) is not in this build yet"
-            );
+        match (role, config.controller.is_some()) {
+            (Role::Proxy, true) => anyhow::bail!(
+                "this is a fleet controller's file (it has a `controller:` section and its versions are names): run it with `canaryd controller --config FILE`; `canaryd run` needs a replica's config with listeners and endpoints"
+            ),
+            (Role::Controller, false) => anyhow::bail!(
+                "`canaryd controller` needs a `controller:` section (targets or targets_dns, state_file) naming the replicas it drives; this file has none"
+            ),
+            _ => {}
         }
         let admin = match &config.admin {
             None => None,
@@ -158,7 +183,13 @@ impl Server {
         let state =
             Arc::new(State::with_workers(config, workers).map_err(|e| anyhow::anyhow!("{e}"))?);
         let control = Arc::new(Control::new(state.clone(), path, text, tls));
-        let rollouts = Rollouts::local(control.clone());
+        let rollouts = match role {
+            Role::Proxy => Rollouts::local(control.clone()),
+            Role::Controller => Rollouts::new(
+                Box::new(Fleet::connect(control.clone()).await),
+                control.clone(),
+            ),
+        };
         Ok(Server {
             state,
             control,

@@ -554,12 +554,23 @@ impl ProxyProcess {
 
     /// Start with extra arguments before `run`, e.g. `["--log-format", "json"]`.
     pub fn start_with(yaml: &str, args: &[&str]) -> ProxyProcess {
+        Self::spawn(yaml, args, "run")
+    }
+
+    /// `canaryd controller -c FILE`: a fleet controller; `addr` and `admin` are both its admin
+    /// listener (it has no proxy listener).
+    pub fn start_controller(yaml: &str) -> ProxyProcess {
+        Self::spawn(yaml, &[], "controller")
+    }
+
+    fn spawn(yaml: &str, args: &[&str], command: &str) -> ProxyProcess {
+        let controller = command == "controller";
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("canaryd.yaml");
         std::fs::write(&path, yaml).unwrap();
         let mut child = canaryd()
             .args(args)
-            .args(["run", "-c"])
+            .args([command, "-c"])
             .arg(&path)
             .env("CANARYD_LOG", "info")
             .stdout(Stdio::null())
@@ -589,6 +600,10 @@ impl ProxyProcess {
                 sink.lock().unwrap().push(line.clone());
                 if line.contains("admin listening") {
                     admin = addr_of(&line);
+                    if controller && !sent {
+                        let _ = tx.send((admin.unwrap(), admin));
+                        sent = true;
+                    }
                 } else if !sent && line.contains("proxy listening") {
                     let _ = tx.send((addr_of(&line).unwrap(), admin));
                     sent = true;
