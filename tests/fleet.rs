@@ -451,3 +451,146 @@ async fn a_restarted_controller_keeps_the_pause_end_and_without_state_holds_the_
     .await;
     assert_eq!(v["set_weight"], 30.0);
 }
+
+async fn api_token(
+    admin: SocketAddr,
+    method: Method,
+    path: &str,
+    token: &str,
+) -> (StatusCode, Value) {
+    let (s, body) = call(
+        method,
+        &format!("http://{admin}{path}"),
+        None,
+        Some(token),
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{path}: {e}"));
+    (s, serde_json::from_slice(&body).unwrap_or(Value::Null))
+}
+
+/// Replicas found by DNS (`targets_dns`), whose admin API needs a token: without the target
+/// token nothing moves and the replica says why; with `CANARYD_TARGET_TOKEN` the rollout
+/// proceeds. The controller's own API follows `admin.token`, and refuses to set one proxy's
+/// weights (it serves no traffic).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_found_by_dns_and_reached_with_the_target_token() {
+    let (stable, canary) = (Origin::start("stable").await, Origin::start("canary").await);
+    let admin = closed_port();
+    let yaml = replica_yaml(
+        "127.0.0.1:0".parse().unwrap(),
+        admin,
+        stable.addr,
+        canary.addr,
+    )
+    .replace(
+        &format!("admin: {{ address: \"{admin}\" }}"),
+        &format!("admin: {{ address: \"{admin}\", token: replica-secret }}"),
+    );
+    let _r = ProxyProcess::start(&yaml);
+    let dir = tempfile::tempdir().unwrap();
+    let ctl_yaml = controller_yaml(
+        &[admin],
+        &dir.path().join("state.json"),
+        "      id: app-v2\n      steps: [ { set_weight: 25 }, { pause: {} } ]\n",
+    )
+    .replace(
+        &format!("targets: [\"http://{admin}\"]"),
+        &format!("targets_dns: \"localhost:{}\"", admin.port()),
+    )
+    .replace(
+        "admin: { address: \"127.0.0.1:0\" }",
+        "admin: { address: \"127.0.0.1:0\", token: controller-secret }",
+    );
+    let get = |ctl: SocketAddr| async move {
+        api_token(
+            ctl,
+            Method::GET,
+            "/api/v1/routes/app/rollout",
+            "controller-secret",
+        )
+        .await
+    };
+
+    // No target token: the replica refuses, and the controller says so.
+    let ctl = ProxyProcess::start_controller(&ctl_yaml);
+    assert_eq!(
+        api(ctl.addr, Method::GET, "/api/v1/routes/app/rollout")
+            .await
+            .0,
+        StatusCode::UNAUTHORIZED
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let v = get(ctl.addr).await.1;
+        let blocked = v["fleet"]["blocked_by"].to_string();
+        if blocked.contains("401") {
+            assert_eq!(v["fleet"]["in_sync"], false);
+            break;
+        }
+        assert!(Instant::now() < deadline, "{v:#}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(ctl);
+
+    let ctl = ProxyProcess::start_controller_env(
+        &ctl_yaml,
+        &[("CANARYD_TARGET_TOKEN", "replica-secret")],
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let v = loop {
+        let v = get(ctl.addr).await.1;
+        if phase_step(&v) == ("paused", Some("step"), 1) {
+            break v;
+        }
+        assert!(Instant::now() < deadline, "{v:#}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(v["fleet"]["in_sync"], true, "{v:#}");
+    let (s, l) = api_token(
+        admin,
+        Method::GET,
+        "/api/v1/routes/app/rollout-layer",
+        "replica-secret",
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(l["effective_weights"]["canary"], 25.0, "{l}");
+    let (s, synced) = api_token(admin, Method::GET, "/api/v1/synced", "replica-secret").await;
+    assert_eq!(
+        (s, synced["synced"].as_bool()),
+        (StatusCode::OK, Some(true))
+    );
+
+    // The controller carries no traffic: setting its own weights is refused, with the reason.
+    let (s, body) = call(
+        Method::PUT,
+        &format!("http://{}/api/v1/routes/app/weights", ctl.addr),
+        Some(br#"{"canary": 50}"#.to_vec()),
+        Some("controller-secret"),
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    assert_eq!(s, StatusCode::CONFLICT);
+    assert!(String::from_utf8_lossy(&body).contains("fleet controller"));
+
+    // `canaryd rollout get` shows where the fleet stands.
+    let out = canaryd()
+        .args([
+            "rollout",
+            "get",
+            "app",
+            "--admin",
+            &format!("http://{}", ctl.addr),
+        ])
+        .env("CANARYD_ADMIN_TOKEN", "controller-secret")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("fleet:    1/1 replicas verified revision"),
+        "{text}"
+    );
+}

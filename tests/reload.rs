@@ -240,6 +240,33 @@ async fn api_reload_reports_applied_and_failure() {
     assert!(served_by(&proxy, 3).await.iter().all(|b| b == "canary"));
 }
 
+/// A proxy's file that gains a `controller:` section is not a proxy's config any more: the
+/// reload is refused, naming the field, and the proxy keeps serving.
+#[tokio::test]
+async fn a_reload_cannot_turn_a_proxy_into_a_fleet_controller() {
+    let (stable, canary) = (Origin::start("stable").await, Origin::start("canary").await);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("canaryd.yaml");
+    std::fs::write(&path, config(&stable, &canary, "0", true)).unwrap();
+    let proxy = Proxy::start_file(&path).await;
+    let with_controller = format!(
+        "controller: {{ targets: [\"http://127.0.0.1:9\"], state_file: {} }}\n{}",
+        dir.path().join("s.json").display(),
+        config(&stable, &canary, "100", true)
+    );
+    write_rename(&path, &with_controller);
+    let (code, v) = proxy.admin_call("POST", "/api/v1/reload", "").await;
+    assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    assert_eq!(v["errors"][0]["field"], "controller", "{v}");
+    assert!(
+        v["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("canaryd controller")
+    );
+    assert!(served_by(&proxy, 3).await.iter().all(|b| b == "stable"));
+}
+
 #[tokio::test]
 async fn api_reload_without_a_file_is_a_conflict() {
     let (stable, canary) = (Origin::start("stable").await, Origin::start("canary").await);

@@ -33,6 +33,8 @@ pub enum AdminError {
     Rollout(RolloutError),
     /// Weights set by hand on a route a rollout drives, without `?force=true`.
     RolloutDrivesWeights { route: String, phase: Phase },
+    /// A call that changes one proxy's traffic, made to a fleet controller (which serves none).
+    OnController(String),
 }
 
 impl From<RolloutError> for AdminError {
@@ -79,6 +81,7 @@ impl AdminError {
                 RolloutError::NeedsStep => StatusCode::CONFLICT,
             },
             AdminError::RolloutDrivesWeights { .. } => StatusCode::CONFLICT,
+            AdminError::OnController(_) => StatusCode::CONFLICT,
         }
     }
 
@@ -103,7 +106,8 @@ impl AdminError {
             | AdminError::MethodNotAllowed { .. }
             | AdminError::BodyTooLarge
             | AdminError::Rollout(_)
-            | AdminError::RolloutDrivesWeights { .. } => Vec::new(),
+            | AdminError::RolloutDrivesWeights { .. }
+            | AdminError::OnController(_) => Vec::new(),
         }
     }
 
@@ -160,6 +164,10 @@ impl fmt::Display for AdminError {
                 f,
                 "route `{route}` has a rollout that is {}: weights set by hand would fight it; add ?force=true to set them anyway (the rollout pauses, `resume` gives them back)",
                 serde_json::to_value(phase).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
+            ),
+            AdminError::OnController(path) => write!(
+                f,
+                "{path}: this is a fleet controller, it serves no traffic of its own; drive the fleet with the rollout verbs here, or call a replica's admin API"
             ),
         }
     }

@@ -226,6 +226,16 @@ fn api(
     let control: &Control = &admin.control;
     let rollouts = &admin.rollouts;
     let changed = |generation| json::ok(&Generation { generation });
+    let controller = control.state().snapshot().config.controller.is_some();
+    if controller
+        && method != Method::GET
+        && matches!(
+            segments,
+            ["routes", _, "weights" | "rollout-layer" | "overrides"] | ["routes", _, "rules", _]
+        )
+    {
+        return Err(AdminError::OnController(path.to_string()));
+    }
     match (method, segments) {
         (&Method::GET, ["rollouts"]) => Ok(json::ok(&json::RolloutList {
             rollouts: rollouts.views(),

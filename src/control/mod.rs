@@ -481,6 +481,20 @@ impl Control {
             Ok(c) => c,
             Err(e) => return self.fail(&mut inner, trigger, e),
         };
+        if config.controller.is_some() != inner.file.controller.is_some() {
+            let message = if config.controller.is_some() {
+                "a reload cannot turn this proxy into a fleet controller; run the file with `canaryd controller --config FILE`"
+            } else {
+                "a fleet controller's file must keep its `controller:` section; a replica's config runs with `canaryd run`"
+            };
+            let e = ConfigError {
+                errors: vec![FieldError {
+                    field: "controller".into(),
+                    message: message.into(),
+                }],
+            };
+            return self.fail(&mut inner, trigger, e);
+        }
         if StartupOnly::of(&config) != inner.startup {
             let msg = "listeners, admin, or proxy max_connections/header_timeout/drain_timeout/idle_timeout changed; restart canaryd to apply them (the running ones are kept)".to_string();
             tracing::warn!(trigger = trigger_name(trigger), "{msg}");

@@ -480,6 +480,17 @@ struct View {
     measurements: Vec<MeasurementV>,
     history: Vec<TransitionV>,
     verbs: Vec<String>,
+    /// On a fleet controller.
+    fleet: Option<FleetV>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct FleetV {
+    revision: Option<u64>,
+    in_sync: bool,
+    blocked_by: Vec<String>,
+    replicas: Vec<serde_json::Value>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -611,6 +622,27 @@ fn summary(json: &Value) -> String {
             let _ = writeln!(o, ", actual {}% of the last minute's requests", num(a));
         }
         None => o.push_str(", actual: no requests in the last minute\n"),
+    }
+    if let Some(f) = &v.fleet {
+        let verified = f
+            .replicas
+            .iter()
+            .filter(|r| r["state"] == "verified")
+            .count();
+        let _ = writeln!(
+            o,
+            "fleet:    {verified}/{} replicas verified revision {}{}",
+            f.replicas.len(),
+            f.revision.map_or("-".to_string(), |r| r.to_string()),
+            if f.in_sync {
+                ""
+            } else {
+                "; progress waits for:"
+            }
+        );
+        for b in &f.blocked_by {
+            let _ = writeln!(o, "  - {b}");
+        }
     }
     if v.phase == "paused" {
         match v.pause_remaining_seconds {

@@ -154,14 +154,22 @@ impl Fleet {
             .collect();
         let targets = shared.lock().targets.clone();
         let token = shared.token();
-        let mut found: BTreeMap<String, PushedLayer> = BTreeMap::new();
+        // Every replica at once: an unreachable one costs one timeout, not one per replica.
+        let mut set = tokio::task::JoinSet::new();
         for route in &routes {
             for t in &targets {
-                if let Held::Layer(r) = read_layer(t, route, token.as_deref()).await {
-                    let newer = found.get(route).is_none_or(|f| f.revision < r.revision);
-                    if newer {
-                        found.insert(route.clone(), r.layer());
-                    }
+                let (t, route, token) = (t.clone(), route.clone(), token.clone());
+                set.spawn(async move {
+                    let held = read_layer(&t, &route, token.as_deref()).await;
+                    (route, held)
+                });
+            }
+        }
+        let mut found: BTreeMap<String, PushedLayer> = BTreeMap::new();
+        while let Some(Ok((route, held))) = set.join_next().await {
+            if let Held::Layer(r) = held {
+                if found.get(&route).is_none_or(|f| f.revision < r.revision) {
+                    found.insert(route, r.layer());
                 }
             }
         }

@@ -554,16 +554,21 @@ impl ProxyProcess {
 
     /// Start with extra arguments before `run`, e.g. `["--log-format", "json"]`.
     pub fn start_with(yaml: &str, args: &[&str]) -> ProxyProcess {
-        Self::spawn(yaml, args, "run")
+        Self::spawn(yaml, args, "run", &[])
     }
 
     /// `canaryd controller -c FILE`: a fleet controller; `addr` and `admin` are both its admin
     /// listener (it has no proxy listener).
     pub fn start_controller(yaml: &str) -> ProxyProcess {
-        Self::spawn(yaml, &[], "controller")
+        Self::spawn(yaml, &[], "controller", &[])
     }
 
-    fn spawn(yaml: &str, args: &[&str], command: &str) -> ProxyProcess {
+    /// [`ProxyProcess::start_controller`] with environment variables.
+    pub fn start_controller_env(yaml: &str, env: &[(&str, &str)]) -> ProxyProcess {
+        Self::spawn(yaml, &[], "controller", env)
+    }
+
+    fn spawn(yaml: &str, args: &[&str], command: &str, env: &[(&str, &str)]) -> ProxyProcess {
         let controller = command == "controller";
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("canaryd.yaml");
@@ -573,6 +578,7 @@ impl ProxyProcess {
             .args([command, "-c"])
             .arg(&path)
             .env("CANARYD_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
