@@ -205,6 +205,12 @@ pub struct RouteLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReplicaStateLabels {
+    pub route: String,
+    pub state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RoutePhaseLabels {
     pub route: String,
     pub phase: &'static str,
@@ -232,7 +238,18 @@ pub struct RolloutMetrics {
     weight: Family<RolloutWeightLabels, Gauge<f64, AtomicU64>>,
     measurements: Family<MeasurementLabels, Counter>,
     transitions: Family<RoutePhaseLabels, Counter>,
+    replicas: Family<ReplicaStateLabels, Gauge>,
 }
+
+/// Where a fleet controller's replica can stand for a route, as exported.
+pub const REPLICA_STATES: [&str; 6] = [
+    "verified",
+    "pushing",
+    "unverified",
+    "unreachable",
+    "missing_route",
+    "refused",
+];
 
 /// Every phase a rollout can be in, as exported.
 pub const ROLLOUT_PHASES: [&str; 6] = [
@@ -271,6 +288,28 @@ impl RolloutMetrics {
             "Rollout phase changes by route and the phase entered",
             self.transitions.clone(),
         );
+        registry.register(
+            "rollout_replicas",
+            "Fleet controller: replicas by where they stand on the route's current layer",
+            self.replicas.clone(),
+        );
+    }
+
+    /// A fleet controller's replicas of `route`, counted by state.
+    pub fn replicas<'a>(&self, route: &str, states: impl Iterator<Item = &'a str>) {
+        let mut counts = [0i64; REPLICA_STATES.len()];
+        for s in states {
+            if let Some(i) = REPLICA_STATES.iter().position(|k| *k == s) {
+                counts[i] += 1;
+            }
+        }
+        for (state, n) in REPLICA_STATES.into_iter().zip(counts) {
+            let labels = ReplicaStateLabels {
+                route: route.to_string(),
+                state,
+            };
+            self.replicas.get_or_create(&labels).set(n);
+        }
     }
 
     /// Where a route's rollout is now.
@@ -337,6 +376,12 @@ impl RolloutMetrics {
             self.weight.remove(&RolloutWeightLabels {
                 route: route.to_string(),
                 kind,
+            });
+        }
+        for state in REPLICA_STATES {
+            self.replicas.remove(&ReplicaStateLabels {
+                route: route.to_string(),
+                state,
             });
         }
     }

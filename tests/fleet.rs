@@ -218,6 +218,26 @@ async fn three_replicas_walk_a_rollout_in_lockstep_and_sticky_users_never_move_b
         assert_eq!(l["effective_weights"]["canary"], 50.0, "{l}");
         assert_eq!(readyz(*a).await, 200);
     }
+    // The controller exports where the replicas stand (exported every tick).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, m) = call(
+            Method::GET,
+            &format!("http://{}/metrics", ctl.addr),
+            None,
+            None,
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+        let m = String::from_utf8_lossy(&m).into_owned();
+        if m.contains("canaryd_rollout_replicas{route=\"app\",state=\"verified\"} 3") {
+            assert!(m.contains("canaryd_rollout_replicas{route=\"app\",state=\"unreachable\"} 0"));
+            break;
+        }
+        assert!(Instant::now() < deadline, "{m}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     stop.store(true, Ordering::SeqCst);
     let seen = seen.await.unwrap();
     // Each replica's split follows the step (400 requests: 50 % ± 12).

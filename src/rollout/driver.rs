@@ -7,6 +7,7 @@
 //! The route is read and acted on through [`Target`], so the fleet controller can drive remote
 //! replicas with the same engine.
 
+use super::fleet::FleetStatus;
 use super::machine::{
     Action, CheckResult, Event, InForce, Layer, Measurement, Millis, Outcome, Phase, RolloutState,
     Transition, Verb,
@@ -73,7 +74,7 @@ pub trait Target: Send + Sync + 'static {
     /// The layer that was already in force for `route` when the engine started.
     fn found(&self, route: &str) -> Option<Found>;
     /// Where the layer stands on each replica (`fleet` in the rollout's view).
-    fn status(&self, route: &str) -> Option<serde_json::Value>;
+    fn status(&self, route: &str) -> Option<FleetStatus>;
     /// Work of its own the target runs beside the engine until `stop` (a fleet's reconcile).
     fn background(&self, stop: tokio::sync::watch::Receiver<bool>) -> Option<Boxed<()>>;
 }
@@ -130,7 +131,7 @@ impl Target for Local {
         None
     }
 
-    fn status(&self, _route: &str) -> Option<serde_json::Value> {
+    fn status(&self, _route: &str) -> Option<FleetStatus> {
         None
     }
 
@@ -291,6 +292,9 @@ impl Rollouts {
         let metrics = &self.control.state().metrics.rollout;
         for (route, e) in &engine.entries {
             let actual = self.target.share(route, &e.canary);
+            if let Some(f) = self.target.status(route) {
+                metrics.replicas(route, f.replicas.iter().map(|r| r.state));
+            }
             metrics.state(
                 route,
                 e.state.phase.as_str(),
@@ -984,7 +988,7 @@ pub struct RolloutView {
     /// Driven by a fleet controller: where the layer stands on each replica, and what blocks
     /// progress.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub fleet: Option<serde_json::Value>,
+    pub fleet: Option<FleetStatus>,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -69,6 +69,18 @@ struct RouteFleet {
     requests: BTreeMap<String, BTreeMap<String, u64>>,
 }
 
+/// Where the fleet stands on a route's current layer (`fleet` in the rollout's view).
+#[derive(Debug, Clone, Serialize)]
+pub struct FleetStatus {
+    /// The revision every replica must hold (`null`: no layer).
+    pub revision: Option<u64>,
+    /// Every current replica verified it: progress may go on.
+    pub in_sync: bool,
+    /// Each replica that holds progress, and why; a failed DNS answer; no replica at all.
+    pub blocked_by: Vec<String>,
+    pub replicas: Vec<Replica>,
+}
+
 /// Where one replica stands for one route.
 #[derive(Debug, Clone, Serialize)]
 pub struct Replica {
@@ -616,7 +628,7 @@ impl Target for Fleet {
         })
     }
 
-    fn status(&self, route: &str) -> Option<serde_json::Value> {
+    fn status(&self, route: &str) -> Option<FleetStatus> {
         let inner = self.shared.lock();
         let f = inner.routes.get(route);
         let replicas: Vec<Replica> = inner
@@ -652,12 +664,12 @@ impl Target for Fleet {
         if inner.targets.is_empty() {
             blocked_by.push("no replica found".to_string());
         }
-        Some(serde_json::json!({
-            "revision": desired.map(|d| d.revision),
-            "in_sync": blocked_by.is_empty(),
-            "blocked_by": blocked_by,
-            "replicas": replicas,
-        }))
+        Some(FleetStatus {
+            revision: desired.map(|d| d.revision),
+            in_sync: blocked_by.is_empty(),
+            blocked_by,
+            replicas,
+        })
     }
 
     fn background(&self, stop: tokio::sync::watch::Receiver<bool>) -> Option<Boxed<()>> {
