@@ -37,6 +37,7 @@ pub mod demo;
 pub mod error;
 pub mod hash;
 pub mod metrics;
+pub mod mirror;
 pub mod proxy;
 pub mod rollout;
 pub mod router;

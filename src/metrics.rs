@@ -197,6 +197,168 @@ pub struct Metrics {
     windows: std::sync::Mutex<std::collections::HashMap<VersionLabels, Arc<Window>>>,
     /// `canaryd_rollout_*`.
     pub rollout: RolloutMetrics,
+    /// `canaryd_mirror_*`.
+    pub mirror: MirrorMetrics,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MirrorResultLabels {
+    pub route: String,
+    pub version: String,
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MirrorCodeLabels {
+    pub route: String,
+    pub version: String,
+    pub code: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DiffLabels {
+    pub route: String,
+    pub kind: &'static str,
+}
+
+/// Shadow traffic: its own counters and windows, never the version's request metrics, so a
+/// sick shadow changes nothing users' traffic is judged or routed by.
+#[derive(Default)]
+pub struct MirrorMetrics {
+    requests: Family<MirrorResultLabels, Counter>,
+    responses: Family<MirrorCodeLabels, Counter>,
+    duration: Family<VersionLabels, LatencyHistogram>,
+    diffs: Family<DiffLabels, Counter>,
+    /// Mirror windows by (route, shadow version), for `source=mirror` analysis and gates.
+    windows: std::sync::Mutex<std::collections::HashMap<VersionLabels, Arc<Window>>>,
+    /// Comparisons by route: a "request" per compared pair, an "error" per differing one.
+    diff_windows: std::sync::Mutex<std::collections::HashMap<String, Arc<Window>>>,
+}
+
+/// What became of a copy: `sent` (the shadow answered), `dropped_full` (no room in the
+/// mirror's concurrency and queue, or it fell behind the primary's body), `dropped_body` (the
+/// body is over `max_body`), `error` (the shadow could not be reached or failed to answer).
+pub const MIRROR_RESULTS: [&str; 4] = ["sent", "dropped_full", "dropped_body", "error"];
+
+/// Kinds of comparison outcome: `match`, or what differed.
+pub const DIFF_KINDS: [&str; 4] = ["match", "status", "header", "body"];
+
+impl MirrorMetrics {
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "mirror_requests",
+            "Mirrored copies by route, shadow version and result (sent, dropped_full, dropped_body, error)",
+            self.requests.clone(),
+        );
+        registry.register(
+            "mirror_responses",
+            "Shadow answers by route, shadow version and HTTP status code",
+            self.responses.clone(),
+        );
+        registry.register(
+            "mirror_duration_seconds",
+            "Time from sending a copy to the shadow's response headers",
+            self.duration.clone(),
+        );
+        registry.register(
+            "mirror_diffs",
+            "Shadow comparisons by route and outcome (match, status, header, body)",
+            self.diffs.clone(),
+        );
+    }
+
+    /// A copy's fate (see [`MIRROR_RESULTS`]).
+    pub fn result(&self, route: &str, version: &str, result: &'static str) {
+        self.requests
+            .get_or_create(&MirrorResultLabels {
+                route: route.to_string(),
+                version: version.to_string(),
+                result,
+            })
+            .inc();
+    }
+
+    /// Every result and diff kind of a route at 0, so `rate()` sees zeros, not gaps.
+    pub fn declare(&self, route: &str, version: &str) {
+        for result in MIRROR_RESULTS {
+            let _ = self.requests.get_or_create(&MirrorResultLabels {
+                route: route.to_string(),
+                version: version.to_string(),
+                result,
+            });
+        }
+        for kind in DIFF_KINDS {
+            let _ = self.diffs.get_or_create(&DiffLabels {
+                route: route.to_string(),
+                kind,
+            });
+        }
+    }
+
+    /// A shadow's answer.
+    pub fn response(&self, route: &str, version: &str, code: u16, elapsed: Duration) {
+        let labels = VersionLabels {
+            route: route.to_string(),
+            version: version.to_string(),
+        };
+        self.responses
+            .get_or_create(&MirrorCodeLabels {
+                route: route.to_string(),
+                version: version.to_string(),
+                code,
+            })
+            .inc();
+        self.duration.get_or_create(&labels).observe(elapsed);
+        self.window(route, version)
+            .record(std::time::Instant::now(), code, elapsed);
+    }
+
+    /// One comparison: `kinds` empty is a match.
+    pub fn compared(&self, route: &str, kinds: &[&'static str]) {
+        let count = |kind| {
+            self.diffs
+                .get_or_create(&DiffLabels {
+                    route: route.to_string(),
+                    kind,
+                })
+                .inc()
+        };
+        if kinds.is_empty() {
+            count("match");
+        } else {
+            kinds.iter().for_each(|k| {
+                count(k);
+            });
+        }
+        // A differing pair is recorded as an "error" of the diff window.
+        let status = if kinds.is_empty() { 200 } else { 500 };
+        self.diff_window(route)
+            .record(std::time::Instant::now(), status, Duration::ZERO);
+    }
+
+    /// The mirror window of `(route, version)`.
+    pub fn window(&self, route: &str, version: &str) -> Arc<Window> {
+        let key = VersionLabels {
+            route: route.to_string(),
+            version: version.to_string(),
+        };
+        self.windows
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(key)
+            .or_default()
+            .clone()
+    }
+
+    /// The comparisons of `route`: requests = pairs compared, errors = pairs that differed.
+    pub fn diff_window(&self, route: &str) -> Arc<Window> {
+        self.diff_windows
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(route.to_string())
+            .or_default()
+            .clone()
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -500,8 +662,11 @@ impl Metrics {
         let unrouted = downstream_counters(&downstream_errors, "");
         let rollout = RolloutMetrics::default();
         rollout.register(&mut registry);
+        let mirror = MirrorMetrics::default();
+        mirror.register(&mut registry);
         Metrics {
             rollout,
+            mirror,
             registry,
             requests,
             duration,

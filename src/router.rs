@@ -229,11 +229,15 @@ impl Route {
                 });
             }
         };
-        for rule in &config.rules {
-            for c in &rule.conditions {
-                if let Condition::Cookie { name, .. } = c {
-                    add(name);
-                }
+        let mirrors = config.mirrors.iter().chain(config.mirror.iter());
+        let conditions = config
+            .rules
+            .iter()
+            .flat_map(|r| &r.conditions)
+            .chain(mirrors.flat_map(|m| &m.conditions));
+        for c in conditions {
+            if let Condition::Cookie { name, .. } = c {
+                add(name);
             }
         }
         if let Some(s) = &config.sticky {
@@ -256,6 +260,19 @@ impl Route {
 
     pub fn name(&self) -> &str {
         &self.config.name
+    }
+
+    /// Do all of `conditions` hold for this request (a mirror's `when`)?
+    pub fn conditions_hold(
+        &self,
+        conditions: &[Condition],
+        headers: &HeaderMap,
+        client: Option<IpAddr>,
+    ) -> bool {
+        let mut jar = Jar::new(&self.cookie_names);
+        conditions
+            .iter()
+            .all(|c| condition_matches(c, headers, client, &mut jar))
     }
 
     pub fn timeouts(&self) -> Timeouts {

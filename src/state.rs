@@ -50,6 +50,8 @@ pub struct RouteRt {
     pub retrying: AtomicUsize,
     /// Client failures on this route: counted here, never against a version.
     pub downstream: DownstreamCounters,
+    /// Its mirroring, when it has a mirror (the file's or a runtime one).
+    pub mirror: Option<Arc<crate::mirror::MirrorRt>>,
 }
 
 impl AsRef<Route> for RouteRt {
@@ -112,6 +114,8 @@ pub struct State {
 struct Built {
     registry: Registry,
     last_generation: u64,
+    /// Routes' mirroring by route name, kept across snapshots.
+    mirrors: std::collections::HashMap<String, Arc<crate::mirror::MirrorRt>>,
 }
 
 impl State {
@@ -126,6 +130,7 @@ impl State {
         let mut built = Built {
             registry: Registry::new(workers),
             last_generation: 0,
+            mirrors: std::collections::HashMap::new(),
         };
         let first = built.build(config, &metrics)?;
         publish(&metrics, &first);
@@ -198,11 +203,47 @@ fn publish(metrics: &Metrics, snap: &Snapshot) {
     }));
 }
 
+/// The mirroring of route `rc` when it has a mirror: the one it had, unless its concurrency
+/// or queue changed (copies in flight keep the old one until they finish).
+fn mirror_rt(
+    mirrors: &mut std::collections::HashMap<String, Arc<crate::mirror::MirrorRt>>,
+    rc: &RouteConfig,
+    metrics: &Arc<Metrics>,
+) -> Option<Arc<crate::mirror::MirrorRt>> {
+    let first = rc.mirrors.first().or(rc.mirror.as_ref())?;
+    // The file's settings govern the route's mirroring; runtime mirrors share them.
+    let (max_in_flight, queue) = rc
+        .mirror
+        .as_ref()
+        .map_or((first.max_in_flight, first.queue), |m| {
+            (m.max_in_flight, m.queue)
+        });
+    for m in rc.mirrors.iter().chain(rc.mirror.iter()) {
+        metrics.mirror.declare(&rc.name, &rc.versions[m.to].name);
+    }
+    let current = mirrors
+        .get(&rc.name)
+        .filter(|m| m.max_in_flight == max_in_flight && m.queue == queue);
+    if let Some(m) = current {
+        return Some(m.clone());
+    }
+    let m = Arc::new(crate::mirror::MirrorRt::new(
+        &rc.name,
+        max_in_flight,
+        queue,
+        metrics.clone(),
+    ));
+    mirrors.insert(rc.name.clone(), m.clone());
+    Some(m)
+}
+
 impl Built {
     fn build(&mut self, config: Config, metrics: &Arc<Metrics>) -> Result<Snapshot, ConfigError> {
         let mut errors = Vec::new();
         let registry = &mut self.registry;
         registry.begin();
+        let mirrors = &mut self.mirrors;
+        let mut live_mirrors = Vec::new();
         // `Router::new` keeps routes in config order, so `ri` is the config index too.
         let router = Router::new(&config).map(|ri, route| {
             let rc = &route.config;
@@ -216,14 +257,20 @@ impl Built {
                     }),
                 }
             }
+            let mirror = mirror_rt(mirrors, rc, metrics);
+            if mirror.is_some() {
+                live_mirrors.push(rc.name.clone());
+            }
             RouteRt {
                 downstream: metrics.downstream(route.name()),
                 route,
                 versions,
                 active: AtomicUsize::new(0),
                 retrying: AtomicUsize::new(0),
+                mirror,
             }
         });
+        self.mirrors.retain(|r, _| live_mirrors.contains(r));
         if !errors.is_empty() {
             return Err(ConfigError { errors });
         }

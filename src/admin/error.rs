@@ -55,9 +55,9 @@ impl AdminError {
     pub fn status(&self) -> StatusCode {
         match self {
             AdminError::Control(e) => match e {
-                ControlError::UnknownRoute(_) | ControlError::NoRuntimeRule { .. } => {
-                    StatusCode::NOT_FOUND
-                }
+                ControlError::UnknownRoute(_)
+                | ControlError::NoRuntimeRule { .. }
+                | ControlError::NoRuntimeMirror { .. } => StatusCode::NOT_FOUND,
                 ControlError::UnknownVersion { .. }
                 | ControlError::PrimaryWeight { .. }
                 | ControlError::BadWeight { .. }

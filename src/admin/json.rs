@@ -90,6 +90,33 @@ pub fn rule(body: &[u8]) -> Result<RuleBody, AdminError> {
     })
 }
 
+/// `PUT .../mirrors/{name}`: `{to, percent, when, methods}` (Argo's SetMirrorRoute).
+pub fn mirror(body: &[u8]) -> Result<crate::config::raw::RawMirror, AdminError> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Body {
+        to: String,
+        percent: f64,
+        when: Option<serde_json::Value>,
+        methods: Option<Vec<String>>,
+    }
+    let b: Body = serde_json::from_slice(body).map_err(|e| {
+        bad(
+            "body",
+            format!(
+                "must be a mirror like {{\"to\": \"canary\", \"percent\": 10, \"when\": {{\"header\": {{\"name\": \"x-shadow\", \"present\": true}}}}, \"methods\": [\"GET\"]}} ({e})"
+            ),
+        )
+    })?;
+    Ok(crate::config::raw::RawMirror {
+        to: b.to,
+        percent: b.percent,
+        when: b.when,
+        methods: b.methods,
+        ..Default::default()
+    })
+}
+
 /// The analysis query, `?window=60s&min_requests=50`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AnalysisQuery {

@@ -231,7 +231,8 @@ fn api(
         && method != Method::GET
         && matches!(
             segments,
-            ["routes", _, "weights" | "rollout-layer" | "overrides"] | ["routes", _, "rules", _]
+            ["routes", _, "weights" | "rollout-layer" | "overrides"]
+                | ["routes", _, "rules" | "mirrors", _]
         )
     {
         return Err(AdminError::OnController(path.to_string()));
@@ -312,6 +313,17 @@ fn api(
         (&Method::DELETE, ["routes", route, "rules", name]) => {
             Ok(changed(control.delete_rule(route, name)?))
         }
+        (&Method::PUT, ["routes", route, "mirrors", name]) => {
+            control.check_route(route)?;
+            let m = json::mirror(body)?;
+            Ok(changed(control.put_mirror(route, name, m)?))
+        }
+        (&Method::DELETE, ["routes", route, "mirrors", name]) => {
+            Ok(changed(control.delete_mirror(route, name)?))
+        }
+        (&Method::GET, ["routes", route, "mirror", "diffs"]) => {
+            Ok(json::ok(&control.mirror_diffs(route)?))
+        }
         (&Method::DELETE, ["routes", route, "overrides"]) => {
             Ok(changed(control.clear_overrides(route)?))
         }
@@ -327,6 +339,8 @@ fn api(
         | (_, ["routes", _, "window"])
         | (_, ["routes", _, "rollout-layer"])
         | (_, ["routes", _, "rules", _])
+        | (_, ["routes", _, "mirrors", _])
+        | (_, ["routes", _, "mirror", "diffs"])
         | (_, ["routes", _, "overrides"]) => Err(AdminError::MethodNotAllowed {
             method: method.clone(),
             path: path.to_string(),

@@ -30,14 +30,14 @@ pub use defaults::{
 };
 pub use rollout::{Check, CheckKind, Gate, OnInconclusive, RolloutSpec, Step};
 pub use types::{
-    Admin, AnalysisSettings, Condition, Config, ConfigError, ControllerSettings, Endpoint,
-    FieldError, HealthCheck, HostMatch, Listener, OutlierPolicy, Protocol, ProxySettings,
-    RetryPolicy, RouteConfig, RuleConfig, Secret, SniFiles, StickyConfig, StickyKey, Targets,
-    Timeouts, TlsFiles, Upgrades, Upstream, UpstreamTls, ValueTest, VersionConfig, WEIGHT_SCALE,
-    Weight,
+    Admin, AnalysisSettings, CompareConfig, Condition, Config, ConfigError, ControllerSettings,
+    Endpoint, FieldError, HealthCheck, HostMatch, Listener, MirrorConfig, OutlierPolicy, Protocol,
+    ProxySettings, RetryPolicy, RouteConfig, RuleConfig, Secret, SniFiles, StickyConfig, StickyKey,
+    Targets, Timeouts, TlsFiles, Upgrades, Upstream, UpstreamTls, ValueTest, VersionConfig,
+    WEIGHT_SCALE, Weight,
 };
 pub use validate::primary_takes_the_rest;
-pub(crate) use validate::{Errors, validate_rule};
+pub(crate) use validate::{Errors, validate_mirror, validate_rule};
 
 #[cfg(test)]
 mod tests;

@@ -277,11 +277,56 @@ pub struct RawStickyKey {
     pub header: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+/// `routes[].mirror`, and the body of `PUT /api/v1/routes/{r}/mirrors/{name}` (which takes
+/// `to`, `percent`, `when` and `methods`).
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawMirror {
     pub to: String,
     pub percent: f64,
+    /// Only requests matching these conditions (as a rule's `when`) are copied.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub when: Option<RawWhenValue>,
+    /// Methods copied; default the idempotent ones (GET, HEAD, OPTIONS, PUT, DELETE).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub methods: Option<Vec<String>>,
+    /// Largest request body copied, e.g. `1MiB` (default).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_body: Option<String>,
+    /// Appended to the copy's `Host` (default `-shadow`, as Envoy does).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host_suffix: Option<String>,
+    /// Copies in flight at once, per route (default 64).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_in_flight: Option<usize>,
+    /// Copies waiting for a free slot, per route (default 128); more are dropped.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queue: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub compare: Option<RawCompare>,
+}
+
+/// A rule's `when`, kept as written (validated into conditions with [`RawWhen`]).
+pub type RawWhenValue = serde_json::Value;
+
+/// `mirror.compare`: the shadow comparison.
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCompare {
+    /// Percent of copies compared (default 10; 0 turns comparison off).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sample: Option<f64>,
+    /// Response headers compared (default `[content-type]`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub headers: Option<Vec<String>>,
+    /// JSON fields left out of the comparison: a name (at any depth) or a dotted path from the
+    /// top (`data.id`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ignore: Option<Vec<String>>,
+    /// Largest response body compared (default `256KiB`); longer ones compare status and
+    /// headers only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_body: Option<String>,
 }
 
 /// `routes[].rollout`.

@@ -433,12 +433,69 @@ fn sticky_key_needs_exactly_one_source() {
 }
 
 #[test]
-fn mirror_is_refused_until_supported() {
-    let e = errors_with(
+fn a_mirror_with_its_defaults_and_every_field() {
+    let text = GOOD.replacen(
         "    sticky:",
         "    mirror: { to: canary, percent: 5 }\n    sticky:",
+        1,
     );
-    assert_error(&e, "routes[0].mirror", "not available");
+    let c = Config::from_yaml(&text).unwrap();
+    let m = c.routes[0].mirror.as_ref().unwrap();
+    assert_eq!((m.to, m.percent), (1, Weight(500)));
+    assert_eq!(m.max_body, 1024 * 1024);
+    assert_eq!(m.host_suffix, "-shadow");
+    assert_eq!(
+        m.compare.sample,
+        Weight(1000),
+        "10 % of copies compared by default"
+    );
+    assert!(m.copies(&http::Method::GET) && !m.copies(&http::Method::POST));
+    let text = GOOD.replacen(
+        "    sticky:",
+        "    mirror:\n      to: canary\n      percent: 100\n      methods: [post]\n      max_body: 64KiB\n      host_suffix: .shadow\n      when: { header: { name: x-dark, present: true } }\n      compare: { sample: 0, headers: [etag], ignore: [ts, data.id], max_body: 1MiB }\n    sticky:",
+        1,
+    );
+    let c = Config::from_yaml(&text).unwrap();
+    let m = c.routes[0].mirror.as_ref().unwrap();
+    assert!(m.copies(&http::Method::POST) && !m.copies(&http::Method::GET));
+    assert_eq!((m.max_body, m.compare.max_body), (64 * 1024, 1024 * 1024));
+    assert_eq!(m.conditions.len(), 1);
+    assert_eq!(m.compare.ignore, ["ts", "data.id"]);
+}
+
+#[test]
+fn mirror_errors_name_their_field() {
+    let bad = |m: &str| errors_with("    sticky:", &format!("    mirror: {m}\n    sticky:"));
+    assert_error(
+        &bad("{ to: nope, percent: 5 }"),
+        "routes[0].mirror.to",
+        "unknown version",
+    );
+    assert_error(
+        &bad("{ to: stable, percent: 5 }"),
+        "routes[0].mirror.to",
+        "primary",
+    );
+    assert_error(
+        &bad("{ to: canary, percent: 101 }"),
+        "routes[0].mirror.percent",
+        "",
+    );
+    assert_error(
+        &bad("{ to: canary, percent: 5, max_body: lots }"),
+        "routes[0].mirror.max_body",
+        "not a size",
+    );
+    assert_error(
+        &bad("{ to: canary, percent: 5, methods: [\"GE T\"] }"),
+        "routes[0].mirror.methods[0]",
+        "not an HTTP method",
+    );
+    assert_error(
+        &bad("{ to: canary, percent: 5, compare: { ignore: [\"a..b\"] } }"),
+        "routes[0].mirror.compare.ignore[0]",
+        "dotted path",
+    );
 }
 
 #[test]

@@ -246,6 +246,63 @@ pub struct RouteConfig {
     pub upgrades: Upgrades,
     /// Steps, gates, automatic promotion and rollback (`crate::rollout` runs it).
     pub rollout: Option<super::RolloutSpec>,
+    /// The file's shadow traffic (`mirror:`).
+    pub mirror: Option<MirrorConfig>,
+    /// Named mirrors set at run time (the API's, a rollout's `set_mirror_route`), checked in
+    /// order before the file's `mirror`.
+    pub mirrors: Vec<MirrorConfig>,
+}
+
+/// Copies of a route's requests sent to a shadow version, whose answers are read, measured,
+/// compared and discarded.
+#[derive(Debug, Clone)]
+pub struct MirrorConfig {
+    /// Runtime mirrors are named; the file's is not.
+    pub name: Option<String>,
+    /// Index of the shadow version.
+    pub to: usize,
+    /// Share of requests copied.
+    pub percent: Weight,
+    /// All must hold (AND); empty: every request.
+    pub conditions: Vec<Condition>,
+    /// Methods copied; `None`: the idempotent ones.
+    pub methods: Option<Vec<http::Method>>,
+    pub max_body: u64,
+    pub host_suffix: String,
+    pub max_in_flight: usize,
+    pub queue: usize,
+    pub compare: CompareConfig,
+    /// As written (for the API's readback).
+    pub raw: super::raw::RawMirror,
+}
+
+/// `mirror.compare`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CompareConfig {
+    /// Share of copies compared with the primary's answer.
+    pub sample: Weight,
+    pub headers: Vec<HeaderName>,
+    /// JSON fields ignored: names at any depth, or dotted paths from the top.
+    pub ignore: Vec<String>,
+    pub max_body: u64,
+}
+
+impl MirrorConfig {
+    /// Is `method` copied? By default only idempotent methods are (RFC 9110 §9.2.2, without
+    /// TRACE).
+    pub fn copies(&self, method: &http::Method) -> bool {
+        match &self.methods {
+            Some(m) => m.contains(method),
+            None => matches!(
+                *method,
+                http::Method::GET
+                    | http::Method::HEAD
+                    | http::Method::OPTIONS
+                    | http::Method::PUT
+                    | http::Method::DELETE
+            ),
+        }
+    }
 }
 
 /// A set of HTTP/1.1 `Upgrade` protocol tokens, lowercased (tokens compare case-insensitively).

@@ -8,11 +8,11 @@ use super::defaults::{
 use super::raw::*;
 use super::rollout::validate_rollout;
 use super::types::{
-    Admin, AnalysisSettings, Condition, Config, ConfigError, ControllerSettings, Endpoint,
-    FieldError, HealthCheck, HostMatch, Listener, OutlierPolicy, Protocol, ProxySettings,
-    RetryPolicy, RouteConfig, RuleConfig, Secret, SniFiles, StickyConfig, StickyKey, Targets,
-    Timeouts, TlsFiles, Upgrades, Upstream, UpstreamTls, ValueTest, VersionConfig, WEIGHT_SCALE,
-    Weight,
+    Admin, AnalysisSettings, CompareConfig, Condition, Config, ConfigError, ControllerSettings,
+    Endpoint, FieldError, HealthCheck, HostMatch, Listener, MirrorConfig, OutlierPolicy, Protocol,
+    ProxySettings, RetryPolicy, RouteConfig, RuleConfig, Secret, SniFiles, StickyConfig, StickyKey,
+    Targets, Timeouts, TlsFiles, Upgrades, Upstream, UpstreamTls, ValueTest, VersionConfig,
+    WEIGHT_SCALE, Weight,
 };
 use http::HeaderName;
 use std::collections::{HashMap, HashSet};
@@ -744,12 +744,10 @@ fn validate_route(
         .as_ref()
         .and_then(|s| validate_sticky(s, &format!("{field}.sticky"), errs));
 
-    if r.mirror.is_some() {
-        errs.push(
-            format!("{field}.mirror"),
-            "shadow traffic (mirror) is not available in this build yet; remove `mirror`",
-        );
-    }
+    let mirror = r
+        .mirror
+        .as_ref()
+        .and_then(|m| validate_mirror(m, None, &versions, &format!("{field}.mirror"), errs));
 
     let timeouts = match &r.timeouts {
         Some(t) => validate_timeouts(t, default_timeouts, &format!("{field}.timeouts"), errs),
@@ -808,7 +806,190 @@ fn validate_route(
         fallback: r.fallback,
         upgrades,
         rollout,
+        mirror,
+        mirrors: Vec::new(),
     })
+}
+
+/// Default largest request body a mirror copies.
+pub const MIRROR_MAX_BODY: u64 = 1024 * 1024;
+/// Default largest response body a comparison reads.
+pub const COMPARE_MAX_BODY: u64 = 256 * 1024;
+
+/// `mirror:` of a route, or a runtime mirror (`name`), checked against the route's versions.
+/// Public within the crate so the API's mirrors go through exactly the same checks.
+pub(crate) fn validate_mirror(
+    m: &RawMirror,
+    name: Option<&str>,
+    versions: &[VersionConfig],
+    field: &str,
+    errs: &mut Errors,
+) -> Option<MirrorConfig> {
+    let before = errs.0.len();
+    if let Some(n) = name {
+        if let Err(e) = check_label_name(n, "mirror name") {
+            errs.push(field, e);
+        }
+    }
+    let to = versions.iter().position(|v| v.name == m.to);
+    match to {
+        None => {
+            let known: Vec<&str> = versions.iter().map(|v| v.name.as_str()).collect();
+            errs.push(
+                format!("{field}.to"),
+                format!("unknown version `{}`; this route has: {}", m.to, known.join(", ")),
+            );
+        }
+        Some(0) => errs.push(
+            format!("{field}.to"),
+            "is the primary version, which already serves these requests; mirror to another version",
+        ),
+        Some(_) => {}
+    }
+    let percent = match Weight::from_percent(m.percent) {
+        Ok(w) => w,
+        Err(e) => {
+            errs.push(format!("{field}.percent"), e);
+            Weight(0)
+        }
+    };
+    let mut conditions = Vec::new();
+    if let Some(when) = &m.when {
+        match serde_json::from_value::<RawWhen>(when.clone()) {
+            Ok(when) => {
+                let rule = RawRule {
+                    name: None,
+                    to: m.to.clone(),
+                    when,
+                };
+                if let Some(r) = validate_rule(&rule, versions, field, errs) {
+                    conditions = r.conditions;
+                }
+            }
+            Err(e) => errs.push(
+                format!("{field}.when"),
+                format!(
+                    "must be conditions as in a rule's `when` (header, cookie, client_ip): {e}"
+                ),
+            ),
+        }
+    }
+    let methods = m.methods.as_ref().map(|ms| {
+        ms.iter()
+            .enumerate()
+            .filter_map(|(i, s)| {
+                match http::Method::from_bytes(s.trim().to_ascii_uppercase().as_bytes()) {
+                    Ok(method) => Some(method),
+                    Err(_) => {
+                        errs.push(
+                            format!("{field}.methods[{i}]"),
+                            format!("`{s}` is not an HTTP method"),
+                        );
+                        None
+                    }
+                }
+            })
+            .collect::<Vec<_>>()
+    });
+    let size = |s: &Option<String>, default: u64, f: &str, errs: &mut Errors| match s {
+        None => default,
+        Some(s) => parse_size(s).unwrap_or_else(|e| {
+            errs.push(format!("{field}.{f}"), e);
+            default
+        }),
+    };
+    let max_body = size(&m.max_body, MIRROR_MAX_BODY, "max_body", errs);
+    let host_suffix = m
+        .host_suffix
+        .clone()
+        .unwrap_or_else(|| "-shadow".to_string());
+    if http::HeaderValue::from_str(&format!("h{host_suffix}")).is_err() {
+        errs.push(
+            format!("{field}.host_suffix"),
+            "must be text allowed in a Host header",
+        );
+    }
+    let positive = |v: Option<usize>, default: usize, f: &str, errs: &mut Errors| match v {
+        Some(0) => {
+            errs.push(format!("{field}.{f}"), "must be at least 1");
+            default
+        }
+        Some(n) => n,
+        None => default,
+    };
+    let max_in_flight = positive(m.max_in_flight, 64, "max_in_flight", errs);
+    let queue = m.queue.unwrap_or(128);
+    let c = m.compare.clone().unwrap_or_default();
+    let sample = match Weight::from_percent(c.sample.unwrap_or(10.0)) {
+        Ok(w) => w,
+        Err(e) => {
+            errs.push(format!("{field}.compare.sample"), e);
+            Weight(0)
+        }
+    };
+    let mut headers = Vec::new();
+    for (i, h) in c
+        .headers
+        .clone()
+        .unwrap_or_else(|| vec!["content-type".to_string()])
+        .iter()
+        .enumerate()
+    {
+        match parse_header_name(h) {
+            Ok(n) => headers.push(n),
+            Err(e) => errs.push(format!("{field}.compare.headers[{i}]"), e),
+        }
+    }
+    let ignore = c.ignore.clone().unwrap_or_default();
+    for (i, p) in ignore.iter().enumerate() {
+        if p.is_empty() || p.split('.').any(str::is_empty) {
+            errs.push(
+                format!("{field}.compare.ignore[{i}]"),
+                "a JSON field name, or a dotted path such as data.id",
+            );
+        }
+    }
+    let compare_max = size(&c.max_body, COMPARE_MAX_BODY, "compare.max_body", errs);
+    if errs.0.len() > before {
+        return None;
+    }
+    Some(MirrorConfig {
+        name: name.map(str::to_string),
+        to: to?,
+        percent,
+        conditions,
+        methods,
+        max_body,
+        host_suffix,
+        max_in_flight,
+        queue,
+        compare: CompareConfig {
+            sample,
+            headers,
+            ignore,
+            max_body: compare_max,
+        },
+        raw: m.clone(),
+    })
+}
+
+/// `1048576`, `512KiB`, `1MiB`, `1MB`, `64kb`: a size in bytes.
+pub(crate) fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a size; write bytes or e.g. 512KiB, 1MiB"))?;
+    let mult = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1024,
+        "m" | "mb" | "mib" => 1024 * 1024,
+        "g" | "gb" | "gib" => 1024 * 1024 * 1024,
+        _ => return Err(format!("`{s}`: unknown unit; use KiB, MiB or GiB")),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("`{s}` is too large"))
 }
 
 fn validate_versions(

@@ -20,10 +20,10 @@
 pub mod watch;
 
 use crate::analysis;
-use crate::config::raw::{RawRule, RawWhen};
+use crate::config::raw::{RawMirror, RawRule, RawWhen};
 use crate::config::{
     Admin, Condition, Config, ConfigError, Errors, FieldError, Listener, RouteConfig, RuleConfig,
-    StickyKey, Weight, validate_rule,
+    StickyKey, Weight, validate_mirror, validate_rule,
 };
 use crate::metrics::ReloadResult;
 use crate::state::{Snapshot, State};
@@ -129,6 +129,8 @@ pub enum ControlError {
     UnknownRoute(String),
     /// The route has no runtime rule of this name (file rules cannot be deleted).
     NoRuntimeRule { route: String, name: String },
+    /// `DELETE` of a runtime mirror that does not exist.
+    NoRuntimeMirror { route: String, name: String },
     /// A weight names a version the route does not have; `known` lists the ones it has.
     UnknownVersion {
         route: String,
@@ -169,6 +171,7 @@ impl ControlError {
         match self {
             ControlError::UnknownRoute(_)
             | ControlError::NoRuntimeRule { .. }
+            | ControlError::NoRuntimeMirror { .. }
             | ControlError::NoConfigFile => Vec::new(),
             ControlError::UnknownVersion {
                 route,
@@ -199,6 +202,9 @@ impl fmt::Display for ControlError {
             ControlError::UnknownRoute(route) => write!(f, "no route named `{route}`"),
             ControlError::NoRuntimeRule { route, name } => {
                 write!(f, "route `{route}` has no runtime rule named `{name}`")
+            }
+            ControlError::NoRuntimeMirror { route, name } => {
+                write!(f, "route `{route}` has no runtime mirror named `{name}`")
             }
             ControlError::UnknownVersion { .. }
             | ControlError::PrimaryWeight { .. }
@@ -252,11 +258,13 @@ struct RouteOverrides {
     weights: BTreeMap<String, Weight>,
     /// Named rules, in the order they were first put; evaluated before the file's rules.
     rules: Vec<RawRule>,
+    /// Named mirrors, in the order they were first put; checked before the file's `mirror`.
+    mirrors: Vec<(String, RawMirror)>,
 }
 
 impl RouteOverrides {
     fn is_empty(&self) -> bool {
-        self.weights.is_empty() && self.rules.is_empty()
+        self.weights.is_empty() && self.rules.is_empty() && self.mirrors.is_empty()
     }
 }
 
@@ -663,6 +671,68 @@ impl Control {
         self.apply_overrides(&mut inner, candidate)
     }
 
+    /// `PUT /api/v1/routes/{route}/mirrors/{name}`: copy the route's requests (those matching
+    /// `when`) to a shadow version; checked before the file's `mirror`.
+    pub fn put_mirror(&self, route: &str, name: &str, raw: RawMirror) -> Result<u64, ControlError> {
+        let mut inner = self.lock();
+        let rc = Self::file_route(&inner, route)?;
+        let mut errs = Errors::default();
+        if validate_mirror(&raw, Some(name), &rc.versions, "mirror", &mut errs).is_none() {
+            return Err(ControlError::Invalid(ConfigError { errors: errs.0 }));
+        }
+        let mut candidate = inner.overrides.clone();
+        let mirrors = &mut candidate
+            .routes
+            .entry(route.to_string())
+            .or_default()
+            .mirrors;
+        match mirrors.iter_mut().find(|(n, _)| n == name) {
+            Some(existing) => existing.1 = raw,
+            None => mirrors.push((name.to_string(), raw)),
+        }
+        self.apply_overrides(&mut inner, candidate)
+    }
+
+    /// `DELETE /api/v1/routes/{route}/mirrors/{name}`.
+    pub fn delete_mirror(&self, route: &str, name: &str) -> Result<u64, ControlError> {
+        let mut inner = self.lock();
+        Self::file_route(&inner, route)?;
+        let mut candidate = inner.overrides.clone();
+        let found = candidate.routes.get_mut(route).and_then(|o| {
+            let i = o.mirrors.iter().position(|(n, _)| n == name)?;
+            o.mirrors.remove(i);
+            Some(())
+        });
+        if found.is_none() {
+            return Err(ControlError::NoRuntimeMirror {
+                route: route.to_string(),
+                name: name.to_string(),
+            });
+        }
+        candidate.routes.retain(|_, o| !o.is_empty());
+        self.apply_overrides(&mut inner, candidate)
+    }
+
+    /// `GET /api/v1/routes/{route}/mirror/diffs`: the last differing pairs of the shadow
+    /// comparison, newest first, and the counts so far.
+    pub fn mirror_diffs(&self, route: &str) -> Result<MirrorDiffs, ControlError> {
+        let snap = self.state.snapshot();
+        let rt = snap
+            .route(route)
+            .ok_or_else(|| ControlError::UnknownRoute(route.to_string()))?;
+        let diffs = rt.mirror.as_ref().map(|m| m.diffs()).unwrap_or_default();
+        let w = self.state.metrics.mirror.diff_window(route);
+        let s = w.summary(Instant::now(), analysis::MAX_WINDOW);
+        Ok(MirrorDiffs {
+            route: route.to_string(),
+            compared_last_window: s.requests,
+            differing_last_window: s.errors,
+            window_seconds: analysis::MAX_WINDOW.as_secs(),
+            diff_rate: (s.requests > 0).then(|| s.errors as f64 / s.requests as f64),
+            diffs,
+        })
+    }
+
     /// Remove the runtime rule `name`.
     pub fn delete_rule(&self, route: &str, name: &str) -> Result<u64, ControlError> {
         let mut inner = self.lock();
@@ -1016,6 +1086,23 @@ fn compose(
         });
         runtime_rules.append(&mut route.rules);
         route.rules = runtime_rules;
+        let mut runtime_mirrors = Vec::new();
+        o.mirrors.retain(|(name, raw)| {
+            let mut e = Errors::default();
+            let field = format!("overrides.{}.mirrors.{name}", route.name);
+            match validate_mirror(raw, Some(name), &route.versions, &field, &mut e) {
+                Some(m) => {
+                    runtime_mirrors.push(m);
+                    true
+                }
+                None => {
+                    tracing::warn!(route = %route.name, "dropping runtime mirror that no longer fits: {}", ConfigError { errors: e.0 });
+                    false
+                }
+            }
+        });
+        runtime_mirrors.append(&mut route.mirrors);
+        route.mirrors = runtime_mirrors;
     }
     ov.routes.retain(|_, o| !o.is_empty());
     if errors.is_empty() {
@@ -1091,6 +1178,19 @@ pub struct PushedLayerView {
     /// Every version's weight in force now, percent (the primary's included).
     pub effective_weights: BTreeMap<String, f64>,
     pub generation: u64,
+}
+
+/// `GET /api/v1/routes/{route}/mirror/diffs`.
+#[derive(Debug, Clone, Serialize)]
+pub struct MirrorDiffs {
+    pub route: String,
+    /// Pairs compared and pairs that differed over the last `window_seconds`.
+    pub compared_last_window: u64,
+    pub differing_last_window: u64,
+    pub window_seconds: u64,
+    pub diff_rate: Option<f64>,
+    /// The last differing pairs, newest first.
+    pub diffs: Vec<crate::mirror::compare::Diff>,
 }
 
 /// `GET /api/v1/routes/{route}/window`: raw per-version counts of a wall-clock range.

@@ -3,6 +3,7 @@
 //! errors. An enum instead of `BoxBody`, so the hot path pays no allocation per request.
 
 use super::grpc::GrpcDone;
+use crate::mirror::compare::Capture;
 use crate::upstream::body::{BodyError, Idle};
 use crate::upstream::pool::Lease;
 use bytes::Bytes;
@@ -22,6 +23,8 @@ pub enum ProxyBody {
     Grpc(Incoming, Idle, GrpcDone),
     /// A complete small body; `None` once sent.
     Full(Option<Bytes>),
+    /// Streamed like `Upstream`, with a bounded copy for the shadow comparison.
+    Captured(Incoming, Idle, Option<Lease>, ClientGone, Box<Capture>),
 }
 
 impl ProxyBody {
@@ -64,17 +67,20 @@ impl Body for ProxyBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match self.get_mut() {
-            ProxyBody::Upstream(b, idle, lease, gone) => {
-                let frame = ready!(idle.poll(Pin::new(&mut *b), cx));
-                let ended = b.is_end_stream();
-                if matches!(frame, None | Some(Ok(_))) && ended {
-                    if let Some(l) = lease.take() {
-                        l.release();
+            ProxyBody::Upstream(b, idle, lease, gone) => poll_upstream(b, idle, lease, gone, cx),
+            ProxyBody::Captured(b, idle, lease, gone, capture) => {
+                let frame = ready!(poll_upstream(b, idle, lease, gone, cx));
+                match &frame {
+                    Some(Ok(f)) => {
+                        if let Some(d) = f.data_ref() {
+                            capture.data(d);
+                        }
+                        if b.is_end_stream() {
+                            capture.end();
+                        }
                     }
-                }
-                // Ended, or broken by the upstream: either way not the client leaving.
-                if ended || matches!(frame, None | Some(Err(_))) {
-                    gone.disarm();
+                    None => capture.end(),
+                    Some(Err(_)) => {}
                 }
                 Poll::Ready(frame)
             }
@@ -89,18 +95,45 @@ impl Body for ProxyBody {
 
     fn is_end_stream(&self) -> bool {
         match self {
-            ProxyBody::Upstream(b, ..) | ProxyBody::Grpc(b, ..) => b.is_end_stream(),
+            ProxyBody::Upstream(b, ..) | ProxyBody::Grpc(b, ..) | ProxyBody::Captured(b, ..) => {
+                b.is_end_stream()
+            }
             ProxyBody::Full(b) => b.is_none(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            ProxyBody::Upstream(b, ..) | ProxyBody::Grpc(b, ..) => b.size_hint(),
+            ProxyBody::Upstream(b, ..) | ProxyBody::Grpc(b, ..) | ProxyBody::Captured(b, ..) => {
+                b.size_hint()
+            }
             ProxyBody::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             ProxyBody::Full(None) => SizeHint::with_exact(0),
         }
     }
+}
+
+/// One frame of an upstream body: a pooled connection goes back when the body ends; the end
+/// or an upstream failure disarms the client-gone counter.
+fn poll_upstream(
+    b: &mut Incoming,
+    idle: &mut Idle,
+    lease: &mut Option<Lease>,
+    gone: &mut ClientGone,
+    cx: &mut Context<'_>,
+) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+    let frame = ready!(idle.poll(Pin::new(&mut *b), cx));
+    let ended = b.is_end_stream();
+    if matches!(frame, None | Some(Ok(_))) && ended {
+        if let Some(l) = lease.take() {
+            l.release();
+        }
+    }
+    // Ended, or broken by the upstream: either way not the client leaving.
+    if ended || matches!(frame, None | Some(Err(_))) {
+        gone.disarm();
+    }
+    Poll::Ready(frame)
 }
 
 /// Counts `canaryd_downstream_errors_total{kind="client_closed"}` on its route when dropped

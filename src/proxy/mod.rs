@@ -103,11 +103,14 @@ async fn forward(
     let host = parts.headers.get(HOST).cloned();
     let decision = route::route(ctx, &parts, host.as_ref())?;
     route::pick(ctx, &decision);
+    let mirror = route::mirror(ctx, &decision, &parts);
     let mut out = request::rewrite_request(ctx, parts, host);
     // Phase `send`: attempts until one answers or no retry is allowed (see `send`).
     let first = ctx.target()?;
     let timeout = first.route.config().timeouts.response;
-    let mut attempts = send::Attempts::new(first, &out, body);
+    let copy = mirror.and_then(|m| start_mirror(first.route, m, &out, &body, timeout));
+    let (tee, capture) = copy.map_or((None, None), |c| (c.tee, c.capture));
+    let mut attempts = send::Attempts::new(first, &out, body, tee);
     let (resp, lease) = loop {
         let t = ctx.target()?;
         let req = attempts.request(&mut out, t)?;
@@ -124,7 +127,37 @@ async fn forward(
         }
     };
     drop(attempts);
-    response::rewrite_response(ctx, resp, lease, out.upgrade)
+    response::rewrite_response(ctx, resp, lease, out.upgrade, capture)
+}
+
+/// Start the copy of this request for mirror `m` (out of line: only mirrored requests pay
+/// for it).
+#[inline(never)]
+fn start_mirror(
+    route: &crate::state::RouteRt,
+    m: &crate::config::MirrorConfig,
+    out: &request::Outgoing,
+    body: &Incoming,
+    timeout: std::time::Duration,
+) -> Option<crate::mirror::Started> {
+    use http_body::Body as _;
+    let rt = route.mirror.as_ref()?;
+    if out.upgrade.is_some() {
+        return None; // A tunnel is not a request that can be copied.
+    }
+    crate::mirror::start(
+        rt,
+        m,
+        &route.versions[m.to],
+        timeout,
+        crate::mirror::Head {
+            method: &out.method,
+            headers: &out.headers,
+            path_and_query: &out.path_and_query,
+            body_size: body.size_hint(),
+            body_empty: body.is_end_stream(),
+        },
+    )
 }
 
 /// Increments a gauge now and decrements it when dropped (also on cancellation).

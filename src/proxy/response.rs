@@ -26,6 +26,7 @@ pub(super) fn rewrite_response(
     resp: Response<Incoming>,
     lease: Option<Lease>,
     upgrade: Option<Upgrade>,
+    capture: Option<crate::mirror::compare::Capture>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let t = ctx.target()?;
     let (mut parts, body) = resp.into_parts();
@@ -62,7 +63,20 @@ pub(super) fn rewrite_response(
             .route
             .downstream
             .counter(DownstreamErrorKind::ClientClosed);
-        ProxyBody::upstream(body, idle, lease, ClientGone::new(closed))
+        let gone = ClientGone::new(closed);
+        match capture {
+            None => ProxyBody::upstream(body, idle, lease, gone),
+            Some(mut c) => {
+                use http_body::Body as _;
+                c.head(parts.status.as_u16(), &parts.headers);
+                if body.is_end_stream() {
+                    c.end();
+                    ProxyBody::upstream(body, idle, lease, gone)
+                } else {
+                    ProxyBody::Captured(body, idle, lease, gone, Box::new(c))
+                }
+            }
+        }
     };
     Ok(Response::from_parts(parts, body))
 }

@@ -2,6 +2,7 @@
 //! [`crate::router`]), then which endpoint.
 
 use super::ctx::{RequestCtx, Target};
+use crate::config::MirrorConfig;
 use crate::error::ProxyError;
 use crate::proxy::headers;
 use crate::router::{self, Decision};
@@ -60,6 +61,27 @@ pub(super) fn pick<'s>(ctx: &mut RequestCtx<'s>, decision: &Decision<'s, RouteRt
         reason: decision.reason,
         endpoint,
     });
+}
+
+/// The mirror this request is copied to, if its route has one that applies (see
+/// [`crate::mirror::choose`]).
+pub(super) fn mirror<'s>(
+    ctx: &RequestCtx<'s>,
+    decision: &Decision<'s, RouteRt>,
+    parts: &Parts,
+) -> Option<&'s MirrorConfig> {
+    let route = decision.route;
+    route.mirror.as_ref()?;
+    let client_ip = headers::client_address(
+        &parts.headers,
+        ctx.conn.peer.ip(),
+        ctx.snap.config.proxy.trusted_hops,
+    );
+    crate::mirror::choose(route, decision.version, &parts.method, |m| {
+        route
+            .route
+            .conditions_hold(&m.conditions, &parts.headers, client_ip)
+    })
 }
 
 /// RFC 9112 §3.2: an HTTP/1.1 request carries exactly one Host (absolute-form may stand in

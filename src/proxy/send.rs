@@ -54,14 +54,19 @@ pub(super) struct Attempts<'s> {
 impl<'s> Attempts<'s> {
     /// The attempts of a request to `first`, on its way out as `out`.
     #[inline(always)]
-    pub(super) fn new(first: Target<'s>, out: &Outgoing, body: Incoming) -> Self {
+    pub(super) fn new(
+        first: Target<'s>,
+        out: &Outgoing,
+        body: Incoming,
+        tee: Option<crate::upstream::body::Tee>,
+    ) -> Self {
         let rc = first.route.config();
         let first_pooled = first.endpoint().pool.is_some();
         let policy = &rc.retries;
         let idle = rc.timeouts.idle;
         let no_body = body.is_end_stream();
         let upgrade = out.upgrade.is_some();
-        let body = ClientBody::new(body, out.version >= Version::HTTP_2);
+        let body = ClientBody::new(body, out.version >= Version::HTTP_2).with_tee(tee);
         // Our pools hand an unsent request back; hyper-util's client does not, so a body bound
         // for it waits in a replayable slot.
         let body = if no_body {

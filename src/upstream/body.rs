@@ -80,6 +80,8 @@ pub struct ClientBody {
     body: Option<Incoming>,
     /// The client speaks HTTP/2 (HTTP/1 closes a connection whose body was left unread).
     h2: bool,
+    /// A mirror's copy of the body, fed as the body streams ([`Tee`]).
+    tee: Option<Tee>,
 }
 
 impl ClientBody {
@@ -87,7 +89,14 @@ impl ClientBody {
         ClientBody {
             body: Some(body),
             h2,
+            tee: None,
         }
+    }
+
+    /// Copy the body to a mirror as it streams.
+    pub fn with_tee(mut self, tee: Option<Tee>) -> ClientBody {
+        self.tee = tee;
+        self
     }
 }
 
@@ -99,10 +108,29 @@ impl Body for ClientBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        match self.get_mut().body.as_mut() {
-            Some(b) => Pin::new(b).poll_frame(cx),
-            None => Poll::Ready(None),
+        let this = self.get_mut();
+        let Some(b) = this.body.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let frame = ready!(Pin::new(&mut *b).poll_frame(cx));
+        if let Some(tee) = this.tee.as_mut() {
+            let keep = match &frame {
+                Some(Ok(f)) => f.data_ref().is_none_or(|d| tee.data(d)),
+                // The end, or the client's failure: the copy ends the same way.
+                None => {
+                    tee.finish();
+                    false
+                }
+                Some(Err(_)) => false,
+            };
+            if !keep || b.is_end_stream() {
+                if b.is_end_stream() {
+                    tee.finish();
+                }
+                this.tee = None;
+            }
         }
+        Poll::Ready(frame)
     }
 
     fn is_end_stream(&self) -> bool {
@@ -173,6 +201,129 @@ impl Replayable {
     }
 }
 
+/// A mirror's copy of a client body ([`MirrorBody`]) ended before the body did.
+const TEE_OPEN: u8 = 0;
+/// The copy is complete.
+const TEE_DONE: u8 = 1;
+/// The body grew past the mirror's `max_body`.
+pub const TEE_TOO_LARGE: u8 = 2;
+/// The copy fell behind the primary (its buffer was full), or the primary's body stopped.
+pub const TEE_FELL_BEHIND: u8 = 3;
+
+/// The primary's side of a mirrored body: every data frame the upstream request sends is also
+/// offered to the copy, without ever waiting for it. Over `max` bytes, or when the copy's
+/// bounded buffer is full, the copy is given up (and reset), never the primary.
+#[derive(Debug)]
+pub struct Tee {
+    tx: tokio::sync::mpsc::Sender<Bytes>,
+    state: Arc<std::sync::atomic::AtomicU8>,
+    seen: u64,
+    max: u64,
+}
+
+/// The copy's side: the frames the [`Tee`] passed, then the end — or an error that resets
+/// the copy when the tee gave up.
+#[derive(Debug)]
+pub struct MirrorBody {
+    rx: tokio::sync::mpsc::Receiver<Bytes>,
+    state: Arc<std::sync::atomic::AtomicU8>,
+    size: SizeHint,
+}
+
+/// Frames a copy may lag behind the primary's body before it is given up.
+const TEE_FRAMES: usize = 32;
+
+/// A body copy for a mirror: at most `max` bytes, `size` as the client announced it.
+pub fn tee(max: u64, size: SizeHint) -> (Tee, MirrorBody) {
+    let (tx, rx) = tokio::sync::mpsc::channel(TEE_FRAMES);
+    let state = Arc::new(std::sync::atomic::AtomicU8::new(TEE_OPEN));
+    (
+        Tee {
+            tx,
+            state: state.clone(),
+            seen: 0,
+            max,
+        },
+        MirrorBody { rx, state, size },
+    )
+}
+
+impl Tee {
+    /// Offer one data frame; `false` once the copy is given up.
+    fn data(&mut self, d: &Bytes) -> bool {
+        self.seen += d.len() as u64;
+        if self.seen > self.max {
+            self.give_up(TEE_TOO_LARGE);
+            return false;
+        }
+        match self.tx.try_send(d.clone()) {
+            Ok(()) => true,
+            Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => {
+                self.give_up(TEE_FELL_BEHIND);
+                false
+            }
+            Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+
+    fn finish(&mut self) {
+        self.give_up(TEE_DONE);
+    }
+
+    fn give_up(&mut self, why: u8) {
+        use std::sync::atomic::Ordering;
+        let _ = self
+            .state
+            .compare_exchange(TEE_OPEN, why, Ordering::AcqRel, Ordering::Acquire);
+    }
+}
+
+impl Drop for Tee {
+    /// Dropped before the end (the upstream answered early, the client went away): the copy
+    /// is incomplete, so it is reset rather than sent short.
+    fn drop(&mut self) {
+        self.give_up(TEE_FELL_BEHIND);
+    }
+}
+
+impl MirrorBody {
+    /// Why the copy was given up, if it was ([`TEE_TOO_LARGE`], [`TEE_FELL_BEHIND`]).
+    pub fn given_up(state: &std::sync::atomic::AtomicU8) -> Option<u8> {
+        match state.load(std::sync::atomic::Ordering::Acquire) {
+            TEE_OPEN | TEE_DONE => None,
+            s => Some(s),
+        }
+    }
+
+    /// The shared state, to read after the exchange.
+    pub fn state(&self) -> Arc<std::sync::atomic::AtomicU8> {
+        self.state.clone()
+    }
+}
+
+impl Body for MirrorBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = self.get_mut();
+        match ready!(this.rx.poll_recv(cx)) {
+            Some(b) => Poll::Ready(Some(Ok(Frame::data(b)))),
+            None => match this.state.load(std::sync::atomic::Ordering::Acquire) {
+                TEE_DONE => Poll::Ready(None),
+                _ => Poll::Ready(Some(Err("the mirror copy of the body was given up".into()))),
+            },
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.size
+    }
+}
+
 /// Body of an upstream request.
 #[derive(Debug)]
 pub enum RequestBody {
@@ -182,6 +333,8 @@ pub enum RequestBody {
     Stream(ClientBody, Idle),
     /// The client's body behind a [`Replayable`] slot, for requests that may be retried.
     Replayable(Replayable, Idle),
+    /// A mirror's copy of the client's body.
+    Mirror(MirrorBody),
 }
 
 impl RequestBody {
@@ -200,6 +353,7 @@ impl Body for RequestBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let frame = match self.get_mut() {
             RequestBody::Empty => return Poll::Ready(None),
+            RequestBody::Mirror(m) => return Pin::new(m).poll_frame(cx),
             RequestBody::Stream(b, idle) => ready!(idle.poll(Pin::new(b), cx)),
             RequestBody::Replayable(r, idle) => {
                 let mut slot = r.0.lock().unwrap_or_else(|e| e.into_inner());
@@ -221,6 +375,7 @@ impl Body for RequestBody {
     fn is_end_stream(&self) -> bool {
         match self {
             RequestBody::Empty => true,
+            RequestBody::Mirror(_) => false,
             RequestBody::Stream(b, _) => b.is_end_stream(),
             RequestBody::Replayable(r, _) => {
                 let slot = r.0.lock().unwrap_or_else(|e| e.into_inner());
@@ -232,6 +387,7 @@ impl Body for RequestBody {
     fn size_hint(&self) -> SizeHint {
         match self {
             RequestBody::Empty => SizeHint::with_exact(0),
+            RequestBody::Mirror(m) => m.size_hint(),
             RequestBody::Stream(b, _) => b.size_hint(),
             RequestBody::Replayable(r, _) => {
                 let slot = r.0.lock().unwrap_or_else(|e| e.into_inner());
