@@ -114,7 +114,8 @@ pub struct State {
 struct Built {
     registry: Registry,
     last_generation: u64,
-    /// Routes' mirroring by route name, kept across snapshots.
+    /// Routes' mirroring by route name, kept across snapshots (and after a route's mirror
+    /// stops, for its diffs) while the route exists.
     mirrors: std::collections::HashMap<String, Arc<crate::mirror::MirrorRt>>,
 }
 
@@ -149,6 +150,12 @@ impl State {
 
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::SeqCst)
+    }
+
+    /// The mirroring of `route`, also after its mirror stopped (its last diffs).
+    pub fn mirror(&self, route: &str) -> Option<Arc<crate::mirror::MirrorRt>> {
+        let built = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+        built.mirrors.get(route).cloned()
     }
 
     /// A fleet controller verified every rollout layer it drives here (`PUT /api/v1/synced`).
@@ -243,7 +250,6 @@ impl Built {
         let registry = &mut self.registry;
         registry.begin();
         let mirrors = &mut self.mirrors;
-        let mut live_mirrors = Vec::new();
         // `Router::new` keeps routes in config order, so `ri` is the config index too.
         let router = Router::new(&config).map(|ri, route| {
             let rc = &route.config;
@@ -258,9 +264,6 @@ impl Built {
                 }
             }
             let mirror = mirror_rt(mirrors, rc, metrics);
-            if mirror.is_some() {
-                live_mirrors.push(rc.name.clone());
-            }
             RouteRt {
                 downstream: metrics.downstream(route.name()),
                 route,
@@ -270,7 +273,9 @@ impl Built {
                 mirror,
             }
         });
-        self.mirrors.retain(|r, _| live_mirrors.contains(r));
+        // Mirrors that stopped (a rollout's, aborted) are kept for their diffs.
+        self.mirrors
+            .retain(|r, _| config.routes.iter().any(|rc| &rc.name == r));
         if !errors.is_empty() {
             return Err(ConfigError { errors });
         }

@@ -799,3 +799,86 @@ async fn a_header_route_step_sends_testers_to_the_canary_until_the_abort_removes
         Some("stable")
     );
 }
+
+/// A dark launch: `set_mirror_route` copies the traffic to the canary while it gets none, a
+/// `diff_rate` gate judges the shadow comparison (the canary answers differently from the
+/// stable), the rollout aborts, and the managed mirror goes with the abort.
+#[tokio::test]
+async fn a_dark_launch_whose_shadow_differs_is_aborted_and_stops_being_mirrored() {
+    let (stable, canary) = (Origin::start("stable").await, Origin::start("canary").await);
+    let dir = tempfile::tempdir().unwrap();
+    let r = r#"      id: app-v2
+      steps:
+        - set_mirror_route: { name: dark, percent: 100 }
+        - analysis: shadow
+        - set_weight: 50
+      analysis:
+        shadow:
+          interval: 1s
+          window: 5s
+          initial_delay: 1s
+          count: 3
+          min_requests: 5
+          inconclusive_limit: 20
+          source: mirror
+          checks:
+            - diff_rate: { max: 0.1 }
+"#;
+    let proxy = start(&stable, &canary, &dir, r).await;
+    let load = traffic(&proxy);
+    // While the gate measures, the canary serves nobody but sees copies.
+    wait_for("copies reach the canary", || {
+        proxy.metric_value(
+            "canaryd_mirror_requests_total{route=\"app\",version=\"canary\",result=\"sent\"}",
+        ) >= 20.0
+    })
+    .await;
+    let (s, a) = proxy
+        .admin_call(
+            "GET",
+            "/api/v1/routes/app/analysis?window=60s&source=mirror",
+            "",
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{a}");
+    assert!(
+        a["versions"]["canary"]["requests"].as_u64().unwrap() > 0,
+        "{a}"
+    );
+    let v = wait_phase(&proxy, "aborted").await;
+    load.abort();
+    assert_eq!(v["reason"], "analysis_failed", "{v}");
+    let m = v["measurements"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
+    assert_eq!(m["checks"][0]["check"], "diff_rate", "{m}");
+    assert_eq!(m["checks"][0]["result"], "failed", "{m}");
+    // Copies are never the canary's own requests.
+    assert_eq!(
+        proxy.metric("canaryd_requests_total{route=\"app\",version=\"canary\",code=\"200\"}"),
+        None
+    );
+    // The managed mirror is gone: no more copies.
+    let sent = |p: &Proxy| {
+        p.metric_value(
+            "canaryd_mirror_requests_total{route=\"app\",version=\"canary\",result=\"sent\"}",
+        )
+    };
+    let before = sent(&proxy);
+    let client = TestClient::http1();
+    for _ in 0..50 {
+        assert_eq!(
+            client.get(&proxy.url("/"), &[]).await.status,
+            StatusCode::OK
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(sent(&proxy), before);
+    let (_, d) = proxy
+        .admin_call("GET", "/api/v1/routes/app/mirror/diffs", "")
+        .await;
+    assert!(d["diffs"][0]["kinds"].to_string().contains("body"), "{d}");
+}

@@ -123,6 +123,8 @@ pub struct AnalysisQuery {
     pub window: Duration,
     /// `None`: the config's.
     pub min_requests: Option<u64>,
+    /// `source=mirror`: the non-primary versions as shadows, from their mirror windows.
+    pub source: crate::config::GateSource,
 }
 
 /// Parameters are read in order and the first bad one is reported; a repeated one counts
@@ -131,6 +133,7 @@ pub fn analysis_query(query: Option<&str>) -> Result<AnalysisQuery, AdminError> 
     let mut q = AnalysisQuery {
         window: DEFAULT_WINDOW,
         min_requests: None,
+        source: crate::config::GateSource::Live,
     };
     for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
@@ -159,10 +162,22 @@ pub fn analysis_query(query: Option<&str>) -> Result<AnalysisQuery, AdminError> 
                 })?;
                 q.min_requests = Some(n);
             }
+            "source" => {
+                q.source = match v {
+                    "live" => crate::config::GateSource::Live,
+                    "mirror" => crate::config::GateSource::Mirror,
+                    _ => {
+                        return Err(bad(
+                            "source",
+                            format!("`{v}` must be live (the default) or mirror"),
+                        ));
+                    }
+                };
+            }
             other => {
                 return Err(bad(
                     other,
-                    "unknown query parameter; use window and min_requests".to_string(),
+                    "unknown query parameter; use window, min_requests and source".to_string(),
                 ));
             }
         }

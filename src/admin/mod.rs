@@ -286,6 +286,7 @@ fn api(
                 route,
                 q.window,
                 q.min_requests,
+                q.source,
             )?))
         }
         (&Method::PUT, ["routes", route, "weights"]) => {

@@ -28,7 +28,7 @@ pub use defaults::{
     DEFAULT_HEADER_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS,
     DEFAULT_RESPONSE_TIMEOUT, RETRY_BUDGET_MIN,
 };
-pub use rollout::{Check, CheckKind, Gate, OnInconclusive, RolloutSpec, Step};
+pub use rollout::{Check, CheckKind, Gate, GateSource, OnInconclusive, RolloutSpec, Step};
 pub use types::{
     Admin, AnalysisSettings, CompareConfig, Condition, Config, ConfigError, ControllerSettings,
     Endpoint, FieldError, HealthCheck, HostMatch, Listener, MirrorConfig, OutlierPolicy, Protocol,

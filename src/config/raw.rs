@@ -393,6 +393,19 @@ pub enum RawStep {
     /// A key of `rollout.analysis`.
     Analysis(String),
     SetHeaderRoute(RawHeaderRoute),
+    SetMirrorRoute(RawMirrorRoute),
+}
+
+/// `set_mirror_route: { name, percent, to, when, methods }` (Argo's setMirrorRoute): a
+/// mirror managed by the rollout; `to` defaults to the rollout's canary.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMirrorRoute {
+    pub name: String,
+    pub to: Option<String>,
+    pub percent: f64,
+    pub when: Option<RawWhenValue>,
+    pub methods: Option<Vec<String>>,
 }
 
 /// `pause: 2m`, `pause: { duration: 2m }`, or `pause: {}` (until promoted).
@@ -459,6 +472,9 @@ pub struct RawGate {
     pub inconclusive_limit: Option<u32>,
     /// `pause` or `continue`.
     pub on_inconclusive: Option<String>,
+    /// `live` (default): the canary's own traffic; `mirror`: the canary as a shadow, from its
+    /// mirror window.
+    pub source: Option<String>,
 }
 
 /// One check of a gate, written as a one-key map (`- success_rate: { min: 99 }`).
@@ -468,6 +484,17 @@ pub enum RawCheck {
     LatencyP99(RawLatencyCheck),
     Prometheus(RawPrometheusCheck),
     Webhook(RawWebhookCheck),
+    DiffRate(RawDiffRateCheck),
+}
+
+/// `diff_rate: { max: 0.1 }`: the share of compared mirror pairs that differed.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDiffRateCheck {
+    pub max: f64,
+    #[serde(default)]
+    pub critical: bool,
+    pub min_requests: Option<u64>,
 }
 
 // `critical` and `min_requests` are repeated in every check rather than flattened:
@@ -523,13 +550,19 @@ pub struct RawWebhookCheck {
 
 impl<'de> Deserialize<'de> for RawStep {
     fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        const KEYS: &[&str] = &["set_weight", "pause", "analysis", "set_header_route"];
+        const KEYS: &[&str] = &[
+            "set_weight",
+            "pause",
+            "analysis",
+            "set_header_route",
+            "set_mirror_route",
+        ];
         struct V_;
         impl<'de> Visitor<'de> for V_ {
             type Value = RawStep;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
                 f.write_str(
-                    "a step: a map with one key, set_weight, pause, analysis or set_header_route",
+                    "a step: a map with one key, set_weight, pause, analysis, set_header_route or set_mirror_route",
                 )
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
@@ -538,6 +571,7 @@ impl<'de> Deserialize<'de> for RawStep {
                     "set_weight" => RawStep::SetWeight(map.next_value()?),
                     "pause" => RawStep::Pause(map.next_value()?),
                     "analysis" => RawStep::Analysis(map.next_value()?),
+                    "set_mirror_route" => RawStep::SetMirrorRoute(map.next_value()?),
                     _ => RawStep::SetHeaderRoute(map.next_value()?),
                 };
                 no_second_key(&mut map, &key, "step")?;
@@ -550,13 +584,19 @@ impl<'de> Deserialize<'de> for RawStep {
 
 impl<'de> Deserialize<'de> for RawCheck {
     fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        const KEYS: &[&str] = &["success_rate", "latency_p99", "prometheus", "webhook"];
+        const KEYS: &[&str] = &[
+            "success_rate",
+            "latency_p99",
+            "prometheus",
+            "webhook",
+            "diff_rate",
+        ];
         struct V_;
         impl<'de> Visitor<'de> for V_ {
             type Value = RawCheck;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
                 f.write_str(
-                    "a check: a map with one key, success_rate, latency_p99, prometheus or webhook",
+                    "a check: a map with one key, success_rate, latency_p99, prometheus, webhook or diff_rate",
                 )
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
@@ -565,6 +605,7 @@ impl<'de> Deserialize<'de> for RawCheck {
                     "success_rate" => RawCheck::SuccessRate(map.next_value()?),
                     "latency_p99" => RawCheck::LatencyP99(map.next_value()?),
                     "prometheus" => RawCheck::Prometheus(map.next_value()?),
+                    "diff_rate" => RawCheck::DiffRate(map.next_value()?),
                     _ => RawCheck::Webhook(map.next_value()?),
                 };
                 no_second_key(&mut map, &key, "check")?;

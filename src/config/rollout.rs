@@ -43,6 +43,12 @@ pub enum Step {
     /// A header route managed by the rollout: requests matching `rule` go to the canary
     /// (`rule.to` is the canary). Removed when the rollout aborts, completes or is cancelled.
     SetHeaderRoute { name: String, rule: RuleConfig },
+    /// A mirror managed by the rollout (Argo's setMirrorRoute), removed with its header
+    /// routes.
+    SetMirrorRoute {
+        name: String,
+        mirror: Box<super::MirrorConfig>,
+    },
 }
 
 /// One analysis gate (`rollout.analysis.<name>`).
@@ -70,6 +76,8 @@ pub struct Gate {
     /// `on_inconclusive: continue` let the gate pass when nothing failed.
     pub inconclusive_limit: u32,
     pub on_inconclusive: OnInconclusive,
+    /// Whose numbers the canary is judged by.
+    pub source: GateSource,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,8 +95,21 @@ pub struct Check {
     pub min_requests: Option<u64>,
 }
 
+/// `source:` of a gate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum GateSource {
+    /// The canary's own traffic.
+    #[default]
+    Live,
+    /// The canary as a shadow: its mirror window (the primary stays live).
+    Mirror,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum CheckKind {
+    /// The share (0 to 1) of compared mirror pairs that differed in the window: at most
+    /// `max`. `min_requests` counts compared pairs.
+    DiffRate { max: f64 },
     /// Canary success rate (percent): at least `min`, and at most `max_drop_vs_primary`
     /// percentage points below the primary's (default: `analysis.max_success_rate_drop`).
     SuccessRate {
@@ -347,6 +368,41 @@ fn validate_steps(
                     steps.push(step);
                 }
             }
+            RawStep::SetMirrorRoute(m) => {
+                let mf = format!("{sf}.set_mirror_route");
+                // Header and mirror routes are the rollout's managed routes: one namespace.
+                match header_routes.get(m.name.as_str()) {
+                    Some(j) => errs.push(
+                        format!("{mf}.name"),
+                        format!(
+                            "managed route `{}` is already set by steps[{j}]; names must be unique within a rollout",
+                            m.name
+                        ),
+                    ),
+                    None => {
+                        header_routes.insert(&m.name, i);
+                    }
+                }
+                let to =
+                    m.to.clone()
+                        .or_else(|| canary.and_then(|c| versions.get(c)).map(|v| v.name.clone()))
+                        .unwrap_or_default();
+                let raw = crate::config::raw::RawMirror {
+                    to,
+                    percent: m.percent,
+                    when: m.when.clone(),
+                    methods: m.methods.clone(),
+                    ..Default::default()
+                };
+                if let Some(mirror) =
+                    super::validate::validate_mirror(&raw, Some(&m.name), versions, &mf, errs)
+                {
+                    steps.push(Step::SetMirrorRoute {
+                        name: m.name.clone(),
+                        mirror: Box::new(mirror),
+                    });
+                }
+            }
         }
     }
     steps
@@ -476,7 +532,7 @@ fn validate_gate(raw: &RawGate, default_min_requests: u64, field: &str, errs: &m
     if raw.checks.is_empty() {
         errs.push(
             f("checks"),
-            "at least one check is required: success_rate, latency_p99, prometheus or webhook",
+            "at least one check is required: success_rate, latency_p99, prometheus, webhook or diff_rate",
         );
     }
     let checks = raw
@@ -496,7 +552,19 @@ fn validate_gate(raw: &RawGate, default_min_requests: u64, field: &str, errs: &m
             OnInconclusive::Pause
         }
     };
+    let source = match raw.source.as_deref() {
+        None | Some("live") => GateSource::Live,
+        Some("mirror") => GateSource::Mirror,
+        Some(other) => {
+            errs.push(
+                f("source"),
+                format!("`{other}` is not allowed; use live (the default) or mirror"),
+            );
+            GateSource::Live
+        }
+    };
     Gate {
+        source,
         interval,
         window,
         initial_delay,
@@ -611,6 +679,23 @@ fn validate_check(raw: &RawCheck, field: &str, errs: &mut Errors) -> Check {
             };
             (
                 kind,
+                c.critical,
+                check_min_requests(c.min_requests, &f, errs),
+            )
+        }
+        RawCheck::DiffRate(c) => {
+            let f = format!("{field}.diff_rate");
+            if !(0.0..=1.0).contains(&c.max) {
+                errs.push(
+                    format!("{f}.max"),
+                    format!(
+                        "must be a share from 0 to 1, e.g. 0.1 for 10 % (got {})",
+                        c.max
+                    ),
+                );
+            }
+            (
+                CheckKind::DiffRate { max: c.max },
                 c.critical,
                 check_min_requests(c.min_requests, &f, errs),
             )

@@ -926,6 +926,7 @@ fn rollout_block_parses_with_defaults_filled() {
     assert_eq!(
         bg,
         &Gate {
+            source: crate::config::GateSource::Live,
             interval: Duration::from_secs(30),
             window: Duration::from_secs(60),
             initial_delay: Duration::ZERO,
@@ -1489,4 +1490,61 @@ fn wait_for_controller_is_off_unless_set() {
     assert!(!Config::from_yaml(base).unwrap().proxy.wait_for_controller);
     let on = format!("proxy: {{ wait_for_controller: true }}\n{base}");
     assert!(Config::from_yaml(&on).unwrap().proxy.wait_for_controller);
+}
+
+#[test]
+fn set_mirror_route_steps_and_mirror_gates() {
+    let r = rollout_with(
+        "        - set_weight: 5\n",
+        "        - set_mirror_route: { name: dark, percent: 50, when: { header: { name: x-dark, present: true } } }\n        - set_weight: 5\n",
+    );
+    match &r.steps[0] {
+        Step::SetMirrorRoute { name, mirror } => {
+            assert_eq!(name, "dark");
+            assert_eq!(
+                (mirror.to, mirror.percent),
+                (1, Weight(5000)),
+                "to: the canary"
+            );
+            assert_eq!(mirror.conditions.len(), 1);
+        }
+        s => panic!("{s:?}"),
+    }
+    // A managed route's name is unique across header and mirror routes.
+    let e = rollout_errors_with(
+        "        - set_weight: 5\n",
+        "        - set_mirror_route: { name: qa, percent: 5 }\n        - set_weight: 5\n",
+    );
+    assert!(
+        e.iter().any(|f| f.field.ends_with("set_header_route.name")
+            || f.field.ends_with("set_mirror_route.name")),
+        "{e:?}"
+    );
+    let e = rollout_errors_with(
+        "        - set_weight: 5\n",
+        "        - set_mirror_route: { name: d, percent: 5, to: stable }\n        - set_weight: 5\n",
+    );
+    assert_error(
+        &e,
+        "routes[0].rollout.steps[0].set_mirror_route.to",
+        "primary",
+    );
+    // A gate judging the shadow, with a diff_rate check.
+    let r = rollout_with(
+        "          checks:\n            - success_rate: { min: 80, critical: true, min_requests: 20 }",
+        "          source: mirror\n          checks:\n            - diff_rate: { max: 0.05 }",
+    );
+    let bg = &r.analysis["bg"];
+    assert_eq!(bg.source, crate::config::GateSource::Mirror);
+    assert_eq!(bg.checks[0].kind, CheckKind::DiffRate { max: 0.05 });
+    let e = rollout_errors_with(
+        "          checks:\n            - success_rate: { min: 80, critical: true, min_requests: 20 }",
+        "          source: shadow\n          checks:\n            - diff_rate: { max: 5 }",
+    );
+    assert_error(&e, "routes[0].rollout.analysis.bg.source", "live");
+    assert_error(
+        &e,
+        "routes[0].rollout.analysis.bg.checks[0].diff_rate.max",
+        "from 0 to 1",
+    );
 }

@@ -336,6 +336,8 @@ pub struct RolloutLayer {
     /// runtime rules and before the file's.
     pub rules: Vec<RuleConfig>,
     /// Set by a fleet controller: what it pushed, read back to verify.
+    /// Managed mirrors (`set_mirror_route`), checked before the file's `mirror`.
+    pub mirrors: Vec<crate::config::MirrorConfig>,
     pub pushed: Option<PushedLayer>,
 }
 
@@ -720,7 +722,11 @@ impl Control {
         let rt = snap
             .route(route)
             .ok_or_else(|| ControlError::UnknownRoute(route.to_string()))?;
-        let diffs = rt.mirror.as_ref().map(|m| m.diffs()).unwrap_or_default();
+        let diffs = self
+            .state
+            .mirror(&rt.route.config.name)
+            .map(|m| m.diffs())
+            .unwrap_or_default();
         let w = self.state.metrics.mirror.diff_window(route);
         let s = w.summary(Instant::now(), analysis::MAX_WINDOW);
         Ok(MirrorDiffs {
@@ -817,6 +823,7 @@ impl Control {
             RolloutLayer {
                 weights,
                 rules,
+                mirrors: Vec::new(),
                 pushed: Some(pushed),
             }
         };
@@ -913,9 +920,10 @@ impl Control {
         route: &str,
         window: Duration,
         min_requests: Option<u64>,
+        source: crate::config::GateSource,
     ) -> Result<analysis::Report, ControlError> {
         let snap = self.state.snapshot();
-        let inputs = version_windows(&snap, route, window)
+        let inputs = version_windows(&snap, &self.state.metrics, route, window, source)
             .ok_or_else(|| ControlError::UnknownRoute(route.to_string()))?;
         let mut settings = snap.config.analysis.clone();
         if let Some(n) = min_requests {
@@ -993,10 +1001,14 @@ impl Control {
 
 /// Each version's window summary, primary first; `None` for an unknown route. The only
 /// place the analysis reads the snapshot's layout.
-fn version_windows<'s>(
+/// Each version's window; with `source: mirror`, the non-primary versions' mirror windows
+/// (the primary's traffic is always live).
+pub(crate) fn version_windows<'s>(
     snap: &'s Snapshot,
+    metrics: &crate::metrics::Metrics,
     route: &str,
     window: Duration,
+    source: crate::config::GateSource,
 ) -> Option<Vec<analysis::VersionInput<'s>>> {
     let now = Instant::now();
     Some(
@@ -1005,7 +1017,12 @@ fn version_windows<'s>(
             .iter()
             .map(|v| analysis::VersionInput {
                 name: &v.name,
-                summary: v.metrics.window.summary(now, window),
+                summary: match source {
+                    crate::config::GateSource::Mirror if !v.primary => {
+                        metrics.mirror.window(route, &v.name).summary(now, window)
+                    }
+                    _ => v.metrics.window.summary(now, window),
+                },
             })
             .collect(),
     )
@@ -1159,6 +1176,9 @@ fn apply_layer(route: &mut RouteConfig, l: &RolloutLayer) {
     let mut rules = l.rules.clone();
     rules.append(&mut route.rules);
     route.rules = rules;
+    let mut mirrors = l.mirrors.clone();
+    mirrors.append(&mut route.mirrors);
+    route.mirrors = mirrors;
 }
 
 fn too_heavy(ri: usize, route: &str, total: Weight, with: &str) -> FieldError {

@@ -764,6 +764,7 @@ fn describe_step_view(s: &StepV) -> String {
         },
         "analysis" => format!("analysis {}", s.gate.as_deref().unwrap_or("?")),
         "set_header_route" => format!("set_header_route {}", s.name.as_deref().unwrap_or("?")),
+        "set_mirror_route" => format!("set_mirror_route {}", s.name.as_deref().unwrap_or("?")),
         other => other.to_string(),
     }
 }
@@ -871,6 +872,13 @@ fn plan_route(o: &mut String, cfg: &Config, r: &RouteConfig, spec: &RolloutSpec)
                         .map_or(canary.as_str(), |v| v.name.as_str())
                 )
             }
+            Step::SetMirrorRoute { name, mirror } => format!(
+                "set_mirror_route {name}: {}% of requests copied to {}",
+                num(mirror.percent.percent()),
+                r.versions
+                    .get(mirror.to)
+                    .map_or(canary.as_str(), |v| v.name.as_str())
+            ),
         };
         let _ = writeln!(o, "  {i:>4}  {starts:<14} {what}");
     }
@@ -935,6 +943,10 @@ fn plan_gate(o: &mut String, cfg: &Config, name: &str, g: &Gate) {
 
 fn describe_check(cfg: &Config, c: &Check) -> String {
     let mut s = match &c.kind {
+        CheckKind::DiffRate { max } => format!(
+            "diff_rate: at most {} % of compared mirror pairs differ",
+            num(max * 100.0)
+        ),
         CheckKind::SuccessRate {
             min,
             max_drop_vs_primary,

@@ -14,7 +14,7 @@ use super::machine::{
 };
 use super::measure::{self, Evidence, now_ms};
 use crate::analysis::Summary;
-use crate::config::{RolloutSpec, Step};
+use crate::config::{GateSource, RolloutSpec, Step};
 use crate::control::{Control, ControlError, RolloutLayer};
 use bytes::Bytes;
 use serde::Serialize;
@@ -62,7 +62,10 @@ pub struct Found {
 pub trait Target: Send + Sync + 'static {
     /// Each version's totals over the last `window`. A fleet's are summed over every replica,
     /// and one replica that cannot be read makes them unknown (the measurement inconclusive).
-    fn windows(&self, route: &str, window: Duration) -> Boxed<Windows>;
+    fn windows(&self, route: &str, window: Duration, source: GateSource) -> Boxed<Windows>;
+    /// Shadow comparisons of `route` over the last `window` (requests = pairs compared,
+    /// errors = pairs that differed); `None` where they cannot be read.
+    fn diffs(&self, route: &str, window: Duration) -> Option<Summary>;
     /// The canary's share of the route's requests over the last minute, percent.
     fn share(&self, route: &str, canary: &str) -> Option<f64>;
     /// Put or remove the route's rollout layer.
@@ -83,29 +86,43 @@ pub trait Target: Send + Sync + 'static {
 pub struct Local(pub Arc<Control>);
 
 impl Local {
-    fn summaries(&self, route: &str, window: Duration) -> Option<Vec<(String, Summary)>> {
+    /// Each version's window; with `source: mirror`, the non-primary versions' mirror windows.
+    fn summaries(
+        &self,
+        route: &str,
+        window: Duration,
+        source: GateSource,
+    ) -> Option<Vec<(String, Summary)>> {
         let snap = self.0.state().snapshot();
-        let now = Instant::now();
+        let inputs =
+            crate::control::version_windows(&snap, &self.0.state().metrics, route, window, source)?;
         Some(
-            snap.route(route)?
-                .versions
-                .iter()
-                .map(|v| (v.name.clone(), v.metrics.window.summary(now, window)))
+            inputs
+                .into_iter()
+                .map(|v| (v.name.to_string(), v.summary))
                 .collect(),
         )
     }
 }
 
 impl Target for Local {
-    fn windows(&self, route: &str, window: Duration) -> Boxed<Windows> {
+    fn windows(&self, route: &str, window: Duration, source: GateSource) -> Boxed<Windows> {
         let w = self
-            .summaries(route, window)
+            .summaries(route, window, source)
             .ok_or_else(|| format!("route `{route}` is gone"));
         Box::pin(std::future::ready(w))
     }
 
+    fn diffs(&self, route: &str, window: Duration) -> Option<Summary> {
+        let w = self.0.state().metrics.mirror.diff_window(route);
+        Some(w.summary(Instant::now(), window))
+    }
+
     fn share(&self, route: &str, canary: &str) -> Option<f64> {
-        share_of(&self.summaries(route, Duration::from_secs(60))?, canary)
+        share_of(
+            &self.summaries(route, Duration::from_secs(60), GateSource::Live)?,
+            canary,
+        )
     }
 
     fn apply(&self, route: &str, layer: Option<Applied>) -> Result<(), String> {
@@ -496,7 +513,8 @@ impl Rollouts {
             return;
         };
         let settings = self.control.state().snapshot().config.analysis.clone();
-        let windows = self.target.windows(route, gate.window);
+        let windows = self.target.windows(route, gate.window, gate.source);
+        let diffs = self.target.diffs(route, gate.window);
         let canary_failures = self.target.failures(route, &e.canary);
         let (primary, canary) = (e.primary.clone(), e.canary.clone());
         let tx = self.measured.clone();
@@ -527,6 +545,7 @@ impl Rollouts {
                         primary,
                         canary,
                         canary_failures,
+                        diffs,
                     };
                     measure::measure(&gate, &settings, &ev).await
                 }
@@ -867,9 +886,20 @@ fn control_layer(
             (v.name.clone(), w)
         })
         .collect();
+    let mirrors = spec
+        .steps
+        .iter()
+        .filter_map(|s| match s {
+            Step::SetMirrorRoute { name, mirror } if l.header_routes.contains(name) => {
+                Some((**mirror).clone())
+            }
+            _ => None,
+        })
+        .collect();
     RolloutLayer {
         weights,
         rules,
+        mirrors,
         pushed: None,
     }
 }
@@ -994,7 +1024,8 @@ pub struct RolloutView {
 #[derive(Debug, Clone, Serialize)]
 pub struct StepView {
     pub index: usize,
-    /// `set_weight`, `pause`, `analysis`, `set_header_route`.
+    /// `set_weight`, `pause`, `analysis`, `set_header_route`, `set_mirror_route` (its
+    /// `weight` is the share copied).
     pub kind: &'static str,
     pub weight: Option<f64>,
     /// Pause length; `null` with kind `pause` = until promoted.
@@ -1036,6 +1067,11 @@ impl StepView {
             Step::SetHeaderRoute { name, .. } => {
                 v.kind = "set_header_route";
                 v.name = Some(name.clone());
+            }
+            Step::SetMirrorRoute { name, mirror } => {
+                v.kind = "set_mirror_route";
+                v.name = Some(name.clone());
+                v.weight = Some(mirror.percent.percent());
             }
         }
         v

@@ -21,7 +21,7 @@ use super::http::call;
 use super::machine::InForce;
 use super::measure::now_ms;
 use crate::analysis::Summary;
-use crate::config::Targets;
+use crate::config::{GateSource, Targets};
 use crate::control::{Control, PushedLayer};
 use http::{Method, StatusCode};
 use serde::{Deserialize, Serialize};
@@ -514,7 +514,12 @@ async fn window_of(
 }
 
 impl Target for Fleet {
-    fn windows(&self, route: &str, window: Duration) -> Boxed<Windows> {
+    fn windows(&self, route: &str, window: Duration, source: GateSource) -> Boxed<Windows> {
+        if source == GateSource::Mirror {
+            return Box::pin(std::future::ready(Err(
+                "a gate with `source: mirror` reads a process's own mirror window; a fleet controller cannot sum those (yet): run it in the replica".to_string(),
+            )));
+        }
         let (targets, resolve_error) = {
             let inner = self.shared.lock();
             (inner.targets.clone(), inner.resolve_error.clone())
@@ -548,6 +553,10 @@ impl Target for Fleet {
             }
             Ok(sum)
         })
+    }
+
+    fn diffs(&self, _route: &str, _window: Duration) -> Option<Summary> {
+        None
     }
 
     fn share(&self, route: &str, canary: &str) -> Option<f64> {

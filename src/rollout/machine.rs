@@ -292,7 +292,7 @@ pub struct Layer {
     pub canary_weight: Weight,
     /// Set other non-primary versions to 0 (after promotion).
     pub others_zero: bool,
-    /// Names of the `set_header_route` steps in force.
+    /// Names of the `set_header_route` and `set_mirror_route` steps in force.
     pub header_routes: Vec<String>,
 }
 
@@ -706,7 +706,7 @@ impl RolloutState {
                     self.weight = w.0;
                     self.step += 1;
                 }
-                Step::SetHeaderRoute { name, .. } => {
+                Step::SetHeaderRoute { name, .. } | Step::SetMirrorRoute { name, .. } => {
                     if !self.header_routes.contains(name) {
                         self.header_routes.push(name.clone());
                         hold = fleet;

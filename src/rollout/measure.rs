@@ -27,6 +27,9 @@ pub struct Evidence {
     pub canary: (String, Summary),
     /// The canary's most recent upstream failures, oldest first.
     pub canary_failures: Vec<crate::analysis::FailureSample>,
+    /// Shadow comparisons in the window: requests = pairs compared, errors = pairs that
+    /// differed (`None` where they cannot be read: a fleet).
+    pub diffs: Option<Summary>,
 }
 
 /// One version's numbers, as a webhook judge receives them.
@@ -85,6 +88,7 @@ async fn judge_check(check: &Check, settings: &AnalysisSettings, ev: &Evidence) 
         CheckKind::SuccessRate { .. } | CheckKind::LatencyP99 { .. } => {
             window_check(check, settings, ev)
         }
+        CheckKind::DiffRate { max } => diff_rate(*max, ev),
         CheckKind::Prometheus {
             url,
             query,
@@ -116,13 +120,56 @@ fn check_name(kind: &CheckKind) -> &'static str {
         CheckKind::LatencyP99 { .. } => "latency_p99",
         CheckKind::Prometheus { .. } => "prometheus",
         CheckKind::Webhook { .. } => "webhook",
+        CheckKind::DiffRate { .. } => "diff_rate",
     }
+}
+
+/// `diff_rate`: the share of compared mirror pairs that differed (enough pairs: checked by
+/// [`too_few`]).
+fn diff_rate(max: f64, ev: &Evidence) -> CheckResult {
+    let Some(d) = ev.diffs.as_ref().filter(|d| d.requests > 0) else {
+        return result(
+            "diff_rate",
+            Outcome::Inconclusive,
+            None,
+            "no shadow comparisons to judge (is the route mirrored, with compare.sample > 0?)"
+                .into(),
+        );
+    };
+    let rate = d.errors as f64 / d.requests as f64;
+    let text = format!(
+        "{} of {} compared pairs differed ({:.2} %, max {:.2} %)",
+        d.errors,
+        d.requests,
+        rate * 100.0,
+        max * 100.0
+    );
+    let outcome = if rate > max {
+        Outcome::Failed
+    } else {
+        Outcome::Passed
+    };
+    result("diff_rate", outcome, Some(rate), text)
 }
 
 /// Inconclusive when either version has fewer requests in the window than the check's
 /// `min_requests` (the gate's unless the check sets its own).
 fn too_few(check: &Check, gate: &Gate, ev: &Evidence) -> Option<CheckResult> {
     let min_requests = check.min_requests.unwrap_or(gate.min_requests);
+    if matches!(check.kind, CheckKind::DiffRate { .. }) {
+        let compared = ev.diffs.as_ref().map_or(0, |d| d.requests);
+        return (compared < min_requests).then(|| {
+            result(
+                "diff_rate",
+                Outcome::Inconclusive,
+                None,
+                format!(
+                    "{compared} mirror pairs compared in the last {}, fewer than min_requests {min_requests}",
+                    humantime::format_duration(ev.window)
+                ),
+            )
+        });
+    }
     [&ev.canary, &ev.primary]
         .into_iter()
         .find(|(_, s)| s.requests < min_requests)
@@ -394,11 +441,13 @@ mod tests {
             primary: ("stable".into(), primary),
             canary: ("canary".into(), canary),
             canary_failures: Vec::new(),
+            diffs: None,
         }
     }
 
     fn gate(checks: Vec<CheckKind>) -> Gate {
         Gate {
+            source: crate::config::GateSource::Live,
             interval: Duration::from_secs(1),
             window: Duration::from_secs(60),
             initial_delay: Duration::ZERO,
@@ -460,6 +509,32 @@ mod tests {
         .await;
         assert_eq!(o, Outcome::Inconclusive, "{r:?}");
         assert!(r[0].message.contains("canary has 3 requests"), "{r:?}");
+    }
+
+    #[tokio::test]
+    async fn diff_rate_judges_the_compared_pairs_not_the_versions_requests() {
+        let st = AnalysisSettings::default();
+        let g = gate(vec![CheckKind::DiffRate { max: 0.1 }]);
+        // No live canary traffic at all (a dark launch): the pairs decide.
+        let mut ev = evidence(summary(100, 0, 5), summary(0, 0, 5));
+        ev.diffs = Some(summary(40, 2, 0));
+        let (o, r) = measure(&g, &st, &ev).await;
+        assert_eq!(o, Outcome::Passed, "{r:?}");
+        assert_eq!(r[0].value, Some(0.05));
+        ev.diffs = Some(summary(40, 8, 0));
+        let (o, r) = measure(&g, &st, &ev).await;
+        assert_eq!(o, Outcome::Failed, "{r:?}");
+        assert!(r[0].message.contains("8 of 40"), "{r:?}");
+        ev.diffs = Some(summary(3, 3, 0));
+        let (o, r) = measure(&g, &st, &ev).await;
+        assert_eq!(
+            o,
+            Outcome::Inconclusive,
+            "fewer pairs than min_requests: {r:?}"
+        );
+        ev.diffs = None;
+        let (o, _) = measure(&g, &st, &ev).await;
+        assert_eq!(o, Outcome::Inconclusive);
     }
 
     #[test]

@@ -9,6 +9,7 @@ const S: Millis = 1000;
 
 fn gate() -> Gate {
     Gate {
+        source: crate::config::GateSource::Live,
         interval: Duration::from_secs(10),
         window: Duration::from_secs(60),
         initial_delay: Duration::ZERO,
