@@ -267,17 +267,6 @@ impl MirrorMetrics {
         );
     }
 
-    /// A copy's fate (see [`MIRROR_RESULTS`]).
-    pub fn result(&self, route: &str, version: &str, result: &'static str) {
-        self.requests
-            .get_or_create(&MirrorResultLabels {
-                route: route.to_string(),
-                version: version.to_string(),
-                result,
-            })
-            .inc();
-    }
-
     /// Every result and diff kind of a route at 0, so `rate()` sees zeros, not gaps.
     pub fn declare(&self, route: &str, version: &str) {
         for result in MIRROR_RESULTS {
@@ -293,24 +282,6 @@ impl MirrorMetrics {
                 kind,
             });
         }
-    }
-
-    /// A shadow's answer.
-    pub fn response(&self, route: &str, version: &str, code: u16, elapsed: Duration) {
-        let labels = VersionLabels {
-            route: route.to_string(),
-            version: version.to_string(),
-        };
-        self.responses
-            .get_or_create(&MirrorCodeLabels {
-                route: route.to_string(),
-                version: version.to_string(),
-                code,
-            })
-            .inc();
-        self.duration.get_or_create(&labels).observe(elapsed);
-        self.window(route, version)
-            .record(std::time::Instant::now(), code, elapsed);
     }
 
     /// One comparison: `kinds` empty is a match.
@@ -780,6 +751,7 @@ impl Metrics {
             codes: (0..CODE_SLOTS).map(|_| OnceLock::new()).collect(),
             grpc: std::array::from_fn(|_| OnceLock::new()),
             upstream_errors,
+            shadow: OnceLock::new(),
             metrics: self.clone(),
         }
     }
@@ -818,10 +790,69 @@ pub struct VersionMetrics {
     unavailable: Gauge,
     fallbacks: Counter,
     retries: Counter,
+    /// The version as a shadow (`canaryd_mirror_*`), resolved on its first copy.
+    shadow: OnceLock<Box<ShadowMetrics>>,
     metrics: Arc<Metrics>,
 }
 
+/// Pre-resolved `canaryd_mirror_*` handles of one shadow version: a copy records without
+/// allocating or locking once its status code has been seen.
+#[derive(Debug)]
+struct ShadowMetrics {
+    /// Indexed like [`MIRROR_RESULTS`].
+    results: [Counter; 4],
+    codes: Box<[OnceLock<Counter>]>,
+    duration: LatencyHistogram,
+    window: Arc<Window>,
+}
+
 impl VersionMetrics {
+    fn shadow(&self) -> &ShadowMetrics {
+        self.shadow.get_or_init(|| {
+            let (route, version) = (&self.labels.route, &self.labels.version);
+            let mirror = &self.metrics.mirror;
+            Box::new(ShadowMetrics {
+                results: MIRROR_RESULTS.map(|result| {
+                    mirror.requests.get_or_create_owned(&MirrorResultLabels {
+                        route: route.clone(),
+                        version: version.clone(),
+                        result,
+                    })
+                }),
+                codes: (0..CODE_SLOTS).map(|_| OnceLock::new()).collect(),
+                duration: mirror.duration.get_or_create_owned(&self.labels),
+                window: mirror.window(route, version),
+            })
+        })
+    }
+
+    /// What became of a copy to this version (one of [`MIRROR_RESULTS`]).
+    pub fn mirror_result(&self, result: &'static str) {
+        if let Some(i) = MIRROR_RESULTS.iter().position(|r| *r == result) {
+            self.shadow().results[i].inc();
+        }
+    }
+
+    /// This version's answer to a copy: `canaryd_mirror_responses_total`, the mirror
+    /// duration and window — never the version's own request metrics.
+    pub fn mirror_response(&self, status: u16, elapsed: Duration) {
+        let s = self.shadow();
+        let slot = usize::from(status.clamp(100, 599) - 100);
+        s.codes[slot]
+            .get_or_init(|| {
+                self.metrics
+                    .mirror
+                    .responses
+                    .get_or_create_owned(&MirrorCodeLabels {
+                        route: self.labels.route.clone(),
+                        version: self.labels.version.clone(),
+                        code: status,
+                    })
+            })
+            .inc();
+        s.duration.observe(elapsed);
+        s.window.record(std::time::Instant::now(), status, elapsed);
+    }
     /// Count one response with its status and latency. `window`: when it completed, to feed
     /// the analysis window (`None` for gRPC calls, which feed it from their trailers).
     /// Allocation-free once the status code has been seen on this snapshot.

@@ -254,8 +254,13 @@ def run(cmd, timeout, cores="1"):
     return r.stdout
 
 
-def wrk(url, duration, close=False, cores="1"):
-    cmd = ["wrk", f"-t{len(cores.split(','))}", "-c64", f"-d{duration}s", "-H", "Cookie: theme=dark; session=4f1c9a7e2b; lang=en",
+# Every request's cookies: the sticky key `session` (its bucket lands on the canary of the
+# 90/10 split) among others, as a browser sends them.
+COOKIE = "Cookie: theme=dark; session=4f1c9a7e2b; lang=en"
+
+
+def wrk(url, duration, close=False, cores="1", cookie=COOKIE):
+    cmd = ["wrk", f"-t{len(cores.split(','))}", "-c64", f"-d{duration}s", "-H", cookie,
            "-H", "X-User-Group: customers"]
     if close:
         cmd += ["-H", "Connection: close"]
@@ -276,10 +281,10 @@ def h2load(url, n):
     return done, float(m.group(3))
 
 
-def oha(url, rate, duration):
+def oha(url, rate, duration, cookie=COOKIE):
     out = run(["oha", "-z", f"{duration}s", "-q", str(rate), "-c", "64", "--latency-correction",
                "--no-tui", "--output-format", "json",
-               "-H", "Cookie: theme=dark; session=4f1c9a7e2b; lang=en", url], duration + 60)
+               "-H", cookie, url], duration + 60)
     j = json.loads(out)
     p = j["latencyPercentiles"]
     codes = j.get("statusCodeDistribution", {})

@@ -21,11 +21,11 @@ use crate::config::{MirrorConfig, WEIGHT_SCALE};
 use crate::metrics::Metrics;
 use crate::upstream::VersionRt;
 use crate::upstream::body::{MirrorBody, RequestBody, TEE_TOO_LARGE, tee};
+use crate::upstream::pool::Pool;
 use compare::{Capture, Diff, Seen};
 use http::header::HOST;
 use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderValue, Method, Request, Uri};
-use http_body::Body as _;
 use http_body_util::BodyExt;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -130,6 +130,8 @@ pub struct Head<'a> {
     /// The client's body: its size, and whether there is one.
     pub body_size: http_body::SizeHint,
     pub body_empty: bool,
+    /// The per-core worker serving the request (whose pooled connections the copy uses).
+    pub worker: usize,
 }
 
 /// Start the copy of a request to `m` (admitted or dropped and counted). The task sends it
@@ -142,14 +144,13 @@ pub fn start(
     timeout: Duration,
     head: Head<'_>,
 ) -> Option<Started> {
-    let metrics = &rt.metrics.mirror;
-    let version = shadow.name.as_str();
+    let metrics = &shadow.metrics;
     if head.body_size.lower() > m.max_body {
-        metrics.result(&rt.route, version, "dropped_body");
+        metrics.mirror_result("dropped_body");
         return None;
     }
     let Some(permit) = rt.admit() else {
-        metrics.result(&rt.route, version, "dropped_full");
+        metrics.mirror_result("dropped_full");
         return None;
     };
     let (tee, body) = if head.body_empty {
@@ -172,23 +173,28 @@ pub fn start(
     } else {
         (None, None)
     };
-    let Some(req) = copy_request(m, shadow, &head, body) else {
+    let Some((req, pool)) = copy_request(m, shadow, &head, body) else {
         if permit.is_none() {
             rt.queued.fetch_sub(1, Ordering::AcqRel);
         }
-        metrics.result(&rt.route, version, "error");
+        metrics.mirror_result("error");
         return None;
     };
-    let job = Job {
-        rt: rt.clone(),
-        version: version.to_string(),
-        client: shadow.upstream.client.clone(),
-        compare: m.compare.clone(),
+    let compare = primary.map(|primary| Comparison {
+        cfg: m.compare.clone(),
         method: head.method.to_string(),
         path: head.path_and_query.to_string(),
+        primary,
+    });
+    let job = Job {
+        rt: rt.clone(),
+        metrics: shadow.metrics.clone(),
+        client: shadow.upstream.client.clone(),
+        pool,
+        worker: head.worker,
         timeout,
     };
-    tokio::spawn(job.run(permit, req, primary));
+    tokio::spawn(job.run(permit, req, compare));
     Some(Started { tee, capture })
 }
 
@@ -199,16 +205,22 @@ fn copy_request(
     shadow: &VersionRt,
     head: &Head<'_>,
     body: Option<MirrorBody>,
-) -> Option<Request<RequestBody>> {
+) -> Option<(Request<RequestBody>, Option<Arc<Pool>>)> {
     let ei = shadow
         .pick_endpoint(None)
         .unwrap_or_else(|| shadow.next_endpoint());
     let endpoint = shadow.endpoints.get(ei)?;
-    let mut uri = http::uri::Parts::default();
-    uri.scheme = Some(shadow.upstream.scheme.clone());
-    uri.authority = Some(endpoint.authority.clone());
-    uri.path_and_query = Some(head.path_and_query.clone());
-    let uri = Uri::from_parts(uri).ok()?;
+    // Through the endpoint's HTTP/1.1 pool when it has one (origin-form, as the primary's
+    // requests), else the version's client (absolute URI).
+    let uri = if endpoint.pool.is_some() {
+        Uri::from(head.path_and_query.clone())
+    } else {
+        let mut uri = http::uri::Parts::default();
+        uri.scheme = Some(shadow.upstream.scheme.clone());
+        uri.authority = Some(endpoint.authority.clone());
+        uri.path_and_query = Some(head.path_and_query.clone());
+        Uri::from_parts(uri).ok()?
+    };
     let mut headers = head.headers.clone();
     let host = headers
         .get(HOST)
@@ -225,17 +237,25 @@ fn copy_request(
     *req.uri_mut() = uri;
     *req.headers_mut() = headers;
     *req.version_mut() = shadow.upstream.http_version;
-    Some(req)
+    Some((req, endpoint.pool.clone()))
 }
 
 struct Job {
     rt: Arc<MirrorRt>,
-    version: String,
+    metrics: Arc<crate::metrics::VersionMetrics>,
     client: crate::upstream::UpstreamClient,
-    compare: crate::config::CompareConfig,
+    /// The endpoint's pool, and the worker whose idle list the connection comes from.
+    pool: Option<Arc<Pool>>,
+    worker: usize,
+    timeout: Duration,
+}
+
+/// A sampled copy: what the comparison needs (only these pay for it).
+struct Comparison {
+    cfg: crate::config::CompareConfig,
     method: String,
     path: String,
-    timeout: Duration,
+    primary: oneshot::Receiver<Seen>,
 }
 
 impl Job {
@@ -243,7 +263,7 @@ impl Job {
         self,
         permit: Option<OwnedSemaphorePermit>,
         req: Request<RequestBody>,
-        primary: Option<oneshot::Receiver<Seen>>,
+        compare: Option<Comparison>,
     ) {
         let _permit = match permit {
             Some(p) => p,
@@ -260,69 +280,102 @@ impl Job {
             RequestBody::Mirror(b) => Some(b.state()),
             _ => None,
         };
-        let metrics = &self.rt.metrics.mirror;
-        let (route, version) = (self.rt.route.as_str(), self.version.as_str());
+        let metrics = &self.metrics;
         let started = Instant::now();
-        let answer = tokio::time::timeout(self.timeout, self.client.request(req)).await;
-        let resp = match answer {
-            Ok(Ok(r)) => r,
-            failed => {
+        // One deadline for the whole exchange: the answer's head, then its body read to the
+        // end (and thrown away, or kept within the cap when compared).
+        let names = compare
+            .as_ref()
+            .map(|c| c.cfg.headers.as_slice())
+            .unwrap_or(&[]);
+        let max = compare
+            .as_ref()
+            .map_or(0, |c| usize::try_from(c.cfg.max_body).unwrap_or(usize::MAX));
+        let answered = std::sync::atomic::AtomicBool::new(false);
+        let exchange = async {
+            let (resp, lease) = match &self.pool {
+                Some(pool) => pool
+                    .send(self.worker, req)
+                    .await
+                    .map(|(r, l)| (r, Some(l)))
+                    .map_err(|e| e.error.to_string())?,
+                None => (
+                    self.client.request(req).await.map_err(|e| e.to_string())?,
+                    None,
+                ),
+            };
+            answered.store(true, Ordering::Relaxed);
+            let status = resp.status().as_u16();
+            metrics.mirror_result("sent");
+            metrics.mirror_response(status, started.elapsed());
+            let mut shadow = Seen::head(status, resp.headers(), names);
+            let mut body = resp.into_body();
+            shadow.complete = true;
+            while let Some(frame) = body.frame().await {
+                match frame {
+                    Ok(f) => {
+                        if let (Some(d), true) = (f.data_ref(), compare.is_some()) {
+                            shadow.data(d, max);
+                        }
+                    }
+                    Err(_) => {
+                        shadow.complete = false;
+                        break;
+                    }
+                }
+            }
+            // Read to its end: the connection can serve the next request.
+            if let (Some(l), true) = (lease, shadow.complete) {
+                l.release();
+            }
+            Ok::<_, String>(shadow)
+        };
+        let shadow = match tokio::time::timeout(self.timeout, exchange).await {
+            Ok(Ok(shadow)) => shadow,
+            Ok(Err(e)) => {
                 let why = tee_state.as_deref().and_then(MirrorBody::given_up);
                 let result = match why {
                     Some(TEE_TOO_LARGE) => "dropped_body",
                     Some(_) => "dropped_full",
                     None => "error",
                 };
-                if let Ok(Err(e)) = failed {
-                    tracing::debug!(route, version, error = %e, "mirror copy failed");
+                tracing::debug!(route = %self.rt.route, error = %e, "mirror copy failed");
+                metrics.mirror_result(result);
+                return;
+            }
+            // No answer in time (counted `error`), or an answer whose body never ended
+            // (counted `sent` already): nothing more to learn from it.
+            Err(_) => {
+                if !answered.load(Ordering::Relaxed) {
+                    metrics.mirror_result("error");
                 }
-                metrics.result(route, version, result);
                 return;
             }
         };
-        let status = resp.status().as_u16();
-        metrics.result(route, version, "sent");
-        metrics.response(route, version, status, started.elapsed());
-        let names = &self.compare.headers;
-        let mut shadow = Seen::head(status, resp.headers(), names);
-        let max = usize::try_from(self.compare.max_body).unwrap_or(usize::MAX);
-        let mut body = resp.into_body();
-        // Read to the end and throw away; keep a bounded copy when comparing.
-        let read = tokio::time::timeout(self.timeout, async {
-            while let Some(frame) = body.frame().await {
-                match frame {
-                    Ok(f) => {
-                        if let (Some(d), true) = (f.data_ref(), primary.is_some()) {
-                            shadow.data(d, max);
-                        }
-                    }
-                    Err(_) => return false,
-                }
-            }
-            true
-        })
-        .await;
-        shadow.complete = matches!(read, Ok(true)) || body.is_end_stream();
-        let Some(primary) = primary else {
-            return;
-        };
-        // The primary's body may still be streaming to a slow client: wait, bounded.
-        let Ok(Ok(primary)) = tokio::time::timeout(self.timeout, primary).await else {
-            return;
-        };
-        if !primary.complete {
-            return; // The client left or the primary failed: nothing fair to compare.
+        if let Some(c) = compare {
+            self.compare(c, shadow).await;
         }
-        let diffs = compare::compare(&self.compare, &primary, &shadow);
+    }
+
+    async fn compare(self, c: Comparison, shadow: Seen) {
+        let route = self.rt.route.as_str();
+        // The primary's body may still be streaming to a slow client: wait, bounded.
+        let Ok(Ok(primary)) = tokio::time::timeout(self.timeout, c.primary).await else {
+            return;
+        };
+        if !primary.complete || !shadow.complete {
+            return; // The client left or a side failed: nothing fair to compare.
+        }
+        let diffs = compare::compare(&c.cfg, &primary, &shadow);
         let kinds: Vec<&'static str> = diffs.iter().map(|d| d.0).collect();
-        metrics.compared(route, &kinds);
+        self.rt.metrics.mirror.compared(route, &kinds);
         if diffs.is_empty() {
             return;
         }
         let d = Diff {
             at: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
-            method: self.method,
-            path: self.path,
+            method: c.method,
+            path: c.path,
             primary_status: primary.status,
             shadow_status: shadow.status,
             kinds,

@@ -108,7 +108,8 @@ async fn forward(
     // Phase `send`: attempts until one answers or no retry is allowed (see `send`).
     let first = ctx.target()?;
     let timeout = first.route.config().timeouts.response;
-    let copy = mirror.and_then(|m| start_mirror(first.route, m, &out, &body, timeout));
+    let worker = ctx.conn.worker;
+    let copy = mirror.and_then(|m| start_mirror(first.route, m, &out, &body, timeout, worker));
     let (tee, capture) = copy.map_or((None, None), |c| (c.tee, c.capture));
     let mut attempts = send::Attempts::new(first, &out, body, tee);
     let (resp, lease) = loop {
@@ -139,6 +140,7 @@ fn start_mirror(
     out: &request::Outgoing,
     body: &Incoming,
     timeout: std::time::Duration,
+    worker: usize,
 ) -> Option<crate::mirror::Started> {
     use http_body::Body as _;
     let rt = route.mirror.as_ref()?;
@@ -156,6 +158,7 @@ fn start_mirror(
             path_and_query: &out.path_and_query,
             body_size: body.size_hint(),
             body_empty: body.is_end_stream(),
+            worker,
         },
     )
 }
