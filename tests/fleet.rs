@@ -69,11 +69,21 @@ routes:
 }
 
 async fn api(admin: SocketAddr, method: Method, path: &str) -> (StatusCode, Value) {
+    api_as(admin, method, path, None).await
+}
+
+/// An admin call with an optional bearer token.
+async fn api_as(
+    admin: SocketAddr,
+    method: Method,
+    path: &str,
+    token: Option<&str>,
+) -> (StatusCode, Value) {
     let (s, body) = call(
         method,
         &format!("http://{admin}{path}"),
         None,
-        None,
+        token,
         Duration::from_secs(5),
     )
     .await
@@ -472,24 +482,6 @@ async fn a_restarted_controller_keeps_the_pause_end_and_without_state_holds_the_
     assert_eq!(v["set_weight"], 30.0);
 }
 
-async fn api_token(
-    admin: SocketAddr,
-    method: Method,
-    path: &str,
-    token: &str,
-) -> (StatusCode, Value) {
-    let (s, body) = call(
-        method,
-        &format!("http://{admin}{path}"),
-        None,
-        Some(token),
-        Duration::from_secs(5),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{path}: {e}"));
-    (s, serde_json::from_slice(&body).unwrap_or(Value::Null))
-}
-
 /// Replicas found by DNS (`targets_dns`), whose admin API needs a token: without the target
 /// token nothing moves and the replica says why; with `CANARYD_TARGET_TOKEN` the rollout
 /// proceeds. The controller's own API follows `admin.token`, and refuses to set one proxy's
@@ -524,11 +516,11 @@ async fn replicas_found_by_dns_and_reached_with_the_target_token() {
         "admin: { address: \"127.0.0.1:0\", token: controller-secret }",
     );
     let get = |ctl: SocketAddr| async move {
-        api_token(
+        api_as(
             ctl,
             Method::GET,
             "/api/v1/routes/app/rollout",
-            "controller-secret",
+            Some("controller-secret"),
         )
         .await
     };
@@ -568,16 +560,16 @@ async fn replicas_found_by_dns_and_reached_with_the_target_token() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert_eq!(v["fleet"]["in_sync"], true, "{v:#}");
-    let (s, l) = api_token(
+    let (s, l) = api_as(
         admin,
         Method::GET,
         "/api/v1/routes/app/rollout-layer",
-        "replica-secret",
+        Some("replica-secret"),
     )
     .await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(l["effective_weights"]["canary"], 25.0, "{l}");
-    let (s, synced) = api_token(admin, Method::GET, "/api/v1/synced", "replica-secret").await;
+    let (s, synced) = api_as(admin, Method::GET, "/api/v1/synced", Some("replica-secret")).await;
     assert_eq!(
         (s, synced["synced"].as_bool()),
         (StatusCode::OK, Some(true))
