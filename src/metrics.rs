@@ -833,6 +833,15 @@ impl VersionMetrics {
         }
     }
 
+    /// A copy the shadow failed (refused, reset, no answer in time): the mirror window counts
+    /// it as the 502/504 a user would have got, so a dead shadow fails a `source: mirror`
+    /// gate instead of leaving it without data.
+    pub fn mirror_failed(&self, status: u16, elapsed: Duration) {
+        self.shadow()
+            .window
+            .record(std::time::Instant::now(), status, elapsed);
+    }
+
     /// This version's answer to a copy: `canaryd_mirror_responses_total`, the mirror
     /// duration and window — never the version's own request metrics.
     pub fn mirror_response(&self, status: u16, elapsed: Duration) {

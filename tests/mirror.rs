@@ -302,6 +302,26 @@ async fn a_dead_shadow_never_changes_the_primary() {
     assert_eq!(copies(&proxy, "sent"), 0.0);
     assert_eq!(stable.seen().len(), 50);
     shadow_has_no_request_metrics(&proxy);
+    // The mirror window counts the failed copies as the 502s a user would have got, so a
+    // gate with `source: mirror` fails a dead shadow rather than waiting for data.
+    let (s, a) = proxy
+        .admin_call(
+            "GET",
+            "/api/v1/routes/app/analysis?window=60s&source=mirror",
+            "",
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{a}");
+    let shadow = &a["versions"]["canary"];
+    assert_eq!(
+        (shadow["requests"].as_u64(), shadow["errors_5xx"].as_u64()),
+        (Some(50), Some(50)),
+        "{a}"
+    );
+    let (_, live) = proxy
+        .admin_call("GET", "/api/v1/routes/app/analysis?window=60s", "")
+        .await;
+    assert_eq!(live["versions"]["canary"]["requests"], 0, "{live}");
 }
 
 #[tokio::test]

@@ -341,6 +341,9 @@ impl Job {
                 };
                 tracing::debug!(route = %self.rt.route, error = %e, "mirror copy failed");
                 metrics.mirror_result(result);
+                if result == "error" {
+                    metrics.mirror_failed(502, started.elapsed());
+                }
                 return;
             }
             // No answer in time (counted `error`), or an answer whose body never ended
@@ -348,6 +351,7 @@ impl Job {
             Err(_) => {
                 if !answered.load(Ordering::Relaxed) {
                     metrics.mirror_result("error");
+                    metrics.mirror_failed(504, started.elapsed());
                 }
                 return;
             }
