@@ -653,66 +653,54 @@ impl Control {
         to: String,
         when: RawWhen,
     ) -> Result<u64, ControlError> {
-        let mut inner = self.lock();
-        let rc = Self::file_route(&inner, route)?;
         let raw = RawRule {
             name: Some(name.to_string()),
             to,
             when,
         };
-        let mut errs = Errors::default();
-        if validate_rule(&raw, &rc.versions, "rule", &mut errs).is_none() {
-            return Err(ControlError::Invalid(ConfigError { errors: errs.0 }));
-        }
-        let mut candidate = inner.overrides.clone();
-        let rules = &mut candidate.routes.entry(route.to_string()).or_default().rules;
-        match rules.iter_mut().find(|r| r.name.as_deref() == Some(name)) {
-            Some(existing) => *existing = raw,
-            None => rules.push(raw),
-        }
-        self.apply_overrides(&mut inner, candidate)
+        self.change_route_overrides(route, |rc, o| {
+            let mut errs = Errors::default();
+            if validate_rule(&raw, &rc.versions, "rule", &mut errs).is_none() {
+                return Err(ControlError::Invalid(ConfigError { errors: errs.0 }));
+            }
+            match o.rules.iter_mut().find(|r| r.name.as_deref() == Some(name)) {
+                Some(existing) => *existing = raw,
+                None => o.rules.push(raw),
+            }
+            Ok(())
+        })
     }
 
     /// `PUT /api/v1/routes/{route}/mirrors/{name}`: copy the route's requests (those matching
     /// `when`) to a shadow version; checked before the file's `mirror`.
     pub fn put_mirror(&self, route: &str, name: &str, raw: RawMirror) -> Result<u64, ControlError> {
-        let mut inner = self.lock();
-        let rc = Self::file_route(&inner, route)?;
-        let mut errs = Errors::default();
-        if validate_mirror(&raw, Some(name), &rc.versions, "mirror", &mut errs).is_none() {
-            return Err(ControlError::Invalid(ConfigError { errors: errs.0 }));
-        }
-        let mut candidate = inner.overrides.clone();
-        let mirrors = &mut candidate
-            .routes
-            .entry(route.to_string())
-            .or_default()
-            .mirrors;
-        match mirrors.iter_mut().find(|(n, _)| n == name) {
-            Some(existing) => existing.1 = raw,
-            None => mirrors.push((name.to_string(), raw)),
-        }
-        self.apply_overrides(&mut inner, candidate)
+        self.change_route_overrides(route, |rc, o| {
+            let mut errs = Errors::default();
+            if validate_mirror(&raw, Some(name), &rc.versions, "mirror", &mut errs).is_none() {
+                return Err(ControlError::Invalid(ConfigError { errors: errs.0 }));
+            }
+            match o.mirrors.iter_mut().find(|(n, _)| n == name) {
+                Some(existing) => existing.1 = raw,
+                None => o.mirrors.push((name.to_string(), raw)),
+            }
+            Ok(())
+        })
     }
 
     /// `DELETE /api/v1/routes/{route}/mirrors/{name}`.
     pub fn delete_mirror(&self, route: &str, name: &str) -> Result<u64, ControlError> {
-        let mut inner = self.lock();
-        Self::file_route(&inner, route)?;
-        let mut candidate = inner.overrides.clone();
-        let found = candidate.routes.get_mut(route).and_then(|o| {
-            let i = o.mirrors.iter().position(|(n, _)| n == name)?;
+        self.change_route_overrides(route, |_, o| {
+            let i = o
+                .mirrors
+                .iter()
+                .position(|(n, _)| n == name)
+                .ok_or_else(|| ControlError::NoRuntimeMirror {
+                    route: route.to_string(),
+                    name: name.to_string(),
+                })?;
             o.mirrors.remove(i);
-            Some(())
-        });
-        if found.is_none() {
-            return Err(ControlError::NoRuntimeMirror {
-                route: route.to_string(),
-                name: name.to_string(),
-            });
-        }
-        candidate.routes.retain(|_, o| !o.is_empty());
-        self.apply_overrides(&mut inner, candidate)
+            Ok(())
+        })
     }
 
     /// `GET /api/v1/routes/{route}/mirror/diffs`: the last differing pairs of the shadow
@@ -741,20 +729,30 @@ impl Control {
 
     /// Remove the runtime rule `name`.
     pub fn delete_rule(&self, route: &str, name: &str) -> Result<u64, ControlError> {
-        let mut inner = self.lock();
-        Self::file_route(&inner, route)?;
-        let mut candidate = inner.overrides.clone();
-        let removed = candidate.routes.get_mut(route).is_some_and(|o| {
+        self.change_route_overrides(route, |_, o| {
             let before = o.rules.len();
             o.rules.retain(|r| r.name.as_deref() != Some(name));
-            o.rules.len() != before
-        });
-        if !removed {
-            return Err(ControlError::NoRuntimeRule {
-                route: route.to_string(),
-                name: name.to_string(),
-            });
-        }
+            if o.rules.len() == before {
+                return Err(ControlError::NoRuntimeRule {
+                    route: route.to_string(),
+                    name: name.to_string(),
+                });
+            }
+            Ok(())
+        })
+    }
+
+    /// One change to `route`'s runtime overrides, made by `change` on a copy (given the
+    /// file's route to check against) and applied under one lock; on error nothing changes.
+    fn change_route_overrides(
+        &self,
+        route: &str,
+        change: impl FnOnce(&RouteConfig, &mut RouteOverrides) -> Result<(), ControlError>,
+    ) -> Result<u64, ControlError> {
+        let mut inner = self.lock();
+        let mut candidate = inner.overrides.clone();
+        let rc = Self::file_route(&inner, route)?;
+        change(rc, candidate.routes.entry(route.to_string()).or_default())?;
         candidate.routes.retain(|_, o| !o.is_empty());
         self.apply_overrides(&mut inner, candidate)
     }

@@ -9,8 +9,8 @@
 
 use super::fleet::FleetStatus;
 use super::machine::{
-    Action, CheckResult, Event, InForce, Layer, Measurement, Millis, Outcome, Phase, RolloutState,
-    Transition, Verb,
+    Action, Event, InForce, Layer, Measurement, Millis, Outcome, Phase, RolloutState, Transition,
+    Verb,
 };
 use super::measure::{self, Evidence, now_ms};
 use crate::analysis::Summary;
@@ -119,10 +119,8 @@ impl Target for Local {
     }
 
     fn share(&self, route: &str, canary: &str) -> Option<f64> {
-        share_of(
-            &self.summaries(route, Duration::from_secs(60), GateSource::Live)?,
-            canary,
-        )
+        let w = self.summaries(route, Duration::from_secs(60), GateSource::Live)?;
+        share_of(w.iter().map(|(n, s)| (n.as_str(), s.requests)), canary)
     }
 
     fn apply(&self, route: &str, layer: Option<Applied>) -> Result<(), String> {
@@ -157,10 +155,17 @@ impl Target for Local {
     }
 }
 
-/// The canary's share of requests in `windows`, percent with two decimals.
-pub fn share_of(windows: &[(String, Summary)], canary: &str) -> Option<f64> {
-    let total: u64 = windows.iter().map(|(_, s)| s.requests).sum();
-    let c = windows.iter().find(|(n, _)| n == canary)?.1.requests;
+/// The canary's share of `(version, requests)` counts (a version may come more than once:
+/// one per replica), percent with two decimals; `None` without the canary or any request.
+pub fn share_of<'a>(counts: impl IntoIterator<Item = (&'a str, u64)>, canary: &str) -> Option<f64> {
+    let (mut total, mut c) = (0u64, None);
+    for (v, n) in counts {
+        total += n;
+        if v == canary {
+            c = Some(c.unwrap_or(0) + n);
+        }
+    }
+    let c = c?;
     (total > 0).then(|| (c as f64 / total as f64 * 10_000.0).round() / 100.0)
 }
 
@@ -552,13 +557,7 @@ impl Rollouts {
                 // Evidence that cannot be read is no evidence: neither a pass nor a failure.
                 Err(why) => (
                     Outcome::Inconclusive,
-                    vec![CheckResult {
-                        check: "window".into(),
-                        result: Outcome::Inconclusive,
-                        critical: false,
-                        value: None,
-                        message: why,
-                    }],
+                    vec![measure::result("window", Outcome::Inconclusive, None, why)],
                 ),
             };
             let m = Measurement {

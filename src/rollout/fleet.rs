@@ -97,6 +97,11 @@ pub struct Replica {
 }
 
 impl Replica {
+    /// Verified the layer every replica must hold now.
+    fn holds(&self, desired: Option<&PushedLayer>) -> bool {
+        self.state == "verified" && self.revision == desired.map(|d| d.revision)
+    }
+
     fn new(target: &str, state: &'static str, message: Option<String>) -> Replica {
         Replica {
             target: target.to_string(),
@@ -562,13 +567,8 @@ impl Target for Fleet {
     fn share(&self, route: &str, canary: &str) -> Option<f64> {
         let inner = self.shared.lock();
         let f = inner.routes.get(route)?;
-        let mut sum: BTreeMap<&str, u64> = BTreeMap::new();
-        for (v, n) in f.requests.values().flatten() {
-            *sum.entry(v).or_default() += n;
-        }
-        let total: u64 = sum.values().sum();
-        let c = *sum.get(canary)?;
-        (total > 0).then(|| (c as f64 / total as f64 * 10_000.0).round() / 100.0)
+        let counts = f.requests.values().flatten();
+        super::driver::share_of(counts.map(|(v, n)| (v.as_str(), *n)), canary)
     }
 
     fn apply(&self, route: &str, layer: Option<Applied>) -> Result<(), String> {
@@ -605,15 +605,14 @@ impl Target for Fleet {
         let Some(f) = inner.routes.get(route) else {
             return InForce::Verified(false);
         };
+        let desired = f.desired.as_ref();
         InForce::Verified(
             inner.resolve_error.is_none()
                 && !inner.targets.is_empty()
-                && inner.targets.iter().all(|t| {
-                    f.replicas.get(t).is_some_and(|r| {
-                        r.state == "verified"
-                            && r.revision == f.desired.as_ref().map(|d| d.revision)
-                    })
-                }),
+                && inner
+                    .targets
+                    .iter()
+                    .all(|t| f.replicas.get(t).is_some_and(|r| r.holds(desired))),
         )
     }
 
@@ -654,7 +653,7 @@ impl Target for Fleet {
         let desired = f.and_then(|f| f.desired.as_ref());
         let mut blocked_by: Vec<String> = replicas
             .iter()
-            .filter(|r| r.state != "verified" || r.revision != desired.map(|d| d.revision))
+            .filter(|r| !r.holds(desired))
             .map(|r| {
                 format!(
                     "{}: {}{}",

@@ -104,7 +104,12 @@ async fn judge_check(check: &Check, settings: &AnalysisSettings, ev: &Evidence) 
     }
 }
 
-fn result(check: &str, result: Outcome, value: Option<f64>, message: String) -> CheckResult {
+pub(super) fn result(
+    check: &str,
+    result: Outcome,
+    value: Option<f64>,
+    message: String,
+) -> CheckResult {
     CheckResult {
         check: check.to_string(),
         result,
