@@ -258,7 +258,8 @@ impl Window {
 }
 
 impl Summary {
-    fn empty() -> Summary {
+    /// No requests.
+    pub fn empty() -> Summary {
         Summary {
             requests: 0,
             errors: 0,

@@ -7,6 +7,8 @@
 //!   workers, graceful drain; [`server::h1guard`] refuses ambiguous HTTP/1 framing.
 //! - [`admin`]: admin listener: `/healthz`, `/readyz`, `/metrics`, JSON API under `/api/v1`;
 //!   reads requests into control's typed arguments, maps every failure to a status in one match.
+//! - [`series`]: the last 15 minutes of every route, one point per analysis slot, read from
+//!   the analysis windows by a sampler (the dashboard's charts and `GET .../series`).
 //! - [`control`]: reloads and runtime overrides composed into one config and applied as a new
 //!   snapshot; typed operations and errors, no JSON or status codes. [`control::watch`]: reload
 //!   triggers (directory watch with debounce, periodic re-read, SIGHUP).
@@ -41,6 +43,7 @@ pub mod mirror;
 pub mod proxy;
 pub mod rollout;
 pub mod router;
+pub mod series;
 pub mod server;
 pub mod state;
 pub mod tls;

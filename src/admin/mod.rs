@@ -38,6 +38,8 @@ pub struct Admin {
     pub control: Arc<Control>,
     /// The rollouts of this process (their API, verbs and event stream).
     pub rollouts: Arc<Rollouts>,
+    /// Recent history of every route (the dashboard's charts).
+    pub series: Arc<crate::series::Series>,
     /// Bearer token for `/api/v1/*`, if any.
     pub token: Option<String>,
 }
@@ -115,6 +117,21 @@ impl http_body::Body for AdminBody {
             AdminBody::Events(rx) => rx
                 .poll_recv(cx)
                 .map(|f| f.map(|b| Ok(http_body::Frame::data(b)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            AdminBody::Full(b) => b.is_end_stream(),
+            AdminBody::Events(_) => false,
+        }
+    }
+
+    /// A whole body's length, so it goes out with `Content-Length` rather than chunked.
+    fn size_hint(&self) -> http_body::SizeHint {
+        match self {
+            AdminBody::Full(b) => b.size_hint(),
+            AdminBody::Events(_) => http_body::SizeHint::default(),
         }
     }
 }
@@ -279,6 +296,10 @@ fn api(
             let (from, to) = json::window_query(query)?;
             Ok(json::ok(&control.window(route, from, to)?))
         }
+        (&Method::GET, ["routes", route, "series"]) => {
+            control.check_route(route)?;
+            Ok(json::ok(&admin.series.view(route)))
+        }
         (&Method::GET, ["routes", route, "analysis"]) => {
             control.check_route(route)?;
             let q = json::analysis_query(query)?;
@@ -337,6 +358,7 @@ fn api(
         | (_, ["routes", _])
         | (_, ["routes", _, "weights"])
         | (_, ["routes", _, "analysis"])
+        | (_, ["routes", _, "series"])
         | (_, ["routes", _, "window"])
         | (_, ["routes", _, "rollout-layer"])
         | (_, ["routes", _, "rules", _])

@@ -63,6 +63,9 @@ pub trait Target: Send + Sync + 'static {
     /// Each version's totals over the last `window`. A fleet's are summed over every replica,
     /// and one replica that cannot be read makes them unknown (the measurement inconclusive).
     fn windows(&self, route: &str, window: Duration, source: GateSource) -> Boxed<Windows>;
+    /// Each version's totals over the wall-clock slots in `[from, to)` (Unix seconds): the
+    /// dashboard's series. A fleet's are summed over every replica.
+    fn range(&self, route: &str, from: u64, to: u64) -> Boxed<Windows>;
     /// Shadow comparisons of `route` over the last `window` (requests = pairs compared,
     /// errors = pairs that differed); `None` where they cannot be read.
     fn diffs(&self, route: &str, window: Duration) -> Option<Summary>;
@@ -110,6 +113,20 @@ impl Target for Local {
         let w = self
             .summaries(route, window, source)
             .ok_or_else(|| format!("route `{route}` is gone"));
+        Box::pin(std::future::ready(w))
+    }
+
+    fn range(&self, route: &str, from: u64, to: u64) -> Boxed<Windows> {
+        let snap = self.0.state().snapshot();
+        let now = Instant::now();
+        let w = match snap.route(route) {
+            None => Err(format!("route `{route}` is gone")),
+            Some(r) => r
+                .versions
+                .iter()
+                .map(|v| Ok((v.name.clone(), v.metrics.window.range(from, to, now)?)))
+                .collect(),
+        };
         Box::pin(std::future::ready(w))
     }
 
@@ -270,6 +287,11 @@ impl Rollouts {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Engine> {
         self.engine.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Each version's totals of `route` over `[from, to)` where this engine reads evidence.
+    pub fn range(&self, route: &str, from: u64, to: u64) -> Boxed<Windows> {
+        self.target.range(route, from, to)
     }
 
     /// Step every rollout until `stop` turns true.

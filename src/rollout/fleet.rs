@@ -525,6 +525,11 @@ impl Target for Fleet {
                 "a gate with `source: mirror` reads a process's own mirror window; a fleet controller cannot sum those (yet): run it in the replica".to_string(),
             )));
         }
+        let to = now_ms() / 1000;
+        self.range(route, to.saturating_sub(window.as_secs().max(1)), to)
+    }
+
+    fn range(&self, route: &str, from: u64, to: u64) -> Boxed<Windows> {
         let (targets, resolve_error) = {
             let inner = self.shared.lock();
             (inner.targets.clone(), inner.resolve_error.clone())
@@ -538,8 +543,6 @@ impl Target for Fleet {
             if targets.is_empty() {
                 return Err("no replica to read".into());
             }
-            let to = now_ms() / 1000;
-            let from = to.saturating_sub(window.as_secs().max(1));
             let mut set = tokio::task::JoinSet::new();
             for t in targets {
                 let (route, token) = (route.clone(), token.clone());

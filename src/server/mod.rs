@@ -11,6 +11,7 @@ use crate::error::DownstreamErrorKind;
 use crate::proxy::{self, ConnInfo, GaugeGuard};
 use crate::rollout::driver::Rollouts;
 use crate::rollout::fleet::Fleet;
+use crate::series::Series;
 use crate::state::State;
 use crate::tls::TlsListener;
 use anyhow::Context;
@@ -231,6 +232,12 @@ impl Server {
         let (stop_tx, stop_rx) = watch::channel(false);
         let (admin_stop_tx, admin_stop_rx) = watch::channel(false);
         let engine = tokio::spawn(self.rollouts.clone().run(admin_stop_rx.clone()));
+        let series = Series::new();
+        let sampler = tokio::spawn(series.clone().run(
+            self.control.clone(),
+            self.rollouts.clone(),
+            admin_stop_rx.clone(),
+        ));
         let admin_task = self.admin.take().map(|(listener, token)| {
             if let Ok(addr) = listener.local_addr() {
                 tracing::info!(%addr, "admin listening");
@@ -238,6 +245,7 @@ impl Server {
             let admin = Arc::new(Admin {
                 control: self.control.clone(),
                 rollouts: self.rollouts.clone(),
+                series,
                 token,
             });
             tokio::spawn(admin::serve(listener, admin, admin_stop_rx))
@@ -315,6 +323,7 @@ impl Server {
             let _ = t.await;
         }
         let _ = engine.await;
+        let _ = sampler.await;
         Ok(())
     }
 }
