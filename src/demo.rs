@@ -231,7 +231,8 @@ pub async fn run(
     println!(
         "each step judged every 5 s from the traffic a built-in generator sends (about 20/s)."
     );
-    println!("Watch it:");
+    println!("Watch it on the dashboard: http://{admin}/ui");
+    println!("  (split, health per version, the rollout's steps, PROMOTE / ABORT buttons), or:");
     println!(
         "  curl -N http://{admin}/api/v1/events                      # transitions and measurements, live"
     );

@@ -1,6 +1,7 @@
-//! The admin listener: `/healthz`, `/readyz`, `/metrics` and the JSON API under `/api/v1`.
+//! The admin listener: `/healthz`, `/readyz`, `/metrics`, the dashboard at `/ui` and the JSON
+//! API under `/api/v1`.
 //!
-//! Access: health and metrics are open (Kubernetes probes and Prometheus need them). The API
+//! Access: health, metrics and the dashboard's shell are open (Kubernetes probes and Prometheus need them). The API
 //! requires `Authorization: Bearer <token>` when a token is configured; without a token,
 //! state-changing calls are refused unless they come from a loopback peer. canaryd refuses to
 //! start with a non-loopback admin address and no token (see `server`).
@@ -11,6 +12,7 @@
 
 mod error;
 mod json;
+mod ui;
 
 use crate::control::{Control, Trigger};
 use crate::rollout::driver::Rollouts;
@@ -137,16 +139,19 @@ impl http_body::Body for AdminBody {
 }
 
 async fn handle(admin: &Admin, peer: SocketAddr, req: Request<Incoming>) -> Response<AdminBody> {
-    if req.method() == Method::GET && req.uri().path() == "/api/v1/events" {
-        return match authorize(admin, peer, req.method(), req.headers()) {
+    let mut r = if req.method() == Method::GET && req.uri().path() == "/api/v1/events" {
+        match authorize(admin, peer, req.method(), req.headers()) {
             Ok(()) => events(admin),
             Err(e) => e.into_response().map(AdminBody::Full),
-        };
-    }
-    respond(admin, peer, req)
-        .await
-        .unwrap_or_else(AdminError::into_response)
-        .map(AdminBody::Full)
+        }
+    } else {
+        respond(admin, peer, req)
+            .await
+            .unwrap_or_else(AdminError::into_response)
+            .map(AdminBody::Full)
+    };
+    ui::secure(r.headers_mut());
+    r
 }
 
 /// `GET /api/v1/events`: server-sent events of rollout transitions and measurements, read
@@ -190,6 +195,18 @@ async fn respond(
                 header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
             );
             return Ok(r);
+        }
+        // Open like the shell: lets the page ask for the token before any call fails with 401.
+        // It tells no more than any API call answering 401 would.
+        (&Method::GET, "/ui/access") => {
+            return Ok(json::ok(&serde_json::json!({
+                "token_required": admin.token.is_some(),
+            })));
+        }
+        (&Method::GET, _) => {
+            if let Some(r) = ui::asset(&path, req.headers()) {
+                return Ok(r);
+            }
         }
         _ => {}
     }
