@@ -396,3 +396,175 @@ routes:
         assert_eq!(canary["weight_source"], "override");
     });
 }
+
+/// Every PromQL expression of a Grafana dashboard (panels nested in rows included), and the
+/// template variables' queries.
+fn dashboard_queries(d: &serde_json::Value) -> Vec<String> {
+    fn walk(v: &serde_json::Value, out: &mut Vec<String>) {
+        match v {
+            serde_json::Value::Object(m) => {
+                for (k, v) in m {
+                    match (k.as_str(), v) {
+                        ("expr" | "definition", serde_json::Value::String(s)) => {
+                            out.push(s.clone())
+                        }
+                        _ => walk(v, out),
+                    }
+                }
+            }
+            serde_json::Value::Array(a) => a.iter().for_each(|v| walk(v, out)),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    walk(d, &mut out);
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_grafana_dashboard_queries_only_metrics_canaryd_exports() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/grafana/canaryd.json");
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).expect("valid JSON");
+    assert_eq!(dashboard["uid"], "canaryd");
+    // Every panel reads the dashboard's datasource variable, so it imports anywhere.
+    let mut panels: Vec<&serde_json::Value> =
+        dashboard["panels"].as_array().unwrap().iter().collect();
+    while let Some(i) = panels.iter().position(|p| {
+        p.get("panels")
+            .is_some_and(|c| c.as_array().is_some_and(|c| !c.is_empty()))
+    }) {
+        let row = panels.remove(i);
+        panels.extend(row["panels"].as_array().unwrap());
+    }
+    for p in panels.iter().filter(|p| p["type"] != "row") {
+        assert_eq!(p["datasource"]["uid"], "${datasource}", "{}", p["title"]);
+        assert!(
+            !p["targets"].as_array().unwrap().is_empty(),
+            "{}",
+            p["title"]
+        );
+    }
+
+    // A canaryd exporting every family the dashboard may use: a rollout, a mirror, traffic
+    // with a 5xx and an upstream error.
+    let dir = tempfile::tempdir().unwrap();
+    let (stable, canary) = (Origin::start("stable").await, Origin::start("canary").await);
+    let yaml = split_yaml(
+        &stable,
+        &canary,
+        "0",
+        &format!(
+            r#"    mirror: {{ to: canary, percent: 100 }}
+    rollout:
+      id: v2
+      steps: [ {{ set_weight: 10 }}, {{ pause: {{}} }} ]
+      background_analysis: slo
+      analysis: {{ slo: {{ interval: 1h, checks: [ {{ success_rate: {{ min: 90 }} }} ] }} }}
+  - name: dead
+    match: {{ path_prefix: /dead }}
+    versions:
+      stable: {{ endpoints: ["{}"] }}
+admin: {{ address: "127.0.0.1:0" }}
+"#,
+            closed_port()
+        ),
+    )
+    .replace(
+        "proxy: { version_header: true }",
+        &format!(
+            "proxy: {{ version_header: true, state_file: \"{}\" }}",
+            dir.path().join("s.json").display()
+        ),
+    );
+    let proxy = Proxy::start(&yaml).await;
+    let client = TestClient::http1();
+    for path in ["/", "/status/500", "/dead/x"] {
+        client.get(&proxy.url(path), &[]).await;
+    }
+    // Copies to the shadow and their comparison are recorded after the primary answered.
+    let mut exposition = String::new();
+    for _ in 0..100 {
+        exposition = get(&proxy.admin_url("/metrics"), &[]).await.body;
+        if exposition.contains("canaryd_mirror_requests_total{") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Names a query may use: each family's samples (`_total` for counters, `_bucket`,
+    // `_sum`, `_count` for histograms), with the labels seen on them.
+    let mut names: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> =
+        Default::default();
+    for line in exposition.lines() {
+        if let Some(t) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = t.split_once(' ').unwrap();
+            let samples: Vec<String> = match kind {
+                "counter" => vec![format!("{name}_total")],
+                "histogram" => ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .map(|s| format!("{name}{s}"))
+                    .collect(),
+                _ => vec![name.to_string()],
+            };
+            for s in samples {
+                names.entry(s).or_default();
+            }
+        } else if !line.starts_with('#') && !line.is_empty() {
+            let name_end = line.find(['{', ' ']).unwrap();
+            let labels = names.entry(line[..name_end].to_string()).or_default();
+            if let Some(rest) = line[name_end..].strip_prefix('{') {
+                for pair in rest[..rest.find('}').unwrap()].split(',') {
+                    labels.insert(pair.split('=').next().unwrap().to_string());
+                }
+            }
+        }
+    }
+    let metric = regex::Regex::new(r"\b(canaryd_[a-z0-9_]+)(\{([^}]*)\})?").unwrap();
+    let label = regex::Regex::new(r"([a-z_]+)\s*(=~|!~|!=|=)").unwrap();
+    let queries = dashboard_queries(&dashboard);
+    let mut used = std::collections::BTreeSet::new();
+    for q in &queries {
+        assert!(
+            !q.contains("canaryd:"),
+            "recording rules are not canaryd's: {q}"
+        );
+        for m in metric.captures_iter(q) {
+            let name = &m[1];
+            let labels = names
+                .get(name)
+                .unwrap_or_else(|| panic!("{name} is not exported by canaryd (query: {q})"));
+            used.insert(name.to_string());
+            for l in m
+                .get(3)
+                .map(|s| s.as_str())
+                .unwrap_or("")
+                .split(',')
+                .filter(|s| !s.trim().is_empty())
+            {
+                let l = &label
+                    .captures(l)
+                    .unwrap_or_else(|| panic!("matcher {l} in {q}"))[1];
+                // Prometheus adds instance and job when it scrapes.
+                if !["instance", "job"].contains(&l) {
+                    assert!(
+                        labels.contains(l),
+                        "{name} has no label {l} (query: {q}; it has {labels:?})"
+                    );
+                }
+            }
+        }
+    }
+    for needed in [
+        "canaryd_requests_total",
+        "canaryd_request_duration_seconds_bucket",
+        "canaryd_route_weight",
+        "canaryd_rollout_phase",
+        "canaryd_rollout_weight",
+    ] {
+        assert!(
+            used.contains(needed),
+            "the dashboard does not show {needed}"
+        );
+    }
+    proxy.stop().await;
+}
