@@ -347,6 +347,50 @@ async fn a_canary_broken_on_one_replica_aborts_the_whole_fleet() {
     for a in &admins {
         wait_weight(*a, 0.0).await;
     }
+
+    // The controller's series (its dashboard) is the replicas' sum, slot by slot.
+    let series = |admin: SocketAddr| async move {
+        let (status, v) = api(admin, Method::GET, "/api/v1/routes/app/series").await;
+        assert_eq!(status, StatusCode::OK, "{v}");
+        let at: Vec<u64> = v["at"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t.as_u64().unwrap())
+            .collect();
+        let mut counts: HashMap<(u64, String), u64> = HashMap::new();
+        for c in v["versions"].as_array().unwrap() {
+            for (t, n) in at.iter().zip(c["requests"].as_array().unwrap()) {
+                counts.insert(
+                    (*t, c["name"].as_str().unwrap().to_string()),
+                    n.as_u64().unwrap_or(0),
+                );
+            }
+        }
+        (at, counts)
+    };
+    let (at, fleet) = series(ctl.admin.unwrap()).await;
+    let mut summed: HashMap<(u64, String), u64> = HashMap::new();
+    let mut common: Vec<u64> = at.clone();
+    for a in &admins {
+        let (at, counts) = series(*a).await;
+        common.retain(|t| at.contains(t));
+        for (k, n) in counts {
+            *summed.entry(k).or_default() += n;
+        }
+    }
+    let mut compared = 0;
+    for t in &common {
+        for version in ["stable", "canary"] {
+            let k = (*t, version.to_string());
+            assert_eq!(fleet.get(&k), summed.get(&k), "slot {t} {version}");
+            compared += fleet.get(&k).copied().unwrap_or(0);
+        }
+    }
+    assert!(
+        compared > 0,
+        "no slot with traffic in common: {at:?} {common:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
