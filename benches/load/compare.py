@@ -15,13 +15,20 @@ Method (also written to the results):
 - Figures:
     saturated req/s, HTTP/1.1 keep-alive, 64 connections (wrk -t1 -c64)
     proxy CPU microseconds per request: utime+stime of the proxy's processes from /proc/PID/stat
-      over the run, divided by the requests completed; the user/kernel split is reported too
-      (the kernel part, loopback TCP on both sides, is nearly the same for every proxy)
+      over the run, divided by the requests completed; the user/kernel split is reported too,
+      taken from the same round as the median total so the two parts add up to it (the kernel
+      part, loopback TCP on both sides, is nearly the same for every proxy)
     the same two for a new connection per request (wrk with `Connection: close`)
     latency p50/p99/p99.9 at a fixed rate = 50% of nginx's median saturated req/s
       (oha -q RATE --latency-correction), minus the same percentiles measured direct to the origin
     HTTP/2 downstream req/s with h2load -c 10 -m 100 (h2c prior knowledge)
-    memory per 10k idle keep-alive connections: proxy RSS delta after opening them (one request each)
+    memory per 10k idle keep-alive connections: in a freshly restarted proxy (a proxy that just
+      served the load reuses freed heap, which hid nginx's and HAProxy's cost), open N/2
+      connections (one request each, 100 at a time), wait 1 s, then N/2 more and 1 s: the growth of the summed Pss
+      (proportional set size, /proc/PID/smaps_rollup) of every process of the proxy (nginx's
+      master and workers, HAProxy's, canaryd's one process) over the second batch, scaled to
+      10k. Pss, not RSS: pages a master shares with its workers count once, not once per
+      process. Socket buffers are kernel memory and count for none.
     TLS (same ECDSA P-256 certificate for every proxy, TLS 1.3, made with openssl):
       full handshakes per second: wrk with `Connection: close` over https (wrk keeps no session,
       so every connection is a full handshake), and CPU per handshake+request
@@ -49,7 +56,6 @@ import time
 from datetime import datetime, timezone
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
 def free_port():
@@ -96,24 +102,40 @@ def cpu_split(pids):
 
 
 
-def rss_bytes(pids):
+def pss_bytes(pids):
+    """Summed Pss of pids: each page shared by k processes counts 1/k in each, so a master's
+    pages shared with its workers count once in all."""
     total = 0
     for p in pids:
         try:
-            with open(f"/proc/{p}/statm") as f:
-                total += int(f.read().split()[1]) * PAGE
-        except FileNotFoundError:
+            with open(f"/proc/{p}/smaps_rollup") as f:
+                for line in f:
+                    if line.startswith("Pss:"):
+                        total += int(line.split()[1]) * 1024
+                        break
+        except (FileNotFoundError, ProcessLookupError):
             pass
     return total
 
 
 class Proc:
-    def __init__(self, name, argv, port, h2_port, cpu="0", tls_port=None):
+    def __init__(self, name, argv, port, h2_port, cpu="0", tls_port=None, min_procs=1):
         self.name, self.port, self.h2_port, self.tls_port = name, port, h2_port, tls_port
-        self.p = subprocess.Popen(["taskset", "-c", cpu] + argv, stdout=subprocess.DEVNULL,
+        self.argv, self.cpu = argv, cpu
+        # nginx runs a master and its workers: finding fewer means a process was missed.
+        self.min_procs = min_procs
+        self.start()
+
+    def start(self):
+        self.p = subprocess.Popen(["taskset", "-c", self.cpu] + self.argv, stdout=subprocess.DEVNULL,
                                   stderr=subprocess.DEVNULL)
-        wait_port(port)
+        wait_port(self.port)
         time.sleep(0.3)
+
+    def restart(self):
+        """A fresh process on the same ports (its heap holds nothing freed by earlier loads)."""
+        self.stop()
+        self.start()
 
     def pids(self):
         return descendants(self.p.pid)
@@ -294,26 +316,53 @@ def oha(url, rate, duration, cookie=COOKIE):
     return p["p50"] * 1e6, p["p99"] * 1e6, p["p99.9"] * 1e6
 
 
-def idle_memory(proc, n):
-    """RSS growth of the proxy after `n` keep-alive connections each made one request."""
-    before = rss_bytes(proc.pids())
+def open_idle(port, n, group=100):
+    """n keep-alive connections that each made one request and read its response, opened
+    `group` at a time (the way clients arrive; a proxy's transient per-request memory then
+    peaks at a group's worth instead of all n at once)."""
     socks = []
     req = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
-    for _ in range(n):
-        s = socket.create_connection(("127.0.0.1", proc.port))
-        s.sendall(req)
-        socks.append(s)
-    for s in socks:
-        s.settimeout(10)
-        data = b""
-        while b"\r\n\r\n" not in data:
-            data += s.recv(4096)
-    time.sleep(0.5)
-    after = rss_bytes(proc.pids())
-    for s in socks:
+    for start in range(0, n, group):
+        batch = []
+        for _ in range(min(group, n - start)):
+            s = socket.create_connection(("127.0.0.1", port))
+            s.sendall(req)
+            batch.append(s)
+        for s in batch:
+            s.settimeout(10)
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += s.recv(4096)
+        socks += batch
+    return socks
+
+
+def idle_memory(proc, n):
+    """Memory of idle keep-alive connections, per 10k: the growth of the summed Pss of all the
+    proxy's processes while a second batch of n/2 connections opens, in a freshly started proxy
+    that already holds a first batch of n/2.
+
+    Fresh, because a proxy that just served the load runs has freed memory in its heap that
+    new connections reuse without growing (nginx and HAProxy then showed ~0). The first batch
+    absorbs what a process allocates once (pools sized on first use); the second is the
+    marginal cost, which is what 10k more connections cost."""
+    proc.restart()
+    pids = proc.pids()
+    if len(pids) < proc.min_procs:
+        raise SystemExit(f"{proc.name}: found {len(pids)} processes, expected {proc.min_procs}")
+    half = max(n // 2, 1)
+    first = open_idle(proc.port, half)
+    # Idle for a second before each reading: what an idle connection costs, after whatever
+    # a proxy does with one that stopped sending (canaryd gives its buffers back at 250 ms).
+    time.sleep(1.0)
+    before = pss_bytes(proc.pids())
+    second = open_idle(proc.port, half)
+    time.sleep(1.0)
+    after = pss_bytes(proc.pids())
+    for s in first + second:
         s.close()
     time.sleep(0.5)
-    return (after - before) * (10_000 / n)
+    return (after - before) * (10_000 / half)
 
 
 def start_peers(tmp, o1, o2, workers, cpu):
@@ -323,7 +372,7 @@ def start_peers(tmp, o1, o2, workers, cpu):
     with open(f"{tmp}/proxy{workers}.conf", "w") as f:
         f.write(nginx_proxy_conf(tmp, p, h, o1, o2, t, workers))
     peers["nginx"] = Proc("nginx", ["nginx", "-c", f"{tmp}/proxy{workers}.conf", "-p", tmp, "-e", "stderr"],
-                          p, h, cpu=cpu, tls_port=t)
+                          p, h, cpu=cpu, tls_port=t, min_procs=1 + workers)
     p, h, t = free_port(), free_port(), free_port()
     with open(f"{tmp}/haproxy{workers}.cfg", "w") as f:
         f.write(haproxy_conf(p, h, o1, o2, t, f"{tmp}/tls.pem", workers))
@@ -333,8 +382,13 @@ def start_peers(tmp, o1, o2, workers, cpu):
 
 
 def user_kernel(r):
-    """`user / kernel` µs per request, medians."""
-    return f"{med(r['usr']):.1f} / {med(r['sys']):.1f}" if r["usr"] else "n/a"
+    """`user / kernel` µs per request of the round whose total is the median (with an even
+    count, the lower middle one), so the parts add up to a total that was measured."""
+    if not r["usr"]:
+        return "n/a"
+    order = sorted(range(len(r["cpu"])), key=lambda i: r["cpu"][i])
+    i = order[(len(order) - 1) // 2]
+    return f"{r['usr'][i]:.1f} / {r['sys'][i]:.1f}"
 
 
 def rotated(names, r):
@@ -363,8 +417,8 @@ def main():
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--duration", type=int, default=10)
     # This sandbox's hard limit on open files is 20,000 per process, so idle memory is measured
-    # with 5,000 connections and scaled to 10k.
-    ap.add_argument("--idle-conns", type=int, default=5_000)
+    # with 8,000 connections (4,000 measured) and scaled to 10k.
+    ap.add_argument("--idle-conns", type=int, default=8_000)
     ap.add_argument("--out", help="write a Markdown report here")
     ap.add_argument("--tls-only", action="store_true", help="only the TLS figures")
     ap.add_argument("--baseline", help="another canaryd binary (e.g. the previous commit) measured "
@@ -560,7 +614,7 @@ def render(a, R, direct, rate, targets):
     lines.append(f"- versions: {tool_versions()}")
     lines.append(f"- fixed rate for latency: {rate} req/s (50% of nginx's median saturated keep-alive req/s)")
     lines.append("- each proxy: one worker pinned to core 0; wrk/oha/h2load and the nginx origin on core 1")
-    lines.append(f"- idle memory: {a.idle_conns} keep-alive connections opened (open-file limit), RSS delta scaled to 10k")
+    lines.append(f"- idle memory: fresh proxy, {a.idle_conns // 2} + {a.idle_conns // 2} keep-alive connections (open-file limit), growth of the summed Pss of all the proxy's processes over the second batch, scaled to 10k")
     lines.append("- figures: median [min–max] over rounds\n")
     lines.append("## Ratios (canaryd / peer; < 1 is better for CPU and latency, > 1 for req/s)\n")
     lines.append("| figure | canaryd / nginx | canaryd / HAProxy | target |")
@@ -578,7 +632,7 @@ def render(a, R, direct, rate, targets):
     lines.append(f"\nFull feature path (4 rules + sticky + 90/10) vs single-version route, CPU per request: "
                  f"{full:.1f} µs vs {simple:.1f} µs = {100 * (full / simple - 1):+.1f}% (target ≤ +5%)\n")
     lines.append("## Absolute figures\n")
-    lines.append("| proxy | keep-alive req/s | CPU µs/req | of which user / kernel | new-conn req/s | CPU µs/req (new conn) | h2 req/s | CPU µs/req (h2) | added p50 µs | added p99 µs | added p99.9 µs | RSS per 10k idle conns |")
+    lines.append("| proxy | keep-alive req/s | CPU µs/req | of which user / kernel | new-conn req/s | CPU µs/req (new conn) | h2 req/s | CPU µs/req (h2) | added p50 µs | added p99 µs | added p99.9 µs | Pss per 10k idle conns |")
     lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name in targets:
         r = R[name]
