@@ -188,6 +188,8 @@ pub struct Metrics {
     retries: Family<VersionLabels, Counter>,
     /// Open downstream connections (all listeners).
     pub open_connections: Gauge,
+    /// Of those, keep-alive connections parked between requests with no buffers held.
+    pub parked_connections: Gauge,
     /// Requests being proxied right now.
     pub in_flight: Gauge,
     /// Weight series published by the last snapshot (`Family` cannot be iterated), so
@@ -549,6 +551,7 @@ impl Metrics {
         let fallbacks = Family::<VersionLabels, Counter>::default();
         let retries = Family::<VersionLabels, Counter>::default();
         let open_connections = Gauge::default();
+        let parked_connections = Gauge::default();
         let in_flight = Gauge::default();
         registry.register(
             "requests",
@@ -622,6 +625,11 @@ impl Metrics {
             open_connections.clone(),
         );
         registry.register(
+            "parked_connections",
+            "Open downstream HTTP/1 keep-alive connections idle long enough to hold no buffers (waiting for their next request on the socket alone)",
+            parked_connections.clone(),
+        );
+        registry.register(
             "in_flight_requests",
             "Requests being proxied now",
             in_flight.clone(),
@@ -654,6 +662,7 @@ impl Metrics {
             fallbacks,
             retries,
             open_connections,
+            parked_connections,
             in_flight,
             published_weights: std::sync::Mutex::new(Vec::new()),
             windows: std::sync::Mutex::new(std::collections::HashMap::new()),

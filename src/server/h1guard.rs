@@ -11,6 +11,12 @@
 //! The guard only ever acts on a clean, complete head with both headers. Anything it does not
 //! fully understand (HTTP/2 prefaces, upgrades and CONNECT, malformed framing, oversized
 //! heads) turns it into a pass-through, leaving the verdict to hyper, which is safe on those.
+//!
+//! Because it knows where messages end, the guard is also where an idle keep-alive
+//! connection gives hyper's buffers back (see [`IdleGate`]): between two requests, with every
+//! response byte written and flushed and nothing to read, it tells hyper the stream ended, so
+//! hyper's connection finishes (dropping its 8 KiB read and 8 KiB write buffers) while the
+//! socket stays open for the server to serve again when the next request arrives.
 
 use std::io;
 use std::pin::Pin;
@@ -76,6 +82,11 @@ impl Default for Framer {
 impl Framer {
     pub fn is_opaque(&self) -> bool {
         self.state == State::Opaque
+    }
+
+    /// Between two messages: every byte seen so far belongs to complete requests.
+    pub fn at_boundary(&self) -> bool {
+        self.state == State::Head && self.partial.is_empty()
     }
 
     /// Look at the next bytes of the stream.
@@ -336,6 +347,20 @@ fn parse_decimal(v: &[u8]) -> Option<u64> {
     })
 }
 
+/// Whether an idle connection may give its buffers back now. Asked only when the guard knows
+/// it is safe for the stream: at a message boundary, everything written has been flushed,
+/// and the socket has nothing to read. The server answers from what it knows besides: no
+/// request in flight (its response body included) and idle long enough.
+pub trait IdleGate: Send + Sync {
+    /// May the connection end here (hyper sees the end of the stream)? `true` is final: the
+    /// gate then counts the connection as released.
+    fn release_now(&self) -> bool;
+    /// Did it end that way (the socket must stay open)?
+    fn released(&self) -> bool;
+    /// Bytes arrived: whatever was decided about idleness is stale.
+    fn active(&self);
+}
+
 /// An HTTP/1 server connection's stream with the [`Framer`] watching what is read.
 pub struct Guarded<S> {
     inner: S,
@@ -344,6 +369,10 @@ pub struct Guarded<S> {
     poison_left: &'static [u8],
     /// After the poison: nothing more is read from the client.
     closed: bool,
+    /// Set on a plain connection that may be parked between requests.
+    gate: Option<std::sync::Arc<dyn IdleGate>>,
+    /// Nothing written since the last successful flush (hyper flushes only an empty buffer).
+    flushed: bool,
 }
 
 impl<S> Guarded<S> {
@@ -353,7 +382,15 @@ impl<S> Guarded<S> {
             framer: Framer::default(),
             poison_left: &[],
             closed: false,
+            gate: None,
+            flushed: true,
         }
+    }
+
+    /// A stream that may end between two requests when `gate` says so (see [`IdleGate`]).
+    pub fn with_gate(mut self, gate: std::sync::Arc<dyn IdleGate>) -> Guarded<S> {
+        self.gate = Some(gate);
+        self
     }
 
     /// A stream that is known not to be HTTP/1 (TLS with ALPN h2): nothing is inspected.
@@ -384,7 +421,23 @@ impl<S: AsyncRead + Unpin> AsyncRead for Guarded<S> {
             return Pin::new(&mut me.inner).poll_read(cx, buf);
         }
         let before = buf.filled().len();
-        ready!(Pin::new(&mut me.inner).poll_read(cx, buf))?;
+        match Pin::new(&mut me.inner).poll_read(cx, buf) {
+            Poll::Pending => {
+                // Idle between requests with all written: the gate may end hyper's connection
+                // here (an empty read is the end of the stream), and the socket is parked.
+                if me.flushed
+                    && me.framer.at_boundary()
+                    && me.gate.as_ref().is_some_and(|g| g.release_now())
+                {
+                    return Poll::Ready(Ok(()));
+                }
+                return Poll::Pending;
+            }
+            Poll::Ready(r) => r?,
+        }
+        if let Some(g) = &me.gate {
+            g.active();
+        }
         if let Verdict::Conflict { head_from } = me.framer.feed(&buf.filled()[before..]) {
             tracing::debug!("request with both Content-Length and Transfer-Encoding refused");
             // Keep what preceded the head (earlier requests' bytes), drop the rest, poison.
@@ -404,7 +457,10 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Guarded<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+        let me = self.get_mut();
+        let n = ready!(Pin::new(&mut me.inner).poll_write(cx, buf))?;
+        me.flushed &= n == 0;
+        Poll::Ready(Ok(n))
     }
 
     fn poll_write_vectored(
@@ -412,7 +468,10 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Guarded<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+        let me = self.get_mut();
+        let n = ready!(Pin::new(&mut me.inner).poll_write_vectored(cx, bufs))?;
+        me.flushed &= n == 0;
+        Poll::Ready(Ok(n))
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -420,11 +479,19 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Guarded<S> {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+        let me = self.get_mut();
+        ready!(Pin::new(&mut me.inner).poll_flush(cx))?;
+        me.flushed = true;
+        Poll::Ready(Ok(()))
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+        let me = self.get_mut();
+        // Released: hyper's connection is over, the socket is not.
+        if me.gate.as_ref().is_some_and(|g| g.released()) {
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut me.inner).poll_shutdown(cx)
     }
 }
 

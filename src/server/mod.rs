@@ -417,6 +417,7 @@ async fn accept_loop(
         .max_header_list_size(H2_MAX_HEADER_LIST_SIZE);
     // Every connection task lives here: the drain waits for them, and what is left after the
     // drain timeout is aborted with the set.
+    let builder = Arc::new(builder);
     let mut conns = JoinSet::new();
 
     loop {
@@ -446,14 +447,16 @@ async fn accept_loop(
         let activity = Arc::new(ConnActivity::default());
         let st = state.clone();
         let act = activity.clone();
+        // Not boxed: hyper keeps a slot of this future's size (about 4 KiB) per connection,
+        // which a parked connection gives back with the rest of hyper's connection, while
+        // boxing it would cost every request an allocation (~500 instructions, callgrind).
         let svc = service_fn(move |req| {
             let st = st.clone();
             let guard = RequestGuard::start(act.clone());
             let conn = conn_info.clone();
             async move {
                 let resp = proxy::handle(&st, &conn, req).await;
-                guard.responded();
-                Ok::<_, Infallible>(resp)
+                Ok::<_, Infallible>(guard.responded(resp))
             }
         });
         let builder = builder.clone();
@@ -464,6 +467,9 @@ async fn accept_loop(
         conns.spawn(async move {
             let _slot = slot;
             let _open = GaugeGuard::new(&metrics.open_connections);
+            // A plain connection's socket, kept here while hyper's connection is released
+            // between requests (parked: no buffers, see `h1guard::IdleGate`).
+            let mut plain = None;
             let io = match acceptor {
                 None => {
                     // hyper's header timer starts with the first request; a client that never
@@ -479,38 +485,62 @@ async fn accept_loop(
                         metrics.downstream_error(DownstreamErrorKind::HeaderTimeout);
                         return;
                     }
-                    Guarded::new(Io::Plain(stream))
+                    let stream = Arc::new(stream);
+                    plain = Some(stream.clone());
+                    Guarded::new(Io::Plain(stream)).with_gate(activity.clone())
                 }
-                // The handshake gets the same allowance as request headers.
+                // Boxed: inline, the handshake's state (rustls' connection) would size every
+                // connection's task, plain ones and parked ones included.
                 Some(acceptor) => {
-                    match tokio::time::timeout(limits.header_timeout, acceptor.accept(stream)).await
+                    match Box::pin(handshake(
+                        acceptor,
+                        stream,
+                        peer,
+                        limits.header_timeout,
+                        &metrics,
+                    ))
+                    .await
                     {
-                        Ok(Ok(s)) => {
-                            let h2 = s.get_ref().1.alpn_protocol() == Some(b"h2");
-                            let io = Io::Tls(Box::new(s));
-                            if h2 {
-                                Guarded::passthrough(io)
-                            } else {
-                                Guarded::new(io)
-                            }
-                        }
-                        Ok(Err(e)) => {
-                            tracing::debug!(error = %e, %peer, "TLS handshake failed");
-                            return;
-                        }
-                        Err(_) => {
-                            tracing::debug!(%peer, "TLS handshake timed out");
-                            metrics.downstream_error(DownstreamErrorKind::HeaderTimeout);
-                            return;
-                        }
+                        Some(io) => io,
+                        None => return,
                     }
                 }
             };
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
-            if let Err(e) = drive(conn, activity, limits.idle_timeout, drain).await {
-                tracing::debug!(error = %e, %peer, "connection ended with error");
-                if let Some(kind) = connection_fault(&*e) {
-                    metrics.downstream_error(kind);
+            let linger = plain.as_ref().map(|_| LINGER);
+            let mut io = Some(io);
+            let mut drain = drain;
+            loop {
+                let io = match (io.take(), &plain) {
+                    (Some(io), _) => io,
+                    (None, Some(s)) => {
+                        Guarded::new(Io::Plain(s.clone())).with_gate(activity.clone())
+                    }
+                    (None, None) => break,
+                };
+                // Boxed, like `drive`'s future below: a parked connection's task keeps only
+                // the small state of `park`.
+                let conn =
+                    Box::pin(builder.serve_connection_with_upgrades(TokioIo::new(io), svc.clone()));
+                let served = Box::pin(drive(
+                    conn,
+                    activity.clone(),
+                    limits.idle_timeout,
+                    linger,
+                    drain.clone(),
+                ));
+                if let Err(e) = served.await {
+                    tracing::debug!(error = %e, %peer, "connection ended with error");
+                    if let Some(kind) = connection_fault(&*e) {
+                        metrics.downstream_error(kind);
+                    }
+                    break;
+                }
+                let Some(stream) = plain.as_ref().filter(|_| activity.take_released()) else {
+                    break;
+                };
+                let _parked = GaugeGuard::new(&metrics.parked_connections);
+                if !park(stream, &activity, limits.idle_timeout, &mut drain).await {
+                    break;
                 }
             }
         });
@@ -552,6 +582,7 @@ async fn drive<C, E>(
     conn: C,
     activity: Arc<ConnActivity>,
     idle: Duration,
+    linger: Option<Duration>,
     mut drain: watch::Receiver<bool>,
 ) -> Result<(), E>
 where
@@ -565,6 +596,10 @@ where
     }
     let mut drained = std::pin::pin!(drain.changed());
     let mut idle_timer = std::pin::pin!(tokio::time::sleep(idle));
+    // Idle this long, a plain HTTP/1 connection gives hyper's buffers back (it is released
+    // at its next wait for a request, and parked). Re-armed lazily, like `idle_timer`: a
+    // busy connection costs one timer event per `linger`, not one per request.
+    let mut linger_timer = std::pin::pin!(tokio::time::sleep(linger.unwrap_or(idle)));
     let mut flood = std::pin::pin!(activity.flood.notified());
     // Closing because idle: the peer gets `idle` again to finish the goodbye (an HTTP/2
     // client that never acknowledges the GOAWAY ping would otherwise keep it open).
@@ -617,6 +652,20 @@ where
                     }
                     Some(at) => idle_timer.as_mut().reset(at),
                 }
+            }
+            if let Some(linger) = linger
+                && !closing
+                && linger_timer.as_mut().poll(&mut scx).is_ready()
+            {
+                acted = true;
+                let at = match activity.idle_deadline(linger) {
+                    None => {
+                        activity.release.store(true, Ordering::Relaxed);
+                        tokio::time::Instant::now() + linger
+                    }
+                    Some(at) => at,
+                };
+                linger_timer.as_mut().reset(at);
             }
             if !acted {
                 return Poll::Pending;
@@ -677,6 +726,70 @@ where
     }
 }
 
+/// The TLS handshake, with the same allowance as request headers; `None` when it failed.
+async fn handshake(
+    acceptor: tokio_rustls::TlsAcceptor,
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    timeout: Duration,
+    metrics: &crate::metrics::Metrics,
+) -> Option<Guarded<Io>> {
+    match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+        Ok(Ok(s)) => {
+            let h2 = s.get_ref().1.alpn_protocol() == Some(b"h2");
+            let io = Io::Tls(Box::new(s));
+            Some(if h2 {
+                Guarded::passthrough(io)
+            } else {
+                Guarded::new(io)
+            })
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, %peer, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "TLS handshake timed out");
+            metrics.downstream_error(DownstreamErrorKind::HeaderTimeout);
+            None
+        }
+    }
+}
+
+impl<T: GracefulShutdown + ?Sized> GracefulShutdown for std::pin::Pin<Box<T>> {
+    fn shutdown_gracefully(self: std::pin::Pin<&mut Self>) {
+        self.get_mut().as_mut().shutdown_gracefully();
+    }
+}
+
+/// How long a plain HTTP/1 keep-alive connection waits for its next request with hyper's
+/// buffers (8 KiB read + 8 KiB write) before giving them back and parking on the socket
+/// alone. A busy connection's next request comes sooner, so it never pays for the recycle;
+/// an idle one costs about 1 KiB instead of about 24 KiB.
+const LINGER: Duration = Duration::from_millis(50);
+
+/// Wait, holding no buffer, for a parked connection's next bytes: `true` when some came,
+/// `false` when it should close (the peer closed, it stayed idle past `idle`, the drain).
+async fn park(
+    stream: &tokio::net::TcpStream,
+    activity: &ConnActivity,
+    idle: Duration,
+    drain: &mut watch::Receiver<bool>,
+) -> bool {
+    if *drain.borrow() {
+        return false;
+    }
+    let Some(deadline) = activity.idle_deadline(idle) else {
+        return false;
+    };
+    let mut first = [0u8; 1];
+    tokio::select! {
+        _ = drain.changed() => false,
+        _ = tokio::time::sleep_until(deadline) => false,
+        r = stream.peek(&mut first) => matches!(r, Ok(1..)),
+    }
+}
+
 /// Streams a connection must have opened before the premature-reset rule looks at it.
 const PREMATURE_RESET_MIN_STREAMS: u32 = 100;
 
@@ -694,6 +807,11 @@ struct ConnActivity {
     streams: AtomicU32,
     premature: AtomicU32,
     flood: tokio::sync::Notify,
+    /// Idle past the linger: the next wait for a request with nothing to read ends hyper's
+    /// connection (plain HTTP/1 only).
+    release: std::sync::atomic::AtomicBool,
+    /// hyper's connection ended that way: the socket stays open, parked.
+    released: std::sync::atomic::AtomicBool,
 }
 
 impl ConnActivity {
@@ -703,6 +821,13 @@ impl ConnActivity {
 
     fn touch(&self) {
         self.last_ms.store(self.now_ms(), Ordering::Relaxed);
+    }
+
+    /// Whether hyper's connection was released (and the socket must be parked); resets both
+    /// flags for the next one.
+    fn take_released(&self) -> bool {
+        self.release.store(false, Ordering::Relaxed);
+        self.released.swap(false, Ordering::Relaxed)
     }
 
     /// `None` when the connection has been idle for `idle`; otherwise when to look again.
@@ -716,6 +841,27 @@ impl ConnActivity {
                 .saturating_sub(self.last_ms.load(Ordering::Relaxed)),
         );
         (since < idle).then(|| now + (idle - since))
+    }
+}
+
+impl h1guard::IdleGate for ConnActivity {
+    fn release_now(&self) -> bool {
+        let now =
+            self.release.load(Ordering::Relaxed) && self.in_flight.load(Ordering::Relaxed) == 0;
+        if now {
+            self.released.store(true, Ordering::Relaxed);
+        }
+        now
+    }
+
+    fn released(&self) -> bool {
+        self.released.load(Ordering::Relaxed)
+    }
+
+    fn active(&self) {
+        if self.release.load(Ordering::Relaxed) {
+            self.release.store(false, Ordering::Relaxed);
+        }
     }
 }
 
@@ -737,8 +883,38 @@ impl RequestGuard {
         }
     }
 
-    fn responded(mut self) {
+    /// The response is there: the request stays in flight until its body has been sent
+    /// (the body carries the guard), so neither the idle timeout nor a release between
+    /// requests can fall in the middle of a streaming answer.
+    fn responded(mut self, resp: http::Response<proxy::body::ProxyBody>) -> http::Response<Answer> {
         self.responded = true;
+        resp.map(|body| Answer { body, _guard: self })
+    }
+}
+
+/// A response body with its request's [`RequestGuard`], dropped with it.
+struct Answer {
+    body: proxy::body::ProxyBody,
+    _guard: RequestGuard,
+}
+
+impl hyper::body::Body for Answer {
+    type Data = <proxy::body::ProxyBody as hyper::body::Body>::Data;
+    type Error = <proxy::body::ProxyBody as hyper::body::Body>::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
     }
 }
 
@@ -764,7 +940,10 @@ impl Drop for RequestGuard {
 /// A downstream connection's byte stream: plain TCP or TLS, one type so every connection
 /// is served by the same code.
 enum Io {
-    Plain(tokio::net::TcpStream),
+    /// Shared with the connection's task, which keeps the socket while hyper's connection is
+    /// released between requests. Read and written through readiness and `try_*` calls,
+    /// which take `&TcpStream`.
+    Plain(Arc<tokio::net::TcpStream>),
     Tls(Box<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>),
 }
 
@@ -775,7 +954,14 @@ impl tokio::io::AsyncRead for Io {
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
         match self.get_mut() {
-            Io::Plain(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+            Io::Plain(s) => loop {
+                std::task::ready!(s.poll_read_ready(cx))?;
+                match s.try_read_buf(buf) {
+                    Ok(_) => return std::task::Poll::Ready(Ok(())),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(e) => return std::task::Poll::Ready(Err(e)),
+                }
+            },
             Io::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
@@ -788,7 +974,13 @@ impl tokio::io::AsyncWrite for Io {
         buf: &[u8],
     ) -> std::task::Poll<std::io::Result<usize>> {
         match self.get_mut() {
-            Io::Plain(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+            Io::Plain(s) => loop {
+                std::task::ready!(s.poll_write_ready(cx))?;
+                match s.try_write(buf) {
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    r => return std::task::Poll::Ready(r),
+                }
+            },
             Io::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
@@ -799,14 +991,20 @@ impl tokio::io::AsyncWrite for Io {
         bufs: &[std::io::IoSlice<'_>],
     ) -> std::task::Poll<std::io::Result<usize>> {
         match self.get_mut() {
-            Io::Plain(s) => std::pin::Pin::new(s).poll_write_vectored(cx, bufs),
+            Io::Plain(s) => loop {
+                std::task::ready!(s.poll_write_ready(cx))?;
+                match s.try_write_vectored(bufs) {
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    r => return std::task::Poll::Ready(r),
+                }
+            },
             Io::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
         }
     }
 
     fn is_write_vectored(&self) -> bool {
         match self {
-            Io::Plain(s) => s.is_write_vectored(),
+            Io::Plain(_) => true,
             Io::Tls(s) => s.is_write_vectored(),
         }
     }
@@ -816,7 +1014,7 @@ impl tokio::io::AsyncWrite for Io {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
         match self.get_mut() {
-            Io::Plain(s) => std::pin::Pin::new(s).poll_flush(cx),
+            Io::Plain(_) => std::task::Poll::Ready(Ok(())),
             Io::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
@@ -826,7 +1024,9 @@ impl tokio::io::AsyncWrite for Io {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
         match self.get_mut() {
-            Io::Plain(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+            Io::Plain(s) => std::task::Poll::Ready(
+                socket2::SockRef::from(s.as_ref()).shutdown(std::net::Shutdown::Write),
+            ),
             Io::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
