@@ -219,3 +219,17 @@ async fn a_parked_connection_closes_at_the_idle_timeout_and_at_the_drain() {
     assert!(d.closed().await, "the drain closes a parked connection");
     proxy.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_and_upgraded_streams_are_never_parked() {
+    let (_origin, proxy) = one_origin("").await;
+    let h2 = TestClient::h2c();
+    assert_eq!(h2.get(&proxy.url("/a"), &[]).await.status, 200);
+    // Well past the linger: the h2c connection is not HTTP/1 requests the guard follows.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(parked(&proxy), 0.0);
+    assert_eq!(h2.get(&proxy.url("/b"), &[]).await.status, 200);
+    assert_eq!(proxy.metric_value("canaryd_open_connections"), 1.0);
+    drop(h2);
+    proxy.stop().await;
+}

@@ -359,6 +359,9 @@ pub trait IdleGate: Send + Sync {
     fn released(&self) -> bool;
     /// Bytes arrived: whatever was decided about idleness is stale.
     fn active(&self);
+    /// The stream stopped being requests the guard follows (HTTP/2, an upgrade, framing it
+    /// leaves to hyper): it will never be released.
+    fn never(&self);
 }
 
 /// An HTTP/1 server connection's stream with the [`Framer`] watching what is read.
@@ -418,6 +421,9 @@ impl<S: AsyncRead + Unpin> AsyncRead for Guarded<S> {
             return Poll::Ready(Ok(()));
         }
         if me.framer.is_opaque() {
+            if let Some(g) = me.gate.take() {
+                g.never();
+            }
             return Pin::new(&mut me.inner).poll_read(cx, buf);
         }
         let before = buf.filled().len();

@@ -658,12 +658,19 @@ where
                 && linger_timer.as_mut().poll(&mut scx).is_ready()
             {
                 acted = true;
-                let at = match activity.idle_deadline(linger) {
-                    None => {
-                        activity.release.store(true, Ordering::Relaxed);
-                        tokio::time::Instant::now() + linger
+                let now = tokio::time::Instant::now();
+                let at = if activity.never_parks.load(Ordering::Relaxed) {
+                    // HTTP/2, an upgrade, framing the guard does not follow: this connection
+                    // never parks. Far enough that the idle timeout or the drain comes first.
+                    now + idle + idle
+                } else {
+                    match activity.idle_deadline(linger) {
+                        None => {
+                            activity.release.store(true, Ordering::Relaxed);
+                            now + linger
+                        }
+                        Some(at) => at,
                     }
-                    Some(at) => at,
                 };
                 linger_timer.as_mut().reset(at);
             }
@@ -812,6 +819,8 @@ struct ConnActivity {
     release: std::sync::atomic::AtomicBool,
     /// hyper's connection ended that way: the socket stays open, parked.
     released: std::sync::atomic::AtomicBool,
+    /// The stream stopped being HTTP/1 requests the guard follows: it never parks.
+    never_parks: std::sync::atomic::AtomicBool,
 }
 
 impl ConnActivity {
@@ -862,6 +871,10 @@ impl h1guard::IdleGate for ConnActivity {
         if self.release.load(Ordering::Relaxed) {
             self.release.store(false, Ordering::Relaxed);
         }
+    }
+
+    fn never(&self) {
+        self.never_parks.store(true, Ordering::Relaxed);
     }
 }
 
