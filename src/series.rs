@@ -11,6 +11,7 @@
 use crate::analysis::{SLOT, Summary};
 use crate::control::Control;
 use crate::rollout::driver::{Rollouts, Windows};
+use crate::rollout::measure::now_ms;
 use serde::Serialize;
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -56,7 +57,7 @@ pub struct Series {
     routes: Mutex<BTreeMap<String, VecDeque<Point>>>,
 }
 
-/// What a route's version looks like when sampled: name, primary, set weight.
+/// A route's version when sampled: its name and set weight.
 struct VersionNow {
     name: String,
     weight: f64,
@@ -87,7 +88,7 @@ impl Series {
     ) {
         let slot_ms = SLOT.as_millis() as u64;
         loop {
-            let now = unix_ms();
+            let now = now_ms();
             let boundary = (now / slot_ms + 1) * slot_ms;
             let wait = Duration::from_millis(boundary - now) + SETTLE;
             tokio::select! {
@@ -180,13 +181,6 @@ impl Series {
         let ring = all.get(route).unwrap_or(&empty);
         view_of(route, ring)
     }
-}
-
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 fn routes_now(control: &Control) -> Vec<RouteNow> {

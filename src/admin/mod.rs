@@ -1,7 +1,8 @@
 //! The admin listener: `/healthz`, `/readyz`, `/metrics`, the dashboard at `/ui` and the JSON
 //! API under `/api/v1`.
 //!
-//! Access: health, metrics and the dashboard's shell are open (Kubernetes probes and Prometheus need them). The API
+//! Access: health, metrics and the dashboard's shell are open (Kubernetes probes and
+//! Prometheus need the first two; the shell holds no data). The API
 //! requires `Authorization: Bearer <token>` when a token is configured; without a token,
 //! state-changing calls are refused unless they come from a loopback peer. canaryd refuses to
 //! start with a non-loopback admin address and no token (see `server`).

@@ -944,22 +944,17 @@ impl Control {
         let rt = snap
             .route(route)
             .ok_or_else(|| ControlError::UnknownRoute(route.to_string()))?;
-        let now = Instant::now();
-        let mut versions = Vec::with_capacity(rt.versions.len());
-        for v in &rt.versions {
-            let s = v
-                .metrics
-                .window
-                .range(from, to, now)
-                .map_err(ControlError::BadRange)?;
-            versions.push(VersionWindow {
-                name: v.name.clone(),
+        let versions = version_ranges(rt, from, to)
+            .map_err(ControlError::BadRange)?
+            .into_iter()
+            .map(|(name, s)| VersionWindow {
+                name,
                 requests: s.requests,
                 errors_5xx: s.errors,
                 max_us: s.max_us(),
                 latency_counts: s.latency_counts().to_vec(),
-            });
-        }
+            })
+            .collect();
         Ok(WindowView {
             route: route.to_string(),
             generation: snap.generation,
@@ -1001,6 +996,20 @@ impl Control {
 /// place the analysis reads the snapshot's layout.
 /// Each version's window; with `source: mirror`, the non-primary versions' mirror windows
 /// (the primary's traffic is always live).
+/// Each version's totals (config order) over the wall-clock slots that start in `[from, to)`,
+/// or why they cannot be told (see [`analysis::Window::range`]).
+pub(crate) fn version_ranges(
+    rt: &crate::state::RouteRt,
+    from: u64,
+    to: u64,
+) -> Result<Vec<(String, analysis::Summary)>, String> {
+    let now = Instant::now();
+    rt.versions
+        .iter()
+        .map(|v| Ok((v.name.clone(), v.metrics.window.range(from, to, now)?)))
+        .collect()
+}
+
 pub(crate) fn version_windows<'s>(
     snap: &'s Snapshot,
     metrics: &crate::metrics::Metrics,

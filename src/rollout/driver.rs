@@ -118,14 +118,9 @@ impl Target for Local {
 
     fn range(&self, route: &str, from: u64, to: u64) -> Boxed<Windows> {
         let snap = self.0.state().snapshot();
-        let now = Instant::now();
         let w = match snap.route(route) {
             None => Err(format!("route `{route}` is gone")),
-            Some(r) => r
-                .versions
-                .iter()
-                .map(|v| Ok((v.name.clone(), v.metrics.window.range(from, to, now)?)))
-                .collect(),
+            Some(r) => crate::control::version_ranges(r, from, to),
         };
         Box::pin(std::future::ready(w))
     }

@@ -960,6 +960,22 @@ enum Io {
     Tls(Box<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>),
 }
 
+/// One operation on a shared plain socket: wait until it is ready, then try it. A
+/// `WouldBlock` means the readiness was stale (the `try_*` call cleared it): wait again.
+fn when_ready<T>(
+    cx: &mut std::task::Context<'_>,
+    mut ready: impl FnMut(&mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>>,
+    mut op: impl FnMut() -> std::io::Result<T>,
+) -> std::task::Poll<std::io::Result<T>> {
+    loop {
+        std::task::ready!(ready(cx))?;
+        match op() {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            r => return std::task::Poll::Ready(r),
+        }
+    }
+}
+
 impl tokio::io::AsyncRead for Io {
     fn poll_read(
         self: std::pin::Pin<&mut Self>,
@@ -967,14 +983,11 @@ impl tokio::io::AsyncRead for Io {
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
         match self.get_mut() {
-            Io::Plain(s) => loop {
-                std::task::ready!(s.poll_read_ready(cx))?;
-                match s.try_read_buf(buf) {
-                    Ok(_) => return std::task::Poll::Ready(Ok(())),
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                    Err(e) => return std::task::Poll::Ready(Err(e)),
-                }
-            },
+            Io::Plain(s) => when_ready(
+                cx,
+                |cx| s.poll_read_ready(cx),
+                || s.try_read_buf(buf).map(drop),
+            ),
             Io::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
@@ -987,13 +1000,7 @@ impl tokio::io::AsyncWrite for Io {
         buf: &[u8],
     ) -> std::task::Poll<std::io::Result<usize>> {
         match self.get_mut() {
-            Io::Plain(s) => loop {
-                std::task::ready!(s.poll_write_ready(cx))?;
-                match s.try_write(buf) {
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                    r => return std::task::Poll::Ready(r),
-                }
-            },
+            Io::Plain(s) => when_ready(cx, |cx| s.poll_write_ready(cx), || s.try_write(buf)),
             Io::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
@@ -1004,13 +1011,11 @@ impl tokio::io::AsyncWrite for Io {
         bufs: &[std::io::IoSlice<'_>],
     ) -> std::task::Poll<std::io::Result<usize>> {
         match self.get_mut() {
-            Io::Plain(s) => loop {
-                std::task::ready!(s.poll_write_ready(cx))?;
-                match s.try_write_vectored(bufs) {
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                    r => return std::task::Poll::Ready(r),
-                }
-            },
+            Io::Plain(s) => when_ready(
+                cx,
+                |cx| s.poll_write_ready(cx),
+                || s.try_write_vectored(bufs),
+            ),
             Io::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
         }
     }
