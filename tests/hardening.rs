@@ -552,3 +552,67 @@ async fn drain_closes_keep_alive_with_connection_close_and_h2_with_goaway() {
     assert_eq!(h2_resp.await.unwrap().status(), 200);
     let _ = tokio::time::timeout(Duration::from_secs(10), conn).await;
 }
+
+/// Strict HTTP/1 framing (issue 20): each request whose framing a front end and a back end
+/// could read differently is refused with 400 and the connection closed, before anything of
+/// it reaches the upstream; the valid request pipelined before it is served, and the request
+/// hidden after it never runs. Sent whole and one byte at a time.
+#[tokio::test]
+async fn ambiguous_framing_is_refused_with_400_and_close() {
+    let origin = Origin::start("stable").await;
+    let proxy = Proxy::start(&yaml(&origin, "")).await;
+    let smuggled = "GET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n";
+    let h = "POST /bad HTTP/1.1\r\nHost: a\r\n";
+    let heads = [
+        format!("{h}Content-Length: 4\r\nContent-Length: 4\r\n\r\nabcd"),
+        format!("{h}Content-Length: 4, 4\r\n\r\nabcd"),
+        format!("{h}Transfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n"),
+        format!("{h}Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"),
+        "POST /bad HTTP/1.0\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n".into(),
+        format!("{h}X-A: 1\r\n Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n"),
+        format!("{h}Content-Length : 4\r\n\r\nabcd"),
+        "POST /bad HTTP/1.1\nHost: a\nContent-Length: 4\n\nabcd".into(),
+        format!("{h}Content-Length: 0\n\r\n"),
+    ];
+    for bad in &heads {
+        for piece in [4096, 1] {
+            let req = format!("GET /ok HTTP/1.1\r\nHost: a\r\n\r\n{bad}{smuggled}");
+            let answer = raw_split(&proxy, req.as_bytes(), piece).await;
+            assert!(
+                answer.starts_with("HTTP/1.1 200"),
+                "{bad:?}/{piece}: {answer}"
+            );
+            assert!(answer.contains("HTTP/1.1 400"), "{bad:?}/{piece}: {answer}");
+            assert_eq!(answer.matches("HTTP/1.1 ").count(), 2, "{bad:?}: {answer}");
+        }
+    }
+    let paths: Vec<String> = origin
+        .seen()
+        .iter()
+        .map(|s| s.uri.path().to_string())
+        .collect();
+    assert!(paths.iter().all(|p| p == "/ok"), "{paths:?}");
+
+    // A violation inside a chunked body: the head has gone upstream, the body is cut there,
+    // the client gets no success and the connection is not reused for what follows.
+    let h = "POST /sink HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n";
+    let ext = "x".repeat(5000);
+    let bodies = [
+        format!("{h}4\nabcd\r\n0\r\n\r\n"),
+        format!("{h}4\r\nabcdX\r\n0\r\n\r\n"),
+        format!("{h}4;{ext}\r\nabcd\r\n0\r\n\r\n"),
+        format!("{h}0\r\nX-T: 1\n\r\n"),
+    ];
+    for bad in &bodies {
+        let answer = raw_split(&proxy, format!("{bad}{smuggled}").as_bytes(), 4096).await;
+        assert!(!answer.contains(" 200 "), "{bad:?}: {answer}");
+        assert!(
+            answer.matches("HTTP/1.1 ").count() <= 1,
+            "{bad:?}: {answer}"
+        );
+    }
+    assert!(
+        origin.seen().iter().all(|s| s.uri.path() != "/smuggled"),
+        "nothing after a refused request ran"
+    );
+}

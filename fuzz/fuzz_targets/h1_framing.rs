@@ -1,12 +1,12 @@
-//! The HTTP/1 framing guard on arbitrary byte streams: it never panics, and whether it finds
-//! a Content-Length + Transfer-Encoding conflict does not depend on how the stream is split
-//! into reads (the split points come from the input too).
+//! The HTTP/1 framing guard on arbitrary byte streams: it never panics, and whether it refuses
+//! the stream, and why, does not depend on how the stream is split into reads (the split
+//! points come from the input too).
 #![no_main]
 
-use canaryd::h1guard::{Framer, Verdict};
+use canaryd::server::h1guard::{Framer, Verdict};
 use libfuzzer_sys::fuzz_target;
 
-fn conflict_at(stream: &[u8], splits: &[u8]) -> Option<usize> {
+fn refusal(stream: &[u8], splits: &[u8]) -> Option<&'static str> {
     let mut f = Framer::default();
     let mut at = 0;
     let mut cuts = splits.iter().map(|&b| usize::from(b) + 1).cycle();
@@ -16,8 +16,8 @@ fn conflict_at(stream: &[u8], splits: &[u8]) -> Option<usize> {
         } else {
             cuts.next().unwrap().min(stream.len() - at)
         };
-        if let Verdict::Conflict { .. } = f.feed(&stream[at..at + n]) {
-            return Some(at + n);
+        if let Verdict::Refuse { why, .. } = f.feed(&stream[at..at + n]) {
+            return Some(why);
         }
         at += n;
     }
@@ -30,7 +30,7 @@ fuzz_target!(|data: &[u8]| {
     };
     let k = usize::from(k).min(rest.len());
     let (splits, stream) = rest.split_at(k);
-    let whole = conflict_at(stream, &[]).is_some();
-    let pieces = conflict_at(stream, splits).is_some();
+    let whole = refusal(stream, &[]);
+    let pieces = refusal(stream, splits);
     assert_eq!(whole, pieces, "verdict depends on read boundaries");
 });

@@ -1,22 +1,44 @@
-//! A read-side guard for HTTP/1 connections that refuses requests carrying both
-//! `Content-Length` and `Transfer-Encoding` (RFC 9112 §6.3: a request smuggling vector).
+//! A read-side guard for HTTP/1 server connections: strict request framing, checked on the
+//! bytes before hyper parses them (RFC 9112 §6.3, §2.2, §5.2, §7.1; the request smuggling
+//! vectors).
 //!
-//! hyper accepts such a request, drops the `Content-Length` while parsing and closes the
-//! connection afterwards, so after the parse the conflict is invisible. This guard follows
-//! the byte stream's message framing itself (heads, fixed-length and chunked bodies) without
-//! copying or holding anything back in the common case, and when a head has the conflict
-//! it hands hyper bytes that cannot parse instead (`\0` is invalid anywhere in a head), so
-//! hyper answers 400, forwards nothing and closes.
+//! hyper is lenient where a proxy must not be: it accepts a request with both
+//! `Content-Length` and `Transfer-Encoding` (dropping the length while parsing, so after the
+//! parse the conflict is invisible), lines ending in a bare LF, `Content-Length: 5, 5`, and a
+//! second `Content-Length` of the same value. A front end that accepts what a back end reads
+//! differently is how requests are smuggled. This guard follows the byte stream's message
+//! framing itself (heads, fixed-length and chunked bodies, trailers) without copying or
+//! holding anything back in the common case, and refuses, before hyper sees the bytes:
 //!
-//! The guard only ever acts on a clean, complete head with both headers. Anything it does not
-//! fully understand (HTTP/2 prefaces, upgrades and CONNECT, malformed framing, oversized
-//! heads) turns it into a pass-through, leaving the verdict to hyper, which is safe on those.
+//! - `Content-Length` together with `Transfer-Encoding`;
+//! - a second or malformed `Content-Length` (lists included);
+//! - a `Transfer-Encoding` whose final coding is not `chunked`, or that names `chunked` twice;
+//! - `Transfer-Encoding` in an HTTP/1.0 request;
+//! - a bare LF anywhere in a head, a chunk-size line or the trailers (CRLF only);
+//! - obs-fold (a header line that starts with whitespace) and whitespace before the colon of
+//!   a framing header;
+//! - a malformed chunk size, chunk data not followed by CRLF, a chunk extension over
+//!   [`MAX_CHUNK_EXT`] bytes, trailers over [`MAX_TRAILERS`] bytes.
+//!
+//! A refused head is replaced by bytes that cannot parse (`\0` is invalid anywhere in a head),
+//! so hyper answers 400, forwards nothing and closes; nothing after it is read. A violation
+//! inside a body cuts the body there with the same bytes: hyper fails the body, the request
+//! is aborted upstream, and the connection closes (never reused after a framing anomaly).
+//!
+//! Anything the guard does not follow (HTTP/2 prefaces, upgrades and CONNECT, heads over
+//! [`MAX_HEAD`], which hyper refuses with 431) turns it into a pass-through, leaving the
+//! verdict to hyper, which is safe on those. Header count and size limits are hyper's (100
+//! fields, `H1_MAX_BUF`).
 //!
 //! Because it knows where messages end, the guard is also where an idle keep-alive
 //! connection gives hyper's buffers back (see [`IdleGate`]): between two requests, with every
 //! response byte written and flushed and nothing to read, it tells hyper the stream ended, so
 //! hyper's connection finishes (dropping its 8 KiB read and 8 KiB write buffers) while the
 //! socket stays open for the server to serve again when the next request arrives.
+
+#[cfg(any(test, fuzzing))]
+#[doc(hidden)]
+pub mod differential;
 
 use std::io;
 use std::pin::Pin;
@@ -26,30 +48,43 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// A head longer than this is left to hyper (whose own limits reject it).
 const MAX_HEAD: usize = 128 * 1024;
 
-/// What hyper is given in place of a conflicting head: it cannot parse as any part of one.
+/// The longest chunk extension accepted on one chunk-size line (hyper allows 16 KiB in all).
+pub const MAX_CHUNK_EXT: u32 = 4096;
+
+/// The largest trailer section accepted, in bytes.
+pub const MAX_TRAILERS: u32 = 16 * 1024;
+
+/// What hyper is given in place of a refused head: it cannot parse as any part of one.
 const POISON: &[u8] = b"\0\r\n\r\n";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
-    /// Reading a request head; `at_start` while nothing of it has been seen.
+    /// Reading a request head.
     Head,
     /// Fixed-length body bytes left.
     Fixed(u64),
-    /// Chunked body: the chunk-size line (`size` so far, `ext` once past `;`).
+    /// Chunked body: the chunk-size line (`size` so far; `ext` is 0 before any extension,
+    /// else 1 + its length; `cr` once `\r` is seen).
     ChunkSize {
         size: u64,
         digits: u8,
-        ext: bool,
+        ext: u32,
         cr: bool,
     },
     /// Chunk data bytes left.
     ChunkData(u64),
     /// The CRLF after chunk data (`cr` once `\r` is seen).
     ChunkEnd { cr: bool },
-    /// Trailer section: `line_start` at the start of a line, `cr` after `\r` there.
-    Trailers { line_start: bool, cr: bool },
+    /// Trailer section: `line_start` at the start of a line, `cr` after `\r`, `len` so far.
+    Trailers {
+        line_start: bool,
+        cr: bool,
+        len: u32,
+    },
     /// Not following the stream any more: every byte passes through.
     Opaque,
+    /// A violation was found: nothing more is looked at.
+    Refused,
 }
 
 /// Outcome of looking at newly read bytes.
@@ -57,9 +92,10 @@ enum State {
 pub enum Verdict {
     /// Everything passes.
     Pass,
-    /// The head that ends in these bytes has both `Content-Length` and `Transfer-Encoding`.
-    /// `head_from` is where the head starts in these bytes (0 if it started earlier).
-    Conflict { head_from: usize },
+    /// The stream breaks the framing rules: keep the bytes before `at` (complete earlier
+    /// messages, or the part of a body before the violation; 0 if the offending head began
+    /// in an earlier read) and refuse the rest.
+    Refuse { at: usize, why: &'static str },
 }
 
 /// Follows HTTP/1 request framing over a byte stream fed in arbitrary pieces.
@@ -79,9 +115,32 @@ impl Default for Framer {
     }
 }
 
+/// The body after a head, or why the head is refused.
+#[derive(Debug, PartialEq, Eq)]
+enum Framing {
+    None,
+    Fixed(u64),
+    Chunked,
+    Opaque,
+}
+
 impl Framer {
     pub fn is_opaque(&self) -> bool {
         self.state == State::Opaque
+    }
+
+    #[cfg(any(test, fuzzing))]
+    fn progress(&self) -> differential::Progress {
+        use differential::Progress;
+        match self.state {
+            State::Head => Progress::Head {
+                pending: self.partial.len(),
+            },
+            State::Opaque => Progress::Opaque,
+            State::Refused => Progress::Refused,
+            State::Fixed(_) | State::ChunkData(_) => Progress::Body { data: true },
+            _ => Progress::Body { data: false },
+        }
     }
 
     /// Between two messages: every byte seen so far belongs to complete requests.
@@ -89,62 +148,37 @@ impl Framer {
         self.state == State::Head && self.partial.is_empty()
     }
 
+    fn refuse(&mut self, at: usize, why: &'static str) -> Verdict {
+        self.state = State::Refused;
+        self.partial = Vec::new();
+        Verdict::Refuse { at, why }
+    }
+
     /// Look at the next bytes of the stream.
     pub fn feed(&mut self, data: &[u8]) -> Verdict {
         let mut i = 0;
         while i < data.len() {
             match self.state {
-                State::Opaque => return Verdict::Pass,
-                State::Head => {
-                    let head_from = if self.partial.is_empty() { i } else { 0 };
-                    // Look for the blank line, also across the seam with the bytes kept.
-                    let seam = self.partial.len().min(3);
-                    let end = if self.partial.is_empty() {
-                        find_head_end(&data[i..]).map(|e| i + e)
-                    } else {
-                        let mut probe = self.partial[self.partial.len() - seam..].to_vec();
-                        probe.extend_from_slice(&data[i..(i + 3).min(data.len())]);
-                        match find_head_end(&probe) {
-                            Some(e) => Some(i + e - seam),
-                            None => find_head_end(&data[i..]).map(|e| i + e),
-                        }
-                    };
-                    let Some(end) = end else {
-                        if self.partial.len() + data.len() - i > MAX_HEAD {
-                            self.state = State::Opaque;
-                            self.partial = Vec::new();
-                            return Verdict::Pass;
-                        }
-                        self.partial.extend_from_slice(&data[i..]);
-                        return Verdict::Pass;
-                    };
-                    let framing = if self.partial.is_empty() {
-                        framing_of(&data[i..end])
-                    } else {
-                        self.partial.extend_from_slice(&data[i..end]);
-                        let f = framing_of(&self.partial);
+                State::Opaque | State::Refused => return Verdict::Pass,
+                State::Head => match self.head(data, i) {
+                    Ok(Some((end, framing))) => {
+                        i = end;
                         self.partial.clear();
-                        f
-                    };
-                    i = end;
-                    match framing {
-                        Framing::Conflict => {
-                            self.state = State::Opaque;
-                            return Verdict::Conflict { head_from };
-                        }
-                        Framing::None => {}
-                        Framing::Fixed(n) => self.state = State::Fixed(n),
-                        Framing::Chunked => {
-                            self.state = State::ChunkSize {
+                        self.state = match framing {
+                            Framing::None => State::Head,
+                            Framing::Fixed(n) => State::Fixed(n),
+                            Framing::Chunked => State::ChunkSize {
                                 size: 0,
                                 digits: 0,
-                                ext: false,
+                                ext: 0,
                                 cr: false,
-                            }
-                        }
-                        Framing::Opaque => self.state = State::Opaque,
+                            },
+                            Framing::Opaque => State::Opaque,
+                        };
                     }
-                }
+                    Ok(None) => return Verdict::Pass,
+                    Err((at, why)) => return self.refuse(at, why),
+                },
                 State::Fixed(n) => {
                     let take = n.min((data.len() - i) as u64);
                     i += take as usize;
@@ -163,166 +197,257 @@ impl Framer {
                         State::ChunkData(n - take)
                     };
                 }
-                State::ChunkSize {
-                    size,
-                    digits,
-                    ext,
-                    cr,
-                } => {
-                    let b = data[i];
+                State::ChunkSize { .. } | State::ChunkEnd { .. } | State::Trailers { .. } => {
+                    match self.body_byte(data[i]) {
+                        Ok(next) => self.state = next,
+                        Err(why) => return self.refuse(i, why),
+                    }
                     i += 1;
-                    self.state = match (b, cr) {
-                        (b'\n', true) if digits > 0 => {
-                            if size == 0 {
-                                State::Trailers {
-                                    line_start: true,
-                                    cr: false,
-                                }
-                            } else {
-                                State::ChunkData(size)
-                            }
-                        }
-                        (_, true) => State::Opaque,
-                        (b'\r', false) => State::ChunkSize {
-                            size,
-                            digits,
-                            ext,
-                            cr: true,
-                        },
-                        (_, false) if ext => State::ChunkSize {
-                            size,
-                            digits,
-                            ext,
-                            cr,
-                        },
-                        (b';' | b' ' | b'\t', false) if digits > 0 => State::ChunkSize {
-                            size,
-                            digits,
-                            ext: true,
-                            cr,
-                        },
-                        (_, false) => match (b as char).to_digit(16) {
-                            Some(d) if digits < 15 => State::ChunkSize {
-                                size: size * 16 + u64::from(d),
-                                digits: digits + 1,
-                                ext,
-                                cr,
-                            },
-                            _ => State::Opaque,
-                        },
-                    };
-                }
-                State::ChunkEnd { cr } => {
-                    let b = data[i];
-                    i += 1;
-                    self.state = match (b, cr) {
-                        (b'\r', false) => State::ChunkEnd { cr: true },
-                        (b'\n', true) => State::ChunkSize {
-                            size: 0,
-                            digits: 0,
-                            ext: false,
-                            cr: false,
-                        },
-                        _ => State::Opaque,
-                    };
-                }
-                State::Trailers { line_start, cr } => {
-                    let b = data[i];
-                    i += 1;
-                    self.state = match (b, line_start, cr) {
-                        (b'\r', true, false) => State::Trailers {
-                            line_start: true,
-                            cr: true,
-                        },
-                        (b'\n', true, true) => State::Head,
-                        (_, true, true) => State::Opaque,
-                        (b'\n', _, _) => State::Trailers {
-                            line_start: true,
-                            cr: false,
-                        },
-                        _ => State::Trailers {
-                            line_start: false,
-                            cr: false,
-                        },
-                    };
                 }
             }
         }
         Verdict::Pass
     }
+
+    /// Scan a head from `data[from..]` (after `self.partial`, the part of it read before).
+    /// `Ok(Some((end, framing)))` once it is complete (`end` is just past its blank line),
+    /// `Ok(None)` when it continues in the next read (what is needed of it is kept);
+    /// `Err((at, why))` when it is refused, `at` being where it starts in `data` (0 if it
+    /// started in an earlier read).
+    fn head(
+        &mut self,
+        data: &[u8],
+        mut from: usize,
+    ) -> Result<Option<(usize, Framing)>, (usize, &'static str)> {
+        let mut scan = from;
+        while let Some(off) = memchr::memchr(b'\n', &data[scan..]) {
+            let p = scan + off;
+            scan = p + 1;
+            // The byte `k` places before the LF in `partial ++ data[from..]`.
+            let back = |k: usize| -> Option<u8> {
+                if p - from >= k {
+                    Some(data[p - k])
+                } else {
+                    let j = k - (p - from);
+                    self.partial.len().checked_sub(j).map(|x| self.partial[x])
+                }
+            };
+            let cut = if self.partial.is_empty() { from } else { 0 };
+            if back(1) != Some(b'\r') {
+                return Err((cut, "bare LF in the request head"));
+            }
+            let before_line = self.partial.len() + (p - from) - 1;
+            if before_line == 0 {
+                // An empty line before the request line (RFC 9112 §2.2 allows them): skip.
+                self.partial.clear();
+                from = p + 1;
+                continue;
+            }
+            if back(2) == Some(b'\n') {
+                let framing = if self.partial.is_empty() {
+                    framing_of(&data[from..p + 1])
+                } else {
+                    self.partial.extend_from_slice(&data[from..p + 1]);
+                    framing_of(&self.partial)
+                };
+                return framing.map(|f| Some((p + 1, f))).map_err(|why| (cut, why));
+            }
+        }
+        if self.partial.len() + data.len() - from > MAX_HEAD {
+            // hyper refuses this with 431 on its own; nothing more to follow.
+            self.state = State::Opaque;
+            self.partial = Vec::new();
+            return Ok(None);
+        }
+        self.partial.extend_from_slice(&data[from..]);
+        Ok(None)
+    }
+
+    /// The state after one byte of a chunk-size line, a chunk's CRLF or the trailers.
+    fn body_byte(&self, b: u8) -> Result<State, &'static str> {
+        Ok(match self.state {
+            State::ChunkSize {
+                size,
+                digits,
+                ext,
+                cr,
+            } => match (b, cr) {
+                (b'\n', true) if size == 0 => State::Trailers {
+                    line_start: true,
+                    cr: false,
+                    len: 0,
+                },
+                (b'\n', true) => State::ChunkData(size),
+                (_, true) => return Err("CR without LF in a chunk-size line"),
+                (b'\n', false) => return Err("bare LF in a chunk-size line"),
+                (b'\r', false) if digits > 0 => State::ChunkSize {
+                    size,
+                    digits,
+                    ext,
+                    cr: true,
+                },
+                (_, false) if ext > 0 => {
+                    if ext > MAX_CHUNK_EXT {
+                        return Err("chunk extension too long");
+                    }
+                    State::ChunkSize {
+                        size,
+                        digits,
+                        ext: ext + 1,
+                        cr,
+                    }
+                }
+                (b';' | b' ' | b'\t', false) if digits > 0 => State::ChunkSize {
+                    size,
+                    digits,
+                    ext: 1,
+                    cr,
+                },
+                (_, false) => match (b as char).to_digit(16) {
+                    Some(d) if digits < 15 => State::ChunkSize {
+                        size: size * 16 + u64::from(d),
+                        digits: digits + 1,
+                        ext,
+                        cr,
+                    },
+                    Some(_) => return Err("chunk size too large"),
+                    None => return Err("malformed chunk size"),
+                },
+            },
+            State::ChunkEnd { cr } => match (b, cr) {
+                (b'\r', false) => State::ChunkEnd { cr: true },
+                (b'\n', true) => State::ChunkSize {
+                    size: 0,
+                    digits: 0,
+                    ext: 0,
+                    cr: false,
+                },
+                _ => return Err("chunk data not followed by CRLF"),
+            },
+            State::Trailers {
+                line_start,
+                cr,
+                len,
+            } => {
+                if len >= MAX_TRAILERS {
+                    return Err("trailers too large");
+                }
+                let len = len + 1;
+                match (b, cr) {
+                    (b'\n', true) if line_start => State::Head,
+                    (b'\n', true) => State::Trailers {
+                        line_start: true,
+                        cr: false,
+                        len,
+                    },
+                    (_, true) => return Err("CR without LF in the trailers"),
+                    (b'\n', false) => return Err("bare LF in the trailers"),
+                    (b'\r', false) => State::Trailers {
+                        line_start,
+                        cr: true,
+                        len,
+                    },
+                    (b' ' | b'\t', false) if line_start => {
+                        return Err("obs-fold in the trailers");
+                    }
+                    _ => State::Trailers {
+                        line_start: false,
+                        cr: false,
+                        len,
+                    },
+                }
+            }
+            _ => unreachable!("body_byte outside a chunked body"),
+        })
+    }
 }
 
-/// Offset just past the `\r\n\r\n` that ends a head, if it is in `data`.
-fn find_head_end(data: &[u8]) -> Option<usize> {
-    // Built once: `memmem::find` would build its searcher on every call.
-    static FINDER: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
-        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\r\n\r\n"));
-    FINDER.find(data).map(|p| p + 4)
-}
-
-#[derive(Debug, PartialEq, Eq)]
-enum Framing {
-    None,
-    Fixed(u64),
-    Chunked,
-    Conflict,
-    Opaque,
-}
-
-/// How the body after this head is framed (RFC 9112 §6.3), from a complete head.
-/// Runs for every HTTP/1 request, so it looks at a line's first letter before anything else:
-/// only `content-length`, `transfer-encoding` and `upgrade` matter.
-fn framing_of(head: &[u8]) -> Framing {
-    // Empty lines before a request line are allowed (RFC 9112 §2.2).
-    let start = head
-        .iter()
-        .position(|&b| b != b'\r' && b != b'\n')
-        .unwrap_or(head.len());
-    let head = &head[start..];
+/// How the body after this head is framed (RFC 9112 §6.3), from a complete head whose lines
+/// all end in CRLF. Runs for every HTTP/1 request, so it looks at a line's first letter
+/// before anything else: only `content-length`, `transfer-encoding` and `upgrade` matter
+/// (and a leading space or tab, obs-fold, on any line).
+fn framing_of(head: &[u8]) -> Result<Framing, &'static str> {
     // HTTP/2 preface, tunnels: what follows is not HTTP/1 framing.
     if head.starts_with(b"PRI ") || head.starts_with(b"CONNECT ") {
-        return Framing::Opaque;
+        return Ok(Framing::Opaque);
     }
     let Some(first_end) = memchr::memchr(b'\n', head) else {
-        return Framing::Opaque;
+        return Ok(Framing::Opaque);
     };
-    let (mut cl, mut te) = (None::<u64>, false);
+    let request_line = &head[..first_end.saturating_sub(1)];
+    let (mut cl, mut te) = (None::<u64>, None::<Codings>);
     let mut pos = first_end + 1;
     while pos < head.len() {
         let end = memchr::memchr(b'\n', &head[pos..]).map_or(head.len(), |e| pos + e);
-        let line = &head[pos..end];
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        // Every line ends in CRLF here (the head scan refused bare LFs).
+        let line = &head[pos..end.saturating_sub(1).max(pos)];
         pos = end + 1;
         let Some(&first) = line.first() else {
             break;
         };
+        if first == b' ' || first == b'\t' {
+            return Err("obs-fold (a header line starting with whitespace)");
+        }
         if !matches!(first | 0x20, b'c' | b't' | b'u') {
             continue;
         }
         let Some(colon) = memchr::memchr(b':', line) else {
-            return Framing::Opaque;
+            // Not a header line at all: hyper refuses it.
+            continue;
         };
         let (name, value) = (&line[..colon], trim(&line[colon + 1..]));
+        let framing_header = |n: &[u8]| {
+            n.eq_ignore_ascii_case(b"content-length")
+                || n.eq_ignore_ascii_case(b"transfer-encoding")
+        };
+        if name.last().is_some_and(|b| b" \t".contains(b)) && framing_header(trim(name)) {
+            return Err("whitespace before the colon of a framing header");
+        }
         if name.eq_ignore_ascii_case(b"content-length") {
-            let Some(n) = parse_decimal(value) else {
-                return Framing::Opaque;
-            };
-            if cl.is_some_and(|c| c != n) {
-                return Framing::Opaque;
+            if cl.is_some() {
+                return Err("more than one Content-Length");
             }
+            let Some(n) = parse_decimal(value) else {
+                return Err("malformed Content-Length");
+            };
             cl = Some(n);
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-            te = true;
+            te.get_or_insert_default().add(value);
         } else if name.eq_ignore_ascii_case(b"upgrade") {
-            return Framing::Opaque;
+            return Ok(Framing::Opaque);
         }
     }
     match (cl, te) {
-        (Some(_), true) => Framing::Conflict,
-        // hyper checks that chunked is the final coding and refuses the rest.
-        (None, true) => Framing::Chunked,
-        (Some(0), false) | (None, false) => Framing::None,
-        (Some(n), false) => Framing::Fixed(n),
+        (Some(_), Some(_)) => Err("both Content-Length and Transfer-Encoding"),
+        (None, Some(_)) if request_line.ends_with(b" HTTP/1.0") => {
+            Err("Transfer-Encoding in an HTTP/1.0 request")
+        }
+        (None, Some(codings)) if codings.chunked == 1 && codings.last_chunked => {
+            Ok(Framing::Chunked)
+        }
+        (None, Some(_)) => Err("Transfer-Encoding whose final coding is not chunked"),
+        (Some(0), None) | (None, None) => Ok(Framing::None),
+        (Some(n), None) => Ok(Framing::Fixed(n)),
+    }
+}
+
+/// The transfer codings of a request, over all its `Transfer-Encoding` fields in order.
+#[derive(Debug, Default)]
+struct Codings {
+    chunked: u32,
+    last_chunked: bool,
+}
+
+impl Codings {
+    fn add(&mut self, value: &[u8]) {
+        for coding in value.split(|&b| b == b',').map(trim) {
+            if coding.is_empty() {
+                continue;
+            }
+            let chunked = coding.eq_ignore_ascii_case(b"chunked");
+            self.chunked += u32::from(chunked);
+            self.last_chunked = chunked;
+        }
     }
 }
 
@@ -444,10 +569,11 @@ impl<S: AsyncRead + Unpin> AsyncRead for Guarded<S> {
         if let Some(g) = &me.gate {
             g.active();
         }
-        if let Verdict::Conflict { head_from } = me.framer.feed(&buf.filled()[before..]) {
-            tracing::debug!("request with both Content-Length and Transfer-Encoding refused");
-            // Keep what preceded the head (earlier requests' bytes), drop the rest, poison.
-            buf.set_filled(before + head_from);
+        if let Verdict::Refuse { at, why } = me.framer.feed(&buf.filled()[before..]) {
+            tracing::debug!("HTTP/1 request refused: {why}");
+            // Keep what preceded the violation (earlier requests' bytes, or the part of a body
+            // before it), drop the rest, poison.
+            buf.set_filled(before + at);
             let n = POISON.len().min(buf.remaining());
             buf.put_slice(&POISON[..n]);
             me.poison_left = &POISON[n..];
@@ -506,19 +632,27 @@ mod tests {
     use super::*;
     use rand::{Rng, SeedableRng};
 
-    /// Feed `stream` in random pieces; the offset in the stream where a conflict was found.
-    fn conflicts(stream: &[u8], seed: u64) -> Option<usize> {
+    /// Feed `stream` in random pieces; the offset in the stream where it was refused, and why.
+    fn refusal(stream: &[u8], seed: u64) -> Option<(usize, &'static str)> {
         let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
         let mut f = Framer::default();
         let mut at = 0;
         while at < stream.len() {
             let n = rng.random_range(1..=stream.len() - at);
-            if let Verdict::Conflict { head_from } = f.feed(&stream[at..at + n]) {
-                return Some(at + head_from);
+            if let Verdict::Refuse { at: cut, why } = f.feed(&stream[at..at + n]) {
+                return Some((at + cut, why));
             }
             at += n;
         }
         None
+    }
+
+    fn conflicts(stream: &[u8], seed: u64) -> Option<usize> {
+        refusal(stream, seed).map(|(at, _)| at)
+    }
+
+    fn find_head_end(data: &[u8]) -> Option<usize> {
+        memchr::memmem::find(data, b"\r\n\r\n").map(|p| p + 4)
     }
 
     const GOOD: &[u8] = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n\
@@ -610,8 +744,6 @@ GET /d HTTP/1.1\r\nHost: x\r\n\r\n";
             &b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"[..],
             b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\r\n",
             b"CONNECT x:443 HTTP/1.1\r\nHost: x\r\n\r\n",
-            b"POST / HTTP/1.1\r\nContent-Length: 1x\r\n\r\n",
-            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
         ] {
             let mut f = Framer::default();
             assert_eq!(f.feed(opaque), Verdict::Pass);
@@ -624,5 +756,212 @@ GET /d HTTP/1.1\r\nHost: x\r\n\r\n";
                 Verdict::Pass
             );
         }
+    }
+
+    /// Every framing the guard refuses, each after a valid pipeline and however the bytes are
+    /// split, with the place it is cut: at the bad head, or at the bad byte of a body.
+    #[test]
+    fn strict_framing_refuses_each_ambiguity_wherever_the_reads_split_it() {
+        let h = "POST /e HTTP/1.1\r\nHost: x\r\n";
+        let ext = "x".repeat(MAX_CHUNK_EXT as usize + 1);
+        let trailer = format!("X-T: {}\r\n", "t".repeat(MAX_TRAILERS as usize));
+        let heads: Vec<(String, &str)> = vec![
+            (
+                format!("{h}Content-Length: 5\r\nContent-Length: 5\r\n\r\nhello"),
+                "more than one",
+            ),
+            (
+                format!("{h}Content-Length: 5, 5\r\n\r\nhello"),
+                "malformed Content-Length",
+            ),
+            (
+                format!("{h}Content-Length: +5\r\n\r\nhello"),
+                "malformed Content-Length",
+            ),
+            (
+                format!("{h}Content-Length: \r\n\r\n"),
+                "malformed Content-Length",
+            ),
+            (
+                format!("{h}Transfer-Encoding: chunked, gzip\r\n\r\n0\r\n\r\n"),
+                "final coding",
+            ),
+            (
+                format!("{h}Transfer-Encoding: gzip\r\n\r\n"),
+                "final coding",
+            ),
+            (
+                format!(
+                    "{h}Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+                ),
+                "final coding",
+            ),
+            (
+                format!(
+                    "{h}Transfer-Encoding: chunked\r\nTransfer-Encoding: identity\r\n\r\n0\r\n\r\n"
+                ),
+                "final coding",
+            ),
+            (format!("{h}Transfer-Encoding: \r\n\r\n"), "final coding"),
+            (
+                "POST /e HTTP/1.0\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n".into(),
+                "HTTP/1.0",
+            ),
+            (format!("{h}X-A: 1\r\n folded\r\n\r\n"), "obs-fold"),
+            (
+                format!("{h}Content-Length : 5\r\n\r\nhello"),
+                "whitespace before the colon",
+            ),
+            (
+                format!("{h}Transfer-Encoding\t: chunked\r\n\r\n0\r\n\r\n"),
+                "whitespace before the colon",
+            ),
+            ("GET /e HTTP/1.1\nHost: x\n\n".into(), "bare LF"),
+            (format!("{h}Content-Length: 0\n\r\n"), "bare LF"),
+            ("\nGET /e HTTP/1.1\r\nHost: x\r\n\r\n".into(), "bare LF"),
+            (
+                format!("{h}Content-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"),
+                "both",
+            ),
+        ];
+        for (bad, why) in &heads {
+            let mut stream = GOOD.to_vec();
+            stream.extend_from_slice(bad.as_bytes());
+            for seed in 0..200 {
+                let (at, said) = refusal(&stream, seed).unwrap_or_else(|| panic!("missed {bad:?}"));
+                assert!(said.contains(why), "{bad:?}: {said}");
+                // Cut at the bad head (at the start of the read that held it, when it
+                // began in an earlier one): the valid requests before it are kept whole.
+                assert!(at <= GOOD.len() + bad.len(), "{bad:?}: {at}");
+            }
+        }
+        let bodies: Vec<(String, &str)> = vec![
+            (
+                format!("{h}Transfer-Encoding: chunked\r\n\r\n5\nhello\r\n0\r\n\r\n"),
+                "bare LF in a chunk-size",
+            ),
+            (
+                format!("{h}Transfer-Encoding: chunked\r\n\r\n5\rhello\r\n0\r\n\r\n"),
+                "CR without LF",
+            ),
+            (
+                format!("{h}Transfer-Encoding: chunked\r\n\r\n5\r\nhelloX\r\n0\r\n\r\n"),
+                "not followed by CRLF",
+            ),
+            (
+                format!("{h}Transfer-Encoding: chunked\r\n\r\nzz\r\n"),
+                "malformed chunk size",
+            ),
+            (
+                format!(
+                    "{h}Transfer-Encoding: chunked\r\n\r\n{}\r\n",
+                    "f".repeat(16)
+                ),
+                "too large",
+            ),
+            (
+                format!("{h}Transfer-Encoding: chunked\r\n\r\n5;{ext}\r\nhello\r\n0\r\n\r\n"),
+                "extension too long",
+            ),
+            (
+                format!("{h}Transfer-Encoding: chunked\r\n\r\n0\r\n{trailer}\r\n"),
+                "trailers too large",
+            ),
+            (
+                format!("{h}Transfer-Encoding: chunked\r\n\r\n0\r\nX-T: 1\n\r\n"),
+                "bare LF in the trailers",
+            ),
+            (
+                format!("{h}Transfer-Encoding: chunked\r\n\r\n0\r\nX-T: 1\r\n folded\r\n\r\n"),
+                "obs-fold in the trailers",
+            ),
+        ];
+        for (bad, why) in &bodies {
+            let head_end = GOOD.len() + find_head_end(bad.as_bytes()).unwrap();
+            let mut stream = GOOD.to_vec();
+            stream.extend_from_slice(bad.as_bytes());
+            for seed in 0..200 {
+                let (at, said) = refusal(&stream, seed).unwrap_or_else(|| panic!("missed {bad:?}"));
+                assert!(said.contains(why), "{bad:?}: {said}");
+                // Cut inside the body, never before its head (which hyper has already taken).
+                assert!(
+                    at >= head_end,
+                    "{bad:?}: cut at {at}, head ends at {head_end}"
+                );
+            }
+        }
+    }
+
+    /// What strictness must not refuse: leading empty lines, chunk extensions and trailers
+    /// within limits, codings before `chunked`, `Content-Length: 0`, HTTP/1.0 with a length.
+    #[test]
+    fn strict_framing_still_passes_what_is_valid() {
+        let ext = "x".repeat(MAX_CHUNK_EXT as usize - 8);
+        let ok = format!(
+            "\r\n\r\nGET /a HTTP/1.1\r\nHost: x\r\n\r\n\
+POST /b HTTP/1.0\r\nContent-Length: 2\r\n\r\nhi\
+POST /c HTTP/1.1\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: Chunked\r\n\r\n2;a={ext}\r\nhi\r\n0\r\nA: 1\r\nB: 2\r\n\r\n\
+POST /d HTTP/1.1\r\nContent-Length:0\r\nX-Folded-Looking: a b\r\n\r\n\
+GET /e HTTP/1.1\r\nHost: x\r\n\r\n"
+        );
+        for seed in 0..300 {
+            assert_eq!(refusal(ok.as_bytes(), seed), None, "seed {seed}");
+            let mut f = Framer::default();
+            f.feed(ok.as_bytes());
+            assert!(f.at_boundary());
+        }
+    }
+
+    /// The differential check (the fuzz target's, see `fuzz/`) over the pipelines above, every
+    /// refused case, and seeded mutations of them; plus the fuzz corpus committed in
+    /// `fuzz/seeds/h1_differential` (minimized from the fuzzer's runs).
+    #[test]
+    fn the_framer_and_hyper_agree_on_every_boundary() {
+        let mut cases: Vec<Vec<u8>> = vec![GOOD.to_vec()];
+        for bad in [
+            &b"POST /e HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"[..],
+            b"GET /e HTTP/1.1\nHost: x\n\nGET /f HTTP/1.1\r\n\r\n",
+            b"POST /e HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            b"\r\n\r\nPOST /e HTTP/1.1\r\nContent-Length: 3\r\n\r\nabcGET / HTTP/1.1\r\n\r\n",
+        ] {
+            cases.push([GOOD, bad].concat());
+        }
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(20);
+        let alphabet =
+            b"\r\n :;,0123456789abcdefxXGETPOSTHTTP/1.01chunkedContent-LengthTransfer-Encoding";
+        for _ in 0..300 {
+            let mut c = cases[rng.random_range(0..5)].clone();
+            for _ in 0..rng.random_range(1..4) {
+                let at = rng.random_range(0..c.len());
+                match rng.random_range(0..3) {
+                    0 => c[at] = alphabet[rng.random_range(0..alphabet.len())],
+                    1 => c.insert(at, alphabet[rng.random_range(0..alphabet.len())]),
+                    _ => {
+                        c.remove(at);
+                    }
+                }
+            }
+            cases.push(c);
+        }
+        let seeds =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/h1_differential");
+        let before = cases.len();
+        for entry in std::fs::read_dir(&seeds)
+            .expect("the committed seeds")
+            .flatten()
+        {
+            cases.push(std::fs::read(entry.path()).unwrap());
+        }
+        assert!(cases.len() > before, "no seeds in {}", seeds.display());
+        for case in &cases {
+            differential::check(case);
+        }
+        // The check is not vacuous: hyper and the framer both see GOOD's four requests, and
+        // the bodies of the first three (hyper drops the last when the input ends).
+        let (ours, stopped) = differential::framer_view(GOOD);
+        assert_eq!((ours.len(), stopped), (4, None));
+        let theirs = differential::hyper_view(GOOD);
+        assert_eq!(theirs[..3], ours[..3]);
+        assert_eq!(theirs[3].head_end, ours[3].head_end);
     }
 }

@@ -39,7 +39,7 @@ const H2_MAX_PENDING_RESET_STREAMS: usize = 20;
 const H2_MAX_HEADER_LIST_SIZE: u32 = 64 * 1024;
 /// Largest HTTP/1 request head (hyper's read buffer cap, so also its largest read): beyond it
 /// the client gets 431. Same bound as the HTTP/2 header list.
-const H1_MAX_BUF: usize = 64 * 1024;
+pub(crate) const H1_MAX_BUF: usize = 64 * 1024;
 
 /// Settings fixed at startup for every listener (a reload cannot change them).
 #[derive(Clone)]
