@@ -233,3 +233,51 @@ async fn http2_and_upgraded_streams_are_never_parked() {
     drop(h2);
     proxy.stop().await;
 }
+
+/// Many parked connections share one worker's lot: each is served again on its own socket
+/// whichever of them wakes and in any order (slots in the lot are reused), the ones their
+/// clients close leave it, and the gauges count exactly what is open and parked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_parked_connections_wake_one_by_one_and_leave_when_closed() {
+    let (origin, proxy) = one_origin("").await;
+    let mut conns = Vec::new();
+    for i in 0..40 {
+        let mut c = Raw::connect(&proxy).await;
+        assert_eq!(c.get(&format!("/first/{i}")).await.0, 200);
+        conns.push(c);
+    }
+    wait_parked(&proxy, 40.0).await;
+    // Every third one closes while parked; the others are woken from the last to the first,
+    // twice, parking again in between.
+    for round in 0..2 {
+        for (i, c) in conns.iter_mut().enumerate().rev() {
+            let (status, body) = c.get(&format!("/again/{round}/{i}")).await;
+            assert_eq!((status, body.as_slice()), (200, &b"stable"[..]), "conn {i}");
+        }
+        if round == 0 {
+            wait_parked(&proxy, 40.0).await;
+            let mut kept = Vec::new();
+            for (i, c) in conns.into_iter().enumerate() {
+                if i % 3 != 0 {
+                    kept.push(c);
+                } else {
+                    drop(c);
+                }
+            }
+            conns = kept;
+            wait_parked(&proxy, conns.len() as f64).await;
+        }
+    }
+    assert_eq!(conns.len(), 26);
+    wait_parked(&proxy, 26.0).await;
+    assert_eq!(proxy.metric_value("canaryd_open_connections"), 26.0);
+    // Each request reached the origin once: 40 + 40 + 26.
+    assert_eq!(origin.seen().len(), 106);
+    drop(conns);
+    wait_parked(&proxy, 0.0).await;
+    wait_for("all closed", || {
+        proxy.metric_value("canaryd_open_connections") == 0.0
+    })
+    .await;
+    proxy.stop().await;
+}

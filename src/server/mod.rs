@@ -3,6 +3,7 @@
 //! shutdown future resolves, then drains open connections.
 
 pub mod h1guard;
+mod park;
 
 use crate::admin::{self, Admin};
 use crate::config::{Config, ConfigError};
@@ -417,22 +418,38 @@ async fn accept_loop(
         .max_header_list_size(H2_MAX_HEADER_LIST_SIZE);
     // Every connection task lives here: the drain waits for them, and what is left after the
     // drain timeout is aborted with the set.
-    let builder = Arc::new(builder);
     let mut conns = JoinSet::new();
+    // Idle plain HTTP/1 connections wait here between requests, with no task of their own.
+    let (mut lot, to_lot) = park::Lot::new(state.metrics.clone(), limits.idle_timeout);
+    let ctx = Arc::new(ConnCtx {
+        builder,
+        tls,
+        state,
+        limits,
+        worker,
+        to_lot,
+    });
+    let mut slot = None;
 
     loop {
-        // At the cap, stop accepting: new clients wait in the kernel's backlog, nothing breaks.
-        let slot = tokio::select! {
+        let (stream, peer, permit, resumed) = tokio::select! {
+            biased;
             _ = stop.changed() => break,
-            s = limits.slots.clone().acquire_owned() => match s {
-                Ok(s) => s,
+            p = lot.next() => (p.stream, p.peer, p.slot, true),
+            // At the cap, stop accepting: new clients wait in the kernel's backlog, nothing
+            // breaks.
+            s = ctx.limits.slots.clone().acquire_owned(), if slot.is_none() => match s {
+                Ok(s) => {
+                    slot = Some(s);
+                    continue;
+                }
                 Err(_) => break,
             },
-        };
-        let (stream, peer) = tokio::select! {
-            _ = stop.changed() => break,
-            res = listener.accept() => match res {
-                Ok(s) => s,
+            res = listener.accept(), if slot.is_some() => match res {
+                Ok((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    (stream, peer, slot.take().expect("a slot"), false)
+                }
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning, keep serving.
                     tracing::warn!(error = %e, "accept failed");
@@ -442,111 +459,19 @@ async fn accept_loop(
             },
         };
         while conns.try_join_next().is_some() {}
-        let _ = stream.set_nodelay(true);
-        let conn_info = ConnInfo::new(peer, if tls.is_some() { "https" } else { "http" }, worker);
-        let activity = Arc::new(ConnActivity::default());
-        let st = state.clone();
-        let act = activity.clone();
-        // Not boxed: hyper keeps a slot of this future's size (about 4 KiB) per connection,
-        // which a parked connection gives back with the rest of hyper's connection, while
-        // boxing it would cost every request an allocation (~500 instructions, callgrind).
-        let svc = service_fn(move |req| {
-            let st = st.clone();
-            let guard = RequestGuard::start(act.clone());
-            let conn = conn_info.clone();
-            async move {
-                let resp = proxy::handle(&st, &conn, req).await;
-                Ok::<_, Infallible>(guard.responded(resp))
-            }
-        });
-        let builder = builder.clone();
-        let acceptor = tls.as_ref().map(|t| t.acceptor());
-        let metrics = state.metrics.clone();
-        let limits = limits.clone();
-        let drain = stop.clone();
-        conns.spawn(async move {
-            let _slot = slot;
-            let _open = GaugeGuard::new(&metrics.open_connections);
-            // A plain connection's socket, kept here while hyper's connection is released
-            // between requests (parked: no buffers, see `h1guard::IdleGate`).
-            let mut plain = None;
-            let io = match acceptor {
-                None => {
-                    // hyper's header timer starts with the first request; a client that never
-                    // sends a byte would otherwise hold the connection (and a slot) forever.
-                    // `peek`, not `readable()`: readiness may be reported before any byte is
-                    // there, and hyper's own timer only starts with the first byte.
-                    let mut first = [0u8; 1];
-                    if !matches!(
-                        tokio::time::timeout(limits.header_timeout, stream.peek(&mut first)).await,
-                        Ok(Ok(1..))
-                    ) {
-                        tracing::debug!(%peer, "no request bytes in time; closing");
-                        metrics.downstream_error(DownstreamErrorKind::HeaderTimeout);
-                        return;
-                    }
-                    let stream = Arc::new(stream);
-                    plain = Some(stream.clone());
-                    Guarded::new(Io::Plain(stream)).with_gate(activity.clone())
-                }
-                // Boxed: inline, the handshake's state (rustls' connection) would size every
-                // connection's task, plain ones and parked ones included.
-                Some(acceptor) => {
-                    match Box::pin(handshake(
-                        acceptor,
-                        stream,
-                        peer,
-                        limits.header_timeout,
-                        &metrics,
-                    ))
-                    .await
-                    {
-                        Some(io) => io,
-                        None => return,
-                    }
-                }
-            };
-            let linger = plain.as_ref().map(|_| LINGER);
-            let mut io = Some(io);
-            let mut drain = drain;
-            loop {
-                let io = match (io.take(), &plain) {
-                    (Some(io), _) => io,
-                    (None, Some(s)) => {
-                        Guarded::new(Io::Plain(s.clone())).with_gate(activity.clone())
-                    }
-                    (None, None) => break,
-                };
-                // Boxed, like `drive`'s future below: a parked connection's task keeps only
-                // the small state of `park`.
-                let conn =
-                    Box::pin(builder.serve_connection_with_upgrades(TokioIo::new(io), svc.clone()));
-                let served = Box::pin(drive(
-                    conn,
-                    activity.clone(),
-                    limits.idle_timeout,
-                    linger,
-                    drain.clone(),
-                ));
-                if let Err(e) = served.await {
-                    tracing::debug!(error = %e, %peer, "connection ended with error");
-                    if let Some(kind) = connection_fault(&*e) {
-                        metrics.downstream_error(kind);
-                    }
-                    break;
-                }
-                let Some(stream) = plain.as_ref().filter(|_| activity.take_released()) else {
-                    break;
-                };
-                let _parked = GaugeGuard::new(&metrics.parked_connections);
-                if !park(stream, &activity, limits.idle_timeout, &mut drain).await {
-                    break;
-                }
-            }
-        });
+        conns.spawn(serve_connection(
+            ctx.clone(),
+            stream,
+            peer,
+            permit,
+            resumed,
+            stop.clone(),
+        ));
     }
+    // Parked connections are idle between requests: closing them cuts nothing.
+    drop(lot);
     drop(listener);
-    let drained = tokio::time::timeout(limits.drain_timeout, async {
+    let drained = tokio::time::timeout(ctx.limits.drain_timeout, async {
         while conns.join_next().await.is_some() {}
     })
     .await;
@@ -557,6 +482,115 @@ async fn accept_loop(
         );
         conns.shutdown().await;
     }
+}
+
+/// What every connection of one accept loop shares.
+struct ConnCtx {
+    builder: auto::Builder<TokioExecutor>,
+    /// Asked for an acceptor per connection: certificates reload.
+    tls: Option<Arc<TlsListener>>,
+    state: Arc<State>,
+    limits: ConnLimits,
+    worker: usize,
+    to_lot: park::ToLot,
+}
+
+/// One connection's task: a new one, or a parked one whose next request has arrived
+/// (`resumed`). It serves until hyper's connection ends; a plain HTTP/1 connection released
+/// while idle then goes to the parking lot, and the task ends.
+async fn serve_connection(
+    ctx: Arc<ConnCtx>,
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    slot: tokio::sync::OwnedSemaphorePermit,
+    resumed: bool,
+    drain: watch::Receiver<bool>,
+) {
+    let metrics = &ctx.state.metrics;
+    let _open = GaugeGuard::new(&metrics.open_connections);
+    let acceptor = ctx.tls.as_ref().map(|t| t.acceptor());
+    let proto = if acceptor.is_some() { "https" } else { "http" };
+    let conn_info = ConnInfo::new(peer, proto, ctx.worker);
+    let activity = Arc::new(ConnActivity::default());
+    let (st, act) = (ctx.state.clone(), activity.clone());
+    // Not boxed: hyper keeps a slot of this future's size (about 4 KiB) per connection,
+    // which a parked connection gives back with the rest of hyper's connection, while
+    // boxing it would cost every request an allocation (~500 instructions, callgrind).
+    let svc = service_fn(move |req| {
+        let st = st.clone();
+        let guard = RequestGuard::start(act.clone());
+        let conn = conn_info.clone();
+        async move {
+            let resp = proxy::handle(&st, &conn, req).await;
+            Ok::<_, Infallible>(guard.responded(resp))
+        }
+    });
+    // A plain connection's socket, kept here while hyper's connection may release it
+    // between requests (see `h1guard::IdleGate`).
+    let mut plain = None;
+    let io = match acceptor {
+        None => {
+            // hyper's header timer starts with the first request; a client that never
+            // sends a byte would otherwise hold the connection (and a slot) forever.
+            // `peek`, not `readable()`: readiness may be reported before any byte is
+            // there, and hyper's own timer only starts with the first byte.
+            let mut first = [0u8; 1];
+            match tokio::time::timeout(ctx.limits.header_timeout, stream.peek(&mut first)).await {
+                Ok(Ok(1..)) => {}
+                // A parked connection woken by its client closing (or failing).
+                Ok(_) if resumed => return,
+                _ => {
+                    tracing::debug!(%peer, "no request bytes in time; closing");
+                    metrics.downstream_error(DownstreamErrorKind::HeaderTimeout);
+                    return;
+                }
+            }
+            let stream = Arc::new(stream);
+            plain = Some(stream.clone());
+            Guarded::new(Io::Plain(stream)).with_gate(activity.clone())
+        }
+        // Boxed: inline, the handshake's state (rustls' connection) would size every
+        // connection's task.
+        Some(acceptor) => {
+            let shake = handshake(acceptor, stream, peer, ctx.limits.header_timeout, metrics);
+            match Box::pin(shake).await {
+                Some(io) => io,
+                None => return,
+            }
+        }
+    };
+    let linger = plain.as_ref().map(|_| LINGER);
+    let idle = ctx.limits.idle_timeout;
+    let conn = Box::pin(
+        ctx.builder
+            .serve_connection_with_upgrades(TokioIo::new(io), svc),
+    );
+    let served = Box::pin(drive(conn, activity.clone(), idle, linger, drain.clone()));
+    if let Err(e) = served.await {
+        tracing::debug!(error = %e, %peer, "connection ended with error");
+        if let Some(kind) = connection_fault(&*e) {
+            metrics.downstream_error(kind);
+        }
+        return;
+    }
+    // Released between requests (idle past the linger, nothing in flight or unread): park.
+    let Some(stream) = plain.filter(|_| activity.take_released()) else {
+        return;
+    };
+    if *drain.borrow() {
+        return;
+    }
+    let (Some(deadline), Ok(stream)) = (activity.idle_deadline(idle), Arc::try_unwrap(stream))
+    else {
+        return;
+    };
+    // Fails only when the lot is gone (the drain): the socket closes, between requests.
+    let _ = ctx.to_lot.send(park::Parked {
+        stream,
+        peer,
+        slot,
+        deadline,
+    });
 }
 
 /// The client's fault behind a connection that hyper ended with an error before any request
@@ -774,28 +808,6 @@ impl<T: GracefulShutdown + ?Sized> GracefulShutdown for std::pin::Pin<Box<T>> {
 /// alone. A busy connection's next request comes sooner, so it never pays for the recycle;
 /// an idle one costs about 1 KiB instead of about 24 KiB.
 const LINGER: Duration = Duration::from_millis(50);
-
-/// Wait, holding no buffer, for a parked connection's next bytes: `true` when some came,
-/// `false` when it should close (the peer closed, it stayed idle past `idle`, the drain).
-async fn park(
-    stream: &tokio::net::TcpStream,
-    activity: &ConnActivity,
-    idle: Duration,
-    drain: &mut watch::Receiver<bool>,
-) -> bool {
-    if *drain.borrow() {
-        return false;
-    }
-    let Some(deadline) = activity.idle_deadline(idle) else {
-        return false;
-    };
-    let mut first = [0u8; 1];
-    tokio::select! {
-        _ = drain.changed() => false,
-        _ = tokio::time::sleep_until(deadline) => false,
-        r = stream.peek(&mut first) => matches!(r, Ok(1..)),
-    }
-}
 
 /// Streams a connection must have opened before the premature-reset rule looks at it.
 const PREMATURE_RESET_MIN_STREAMS: u32 = 100;
