@@ -10,6 +10,18 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+/// Gives the heap's free pages back to the system: glibc keeps what a burst of connections
+/// freed (their buffers) resident, returning only the top of the heap by itself. Called by
+/// the parking lot once a burst of connections has gone idle (see `server::park`).
+fn release_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks and trims glibc's own arenas, under their locks; it takes
+    // no pointers from us and is safe to call from any thread at any time.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 #[derive(Parser)]
 #[command(
     name = "canaryd",
@@ -139,6 +151,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    canaryd::server::set_heap_release(release_heap);
     match cli.command {
         Command::Check { file, skip_files } => check(&file, skip_files),
         Command::Rollout { command } => canaryd::rollout::cli::run(command),

@@ -14,10 +14,16 @@
 //! already has its slot. Idle timeouts are one sweep over the slab every `idle / 4` (at most
 //! 1 s), not a timer per connection. Dropping the lot (the drain) closes every parked socket:
 //! they are idle between requests, so nothing is cut.
+//!
+//! A burst of connections that each made a request and went idle leaves the heap holding
+//! what their requests used (hyper's 16 KiB of buffers each), freed but still resident: glibc
+//! returns only the top of its heap to the system. So once a burst has parked (no arrival for
+//! [`RELEASE_AFTER`], at most once per [`RELEASE_EVERY`]), the lot calls the heap release
+//! hook ([`set_heap_release`]; the binary sets it to glibc's `malloc_trim`), the way Envoy
+//! shrinks its heap: idle connections then cost what the lot holds, not the burst's peak.
 
 use crate::metrics::Metrics;
 use slab::Slab;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Wake, Waker};
 use std::time::Duration;
@@ -25,11 +31,23 @@ use tokio::net::TcpStream;
 use tokio::sync::{Notify, OwnedSemaphorePermit, mpsc};
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 
+/// Quiet time after the last arrival before the heap is given back.
+pub const RELEASE_AFTER: Duration = Duration::from_millis(200);
+/// The least time between two heap releases of one lot.
+pub const RELEASE_EVERY: Duration = Duration::from_secs(1);
+
+static HEAP_RELEASE: std::sync::OnceLock<fn()> = std::sync::OnceLock::new();
+
+/// Set, once per process, what gives freed heap memory back to the system after a burst of
+/// connections parked (the library has no unsafe code; the binary passes `malloc_trim`).
+pub fn set_heap_release(release: fn()) {
+    let _ = HEAP_RELEASE.set(release);
+}
+
 /// An idle plain HTTP/1 connection between two requests: its socket and what serving it
 /// again needs.
 pub(super) struct Parked {
     pub stream: TcpStream,
-    pub peer: SocketAddr,
     /// Its place under the connection cap, kept while parked.
     pub slot: OwnedSemaphorePermit,
     /// When it closes if no request has come.
@@ -81,6 +99,9 @@ pub(super) struct Lot {
     arrivals: mpsc::UnboundedReceiver<Parked>,
     sweep: Interval,
     metrics: Arc<Metrics>,
+    /// When to give the heap back (set by arrivals, debounced), and when it last was.
+    release_at: Option<Instant>,
+    released: Instant,
 }
 
 impl Lot {
@@ -97,6 +118,8 @@ impl Lot {
             arrivals,
             sweep,
             metrics,
+            release_at: None,
+            released: Instant::now(),
         };
         (lot, tx)
     }
@@ -109,11 +132,15 @@ impl Lot {
             if let Some(p) = self.take_ready() {
                 return p;
             }
+            let release_at = self.release_at.unwrap_or_else(Instant::now);
             tokio::select! {
                 biased;
                 _ = self.ready.notify.notified() => {}
                 Some(p) = self.arrivals.recv() => self.admit(p),
                 _ = self.sweep.tick() => self.close_expired(),
+                _ = tokio::time::sleep_until(release_at), if self.release_at.is_some() => {
+                    self.release_heap()
+                }
             }
         }
     }
@@ -127,8 +154,23 @@ impl Lot {
         self.entries.insert(Entry { parked, waker });
         // Looked at once now: that registers the waker, or finds bytes already there.
         self.due.push(key);
+        self.release_at = Some(Instant::now() + RELEASE_AFTER);
         self.metrics.parked_connections.inc();
         self.metrics.open_connections.inc();
+    }
+
+    fn release_heap(&mut self) {
+        let now = Instant::now();
+        let next = self.released + RELEASE_EVERY;
+        if now < next {
+            self.release_at = Some(next);
+            return;
+        }
+        self.release_at = None;
+        self.released = now;
+        if let Some(release) = HEAP_RELEASE.get() {
+            release();
+        }
     }
 
     fn remove(&mut self, key: usize) -> Parked {
