@@ -220,8 +220,12 @@ impl Framer {
         mut from: usize,
     ) -> Result<Option<(usize, Framing)>, (usize, &'static str)> {
         let mut scan = from;
+        // The lines of a head that is all in this read, taken as they are found (a head
+        // that spans reads is kept whole and read by `framing_of` once complete).
+        let mut fields = Fields::default();
         while let Some(off) = memchr::memchr(b'\n', &data[scan..]) {
             let p = scan + off;
+            let line_start = scan;
             scan = p + 1;
             // The byte `k` places before the LF in `partial ++ data[from..]`.
             let back = |k: usize| -> Option<u8> {
@@ -245,12 +249,17 @@ impl Framer {
             }
             if back(2) == Some(b'\n') {
                 let framing = if self.partial.is_empty() {
-                    framing_of(&data[from..p + 1])
+                    fields.framing()
                 } else {
                     self.partial.extend_from_slice(&data[from..p + 1]);
                     framing_of(&self.partial)
                 };
                 return framing.map(|f| Some((p + 1, f))).map_err(|why| (cut, why));
+            }
+            if self.partial.is_empty() {
+                fields
+                    .line(&data[line_start..p - 1])
+                    .map_err(|why| (cut, why))?;
             }
         }
         if self.partial.len() + data.len() - from > MAX_HEAD {
@@ -363,37 +372,58 @@ impl Framer {
 }
 
 /// How the body after this head is framed (RFC 9112 §6.3), from a complete head whose lines
-/// all end in CRLF. Runs for every HTTP/1 request, so it looks at a line's first letter
-/// before anything else: only `content-length`, `transfer-encoding` and `upgrade` matter
-/// (and a leading space or tab, obs-fold, on any line).
+/// all end in CRLF (a head that spanned reads; one read's head goes line by line through
+/// [`Fields`] as the scan finds them).
 fn framing_of(head: &[u8]) -> Result<Framing, &'static str> {
-    // HTTP/2 preface, tunnels: what follows is not HTTP/1 framing.
-    if head.starts_with(b"PRI ") || head.starts_with(b"CONNECT ") {
-        return Ok(Framing::Opaque);
-    }
-    let Some(first_end) = memchr::memchr(b'\n', head) else {
-        return Ok(Framing::Opaque);
-    };
-    let request_line = &head[..first_end.saturating_sub(1)];
-    let (mut cl, mut te) = (None::<u64>, None::<Codings>);
-    let mut pos = first_end + 1;
-    while pos < head.len() {
-        let end = memchr::memchr(b'\n', &head[pos..]).map_or(head.len(), |e| pos + e);
+    let mut fields = Fields::default();
+    let mut pos = 0;
+    while let Some(e) = memchr::memchr(b'\n', &head[pos..]) {
+        let end = pos + e;
         // Every line ends in CRLF here (the head scan refused bare LFs).
-        let line = &head[pos..end.saturating_sub(1).max(pos)];
+        fields.line(&head[pos..end.saturating_sub(1).max(pos)])?;
         pos = end + 1;
+    }
+    fields.framing()
+}
+
+/// What the framing rules need from a head, fed one line at a time (without its CRLF, the
+/// request line first, the empty line that ends the head not at all). Runs for every HTTP/1
+/// request, so it looks at a line's first letter before anything else: only
+/// `content-length`, `transfer-encoding` and `upgrade` matter (and a leading space or tab,
+/// obs-fold, on any line).
+#[derive(Debug, Default)]
+struct Fields {
+    request_line_seen: bool,
+    http10: bool,
+    /// An upgrade, CONNECT or the HTTP/2 preface: nothing after the head is HTTP/1 framing.
+    opaque: bool,
+    content_length: Option<u64>,
+    codings: Option<Codings>,
+}
+
+impl Fields {
+    fn line(&mut self, line: &[u8]) -> Result<(), &'static str> {
+        if self.opaque {
+            return Ok(());
+        }
+        if !self.request_line_seen {
+            self.request_line_seen = true;
+            self.opaque = line.starts_with(b"PRI ") || line.starts_with(b"CONNECT ");
+            self.http10 = line.ends_with(b" HTTP/1.0");
+            return Ok(());
+        }
         let Some(&first) = line.first() else {
-            break;
+            return Ok(());
         };
         if first == b' ' || first == b'\t' {
             return Err("obs-fold (a header line starting with whitespace)");
         }
         if !matches!(first | 0x20, b'c' | b't' | b'u') {
-            continue;
+            return Ok(());
         }
         let Some(colon) = memchr::memchr(b':', line) else {
             // Not a header line at all: hyper refuses it.
-            continue;
+            return Ok(());
         };
         let (name, value) = (&line[..colon], trim(&line[colon + 1..]));
         let framing_header = |n: &[u8]| {
@@ -404,30 +434,35 @@ fn framing_of(head: &[u8]) -> Result<Framing, &'static str> {
             return Err("whitespace before the colon of a framing header");
         }
         if name.eq_ignore_ascii_case(b"content-length") {
-            if cl.is_some() {
+            if self.content_length.is_some() {
                 return Err("more than one Content-Length");
             }
             let Some(n) = parse_decimal(value) else {
                 return Err("malformed Content-Length");
             };
-            cl = Some(n);
+            self.content_length = Some(n);
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-            te.get_or_insert_default().add(value);
+            self.codings.get_or_insert_default().add(value);
         } else if name.eq_ignore_ascii_case(b"upgrade") {
+            self.opaque = true;
+        }
+        Ok(())
+    }
+
+    fn framing(self) -> Result<Framing, &'static str> {
+        if self.opaque || !self.request_line_seen {
             return Ok(Framing::Opaque);
         }
-    }
-    match (cl, te) {
-        (Some(_), Some(_)) => Err("both Content-Length and Transfer-Encoding"),
-        (None, Some(_)) if request_line.ends_with(b" HTTP/1.0") => {
-            Err("Transfer-Encoding in an HTTP/1.0 request")
+        match (self.content_length, self.codings) {
+            (Some(_), Some(_)) => Err("both Content-Length and Transfer-Encoding"),
+            (None, Some(_)) if self.http10 => Err("Transfer-Encoding in an HTTP/1.0 request"),
+            (None, Some(codings)) if codings.chunked == 1 && codings.last_chunked => {
+                Ok(Framing::Chunked)
+            }
+            (None, Some(_)) => Err("Transfer-Encoding whose final coding is not chunked"),
+            (Some(0), None) | (None, None) => Ok(Framing::None),
+            (Some(n), None) => Ok(Framing::Fixed(n)),
         }
-        (None, Some(codings)) if codings.chunked == 1 && codings.last_chunked => {
-            Ok(Framing::Chunked)
-        }
-        (None, Some(_)) => Err("Transfer-Encoding whose final coding is not chunked"),
-        (Some(0), None) | (None, None) => Ok(Framing::None),
-        (Some(n), None) => Ok(Framing::Fixed(n)),
     }
 }
 
