@@ -257,9 +257,7 @@ impl Framer {
                 return framing.map(|f| Some((p + 1, f))).map_err(|why| (cut, why));
             }
             if self.partial.is_empty() {
-                fields
-                    .line(&data[line_start..p - 1])
-                    .map_err(|why| (cut, why))?;
+                fields.line(&data[line_start..p - 1]);
             }
         }
         if self.partial.len() + data.len() - from > MAX_HEAD {
@@ -380,14 +378,16 @@ fn framing_of(head: &[u8]) -> Result<Framing, &'static str> {
     while let Some(e) = memchr::memchr(b'\n', &head[pos..]) {
         let end = pos + e;
         // Every line ends in CRLF here (the head scan refused bare LFs).
-        fields.line(&head[pos..end.saturating_sub(1).max(pos)])?;
+        fields.line(&head[pos..end.saturating_sub(1).max(pos)]);
         pos = end + 1;
     }
     fields.framing()
 }
 
 /// What the framing rules need from a head, fed one line at a time (without its CRLF, the
-/// request line first, the empty line that ends the head not at all). Runs for every HTTP/1
+/// request line first, the empty line that ends the head not at all). A violation is kept
+/// and reported when the head is complete, as for a head that spans reads: the verdict never
+/// depends on where the reads split the stream. Runs for every HTTP/1
 /// request, so it looks at a line's first letter before anything else: only
 /// `content-length`, `transfer-encoding` and `upgrade` matter (and a leading space or tab,
 /// obs-fold, on any line).
@@ -399,13 +399,21 @@ struct Fields {
     opaque: bool,
     content_length: Option<u64>,
     codings: Option<Codings>,
+    /// The first violation seen.
+    refused: Option<&'static str>,
 }
 
 impl Fields {
-    fn line(&mut self, line: &[u8]) -> Result<(), &'static str> {
-        if self.opaque {
-            return Ok(());
+    fn line(&mut self, line: &[u8]) {
+        if self.opaque || self.refused.is_some() {
+            return;
         }
+        if let Err(why) = self.check(line) {
+            self.refused = Some(why);
+        }
+    }
+
+    fn check(&mut self, line: &[u8]) -> Result<(), &'static str> {
         if !self.request_line_seen {
             self.request_line_seen = true;
             self.opaque = line.starts_with(b"PRI ") || line.starts_with(b"CONNECT ");
@@ -450,6 +458,9 @@ impl Fields {
     }
 
     fn framing(self) -> Result<Framing, &'static str> {
+        if let Some(why) = self.refused {
+            return Err(why);
+        }
         if self.opaque || !self.request_line_seen {
             return Ok(Framing::Opaque);
         }
@@ -998,5 +1009,27 @@ GET /e HTTP/1.1\r\nHost: x\r\n\r\n"
         let theirs = differential::hyper_view(GOOD);
         assert_eq!(theirs[..3], ours[..3]);
         assert_eq!(theirs[3].head_end, ours[3].head_end);
+    }
+
+    /// Found by the h1_framing fuzz target: an obs-fold line in a head that never completes
+    /// was refused when the head came in one read, not when it came in pieces. A verdict
+    /// waits for the head's end, whatever the reads.
+    #[test]
+    fn a_verdict_does_not_depend_on_the_reads() {
+        let stream = b"nnection:\r\n\r\nGE\xb2 / H/P1.gzipTT1\r\nHo\rx\r\n ciose.gzip\r\nCoTr\ra";
+        let whole = {
+            let mut f = Framer::default();
+            f.feed(stream)
+        };
+        assert_eq!(whole, Verdict::Pass);
+        for seed in 0..200 {
+            assert_eq!(refusal(stream, seed), None, "seed {seed}");
+        }
+        // Completed, the head is refused, in one read or many.
+        let done = [&stream[..], b"\r\n\r\n"].concat();
+        for seed in 0..200 {
+            let (_, why) = refusal(&done, seed).expect("refused once complete");
+            assert!(why.contains("obs-fold"), "{why}");
+        }
     }
 }
