@@ -8,13 +8,6 @@ use support::*;
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
-fn have(cmd: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {cmd}")])
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
 #[test]
 fn native_demo_walkthrough_passes() {
     if !have("prometheus") || !have("curl") {

@@ -5,14 +5,10 @@
 //! compaction, a watch cut mid-stream, 409 on a stale update) and see what kube-apiserver with
 //! the Gateway API CRDs would answer (tests/k8s/fidelity.py holds the checks).
 
-use std::process::Command;
+mod support;
 
-fn have(cmd: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {cmd}")])
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
+use std::process::Command;
+use support::have;
 
 fn python_has(module: &str) -> bool {
     Command::new("python3")

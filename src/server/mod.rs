@@ -604,7 +604,7 @@ async fn serve_connection(
 
 /// The client's fault behind a connection that hyper ended with an error before any request
 /// was routed: a head that did not arrive within `header_timeout` (hyper answered 408), or one
-/// that does not parse (400, 431; the CL+TE guard's refusals land here too). Other endings
+/// that does not parse (400, 431; the framing guard's refusals land here too). Other endings
 /// (resets, failed writes) were counted by the request they interrupted, if any.
 fn connection_fault(e: &(dyn std::error::Error + 'static)) -> Option<DownstreamErrorKind> {
     let e = e.downcast_ref::<hyper::Error>()?;

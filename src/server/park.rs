@@ -229,7 +229,7 @@ mod tests {
     use super::*;
 
     /// What a parked connection holds in the lot stays a few cache lines: the socket, its
-    /// slot, peer and deadline, and a waker (whose allocation holds a key and an `Arc`).
+    /// slot and deadline, and a waker (whose allocation holds a key and an `Arc`).
     /// tokio's registration of the socket comes on top (its `ScheduledIo`).
     #[test]
     fn a_parked_connection_is_small() {

@@ -776,3 +776,11 @@ pub async fn run_cmd(mut cmd: Command) -> std::process::Output {
         .await
         .unwrap()
 }
+
+/// Whether `cmd` is on the PATH (tests that need an outside tool skip without it, outside CI).
+pub fn have(cmd: &str) -> bool {
+    std::process::Command::new("sh")
+        .args(["-c", &format!("command -v {cmd}")])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
