@@ -171,7 +171,9 @@ pub fn explain(
     // The address `client_ip` rules see: the peer, or what trusted proxies put in XFF.
     let client =
         peer.and_then(|p| crate::proxy::headers::client_address(&map, p, cfg.proxy.trusted_hops));
-    let Some(d) = router.decide_for(host, uri.path(), &map, client, &mut rng) else {
+    let target = uri.path_and_query().map_or(uri.path(), |pq| pq.as_str());
+    let Some(d) = router.decide_for(host, target, &http::Method::GET, &map, client, &mut rng)
+    else {
         return Err(format!(
             "no route matches host {} path {}: canaryd answers 404",
             host.unwrap_or("(none)"),

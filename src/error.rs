@@ -56,6 +56,12 @@ pub enum ProxyError {
     /// The request cannot be forwarded as received; the reason is sent to the client.
     #[error("bad request: {0}")]
     BadRequest(&'static str),
+    /// The version is a Kubernetes Service with no ready endpoint (Gateway API: 503).
+    #[error("no ready endpoint for this backend")]
+    NoEndpoints,
+    /// The version is a Kubernetes backendRef that does not resolve (Gateway API: 500).
+    #[error("invalid backend")]
+    InvalidBackend,
     /// canaryd could not build what it needed from a valid request (a bug, not a fault of
     /// either side).
     #[error("internal error: {0}")]
@@ -200,7 +206,10 @@ impl ProxyError {
             ProxyError::BadBody => StatusCode::BAD_REQUEST,
             ProxyError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ProxyError::ClientClosed => CLIENT_CLOSED,
-            ProxyError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ProxyError::Internal(_) | ProxyError::InvalidBackend => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+            ProxyError::NoEndpoints => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -216,8 +225,9 @@ impl ProxyError {
             | ProxyError::ConnectTimeout
             | ProxyError::ResponseTimeout
             | ProxyError::UpstreamReset
-            | ProxyError::BadUpgrade => ErrorSource::Upstream,
-            ProxyError::Internal(_) => ErrorSource::Internal,
+            | ProxyError::BadUpgrade
+            | ProxyError::NoEndpoints => ErrorSource::Upstream,
+            ProxyError::Internal(_) | ProxyError::InvalidBackend => ErrorSource::Internal,
         }
     }
 
@@ -229,8 +239,9 @@ impl ProxyError {
             | ProxyError::BadBody
             | ProxyError::BodyTimeout
             | ProxyError::ClientClosed
-            | ProxyError::Internal(_) => None,
-            ProxyError::Connect => Some(UpstreamErrorKind::Connect),
+            | ProxyError::Internal(_)
+            | ProxyError::InvalidBackend => None,
+            ProxyError::Connect | ProxyError::NoEndpoints => Some(UpstreamErrorKind::Connect),
             ProxyError::ConnectTimeout | ProxyError::ResponseTimeout => {
                 Some(UpstreamErrorKind::Timeout)
             }
@@ -254,6 +265,8 @@ impl ProxyError {
             | ProxyError::ResponseTimeout
             | ProxyError::UpstreamReset
             | ProxyError::BadUpgrade
+            | ProxyError::NoEndpoints
+            | ProxyError::InvalidBackend
             | ProxyError::Internal(_) => None,
         }
     }

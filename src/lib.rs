@@ -38,6 +38,7 @@ pub mod control;
 pub mod demo;
 pub mod error;
 pub mod hash;
+pub mod k8s;
 pub mod metrics;
 pub mod mirror;
 pub mod proxy;

@@ -63,9 +63,17 @@ enum RuntimeFlavor {
 enum Command {
     /// Run the proxy.
     Run {
-        /// Config file (YAML).
+        /// Config file (YAML). Required unless `--kubernetes`.
         #[arg(short, long)]
-        config: PathBuf,
+        config: Option<PathBuf>,
+        /// Also take routes from the cluster: the Gateway API objects of GatewayClasses whose
+        /// controllerName is `canaryd.io/gateway-controller` (in-cluster service account,
+        /// else KUBECONFIG). Needs a build with the `kubernetes` feature.
+        #[arg(long)]
+        kubernetes: bool,
+        /// With `--kubernetes`: the Ingress class canaryd serves.
+        #[arg(long, default_value = "canaryd")]
+        ingress_class: String,
         /// Worker threads; 0 = one per CPU core. 1 runs a single-threaded runtime (no
         /// cross-thread hand-offs), the fastest choice when canaryd is pinned to one core.
         /// With more, see `--runtime`.
@@ -92,6 +100,9 @@ enum Command {
         /// config on a machine that does not have them).
         #[arg(long)]
         skip_files: bool,
+        /// The file is for `canaryd run --kubernetes`: it may have no routes of its own.
+        #[arg(long)]
+        kubernetes: bool,
     },
     /// Exit 0 if URL answers 2xx within 3 s (container HEALTHCHECK without curl).
     Probe { url: String },
@@ -153,7 +164,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     canaryd::server::set_heap_release(release_heap);
     match cli.command {
-        Command::Check { file, skip_files } => check(&file, skip_files),
+        Command::Check {
+            file,
+            skip_files,
+            kubernetes,
+        } => check(&file, skip_files, kubernetes),
         Command::Rollout { command } => canaryd::rollout::cli::run(command),
         Command::Probe { url } => probe(&url),
         Command::Backend {
@@ -214,9 +229,17 @@ fn main() -> ExitCode {
         }
         Command::Run {
             config,
+            kubernetes,
+            ingress_class,
             workers,
             runtime,
         } => serve(cli.log_format, workers, runtime, |per_core| async move {
+            if kubernetes {
+                return run_kubernetes(config, ingress_class, per_core).await;
+            }
+            let Some(config) = config else {
+                anyhow::bail!("canaryd run needs --config FILE (or --kubernetes)");
+            };
             let server = Server::bind_file_per_core(&config, per_core).await?;
             server.run(shutdown_signal()).await
         }),
@@ -236,7 +259,38 @@ fn main() -> ExitCode {
     }
 }
 
-fn check(file: &std::path::Path, skip_files: bool) -> ExitCode {
+/// `canaryd run --kubernetes`: connect first (a cluster that cannot be reached is an error at
+/// startup, not a proxy that silently serves nothing), then bind and watch.
+#[cfg(feature = "kubernetes")]
+async fn run_kubernetes(
+    config: Option<PathBuf>,
+    ingress_class: String,
+    per_core: usize,
+) -> anyhow::Result<()> {
+    let client = canaryd::k8s::watch::connect().await?;
+    let server = Server::bind_kubernetes(config.as_deref(), per_core).await?;
+    let watcher = tokio::spawn(canaryd::k8s::watch::run(
+        server.control(),
+        client,
+        canaryd::k8s::watch::Options { ingress_class },
+    ));
+    let result = server.run(shutdown_signal()).await;
+    watcher.abort();
+    result
+}
+
+#[cfg(not(feature = "kubernetes"))]
+async fn run_kubernetes(
+    _config: Option<PathBuf>,
+    _ingress_class: String,
+    _per_core: usize,
+) -> anyhow::Result<()> {
+    anyhow::bail!(
+        "--kubernetes: this canaryd was built without the `kubernetes` feature; build it with `cargo build --release --features kubernetes` (the container image has it)"
+    )
+}
+
+fn check(file: &std::path::Path, skip_files: bool, kubernetes: bool) -> ExitCode {
     let text = match std::fs::read_to_string(file) {
         Ok(t) => t,
         Err(e) => {
@@ -258,7 +312,7 @@ fn check(file: &std::path::Path, skip_files: bool) -> ExitCode {
     }
     let mut ok = true;
     for f in found {
-        let result = Config::from_yaml(&f.text).and_then(|cfg| {
+        let result = Config::from_yaml_with(&f.text, kubernetes).and_then(|cfg| {
             if !skip_files {
                 canaryd::cli::check_files(&cfg)?;
             }

@@ -10,12 +10,12 @@
 //! that loads the same config computes the same answer with no shared state.
 
 use crate::config::{
-    Condition, Config, HostMatch, RouteConfig, RuleConfig, StickyKey, Timeouts, ValueTest,
-    WEIGHT_SCALE, Weight,
+    Condition, Config, HostMatch, PathMatch, RequestMatch, RouteConfig, RuleConfig, StickyKey,
+    Timeouts, ValueTest, WEIGHT_SCALE, Weight,
 };
 use crate::hash::{FNV_OFFSET, fnv};
 use http::header::COOKIE;
-use http::{HeaderMap, HeaderValue};
+use http::{HeaderMap, HeaderValue, Method};
 use rand::Rng;
 use std::net::IpAddr;
 
@@ -27,9 +27,11 @@ pub const BUCKETS: u32 = WEIGHT_SCALE;
 /// gives its `Route` through `AsRef`), so a decision hands back the route itself.
 #[derive(Debug)]
 pub struct Router<T = Route> {
-    /// Indices into `routes`, most specific match first (exact host, then wildcard by suffix
-    /// length, then no host; within each, longest path prefix first; then file order).
-    order: Vec<usize>,
+    /// Every way to match a route, most specific first: Gateway API's precedence, which for
+    /// file routes is nginx's (exact host, then wildcard by suffix length, then no host;
+    /// within each, exact path, then longest path prefix; then more method, header and query
+    /// conditions; then config order).
+    order: Vec<Entry>,
     /// In config order.
     pub routes: Vec<T>,
 }
@@ -124,23 +126,100 @@ impl<T: AsRef<Route>> PartialEq for Decision<'_, T> {
 
 impl<T: AsRef<Route>> Eq for Decision<'_, T> {}
 
+/// One (host, match) alternative of a route. A file route has one, its `host` and
+/// `path_prefix` ([`ANY`] in both fields); a Kubernetes route one per host and match.
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    route: u32,
+    /// Index into the route's `kube.hosts`; [`ANY`]: the file route's host, or any host.
+    host: u16,
+    /// Index into the route's `kube.matches`; [`ANY`]: the file route's path prefix.
+    matcher: u16,
+}
+
+const ANY: u16 = u16::MAX;
+
+/// Precedence of a host: exact, then wildcard by suffix length, then none.
+fn host_rank(h: Option<&HostMatch>) -> (u8, usize) {
+    match h {
+        Some(HostMatch::Exact(_)) => (2, 0),
+        Some(HostMatch::Wildcard(s)) => (1, s.len()),
+        None => (0, 0),
+    }
+}
+
+impl Entry {
+    /// Sort key, most specific first.
+    fn rank(&self, r: &RouteConfig) -> impl Ord + use<> {
+        use std::cmp::Reverse;
+        let (host, path, method, headers, query) = match &r.kube {
+            None => (
+                host_rank(r.host.as_ref()),
+                (1u8, r.path_prefix.len()),
+                false,
+                0,
+                0,
+            ),
+            Some(k) => {
+                let m = &k.matches[usize::from(self.matcher)];
+                let path = match &m.path {
+                    PathMatch::Exact(p) => (2, p.len()),
+                    // `/` is stored empty; rank it as the one-character prefix it is.
+                    PathMatch::Prefix(p) => (1, p.len().max(1)),
+                    PathMatch::Regex(_) => (0, 0),
+                };
+                (
+                    host_rank(k.hosts.get(usize::from(self.host))),
+                    path,
+                    m.method.is_some(),
+                    m.headers.len(),
+                    m.query.len(),
+                )
+            }
+        };
+        (
+            Reverse(host),
+            Reverse(path),
+            Reverse(method),
+            Reverse(headers),
+            Reverse(query),
+            self.route,
+            self.matcher,
+        )
+    }
+}
+
 impl Router {
     pub fn new(config: &Config) -> Router {
         let routes: Vec<Route> = config.routes.iter().cloned().map(Route::new).collect();
-        let mut order: Vec<usize> = (0..routes.len()).collect();
-        order.sort_by_key(|&i| {
-            let r = &routes[i].config;
-            let host_rank = match &r.host {
-                Some(HostMatch::Exact(_)) => (2, 0),
-                Some(HostMatch::Wildcard(s)) => (1, s.len()),
-                None => (0, 0),
-            };
-            (
-                std::cmp::Reverse(host_rank),
-                std::cmp::Reverse(r.path_prefix.len()),
-                i,
-            )
-        });
+        let mut order = Vec::with_capacity(routes.len());
+        for (i, r) in routes.iter().enumerate() {
+            let route = i as u32;
+            match &r.config.kube {
+                None => order.push(Entry {
+                    route,
+                    host: ANY,
+                    matcher: ANY,
+                }),
+                Some(k) => {
+                    let hosts = if k.hosts.is_empty() {
+                        vec![ANY]
+                    } else {
+                        (0..k.hosts.len().min(usize::from(ANY)) as u16).collect()
+                    };
+                    for host in hosts {
+                        for matcher in 0..k.matches.len().min(usize::from(ANY)) as u16 {
+                            order.push(Entry {
+                                route,
+                                host,
+                                matcher,
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        order.sort_by_cached_key(|e| e.rank(&routes[e.route as usize].config));
         Router { order, routes }
     }
 
@@ -160,16 +239,44 @@ impl Router {
 }
 
 impl<T: AsRef<Route>> Router<T> {
-    /// Pick the route for a host (port stripped, any case) and path: its index in `routes`.
-    pub fn select(&self, host: Option<&str>, path: &str) -> Option<usize> {
-        self.order
-            .iter()
-            .copied()
-            .find(|&i| self.routes[i].as_ref().matches(host, path))
+    /// Pick the route for a host (port stripped, any case), a path with its query, a method
+    /// and headers: its index in `routes`.
+    pub fn select(
+        &self,
+        host: Option<&str>,
+        path_and_query: &str,
+        method: &Method,
+        headers: &HeaderMap,
+    ) -> Option<usize> {
+        let (path, query) = match path_and_query.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (path_and_query, None),
+        };
+        self.order.iter().find_map(|e| {
+            let r = self.routes[e.route as usize].as_ref();
+            let hit = match &r.config.kube {
+                None => r.matches(host, path),
+                Some(k) => {
+                    let host_ok = match k.hosts.get(usize::from(e.host)) {
+                        None => true,
+                        Some(m) => host.is_some_and(|h| m.matches(h)),
+                    };
+                    host_ok
+                        && request_matches(
+                            &k.matches[usize::from(e.matcher)],
+                            path,
+                            query,
+                            method,
+                            headers,
+                        )
+                }
+            };
+            hit.then_some(e.route as usize)
+        })
     }
 
-    /// The full decision for a request with no known client address (`client_ip` rules do
-    /// not match): route, then version.
+    /// The full decision for a GET with no known client address (`client_ip` rules do not
+    /// match): route, then version.
     pub fn decide<R: Rng + ?Sized>(
         &self,
         host: Option<&str>,
@@ -177,19 +284,21 @@ impl<T: AsRef<Route>> Router<T> {
         headers: &HeaderMap,
         rng: &mut R,
     ) -> Option<Decision<'_, T>> {
-        self.decide_for(host, path, headers, None, rng)
+        self.decide_for(host, path, &Method::GET, headers, None, rng)
     }
 
     /// The full decision for a request from `client` (the address `client_ip` rules test).
+    /// `path_and_query` is the request target's path with its query, if any.
     pub fn decide_for<R: Rng + ?Sized>(
         &self,
         host: Option<&str>,
-        path: &str,
+        path_and_query: &str,
+        method: &Method,
         headers: &HeaderMap,
         client: Option<IpAddr>,
         rng: &mut R,
     ) -> Option<Decision<'_, T>> {
-        let route = &self.routes[self.select(host, path)?];
+        let route = &self.routes[self.select(host, path_and_query, method, headers)?];
         let (version, reason, assign) = route.as_ref().decide(headers, client, rng);
         Some(Decision {
             route,
@@ -409,6 +518,38 @@ fn condition_matches<'h>(
             .get(headers, name)
             .is_some_and(|v| value_matches(test, v)),
     }
+}
+
+/// Does a request satisfy every condition of a Gateway API match?
+fn request_matches(
+    m: &RequestMatch,
+    path: &str,
+    query: Option<&str>,
+    method: &Method,
+    headers: &HeaderMap,
+) -> bool {
+    m.path.matches(path)
+        && m.method.as_ref().is_none_or(|want| want == method)
+        && m.headers.iter().all(|(name, test)| {
+            headers
+                .get_all(name)
+                .iter()
+                .any(|v| value_matches(test, v.as_bytes()))
+        })
+        && m.query.iter().all(|(name, test)| {
+            query_param(query, name).is_some_and(|v| value_matches(test, v.as_bytes()))
+        })
+}
+
+/// The first value of query parameter `name` (compared as sent, case-sensitive).
+fn query_param<'q>(query: Option<&'q str>, name: &str) -> Option<&'q str> {
+    query?
+        .split('&')
+        .find_map(|pair| match pair.split_once('=') {
+            Some((n, v)) if n == name => Some(v),
+            None if pair == name => Some(""),
+            _ => None,
+        })
 }
 
 fn value_matches(test: &ValueTest, value: &[u8]) -> bool {

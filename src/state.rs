@@ -69,6 +69,18 @@ impl RouteRt {
         self.route.name()
     }
 
+    /// Why version `v` of a Kubernetes route cannot serve, if it cannot (or has no endpoint
+    /// to try at all).
+    pub fn unservable(&self, v: usize) -> Option<crate::config::Unservable> {
+        let k = self.route.config.kube.as_ref()?;
+        k.unservable.get(v).copied().flatten().or_else(|| {
+            self.versions[v]
+                .endpoints
+                .is_empty()
+                .then_some(crate::config::Unservable::NoEndpoints)
+        })
+    }
+
     /// Endpoint for an attempt at `version` (not endpoint `skip`, which just failed). Skips
     /// ejected and unhealthy endpoints; when the version has none left and the route has
     /// `fallback`, the primary serves instead (counted on the version that could not). When

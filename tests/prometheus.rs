@@ -201,8 +201,14 @@ async fn shipped_promql_agrees_with_the_traffic_sent() {
             stable.addr, canary.addr
         )
     };
+    // Shaped like the route canaryd makes of rule 0 of Flagger's HTTPRoute `default/podinfo`
+    // (docs/kubernetes.md): versions named after the Services.
+    let podinfo = format!(
+        "  - name: default-podinfo-0\n    match: {{ path_prefix: /podinfo }}\n    versions:\n      podinfo-primary: {{ endpoints: [\"{}\"] }}\n      podinfo-canary: {{ endpoints: [\"{}\"], weight: 0 }}\n    rules:\n      - {{ to: podinfo-canary, when: {{ header: {{ name: x-canary, equals: always }} }} }}\n",
+        stable.addr, canary.addr
+    );
     let yaml = format!(
-        "listeners: [{{ address: \"127.0.0.1:0\" }}]\nadmin: {{ address: \"127.0.0.1:0\" }}\nroutes:\n{}{}",
+        "listeners: [{{ address: \"127.0.0.1:0\" }}]\nadmin: {{ address: \"127.0.0.1:0\" }}\nroutes:\n{}{}{podinfo}",
         route("app"),
         route("api")
     );
@@ -230,6 +236,9 @@ async fn shipped_promql_agrees_with_the_traffic_sent() {
     send("/api", false, 1).await;
     send("/api", true, 1).await;
     send("/api/status/500", true, 1).await;
+    send("/podinfo", false, 1).await;
+    send("/podinfo/status/500", false, 1).await;
+    send("/podinfo", true, 1).await;
     prom.wait(
         "two scrapes",
         "count_over_time(canaryd_config_generation[1m])",
@@ -244,8 +253,12 @@ async fn shipped_promql_agrees_with_the_traffic_sent() {
     send("/api", false, 20).await;
     send("/api", true, 5).await;
     send("/api/status/500", true, 5).await;
+    // podinfo: primary 2 ok + 2 × 500, canary 4 ok.
+    send("/podinfo", false, 2).await;
+    send("/podinfo/status/500", false, 2).await;
+    send("/podinfo", true, 4).await;
     prom.wait("all requests scraped", "sum(canaryd_requests_total)", |r| {
-        r.first().is_some_and(|(_, v)| *v == 76.0)
+        r.first().is_some_and(|(_, v)| *v == 87.0)
     })
     .await;
     // One more scrape after the last change, so the window ends on a flat counter.
@@ -278,6 +291,26 @@ async fn shipped_promql_agrees_with_the_traffic_sent() {
     );
     let p99_ms = prom.scalar(&fl(&flagger[1], "app")).await;
     assert!(p99_ms > 0.0 && p99_ms < 1000.0, "flagger p99 ms {p99_ms}");
+
+    // Flagger MetricTemplates for the gatewayapi provider: {{ namespace }}, {{ service }}.
+    let gw = queries("deploy/flagger/gatewayapi-metric-templates.yaml");
+    assert_eq!(gw.len(), 2, "{gw:?}");
+    let gq = |q: &str| {
+        q.replace("{{ namespace }}", "default")
+            .replace("{{ service }}", "podinfo")
+            .replace("{{ interval }}", "1m")
+    };
+    near(
+        prom.scalar(&gq(&gw[0])).await,
+        100.0,
+        1e-9,
+        "flagger gatewayapi success rate, podinfo canary (its primary is at 50)",
+    );
+    let p99_ms = prom.scalar(&gq(&gw[1])).await;
+    assert!(
+        p99_ms > 0.0 && p99_ms < 1000.0,
+        "flagger gatewayapi p99 ms {p99_ms}"
+    );
 
     // Argo Rollouts AnalysisTemplate (Prometheus provider).
     let argo = queries("deploy/argo/analysis-templates.yaml");

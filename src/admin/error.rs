@@ -65,7 +65,7 @@ impl AdminError {
                 ControlError::ReloadRejected { .. } => StatusCode::UNPROCESSABLE_ENTITY,
                 ControlError::NoConfigFile => StatusCode::CONFLICT,
                 ControlError::BadRange(_) => StatusCode::BAD_REQUEST,
-                ControlError::LayerRefused(_) => StatusCode::CONFLICT,
+                ControlError::LayerRefused(_) | ControlError::Owned { .. } => StatusCode::CONFLICT,
                 ControlError::NoLayer(_) => StatusCode::NOT_FOUND,
             },
             AdminError::BadInput(_) => StatusCode::BAD_REQUEST,

@@ -281,7 +281,7 @@ fn api(
             Ok(json::ok(&rollouts.view(route)?))
         }
         (&Method::POST, ["routes", route, "rollout", verb]) => {
-            control.check_route(route)?;
+            control.check_writable(route)?;
             let Some(verb) = Verb::parse(verb) else {
                 return Err(AdminError::NoEndpoint(path.to_string()));
             };
@@ -298,7 +298,7 @@ fn api(
         (&Method::GET, ["routes"]) => Ok(json::ok(&control.routes())),
         (&Method::GET, ["routes", route]) => Ok(json::ok(&control.route(route)?)),
         (&Method::PUT, ["routes", route, "rollout-layer"]) => {
-            control.check_route(route)?;
+            control.check_writable(route)?;
             let layer = json::pushed_layer(body)?;
             control.push_layer(route, layer)?;
             Ok(json::ok(&control.pushed_layer(route)?))
@@ -329,7 +329,7 @@ fn api(
             )?))
         }
         (&Method::PUT, ["routes", route, "weights"]) => {
-            control.check_route(route)?;
+            control.check_writable(route)?;
             let force = json::force(query)?;
             let driving = rollouts.drives(route);
             if let (Some(phase), false) = (driving, force) {
@@ -346,7 +346,7 @@ fn api(
             Ok(changed(generation))
         }
         (&Method::PUT, ["routes", route, "rules", name]) => {
-            control.check_route(route)?;
+            control.check_writable(route)?;
             let rule = json::rule(body)?;
             Ok(changed(control.put_rule(route, name, rule.to, rule.when)?))
         }
@@ -354,7 +354,7 @@ fn api(
             Ok(changed(control.delete_rule(route, name)?))
         }
         (&Method::PUT, ["routes", route, "mirrors", name]) => {
-            control.check_route(route)?;
+            control.check_writable(route)?;
             let m = json::mirror(body)?;
             Ok(changed(control.put_mirror(route, name, m)?))
         }

@@ -31,10 +31,10 @@ pub use defaults::{
 pub use rollout::{Check, CheckKind, Gate, GateSource, OnInconclusive, RolloutSpec, Step};
 pub use types::{
     Admin, AnalysisSettings, CompareConfig, Condition, Config, ConfigError, ControllerSettings,
-    Endpoint, FieldError, HealthCheck, HostMatch, Listener, MirrorConfig, OutlierPolicy, Protocol,
-    ProxySettings, RetryPolicy, RouteConfig, RuleConfig, Secret, SniFiles, StickyConfig, StickyKey,
-    Targets, Timeouts, TlsFiles, Upgrades, Upstream, UpstreamTls, ValueTest, VersionConfig,
-    WEIGHT_SCALE, Weight,
+    Endpoint, FieldError, HeaderEdits, HealthCheck, HostMatch, KubeRoute, Listener, MirrorConfig,
+    OutlierPolicy, PathMatch, Protocol, ProxySettings, RequestMatch, RetryPolicy, RouteConfig,
+    RuleConfig, Secret, SniFiles, StickyConfig, StickyKey, Targets, Timeouts, TlsFiles, Unservable,
+    Upgrades, Upstream, UpstreamTls, ValueTest, VersionConfig, WEIGHT_SCALE, Weight,
 };
 pub use validate::primary_takes_the_rest;
 pub(crate) use validate::{Errors, validate_mirror, validate_rule};

@@ -251,6 +251,100 @@ pub struct RouteConfig {
     /// Named mirrors set at run time (the API's, a rollout's `set_mirror_route`), checked in
     /// order before the file's `mirror`.
     pub mirrors: Vec<MirrorConfig>,
+    /// Set on a route translated from a Kubernetes object (an HTTPRoute rule, an Ingress
+    /// path): its matches replace `host` and `path_prefix`, and the object's controller owns
+    /// it (no rollout block, no runtime overrides).
+    pub kube: Option<Box<KubeRoute>>,
+}
+
+/// What a Kubernetes-derived route adds to a file route: Gateway API matching, header
+/// filters, and which object it came from.
+#[derive(Debug, Clone)]
+pub struct KubeRoute {
+    /// `HTTPRoute default/shop rule 0`, `Ingress default/shop`: for messages and status.
+    pub source: String,
+    /// Any of these hosts; empty: any host.
+    pub hosts: Vec<HostMatch>,
+    /// Any of these (each is all-of); never empty.
+    pub matches: Vec<RequestMatch>,
+    /// Rule-level `RequestHeaderModifier`.
+    pub request_headers: HeaderEdits,
+    /// Rule-level `ResponseHeaderModifier`.
+    pub response_headers: HeaderEdits,
+    /// Backend-level `ResponseHeaderModifier`, parallel to the route's versions.
+    pub version_response_headers: Vec<HeaderEdits>,
+    /// Parallel to the route's versions: why a version cannot serve (its share is answered
+    /// with this status and never reaches an endpoint).
+    pub unservable: Vec<Option<Unservable>>,
+}
+
+/// Why a Kubernetes backend serves no traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unservable {
+    /// The Service exists but has no ready endpoint: 503.
+    NoEndpoints,
+    /// The backendRef cannot be resolved (no such Service, a kind we do not serve): 500.
+    Invalid,
+}
+
+/// One Gateway API `HTTPRouteMatch`: all of these must hold.
+#[derive(Debug, Clone)]
+pub struct RequestMatch {
+    pub path: PathMatch,
+    pub method: Option<http::Method>,
+    pub headers: Vec<(HeaderName, ValueTest)>,
+    /// Query parameter name (case-sensitive) and test of its first value.
+    pub query: Vec<(String, ValueTest)>,
+}
+
+#[derive(Debug, Clone)]
+pub enum PathMatch {
+    Exact(String),
+    /// Element-wise prefix without its trailing `/` (`/abc` matches `/abc`, `/abc/` and
+    /// `/abc/d`, not `/abcd`); `/` matches every path.
+    Prefix(String),
+    /// Anchored: the whole path must match.
+    Regex(regex::Regex),
+}
+
+impl PathMatch {
+    pub fn matches(&self, path: &str) -> bool {
+        match self {
+            PathMatch::Exact(p) => path == p,
+            PathMatch::Prefix(p) => {
+                p.is_empty()
+                    || (path.starts_with(p.as_str())
+                        && matches!(path.as_bytes().get(p.len()), None | Some(b'/')))
+            }
+            PathMatch::Regex(re) => re.is_match(path),
+        }
+    }
+}
+
+/// `set`, `add` and `remove` of a Gateway API header modifier.
+#[derive(Debug, Clone, Default)]
+pub struct HeaderEdits {
+    pub set: Vec<(HeaderName, http::HeaderValue)>,
+    pub add: Vec<(HeaderName, http::HeaderValue)>,
+    pub remove: Vec<HeaderName>,
+}
+
+impl HeaderEdits {
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty() && self.add.is_empty() && self.remove.is_empty()
+    }
+
+    pub fn apply(&self, headers: &mut http::HeaderMap) {
+        for (n, v) in &self.set {
+            headers.insert(n.clone(), v.clone());
+        }
+        for (n, v) in &self.add {
+            headers.append(n.clone(), v.clone());
+        }
+        for n in &self.remove {
+            headers.remove(n);
+        }
+    }
 }
 
 /// Copies of a route's requests sent to a shadow version, whose answers are read, measured,

@@ -23,10 +23,16 @@ use std::time::Duration;
 impl Config {
     /// Parse and validate a YAML document, reporting every problem found.
     pub fn from_yaml(text: &str) -> Result<Config, ConfigError> {
+        Config::from_yaml_with(text, false)
+    }
+
+    /// [`Config::from_yaml`]; with `routes_optional`, a file without routes is valid (its
+    /// routes come from Kubernetes objects, `canaryd run --kubernetes`).
+    pub fn from_yaml_with(text: &str, routes_optional: bool) -> Result<Config, ConfigError> {
         let raw: RawConfig = serde_yaml_ng::from_str(text).map_err(|e| ConfigError {
             errors: vec![yaml_error(e)],
         })?;
-        Config::try_from(raw)
+        Config::validate(raw, routes_optional)
     }
 
     /// Read a file and validate it; I/O errors are reported like validation errors.
@@ -73,6 +79,12 @@ impl TryFrom<RawConfig> for Config {
     type Error = ConfigError;
 
     fn try_from(raw: RawConfig) -> Result<Config, ConfigError> {
+        Config::validate(raw, false)
+    }
+}
+
+impl Config {
+    fn validate(raw: RawConfig, routes_optional: bool) -> Result<Config, ConfigError> {
         let mut errs = Errors::default();
 
         // A fleet controller's file: no listeners, versions are names.
@@ -271,7 +283,7 @@ impl TryFrom<RawConfig> for Config {
                 routes.push(route);
             }
         }
-        if routes.is_empty() && errs.0.is_empty() {
+        if routes.is_empty() && errs.0.is_empty() && !routes_optional {
             errs.push("routes", "at least one route is required");
         }
 
@@ -808,6 +820,7 @@ fn validate_route(
         rollout,
         mirror,
         mirrors: Vec::new(),
+        kube: None,
     })
 }
 

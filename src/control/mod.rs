@@ -157,6 +157,9 @@ pub enum ControlError {
     LayerRefused(String),
     /// No controller's layer on this route.
     NoLayer(String),
+    /// The route is translated from a Kubernetes object (`source`): whatever edits that
+    /// object (Flagger, Argo Rollouts, kubectl) owns its weights and matches.
+    Owned { route: String, source: String },
 }
 
 impl ControlError {
@@ -191,7 +194,9 @@ impl ControlError {
                 e.errors.clone()
             }
             ControlError::BadRange(m) => field("from", m.clone()),
-            ControlError::LayerRefused(_) | ControlError::NoLayer(_) => Vec::new(),
+            ControlError::LayerRefused(_)
+            | ControlError::NoLayer(_)
+            | ControlError::Owned { .. } => Vec::new(),
         }
     }
 }
@@ -224,6 +229,10 @@ impl fmt::Display for ControlError {
             ControlError::NoLayer(route) => {
                 write!(f, "route `{route}` has no rollout layer from a controller")
             }
+            ControlError::Owned { route, source } => write!(
+                f,
+                "route `{route}` comes from {source}; change that object (its controller owns the route's weights and matches), not canaryd's runtime state"
+            ),
         }
     }
 }
@@ -319,6 +328,11 @@ struct Inner {
     /// Hash of the file content last read, good or bad, so unchanged files are skipped.
     last_seen: Option<u64>,
     last_ok: bool,
+    /// Routes translated from Kubernetes objects (`canaryd run --kubernetes`), after the
+    /// file's; the last good set.
+    kube: Vec<RouteConfig>,
+    /// `canaryd run --kubernetes`: the file may have no routes of its own.
+    kube_mode: bool,
     /// Rollout layers by route: between the file and the runtime overrides.
     layers: BTreeMap<String, RolloutLayer>,
     overrides: Overrides,
@@ -390,6 +404,8 @@ impl Control {
                 file,
                 last_seen: text.map(content_hash),
                 last_ok: true,
+                kube: Vec::new(),
+                kube_mode: false,
                 layers: BTreeMap::new(),
                 overrides: Overrides::default(),
                 status,
@@ -487,7 +503,7 @@ impl Control {
             };
         }
         inner.last_seen = Some(hash);
-        let mut config = match Config::from_yaml(text) {
+        let mut config = match Config::from_yaml_with(text, inner.kube_mode) {
             Ok(c) => c,
             Err(e) => return self.fail(&mut inner, trigger, e),
         };
@@ -514,7 +530,7 @@ impl Control {
             inner.status.needs_restart = None;
         }
         let mut overrides = inner.overrides.clone();
-        let composed = match compose(&config, &inner.layers, &mut overrides) {
+        let composed = match compose(&config, &inner.kube, &inner.layers, &mut overrides) {
             Ok(c) => c,
             Err(e) => return self.fail(&mut inner, trigger, e),
         };
@@ -578,8 +594,8 @@ impl Control {
         layers: BTreeMap<String, RolloutLayer>,
         mut overrides: Overrides,
     ) -> Result<u64, ControlError> {
-        let composed =
-            compose(&inner.file, &layers, &mut overrides).map_err(ControlError::Invalid)?;
+        let composed = compose(&inner.file, &inner.kube, &layers, &mut overrides)
+            .map_err(ControlError::Invalid)?;
         let generation = self.state.apply(composed).map_err(ControlError::Invalid)?;
         inner.layers = layers;
         inner.overrides = overrides;
@@ -603,6 +619,15 @@ impl Control {
     }
 
     fn file_route<'a>(inner: &'a Inner, route: &str) -> Result<&'a RouteConfig, ControlError> {
+        if let Some(k) = inner.kube.iter().find(|r| r.name == route) {
+            return Err(ControlError::Owned {
+                route: route.to_string(),
+                source: k
+                    .kube
+                    .as_ref()
+                    .map_or_else(String::new, |k| k.source.clone()),
+            });
+        }
         inner
             .file
             .routes
@@ -615,7 +640,40 @@ impl Control {
     /// admin API checks this before reading a request's body or query, so an unknown route
     /// is reported before bad input.
     pub fn check_route(&self, route: &str) -> Result<(), ControlError> {
+        let inner = self.lock();
+        if inner.kube.iter().any(|r| r.name == route) {
+            return Ok(());
+        }
+        Self::file_route(&inner, route).map(|_| ())
+    }
+
+    /// [`Control::check_route`] for a change: also fails with [`ControlError::Owned`] for a
+    /// route translated from a Kubernetes object.
+    pub fn check_writable(&self, route: &str) -> Result<(), ControlError> {
         Self::file_route(&self.lock(), route).map(|_| ())
+    }
+
+    /// Routes come from Kubernetes too: a reloaded file may have none of its own.
+    pub fn set_kube_mode(&self) {
+        self.lock().kube_mode = true;
+    }
+
+    /// Replace the routes translated from Kubernetes objects and apply. On error (a set that
+    /// does not compose with the file) nothing changes: the last good set keeps serving.
+    pub fn set_kube_routes(&self, routes: Vec<RouteConfig>) -> Result<u64, ControlError> {
+        let mut inner = self.lock();
+        let mut overrides = inner.overrides.clone();
+        let composed = compose(&inner.file, &routes, &inner.layers, &mut overrides)
+            .map_err(ControlError::Invalid)?;
+        let generation = self.state.apply(composed).map_err(ControlError::Invalid)?;
+        inner.kube = routes;
+        inner.overrides = overrides;
+        Ok(generation)
+    }
+
+    /// The file's routes as last loaded (what Kubernetes routes must not collide with).
+    pub fn file_routes(&self) -> Vec<RouteConfig> {
+        self.lock().file.routes.clone()
     }
 
     /// Set non-primary weights at runtime; the primary gets the rest. Entries are checked in
@@ -1049,10 +1107,18 @@ fn trigger_name(t: Trigger) -> &'static str {
 /// canary is gone does nothing; anything else invalid is an error.
 fn compose(
     file: &Config,
+    kube: &[RouteConfig],
     layers: &BTreeMap<String, RolloutLayer>,
     ov: &mut Overrides,
 ) -> Result<Config, ConfigError> {
     let mut cfg = file.clone();
+    for k in kube {
+        if cfg.routes.iter().any(|r| r.name == k.name) {
+            tracing::warn!(route = %k.name, "the config file has a route of this name; it wins over the Kubernetes one");
+        } else {
+            cfg.routes.push(k.clone());
+        }
+    }
     for route in cfg.routes.iter_mut() {
         if let Some(l) = layers.get(&route.name) {
             apply_layer(route, l);

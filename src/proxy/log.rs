@@ -28,7 +28,10 @@ pub(super) fn access(
                 t.version.name.as_str(),
                 reason,
                 Some(detail),
-                Some(t.endpoint().authority.as_str()),
+                t.version
+                    .endpoints
+                    .get(t.endpoint)
+                    .map(|e| e.authority.as_str()),
             )
         }
         None => ("", "", "no_route", None, None),

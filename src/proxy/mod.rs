@@ -102,7 +102,7 @@ async fn forward(
     // One lookup of `Host` serves routing, X-Forwarded-Host and the upstream request.
     let host = parts.headers.get(HOST).cloned();
     let decision = route::route(ctx, &parts, host.as_ref())?;
-    route::pick(ctx, &decision);
+    route::pick(ctx, &decision)?;
     let mirror = route::mirror(ctx, &decision, &parts);
     let mut out = request::rewrite_request(ctx, parts, host);
     // Phase `send`: attempts until one answers or no retry is allowed (see `send`).

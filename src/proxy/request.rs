@@ -63,6 +63,9 @@ pub(super) fn rewrite_request(
     if let (true, Some(h)) = (rebuild_host, client_host) {
         parts.headers.insert(HOST, h);
     }
+    if let Some(k) = ctx.target.and_then(|t| t.route.config().kube.as_deref()) {
+        k.request_headers.apply(&mut parts.headers);
+    }
     Outgoing {
         path_and_query: parts
             .uri

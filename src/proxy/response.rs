@@ -41,6 +41,18 @@ pub(super) fn rewrite_response(
             .headers
             .insert(&X_CANARYD_VERSION, t.version.header_value.clone());
     }
+    if let Some(k) = t.route.config().kube.as_deref() {
+        // Gateway API filters: the rule's, then the backend's.
+        k.response_headers.apply(&mut parts.headers);
+        let v = t
+            .route
+            .versions
+            .iter()
+            .position(|v| std::ptr::eq(v, t.version));
+        if let Some(edits) = v.and_then(|v| k.version_response_headers.get(v)) {
+            edits.apply(&mut parts.headers);
+        }
+    }
     if let (Some(id), Some(sticky)) = (ctx.assign, &t.route.config().sticky) {
         if let Some(cookie) = &sticky.assign_cookie {
             let v = format!(

@@ -2,7 +2,7 @@
 //! [`crate::router`]), then which endpoint.
 
 use super::ctx::{RequestCtx, Target};
-use crate::config::MirrorConfig;
+use crate::config::{MirrorConfig, Unservable};
 use crate::error::ProxyError;
 use crate::proxy::headers;
 use crate::router::{self, Decision};
@@ -39,7 +39,11 @@ pub(super) fn route<'s>(
         .with(|rng| {
             snap.router.decide_for(
                 host,
-                parts.uri.path(),
+                parts
+                    .uri
+                    .path_and_query()
+                    .map_or(parts.uri.path(), |pq| pq.as_str()),
+                &parts.method,
                 &parts.headers,
                 client_ip,
                 &mut *rng.borrow_mut(),
@@ -51,9 +55,26 @@ pub(super) fn route<'s>(
 }
 
 /// Pick the endpoint of the decided version (or of the primary, with `fallback`): the
-/// request's first target.
-pub(super) fn pick<'s>(ctx: &mut RequestCtx<'s>, decision: &Decision<'s, RouteRt>) {
+/// request's first target. A Kubernetes backend that cannot serve answers its share itself:
+/// 503 for a Service with no ready endpoint (counted against the version), 500 for a
+/// backendRef that does not resolve.
+pub(super) fn pick<'s>(
+    ctx: &mut RequestCtx<'s>,
+    decision: &Decision<'s, RouteRt>,
+) -> Result<(), ProxyError> {
     let route = decision.route;
+    if let Some(why) = route.unservable(decision.version) {
+        ctx.target = Some(Target {
+            route,
+            version: &route.versions[decision.version],
+            reason: decision.reason,
+            endpoint: 0,
+        });
+        return Err(match why {
+            Unservable::NoEndpoints => ProxyError::NoEndpoints,
+            Unservable::Invalid => ProxyError::InvalidBackend,
+        });
+    }
     let (version, endpoint) = route.choose(&route.versions[decision.version], None);
     ctx.target = Some(Target {
         route,
@@ -61,6 +82,7 @@ pub(super) fn pick<'s>(ctx: &mut RequestCtx<'s>, decision: &Decision<'s, RouteRt
         reason: decision.reason,
         endpoint,
     });
+    Ok(())
 }
 
 /// The mirror this request is copied to, if its route has one that applies (see

@@ -382,8 +382,10 @@ routes:
 #[test]
 fn most_specific_route_wins() {
     let r = router(HOSTS);
-    let sel =
-        |host: Option<&str>, path| r.select(host, path).map(|i| r.routes[i].name().to_string());
+    let sel = |host: Option<&str>, path| {
+        r.select(host, path, &http::Method::GET, &HeaderMap::new())
+            .map(|i| r.routes[i].name().to_string())
+    };
     assert_eq!(
         sel(Some("shop.example.com"), "/api/v1").as_deref(),
         Some("shop-api")
@@ -416,7 +418,15 @@ fn no_route_when_nothing_matches() {
         "",
         1,
     ));
-    assert_eq!(r.select(Some("other.org"), "/"), None);
+    assert_eq!(
+        r.select(
+            Some("other.org"),
+            "/",
+            &http::Method::GET,
+            &HeaderMap::new()
+        ),
+        None
+    );
 }
 
 #[test]

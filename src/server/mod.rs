@@ -87,6 +87,11 @@ enum Role {
     Controller,
 }
 
+/// `canaryd run --kubernetes` without `--config`: the proxy on port 8080 of every address,
+/// the admin API (metrics, analysis) on loopback port 9901.
+pub const KUBERNETES_DEFAULTS: &str =
+    "listeners:\n  - address: 0.0.0.0:8080\nadmin:\n  address: 127.0.0.1:9901\n";
+
 impl Server {
     /// Bind every listener of `config` and build the first snapshot. No file: reloads are
     /// not possible, runtime overrides are.
@@ -109,20 +114,41 @@ impl Server {
 
     /// [`Server::bind_file`] with [`Server::bind_per_core`]'s workers.
     pub async fn bind_file_per_core(path: &Path, workers: usize) -> anyhow::Result<Server> {
-        Self::bind_file_as(path, workers, Role::Proxy).await
+        Self::bind_file_as(path, workers, Role::Proxy, false).await
+    }
+
+    /// `canaryd run --kubernetes`: routes come from Kubernetes objects (the caller starts
+    /// the watcher with [`Server::control`]); the file, if any, adds its own routes and
+    /// settings and may have no routes. Without a file: [`KUBERNETES_DEFAULTS`].
+    pub async fn bind_kubernetes(path: Option<&Path>, workers: usize) -> anyhow::Result<Server> {
+        let server = match path {
+            Some(p) => Self::bind_file_as(p, workers, Role::Proxy, true).await?,
+            None => {
+                let config = Config::from_yaml_with(KUBERNETES_DEFAULTS, true)
+                    .map_err(|e| anyhow::anyhow!("built-in defaults: {e}"))?;
+                Self::bind_inner(config, None, None, workers, Role::Proxy).await?
+            }
+        };
+        server.control.set_kube_mode();
+        Ok(server)
     }
 
     /// `canaryd controller`: the fleet controller of the file at `path` (watched and reloaded
     /// like a proxy's): its admin listener and the rollouts of its routes, carried out on the
     /// replicas its `controller:` section names.
     pub async fn bind_controller(path: &Path) -> anyhow::Result<Server> {
-        Self::bind_file_as(path, 1, Role::Controller).await
+        Self::bind_file_as(path, 1, Role::Controller, false).await
     }
 
-    async fn bind_file_as(path: &Path, workers: usize, role: Role) -> anyhow::Result<Server> {
+    async fn bind_file_as(
+        path: &Path,
+        workers: usize,
+        role: Role,
+        routes_optional: bool,
+    ) -> anyhow::Result<Server> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read config file {}", path.display()))?;
-        let config = Config::from_yaml(&text).map_err(|e: ConfigError| {
+        let config = Config::from_yaml_with(&text, routes_optional).map_err(|e: ConfigError| {
             anyhow::anyhow!("{}: invalid config:\n{e}", path.display())
         })?;
         // Absolute, so the watcher and reloads do not depend on the working directory.

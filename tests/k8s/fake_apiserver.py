@@ -551,7 +551,8 @@ class Handler(BaseHTTPRequestHandler):
         q = {k: v[-1] for k, v in parse_qs(url.query).items()}
         with STORE.lock:
             STORE.requests.append({"method": method, "path": url.path, "query": q,
-                                   "contentType": self.headers.get("Content-Type")})
+                                   "contentType": self.headers.get("Content-Type"),
+                                   "authorization": self.headers.get("Authorization")})
         try:
             if url.path.startswith("/fake/"):
                 return self.fake(method, url.path)

@@ -554,21 +554,33 @@ impl ProxyProcess {
 
     /// Start with extra arguments before `run`, e.g. `["--log-format", "json"]`.
     pub fn start_with(yaml: &str, args: &[&str]) -> ProxyProcess {
-        Self::spawn(yaml, args, "run", &[])
+        Self::spawn(yaml, args, "run", &[], &[])
+    }
+
+    /// `canaryd run -c FILE --kubernetes` against the API server in `kubeconfig`.
+    pub fn start_kubernetes(yaml: &str, kubeconfig: &std::path::Path) -> ProxyProcess {
+        let kc = kubeconfig.to_str().unwrap();
+        Self::spawn(yaml, &[], "run", &[("KUBECONFIG", kc)], &["--kubernetes"])
     }
 
     /// `canaryd controller -c FILE`: a fleet controller; `addr` and `admin` are both its admin
     /// listener (it has no proxy listener).
     pub fn start_controller(yaml: &str) -> ProxyProcess {
-        Self::spawn(yaml, &[], "controller", &[])
+        Self::spawn(yaml, &[], "controller", &[], &[])
     }
 
     /// [`ProxyProcess::start_controller`] with environment variables.
     pub fn start_controller_env(yaml: &str, env: &[(&str, &str)]) -> ProxyProcess {
-        Self::spawn(yaml, &[], "controller", env)
+        Self::spawn(yaml, &[], "controller", env, &[])
     }
 
-    fn spawn(yaml: &str, args: &[&str], command: &str, env: &[(&str, &str)]) -> ProxyProcess {
+    fn spawn(
+        yaml: &str,
+        args: &[&str],
+        command: &str,
+        env: &[(&str, &str)],
+        command_args: &[&str],
+    ) -> ProxyProcess {
         let controller = command == "controller";
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("canaryd.yaml");
@@ -577,6 +589,7 @@ impl ProxyProcess {
             .args(args)
             .args([command, "-c"])
             .arg(&path)
+            .args(command_args)
             .env("CANARYD_LOG", "info")
             .envs(env.iter().copied())
             .stdout(Stdio::null())

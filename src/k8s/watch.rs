@@ -1,0 +1,343 @@
+//! `canaryd run --kubernetes`: list and watch the cluster's objects, translate them, apply
+//! the routes like a reload, and write the statuses controllers wait for.
+//!
+//! Each kind has its own kube-rs watcher: list, then watch from the list's resourceVersion
+//! with bookmarks; a 410 Gone (or a dropped stream) relists, with backoff on errors. Events
+//! are batched: everything that arrived is applied, then the objects are translated once.
+//! Nothing is translated until every kind has been listed once, so a route is never judged
+//! against a half-read cluster (a Service not listed yet is not "not found").
+
+use super::objects::{EndpointSlice, Gateway, GatewayClass, HttpRoute, Service};
+use super::status;
+use super::translate::{self, Translation, World};
+use crate::config::RouteConfig;
+use crate::control::Control;
+use futures_util::StreamExt;
+use kube::Client;
+use kube::api::{Api, DynamicObject, PostParams};
+use kube::core::{ApiResource, GroupVersionKind};
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use tokio::sync::mpsc;
+
+/// What `--kubernetes` was started with.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Ingresses of this class are served (`--ingress-class`, default `canaryd`).
+    pub ingress_class: String,
+}
+
+/// The kinds watched, in the order of [`resource`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    GatewayClass,
+    Gateway,
+    HttpRoute,
+    Service,
+    EndpointSlice,
+}
+
+const KINDS: [Kind; 5] = [
+    Kind::GatewayClass,
+    Kind::Gateway,
+    Kind::HttpRoute,
+    Kind::Service,
+    Kind::EndpointSlice,
+];
+
+impl Kind {
+    fn index(self) -> usize {
+        self as usize
+    }
+
+    fn resource(self) -> ApiResource {
+        let (group, version, kind, plural) = match self {
+            Kind::GatewayClass => (
+                super::objects::GATEWAY_GROUP,
+                "v1",
+                "GatewayClass",
+                "gatewayclasses",
+            ),
+            Kind::Gateway => (super::objects::GATEWAY_GROUP, "v1", "Gateway", "gateways"),
+            Kind::HttpRoute => (
+                super::objects::GATEWAY_GROUP,
+                "v1",
+                "HTTPRoute",
+                "httproutes",
+            ),
+            Kind::Service => ("", "v1", "Service", "services"),
+            Kind::EndpointSlice => ("discovery.k8s.io", "v1", "EndpointSlice", "endpointslices"),
+        };
+        ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural)
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Kind::GatewayClass => "GatewayClass",
+            Kind::Gateway => "Gateway",
+            Kind::HttpRoute => "HTTPRoute",
+            Kind::Service => "Service",
+            Kind::EndpointSlice => "EndpointSlice",
+        }
+    }
+}
+
+/// The client every Kubernetes client would build: in-cluster service account, else
+/// `KUBECONFIG` (or `~/.kube/config`).
+pub async fn connect() -> anyhow::Result<Client> {
+    Client::try_default().await.map_err(|e| {
+        anyhow::anyhow!(
+            "--kubernetes: cannot build a Kubernetes client (no in-cluster service account and no usable KUBECONFIG): {e}"
+        )
+    })
+}
+
+/// `namespace/name`, or `name` for cluster-scoped objects.
+fn key_of(o: &DynamicObject) -> String {
+    let name = o.metadata.name.clone().unwrap_or_default();
+    match &o.metadata.namespace {
+        Some(ns) => format!("{ns}/{name}"),
+        None => name,
+    }
+}
+
+/// The objects as last seen, per kind, as JSON (what the API server sent).
+#[derive(Default)]
+struct Cache {
+    objects: [BTreeMap<String, Value>; 5],
+    /// A relist in progress: objects listed so far, swapped in at `InitDone`.
+    pending: [Option<BTreeMap<String, Value>>; 5],
+    listed: [bool; 5],
+}
+
+impl Cache {
+    fn apply(&mut self, kind: Kind, event: Event<DynamicObject>) {
+        let i = kind.index();
+        let json = |o: &DynamicObject| serde_json::to_value(o).unwrap_or(Value::Null);
+        match event {
+            Event::Apply(o) => {
+                self.objects[i].insert(key_of(&o), json(&o));
+            }
+            Event::Delete(o) => {
+                self.objects[i].remove(&key_of(&o));
+            }
+            Event::Init => self.pending[i] = Some(BTreeMap::new()),
+            Event::InitApply(o) => {
+                self.pending[i]
+                    .get_or_insert_with(BTreeMap::new)
+                    .insert(key_of(&o), json(&o));
+            }
+            Event::InitDone => {
+                if let Some(p) = self.pending[i].take() {
+                    self.objects[i] = p;
+                }
+                self.listed[i] = true;
+            }
+        }
+    }
+
+    fn parse<T: serde::de::DeserializeOwned>(&self, kind: Kind) -> BTreeMap<String, T> {
+        self.objects[kind.index()]
+            .iter()
+            .filter_map(|(k, v)| match serde_json::from_value::<T>(v.clone()) {
+                Ok(t) => Some((k.clone(), t)),
+                Err(e) => {
+                    tracing::warn!(kind = kind.name(), object = %k, "cannot read object, ignoring it: {e}");
+                    None
+                }
+            })
+            .collect()
+    }
+
+    fn world(&self) -> World {
+        World {
+            classes: self.parse::<GatewayClass>(Kind::GatewayClass),
+            gateways: self.parse::<Gateway>(Kind::Gateway),
+            routes: self.parse::<HttpRoute>(Kind::HttpRoute),
+            services: self.parse::<Service>(Kind::Service),
+            slices: self.parse::<EndpointSlice>(Kind::EndpointSlice),
+        }
+    }
+
+    fn status_of(&self, kind: Kind, key: &str) -> Value {
+        self.objects[kind.index()]
+            .get(key)
+            .and_then(|o| o.get("status"))
+            .cloned()
+            .unwrap_or(Value::Null)
+    }
+}
+
+/// Watch until the process ends.
+pub async fn run(control: Arc<Control>, client: Client, opts: Options) {
+    tracing::info!(
+        controller = translate::CONTROLLER_NAME,
+        ingress_class = %opts.ingress_class,
+        "watching Kubernetes"
+    );
+    let (tx, mut rx) = mpsc::channel::<(Kind, Event<DynamicObject>)>(1024);
+    for kind in KINDS {
+        let api: Api<DynamicObject> = Api::all_with(client.clone(), &kind.resource());
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let mut stream = watcher::watcher(api, watcher::Config::default())
+                .default_backoff()
+                .boxed();
+            while let Some(item) = stream.next().await {
+                match item {
+                    Ok(ev) => {
+                        if tx.send((kind, ev)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => tracing::warn!(kind = kind.name(), "watch failed, retrying: {e}"),
+                }
+            }
+        });
+    }
+    drop(tx);
+    let mut cache = Cache::default();
+    let mut last = Applied::default();
+    let mut resync = tokio::time::interval(Duration::from_secs(10));
+    loop {
+        tokio::select! {
+            ev = rx.recv() => {
+                let Some((kind, ev)) = ev else { return };
+                cache.apply(kind, ev);
+                while let Ok((kind, ev)) = rx.try_recv() {
+                    cache.apply(kind, ev);
+                }
+            }
+            _ = resync.tick() => {}
+        }
+        if cache.listed.iter().all(|l| *l) {
+            sync(&control, &client, &cache, &mut last).await;
+        }
+    }
+}
+
+/// What was applied last, so an unchanged translation is not applied again.
+#[derive(Default)]
+struct Applied {
+    fingerprint: Option<String>,
+    good: BTreeMap<String, Vec<RouteConfig>>,
+}
+
+async fn sync(control: &Control, client: &Client, cache: &Cache, last: &mut Applied) {
+    let world = cache.world();
+    let proxy = control.state().snapshot().config.proxy.clone();
+    let t = translate::translate(&world, &control.file_routes(), &proxy, &last.good);
+    let fingerprint = format!("{:?}", t.routes);
+    if last.fingerprint.as_ref() != Some(&fingerprint) {
+        let n = t.routes.len();
+        match control.set_kube_routes(t.routes.clone()) {
+            Ok(generation) => {
+                tracing::info!(generation, routes = n, "Kubernetes routes applied");
+                last.fingerprint = Some(fingerprint);
+                last.good = t.good.clone();
+            }
+            Err(e) => tracing::warn!("Kubernetes routes rejected, keeping the last good ones: {e}"),
+        }
+    }
+    write_statuses(client, cache, &world, &t).await;
+}
+
+fn now() -> String {
+    humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
+}
+
+async fn write_statuses(client: &Client, cache: &Cache, world: &World, t: &Translation) {
+    let now = now();
+    for (key, r) in &world.routes {
+        let ours = t.route_status.get(key);
+        if status::route(&cache.status_of(Kind::HttpRoute, key), ours, &now).is_none() {
+            continue;
+        }
+        let generation = r.metadata.generation;
+        write(client, Kind::HttpRoute, key, generation, |s| {
+            status::route(s, ours, &now)
+        })
+        .await;
+    }
+    for (key, g) in &t.gateway_status {
+        if status::gateway(&cache.status_of(Kind::Gateway, key), g, &now).is_none() {
+            continue;
+        }
+        write(client, Kind::Gateway, key, g.generation, |s| {
+            status::gateway(s, g, &now)
+        })
+        .await;
+    }
+    for (name, (generation, conds)) in &t.class_status {
+        if status::class(
+            &cache.status_of(Kind::GatewayClass, name),
+            *generation,
+            conds,
+            &now,
+        )
+        .is_none()
+        {
+            continue;
+        }
+        write(client, Kind::GatewayClass, name, *generation, |s| {
+            status::class(s, *generation, conds, &now)
+        })
+        .await;
+    }
+}
+
+/// Read-modify-write of one object's status: read it, skip it if its spec moved on since
+/// the translation (the next event recomputes it), compute the new status from what it
+/// holds now, write it with the resourceVersion read; on a conflict, again (5 tries).
+async fn write(
+    client: &Client,
+    kind: Kind,
+    key: &str,
+    generation: i64,
+    new_status: impl Fn(&Value) -> Option<Value>,
+) {
+    let ar = kind.resource();
+    let (api, name): (Api<DynamicObject>, &str) = match key.split_once('/') {
+        Some((ns, name)) => (Api::namespaced_with(client.clone(), ns, &ar), name),
+        None => (Api::all_with(client.clone(), &ar), key),
+    };
+    for _ in 0..5 {
+        let mut obj = match api.get_status(name).await {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::warn!(kind = kind.name(), object = %key, "cannot read object for its status: {e}");
+                return;
+            }
+        };
+        if obj.metadata.generation.unwrap_or(0) > generation {
+            return;
+        }
+        let current = obj.data.get("status").cloned().unwrap_or(Value::Null);
+        let Some(next) = new_status(&current) else {
+            return;
+        };
+        if let Some(m) = obj.data.as_object_mut() {
+            m.insert("status".into(), next);
+        }
+        let body = match serde_json::to_vec(&obj) {
+            Ok(b) => b,
+            Err(_) => return,
+        };
+        match api.replace_status(name, &PostParams::default(), body).await {
+            Ok(_) => {
+                tracing::debug!(kind = kind.name(), object = %key, "status written");
+                return;
+            }
+            Err(kube::Error::Api(e)) if e.code == 409 => continue,
+            Err(e) => {
+                tracing::warn!(kind = kind.name(), object = %key, "cannot write status: {e}");
+                return;
+            }
+        }
+    }
+    tracing::warn!(kind = kind.name(), object = %key, "status not written: 5 conflicts in a row");
+}

@@ -1,0 +1,498 @@
+//! canaryd as a Gateway API implementation (issue 21), driven the way Flagger's `gatewayapi`
+//! router and Argo Rollouts' Gateway API plugin drive it: the built binary runs
+//! `canaryd run --kubernetes` against the fake API server (tests/k8s/fake_apiserver.py, proven
+//! faithful with kubectl and the Python client by tests/kubernetes_fake.rs), the test writes
+//! the objects with the exact requests those controllers send (GET, then a PUT of the whole
+//! object with the resourceVersion read; docs/design/research-flagger.md and
+//! research-argo.md), and asserts what reaches two echo backends on 127.0.0.2 and 127.0.0.3,
+//! the status conditions the controllers wait for, a watch cut mid-stream and a compacted
+//! history, and an invalid object that must not replace the last good routes.
+#![cfg(feature = "kubernetes")]
+
+mod support;
+
+use http::{Method, Request, StatusCode};
+use serde_json::{Value, json};
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use support::{Origin, ProxyProcess, TestClient, full};
+
+struct Fake {
+    child: Child,
+    base: String,
+}
+
+impl Drop for Fake {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_fake() -> Fake {
+    let mut child = Command::new("python3")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/k8s/fake_apiserver.py"
+        ))
+        .args(["--port", "0", "--bookmark-seconds", "0.5"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("python3 runs the fake API server");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let port: u16 = line.trim().rsplit(' ').next().unwrap().parse().unwrap();
+    Fake {
+        child,
+        base: format!("http://127.0.0.1:{port}"),
+    }
+}
+
+/// The API as Flagger's and Argo's clients use it: JSON in, JSON out.
+struct Kube {
+    base: String,
+    client: TestClient,
+}
+
+impl Kube {
+    async fn call(&self, method: Method, path: &str, body: Option<&Value>) -> (StatusCode, Value) {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.base))
+            .header("content-type", "application/json");
+        if body.is_none() {
+            req = req.header("content-length", "0");
+        }
+        let body = body.map(|b| b.to_string()).unwrap_or_default();
+        let resp = self.client.send(req.body(full(body)).unwrap()).await;
+        let v = serde_json::from_str(&resp.body).unwrap_or(Value::Null);
+        (resp.status, v)
+    }
+
+    async fn create(&self, collection: &str, obj: Value) -> Value {
+        let (s, v) = self.call(Method::POST, collection, Some(&obj)).await;
+        assert_eq!(s, StatusCode::CREATED, "POST {collection}: {v}");
+        v
+    }
+
+    async fn get(&self, path: &str) -> Value {
+        let (s, v) = self.call(Method::GET, path, None).await;
+        assert_eq!(s, StatusCode::OK, "GET {path}: {v}");
+        v
+    }
+
+    /// What Flagger's `Update` and Argo's plugin do: GET, change, PUT the whole object.
+    async fn update(&self, path: &str, change: impl Fn(&mut Value)) -> Value {
+        let mut obj = self.get(path).await;
+        change(&mut obj);
+        let (s, v) = self.call(Method::PUT, path, Some(&obj)).await;
+        assert_eq!(s, StatusCode::OK, "PUT {path}: {v}");
+        v
+    }
+
+    async fn delete(&self, path: &str) {
+        let (s, v) = self.call(Method::DELETE, path, None).await;
+        assert_eq!(s, StatusCode::OK, "DELETE {path}: {v}");
+    }
+
+    /// Poll `path` until `cond` holds (at most 20 s).
+    async fn wait(&self, path: &str, what: &str, cond: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let v = self.get(path).await;
+            if cond(&v) {
+                return v;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}: {v:#}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+const GW: &str = "/apis/gateway.networking.k8s.io/v1";
+const ROUTE: &str = "/apis/gateway.networking.k8s.io/v1/namespaces/default/httproutes/podinfo";
+
+/// Our entry in `status.parents` for Flagger's parentRef, if any.
+fn our_parent(route: &Value) -> Option<&Value> {
+    route["status"]["parents"].as_array()?.iter().find(|p| {
+        p["controllerName"] == "canaryd.io/gateway-controller"
+            && p["parentRef"] == route["spec"]["parentRefs"][0]
+    })
+}
+
+fn condition<'a>(conds: &'a Value, kind: &str) -> Option<&'a Value> {
+    conds.as_array()?.iter().find(|c| c["type"] == kind)
+}
+
+/// Flagger's `GetRoutes` gate: the parent status for the spec's parentRef (compared with
+/// DeepEqual) has `Accepted=True` observed at the current generation.
+fn flagger_ready(route: &Value) -> bool {
+    our_parent(route)
+        .and_then(|p| condition(&p["conditions"], "Accepted"))
+        .is_some_and(|c| {
+            c["status"] == "True" && c["observedGeneration"] == route["metadata"]["generation"]
+        })
+}
+
+/// Observed at the current generation, whatever the verdict.
+fn observed(route: &Value) -> bool {
+    our_parent(route)
+        .and_then(|p| condition(&p["conditions"], "Accepted"))
+        .is_some_and(|c| c["observedGeneration"] == route["metadata"]["generation"])
+}
+
+fn backend(name: &str, weight: Option<u32>) -> Value {
+    let mut b = json!({"group": "", "kind": "Service", "name": name, "port": 9898});
+    if let Some(w) = weight {
+        b["weight"] = json!(w);
+    }
+    b
+}
+
+/// The rule Flagger's SetRoutes writes (the whole spec is rebuilt each time).
+fn flagger_spec(primary: u32, canary: u32) -> Value {
+    json!({
+        "parentRefs": [{"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "gw", "namespace": "default"}],
+        "hostnames": ["www.example.com"],
+        "rules": [{
+            "matches": [{"path": {"type": "PathPrefix", "value": "/"}}],
+            "backendRefs": [backend("podinfo-primary", Some(primary)), backend("podinfo-canary", Some(canary)), backend("podinfo-idle", Some(0))]
+        }]
+    })
+}
+
+/// `n` GETs through canaryd with `headers`: how many each backend answered, by body.
+async fn spread(proxy: &ProxyProcess, n: usize, headers: &[(&str, &str)]) -> (usize, usize, usize) {
+    let client = TestClient::http1();
+    let mut counts = (0, 0, 0);
+    for _ in 0..n {
+        let mut req =
+            Request::get(format!("http://{}/", proxy.addr)).header("host", "www.example.com");
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let r = client.send(req.body(full("")).unwrap()).await;
+        match (r.status, r.body.as_str()) {
+            (StatusCode::OK, "primary") => counts.0 += 1,
+            (StatusCode::OK, "canary") => counts.1 += 1,
+            (status, body) => panic!("unexpected answer {status} {body}"),
+        }
+    }
+    counts
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flagger_and_argo_drive_canaryd_through_httproutes() {
+    let fake = start_fake();
+    let kube = Kube {
+        base: fake.base.clone(),
+        client: TestClient::http1(),
+    };
+    let primary = Origin::start_at("primary", "127.0.0.2:0".parse().unwrap()).await;
+    let canary = Origin::start_at("canary", "127.0.0.3:0".parse().unwrap()).await;
+
+    // The cluster: our GatewayClass, a Gateway, the Services Flagger creates and their
+    // EndpointSlices (what the endpoint controller would write).
+    kube.create(
+        &format!("{GW}/gatewayclasses"),
+        json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass",
+               "metadata": {"name": "canaryd"},
+               "spec": {"controllerName": "canaryd.io/gateway-controller"}}),
+    )
+    .await;
+    kube.create(
+        &format!("{GW}/namespaces/default/gateways"),
+        json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+               "metadata": {"name": "gw", "namespace": "default"},
+               "spec": {"gatewayClassName": "canaryd",
+                        "listeners": [{"name": "http", "port": 80, "protocol": "HTTP"}]}}),
+    )
+    .await;
+    for (svc, origin) in [
+        ("podinfo-primary", Some(&primary)),
+        ("podinfo-canary", Some(&canary)),
+        ("podinfo-idle", None),
+    ] {
+        kube.create(
+            "/api/v1/namespaces/default/services",
+            json!({"apiVersion": "v1", "kind": "Service",
+                   "metadata": {"name": svc, "namespace": "default"},
+                   "spec": {"ports": [{"name": "http", "port": 9898, "protocol": "TCP"}]}}),
+        )
+        .await;
+        if let Some(o) = origin {
+            kube.create(
+                "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices",
+                json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                       "metadata": {"name": format!("{svc}-x1"), "namespace": "default",
+                                    "labels": {"kubernetes.io/service-name": svc}},
+                       "addressType": "IPv4",
+                       "endpoints": [{"addresses": [o.addr.ip().to_string()], "conditions": {"ready": true}}],
+                       "ports": [{"name": "http", "port": o.addr.port(), "protocol": "TCP"}]}),
+            )
+            .await;
+        }
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters: [{{name: fake, cluster: {{server: \"{}\"}}}}]\nusers: [{{name: fake, user: {{token: fake}}}}]\ncontexts: [{{name: fake, context: {{cluster: fake, user: fake, namespace: default}}}}]\ncurrent-context: fake\n",
+            fake.base
+        ),
+    )
+    .unwrap();
+    let proxy = ProxyProcess::start_kubernetes(
+        "listeners: [{address: \"127.0.0.1:0\"}]\nadmin: {address: \"127.0.0.1:0\"}\n",
+        &kubeconfig,
+    );
+
+    // GatewayClass and Gateway are accepted.
+    kube.wait(
+        &format!("{GW}/gatewayclasses/canaryd"),
+        "GatewayClass Accepted",
+        |v| {
+            condition(&v["status"]["conditions"], "Accepted").is_some_and(|c| c["status"] == "True")
+        },
+    )
+    .await;
+    kube.wait(
+        &format!("{GW}/namespaces/default/gateways/gw"),
+        "Gateway Programmed",
+        |v| {
+            condition(&v["status"]["conditions"], "Programmed")
+                .is_some_and(|c| c["status"] == "True")
+        },
+    )
+    .await;
+
+    // Flagger's Reconcile creates the route at 100/0, then waits for Accepted.
+    kube.create(
+        &format!("{GW}/namespaces/default/httproutes"),
+        json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+               "metadata": {"name": "podinfo", "namespace": "default",
+                            "annotations": {"kustomize.toolkit.fluxcd.io/reconcile": "disabled"}},
+               "spec": flagger_spec(100, 0)}),
+    )
+    .await;
+    let r = kube
+        .wait(ROUTE, "Flagger's Accepted gate", flagger_ready)
+        .await;
+    let resolved = condition(&our_parent(&r).unwrap()["conditions"], "ResolvedRefs").unwrap();
+    assert_eq!(resolved["status"], "True", "{r:#}");
+    assert_eq!(spread(&proxy, 50, &[]).await, (50, 0, 0));
+
+    // SetRoutes(70, 30): GET, rebuild the spec, PUT. The gate holds again at the new
+    // generation, then the split is 70/30/0 within 5 % over 1000 requests.
+    let put = kube
+        .update(ROUTE, |o| o["spec"] = flagger_spec(70, 30))
+        .await;
+    assert_eq!(put["metadata"]["generation"], 2);
+    kube.wait(ROUTE, "gate at generation 2", flagger_ready)
+        .await;
+    let (p, c, _) = spread(&proxy, 1000, &[]).await;
+    assert!(
+        (250..=350).contains(&c),
+        "canary got {c} of 1000 (primary {p}) at weight 30"
+    );
+
+    // A runtime override of a Kubernetes route is refused: Flagger owns it.
+    let admin = proxy.admin.unwrap();
+    let resp = TestClient::http1()
+        .send(
+            Request::put(format!(
+                "http://{admin}/api/v1/routes/default-podinfo-0/weights"
+            ))
+            .body(full(r#"{"podinfo-canary": 50}"#))
+            .unwrap(),
+        )
+        .await;
+    assert_eq!(resp.status, StatusCode::CONFLICT, "{}", resp.body);
+    assert!(
+        resp.body.contains("HTTPRoute default/podinfo rule 0"),
+        "{}",
+        resp.body
+    );
+
+    // Argo's plugin: setHeaderRoute appends a named rule with the canary alone (weight
+    // unset: the CRD's default 1) at the END of the rules. Gateway API precedence, not rule
+    // order, must send matching requests to it.
+    kube.update(ROUTE, |o| {
+        let rules = o["spec"]["rules"].as_array_mut().unwrap();
+        rules.push(json!({
+            "name": "canary-route1",
+            "matches": [{"path": {"type": "PathPrefix", "value": "/"},
+                         "headers": [{"name": "X-Test", "type": "Exact", "value": "test"}]}],
+            "backendRefs": [backend("podinfo-canary", None)]
+        }));
+    })
+    .await;
+    kube.wait(ROUTE, "gate after the header route", flagger_ready)
+        .await;
+    assert_eq!(spread(&proxy, 40, &[("x-test", "test")]).await, (0, 40, 0));
+
+    // An invalid object (a regex that does not compile) is refused in status and does not
+    // replace the last good routes: the header route still works.
+    kube.update(ROUTE, |o| {
+        o["spec"]["rules"][1]["matches"][0]["headers"][0] =
+            json!({"name": "X-Test", "type": "RegularExpression", "value": "(unclosed"});
+    })
+    .await;
+    let r = kube
+        .wait(ROUTE, "the invalid generation observed", observed)
+        .await;
+    let accepted = condition(&our_parent(&r).unwrap()["conditions"], "Accepted").unwrap();
+    assert_eq!(accepted["status"], "False", "{r:#}");
+    assert_eq!(accepted["reason"], "UnsupportedValue");
+    assert!(
+        accepted["message"]
+            .as_str()
+            .unwrap()
+            .contains("regular expression"),
+        "{r:#}"
+    );
+    assert_eq!(spread(&proxy, 20, &[("x-test", "test")]).await, (0, 20, 0));
+
+    // Argo's RemoveManagedRoutes drops the named rule; the route is valid again.
+    kube.update(ROUTE, |o| {
+        let rules = o["spec"]["rules"].as_array_mut().unwrap();
+        rules.retain(|r| r["name"] != "canary-route1");
+    })
+    .await;
+    kube.wait(ROUTE, "valid again", flagger_ready).await;
+    let (_, c, _) = spread(&proxy, 40, &[("x-test", "test")]).await;
+    assert!(
+        c < 40,
+        "the header route is gone: {c} of 40 still went to the canary"
+    );
+
+    // Every watch is cut mid-stream and the history compacted (the next watch from an old
+    // resourceVersion gets 410 Gone): canaryd relists and follows the promotion.
+    let (s, _) = kube.call(Method::POST, "/fake/drop-watches", None).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _) = kube.call(Method::POST, "/fake/compact", None).await;
+    assert_eq!(s, StatusCode::OK);
+    kube.update(ROUTE, |o| o["spec"] = flagger_spec(0, 100))
+        .await;
+    kube.wait(ROUTE, "gate after the relist", flagger_ready)
+        .await;
+    assert_eq!(spread(&proxy, 30, &[]).await, (0, 30, 0));
+
+    // The canary's endpoints go away: its share answers 503, counted against it.
+    kube.delete("/apis/discovery.k8s.io/v1/namespaces/default/endpointslices/podinfo-canary-x1")
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let client = TestClient::http1();
+    loop {
+        let r = client
+            .send(
+                Request::get(format!("http://{}/", proxy.addr))
+                    .header("host", "www.example.com")
+                    .body(full(""))
+                    .unwrap(),
+            )
+            .await;
+        if r.status == StatusCode::SERVICE_UNAVAILABLE {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still {} {}", r.status, r.body);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A host no route claims is not served.
+    let r = client
+        .send(
+            Request::get(format!("http://{}/", proxy.addr))
+                .header("host", "other.example.com")
+                .body(full(""))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+
+    // Least privilege: canaryd's requests (its kubeconfig's token; the test sends none) need
+    // exactly the ClusterRole shipped in deploy/k8s/gateway/gateway.yaml.
+    let (_, requests) = kube.call(Method::GET, "/fake/requests", None).await;
+    let used: BTreeSet<(String, String, String)> = requests
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["authorization"] == "Bearer fake")
+        .map(|r| {
+            access(
+                r["method"].as_str().unwrap(),
+                r["path"].as_str().unwrap(),
+                &r["query"],
+            )
+        })
+        .collect();
+    assert_eq!(used, granted(), "requests canaryd made vs the ClusterRole");
+}
+
+/// (API group, resource[/subresource], verb) of a request, as RBAC sees it.
+fn access(method: &str, path: &str, query: &Value) -> (String, String, String) {
+    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let (group, rest) = match parts.first() {
+        Some(&"api") => ("", &parts[2..]),
+        Some(&"apis") => (parts[1], &parts[3..]),
+        _ => panic!("a non-resource request: {path}"),
+    };
+    let rest = if rest.first() == Some(&"namespaces") && rest.len() >= 3 {
+        &rest[2..]
+    } else {
+        rest
+    };
+    let resource = match rest {
+        [r] | [r, _] => r.to_string(),
+        [r, _, sub] => format!("{r}/{sub}"),
+        _ => panic!("unexpected path {path}"),
+    };
+    let watch = matches!(query["watch"].as_str(), Some("true" | "1"));
+    let verb = match (method, rest.len()) {
+        ("GET", 1) if watch => "watch",
+        ("GET", 1) => "list",
+        ("GET", _) => "get",
+        ("PUT", _) => "update",
+        ("PATCH", _) => "patch",
+        ("POST", _) => "create",
+        ("DELETE", _) => "delete",
+        _ => panic!("unexpected request {method} {path}"),
+    };
+    (group.to_string(), resource, verb.to_string())
+}
+
+/// Every (group, resource, verb) the shipped ClusterRole grants.
+fn granted() -> BTreeSet<(String, String, String)> {
+    let text = include_str!("../deploy/k8s/gateway/gateway.yaml");
+    let mut out = BTreeSet::new();
+    for doc in serde_yaml_ng::Deserializer::from_str(text) {
+        let v: Value = serde::Deserialize::deserialize(doc).unwrap();
+        if v["kind"] != "ClusterRole" {
+            continue;
+        }
+        for rule in v["rules"].as_array().unwrap() {
+            for g in rule["apiGroups"].as_array().unwrap() {
+                for r in rule["resources"].as_array().unwrap() {
+                    for verb in rule["verbs"].as_array().unwrap() {
+                        out.insert((
+                            g.as_str().unwrap().to_string(),
+                            r.as_str().unwrap().to_string(),
+                            verb.as_str().unwrap().to_string(),
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    assert!(!out.is_empty(), "no ClusterRole in gateway.yaml");
+    out
+}
