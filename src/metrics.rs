@@ -8,6 +8,8 @@
 //! The latency histogram is our own lock-free one ([`LatencyHistogram`]): prometheus-client's
 //! `Histogram` takes a mutex on every observation, which we do not want on the request path.
 
+pub mod nginx;
+
 use crate::analysis::Window;
 use crate::error::{DownstreamErrorKind, UpstreamErrorKind};
 use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder};
@@ -201,6 +203,8 @@ pub struct Metrics {
     pub rollout: RolloutMetrics,
     /// `canaryd_mirror_*`.
     pub mirror: MirrorMetrics,
+    /// ingress-nginx's names, for routes translated from Ingresses.
+    pub nginx: Arc<nginx::NginxMetrics>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -646,6 +650,7 @@ impl Metrics {
         Metrics {
             rollout,
             mirror,
+            nginx: Arc::new(nginx::NginxMetrics::new()),
             registry,
             requests,
             duration,
@@ -671,9 +676,12 @@ impl Metrics {
 
     /// Prometheus text exposition of every metric.
     pub fn encode(&self) -> String {
+        use prometheus_client::encoding::text::{encode_eof, encode_registry};
         let mut out = String::with_capacity(16 * 1024);
         // Writing into a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        let _ = encode_registry(&mut out, &self.registry);
+        let _ = encode_registry(&mut out, &self.nginx.registry);
+        let _ = encode_eof(&mut out);
         out
     }
 
@@ -730,6 +738,17 @@ impl Metrics {
 
     /// Resolve the per-request handles of one (route, version).
     pub fn version(self: &Arc<Self>, route: &str, version: &str) -> VersionMetrics {
+        self.version_with(route, version, None)
+    }
+
+    /// [`Metrics::version`] for a version of a route translated from an Ingress, which also
+    /// counts under ingress-nginx's names with these labels.
+    pub fn version_with(
+        self: &Arc<Self>,
+        route: &str,
+        version: &str,
+        nginx: Option<nginx::NginxLabels>,
+    ) -> VersionMetrics {
         let labels = VersionLabels {
             route: route.to_string(),
             version: version.to_string(),
@@ -761,6 +780,7 @@ impl Metrics {
             grpc: std::array::from_fn(|_| OnceLock::new()),
             upstream_errors,
             shadow: OnceLock::new(),
+            nginx: nginx.map(|l| self.nginx.handles(l)),
             metrics: self.clone(),
         }
     }
@@ -780,7 +800,7 @@ fn downstream_counters(
 }
 
 /// Status codes 100..=599 get a slot each.
-const CODE_SLOTS: usize = 500;
+pub(crate) const CODE_SLOTS: usize = 500;
 
 /// Pre-resolved metric handles for one (route, version) in one snapshot.
 #[derive(Debug)]
@@ -801,6 +821,8 @@ pub struct VersionMetrics {
     retries: Counter,
     /// The version as a shadow (`canaryd_mirror_*`), resolved on its first copy.
     shadow: OnceLock<Box<ShadowMetrics>>,
+    /// ingress-nginx's series, for a version of a route translated from an Ingress.
+    nginx: Option<nginx::NginxHandles>,
     metrics: Arc<Metrics>,
 }
 
@@ -889,6 +911,9 @@ impl VersionMetrics {
             })
             .inc();
         self.duration.observe(elapsed);
+        if let Some(n) = &self.nginx {
+            n.record(status, elapsed);
+        }
     }
 
     /// A gRPC call ended with `code` (0..=16). The analysis window counts it by the HTTP

@@ -95,6 +95,17 @@ impl Kube {
         v
     }
 
+    /// What Argo's nginx router does: a JSON merge patch (`application/merge-patch+json`).
+    async fn merge_patch(&self, path: &str, patch: Value) -> Value {
+        let req = Request::patch(format!("{}{path}", self.base))
+            .header("content-type", "application/merge-patch+json")
+            .body(full(patch.to_string()))
+            .unwrap();
+        let resp = self.client.send(req).await;
+        assert_eq!(resp.status, StatusCode::OK, "PATCH {path}: {}", resp.body);
+        serde_json::from_str(&resp.body).unwrap()
+    }
+
     async fn delete(&self, path: &str) {
         let (s, v) = self.call(Method::DELETE, path, None).await;
         assert_eq!(s, StatusCode::OK, "DELETE {path}: {v}");
@@ -171,11 +182,19 @@ fn flagger_spec(primary: u32, canary: u32) -> Value {
 
 /// `n` GETs through canaryd with `headers`: how many each backend answered, by body.
 async fn spread(proxy: &ProxyProcess, n: usize, headers: &[(&str, &str)]) -> (usize, usize, usize) {
+    spread_to(proxy, "www.example.com", n, headers).await
+}
+
+async fn spread_to(
+    proxy: &ProxyProcess,
+    host: &str,
+    n: usize,
+    headers: &[(&str, &str)],
+) -> (usize, usize, usize) {
     let client = TestClient::http1();
     let mut counts = (0, 0, 0);
     for _ in 0..n {
-        let mut req =
-            Request::get(format!("http://{}/", proxy.addr)).header("host", "www.example.com");
+        let mut req = Request::get(format!("http://{}/", proxy.addr)).header("host", host);
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
@@ -189,8 +208,250 @@ async fn spread(proxy: &ProxyProcess, n: usize, headers: &[(&str, &str)]) -> (us
     counts
 }
 
+/// The weight (percent) canaryd applies to `version` of `route`, once the route exists.
+async fn applied_weight(proxy: &ProxyProcess, route: &str, version: &str) -> Option<f64> {
+    let r = TestClient::http1()
+        .get(
+            &format!("http://{}/api/v1/routes/{route}", proxy.admin.unwrap()),
+            &[],
+        )
+        .await;
+    let v: Value = serde_json::from_str(&r.body).ok()?;
+    v["versions"]
+        .as_array()?
+        .iter()
+        .find(|x| x["name"] == version)?["weight"]
+        .as_f64()
+}
+
+/// Wait until canaryd applies `weight` to `version` of `route` (Ingresses have no status
+/// to wait on; the admin API says what is in force).
+async fn wait_weight(proxy: &ProxyProcess, route: &str, version: &str, weight: f64) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let got = applied_weight(proxy, route, version).await;
+        if got == Some(weight) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{route}/{version}: weight {got:?}, waiting for {weight}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A Service named `svc` whose one ready endpoint is `origin`.
+async fn service(kube: &Kube, svc: &str, origin: Option<&Origin>) {
+    kube.create(
+        "/api/v1/namespaces/default/services",
+        json!({"apiVersion": "v1", "kind": "Service",
+               "metadata": {"name": svc, "namespace": "default"},
+               "spec": {"ports": [{"name": "http", "port": 9898, "protocol": "TCP"}]}}),
+    )
+    .await;
+    if let Some(o) = origin {
+        kube.create(
+            "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices",
+            json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                   "metadata": {"name": format!("{svc}-x1"), "namespace": "default",
+                                "labels": {"kubernetes.io/service-name": svc}},
+                   "addressType": "IPv4",
+                   "endpoints": [{"addresses": [o.addr.ip().to_string()], "conditions": {"ready": true}}],
+                   "ports": [{"name": "http", "port": o.addr.port(), "protocol": "TCP"}]}),
+        )
+        .await;
+    }
+}
+
+const INGRESSES: &str = "/apis/networking.k8s.io/v1/namespaces/default/ingresses";
+
+/// An Ingress of class canaryd for `host` → `svc`, as a user (or Flagger's clone) writes it.
+fn ingress(name: &str, host: &str, svc: &str, annotations: Value) -> Value {
+    json!({"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+           "metadata": {"name": name, "namespace": "default", "annotations": annotations},
+           "spec": {"ingressClassName": "canaryd", "rules": [{"host": host, "http": {"paths": [
+               {"path": "/", "pathType": "Prefix",
+                "backend": {"service": {"name": svc, "port": {"number": 9898}}}}]}}]}})
+}
+
+/// The value of one series in canaryd's /metrics, 0 when absent.
+async fn metric(proxy: &ProxyProcess, series: &str) -> f64 {
+    let r = TestClient::http1()
+        .get(&format!("http://{}/metrics", proxy.admin.unwrap()), &[])
+        .await;
+    r.body
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Flagger's `nginx` router, then Argo Rollouts' nginx router, each request as they send it
+/// (docs/design/research-flagger.md §2, research-argo.md §1).
+async fn ingress_flows(kube: &Kube, proxy: &ProxyProcess, primary: &Origin, canary: &Origin) {
+    service(kube, "web", Some(primary)).await;
+    service(kube, "web-canary", Some(canary)).await;
+
+    // The user's Ingress, with an annotation canaryd does not implement.
+    kube.create(
+        INGRESSES,
+        ingress(
+            "web",
+            "web.example.com",
+            "web",
+            json!({"nginx.ingress.kubernetes.io/proxy-body-size": "8m"}),
+        ),
+    )
+    .await;
+    // Flagger's Reconcile: the clone `web-canary`, U's annotations minus the canary ones plus
+    // the Flux ones, canary "true" at weight "0".
+    kube.create(
+        INGRESSES,
+        ingress(
+            "web-canary",
+            "web.example.com",
+            "web-canary",
+            json!({
+                "nginx.ingress.kubernetes.io/proxy-body-size": "8m",
+                "kustomize.toolkit.fluxcd.io/reconcile": "disabled",
+                "helm.toolkit.fluxcd.io/driftDetection": "disabled",
+                "nginx.ingress.kubernetes.io/canary": "true",
+                "nginx.ingress.kubernetes.io/canary-weight": "0"
+            }),
+        ),
+    )
+    .await;
+    wait_weight(proxy, "default-web-0", "web-canary", 0.0).await;
+    assert_eq!(
+        spread_to(proxy, "web.example.com", 30, &[]).await,
+        (30, 0, 0)
+    );
+
+    // SetRoutes(_, 30): GET the canary Ingress, set canary-weight, Update.
+    let ann = "/apis/networking.k8s.io/v1/namespaces/default/ingresses/web-canary";
+    kube.update(ann, |o| {
+        o["metadata"]["annotations"]["nginx.ingress.kubernetes.io/canary-weight"] = json!("30");
+        o["metadata"]["annotations"]["nginx.ingress.kubernetes.io/canary"] = json!("true");
+    })
+    .await;
+    wait_weight(proxy, "default-web-0", "web-canary", 30.0).await;
+    let (p, c, _) = spread_to(proxy, "web.example.com", 1000, &[]).await;
+    assert!(
+        (250..=350).contains(&c),
+        "canary got {c} of 1000 (primary {p}) at canary-weight 30"
+    );
+
+    // A/B: header and cookie annotations (weight "0" kept, as Flagger leaves it).
+    kube.update(ann, |o| {
+        let a = &mut o["metadata"]["annotations"];
+        a["nginx.ingress.kubernetes.io/canary-weight"] = json!("0");
+        a["nginx.ingress.kubernetes.io/canary-by-header"] = json!("x-user");
+        a["nginx.ingress.kubernetes.io/canary-by-header-value"] = json!("insider");
+        a["nginx.ingress.kubernetes.io/canary-by-cookie"] = json!("flagger");
+    })
+    .await;
+    wait_weight(proxy, "default-web-0", "web-canary", 0.0).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while spread_to(proxy, "web.example.com", 1, &[("x-user", "insider")]).await != (0, 1, 0) {
+        assert!(Instant::now() < deadline, "the header rule never applied");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let header = spread_to(proxy, "web.example.com", 20, &[("x-user", "insider")]).await;
+    assert_eq!(header, (0, 20, 0));
+    let cookie = spread_to(
+        proxy,
+        "web.example.com",
+        20,
+        &[("cookie", "flagger=always")],
+    )
+    .await;
+    assert_eq!(cookie, (0, 20, 0));
+    assert_eq!(
+        spread_to(proxy, "web.example.com", 20, &[("x-user", "outsider")]).await,
+        (20, 0, 0)
+    );
+
+    // Flagger's nginx checks read ingress-nginx's series: the canary's requests under the
+    // main Ingress's name with `canary` = the canary upstream.
+    let canary_ok = metric(
+        proxy,
+        "nginx_ingress_controller_requests{namespace=\"default\",ingress=\"web\",service=\"web-canary\",canary=\"default-web-canary-9898\",path=\"/\",status=\"200\"}",
+    )
+    .await;
+    assert_eq!(
+        canary_ok,
+        (c + 1 + 40) as f64,
+        "canary requests counted as ingress-nginx does"
+    );
+    let count = metric(
+        proxy,
+        "nginx_ingress_controller_response_duration_seconds_count{namespace=\"default\",ingress=\"web\",service=\"web-canary\",canary=\"default-web-canary-9898\",path=\"/\"}",
+    )
+    .await;
+    assert_eq!(count, canary_ok);
+
+    // Promotion: every canary* annotation stripped, canary "true" at weight "0" again.
+    kube.update(ann, |o| {
+        let a = o["metadata"]["annotations"].as_object_mut().unwrap();
+        a.retain(|k, _| !k.starts_with("nginx.ingress.kubernetes.io/canary"));
+        a.insert("nginx.ingress.kubernetes.io/canary".into(), json!("true"));
+        a.insert(
+            "nginx.ingress.kubernetes.io/canary-weight".into(),
+            json!("0"),
+        );
+    })
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while spread_to(proxy, "web.example.com", 1, &[("x-user", "insider")]).await != (1, 0, 0) {
+        assert!(Instant::now() < deadline, "the header rule never went away");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // The annotation canaryd does not implement is reported on the Ingress, not ignored.
+    let events = kube.get("/api/v1/namespaces/default/events").await;
+    let reported = events["items"].as_array().unwrap().iter().any(|e| {
+        e["involvedObject"]["name"] == "web"
+            && e["reason"] == "UnsupportedAnnotation"
+            && e["message"].as_str().unwrap().contains("proxy-body-size")
+    });
+    assert!(reported, "{events:#}");
+
+    // Argo's nginx router: the canary Ingress `<rollout>-<stable ingress>-canary` is created
+    // with canary "true" at "0", then each step is a merge patch of canary-weight alone.
+    service(kube, "argo-stable", Some(primary)).await;
+    service(kube, "argo-canary", Some(canary)).await;
+    kube.create(
+        INGRESSES,
+        ingress("argo", "argo.example.com", "argo-stable", json!({})),
+    )
+    .await;
+    kube.create(
+        INGRESSES,
+        ingress(
+            "rollouts-demo-argo-canary",
+            "argo.example.com",
+            "argo-canary",
+            json!({"nginx.ingress.kubernetes.io/canary": "true",
+                   "nginx.ingress.kubernetes.io/canary-weight": "0"}),
+        ),
+    )
+    .await;
+    wait_weight(proxy, "default-argo-0", "argo-canary", 0.0).await;
+    kube.merge_patch(
+        &format!("{INGRESSES}/rollouts-demo-argo-canary"),
+        json!({"metadata": {"annotations": {"nginx.ingress.kubernetes.io/canary-weight": "20"}}}),
+    )
+    .await;
+    wait_weight(proxy, "default-argo-0", "argo-canary", 20.0).await;
+    let (p, c, _) = spread_to(proxy, "argo.example.com", 1000, &[]).await;
+    assert!(
+        (150..=250).contains(&c),
+        "canary got {c} of 1000 (stable {p}) at canary-weight 20"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn flagger_and_argo_drive_canaryd_through_httproutes() {
+async fn flagger_and_argo_drive_canaryd_through_httproutes_and_ingresses() {
     let fake = start_fake();
     let kube = Kube {
         base: fake.base.clone(),
@@ -418,6 +679,8 @@ async fn flagger_and_argo_drive_canaryd_through_httproutes() {
         )
         .await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
+
+    ingress_flows(&kube, &proxy, &primary, &canary).await;
 
     // Least privilege: canaryd's requests (its kubeconfig's token; the test sends none) need
     // exactly the ClusterRole shipped in deploy/k8s/gateway/gateway.yaml.

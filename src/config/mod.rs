@@ -32,9 +32,10 @@ pub use rollout::{Check, CheckKind, Gate, GateSource, OnInconclusive, RolloutSpe
 pub use types::{
     Admin, AnalysisSettings, CompareConfig, Condition, Config, ConfigError, ControllerSettings,
     Endpoint, FieldError, HeaderEdits, HealthCheck, HostMatch, KubeRoute, Listener, MirrorConfig,
-    OutlierPolicy, PathMatch, Protocol, ProxySettings, RequestMatch, RetryPolicy, RouteConfig,
-    RuleConfig, Secret, SniFiles, StickyConfig, StickyKey, Targets, Timeouts, TlsFiles, Unservable,
-    Upgrades, Upstream, UpstreamTls, ValueTest, VersionConfig, WEIGHT_SCALE, Weight,
+    NginxLabels, OutlierPolicy, PathMatch, Protocol, ProxySettings, RequestMatch, RetryPolicy,
+    RouteConfig, RuleConfig, Secret, SniFiles, StickyConfig, StickyKey, Targets, Timeouts,
+    TlsFiles, Unservable, Upgrades, Upstream, UpstreamTls, ValueTest, VersionConfig, WEIGHT_SCALE,
+    Weight,
 };
 pub use validate::primary_takes_the_rest;
 pub(crate) use validate::{Errors, validate_mirror, validate_rule};

@@ -276,6 +276,22 @@ pub struct KubeRoute {
     /// Parallel to the route's versions: why a version cannot serve (its share is answered
     /// with this status and never reaches an endpoint).
     pub unservable: Vec<Option<Unservable>>,
+    /// Set for a route translated from an Ingress: the labels of ingress-nginx's metrics.
+    pub nginx: Option<Box<NginxLabels>>,
+}
+
+/// The labels ingress-nginx puts on `nginx_ingress_controller_requests` and
+/// `nginx_ingress_controller_response_duration_seconds`, for a route from an Ingress path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NginxLabels {
+    pub namespace: String,
+    /// The main Ingress's name (a canary Ingress's traffic counts under it, as in
+    /// ingress-nginx).
+    pub ingress: String,
+    pub path: String,
+    /// Parallel to the route's versions: the Service, and the `canary` label (the
+    /// upstream name `<namespace>-<service>-<port>` for the canary, empty for the primary).
+    pub services: Vec<(String, String)>,
 }
 
 /// Why a Kubernetes backend serves no traffic.

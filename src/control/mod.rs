@@ -1343,6 +1343,10 @@ pub struct MatchView {
     /// `None`: any host.
     pub host: Option<String>,
     pub path_prefix: String,
+    /// For a route translated from a Kubernetes object, which one (its matches are that
+    /// object's, not `host` and `path_prefix`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kubernetes: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -1461,6 +1465,7 @@ fn route_view(inner: &Inner, rc: &RouteConfig) -> RouteView {
         matches: MatchView {
             host: rc.host.as_ref().map(|h| h.to_string()),
             path_prefix: rc.path_prefix.clone(),
+            kubernetes: rc.kube.as_ref().map(|k| k.source.clone()),
         },
         versions,
         rules,

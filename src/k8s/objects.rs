@@ -245,6 +245,63 @@ pub struct SlicePort {
     pub port: Option<i64>,
 }
 
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct Ingress {
+    pub metadata: Meta,
+    pub spec: IngressSpec,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct IngressSpec {
+    pub ingress_class_name: Option<String>,
+    pub default_backend: Option<IngressBackend>,
+    pub rules: Vec<IngressRule>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct IngressRule {
+    pub host: Option<String>,
+    pub http: Option<HttpIngressRuleValue>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct HttpIngressRuleValue {
+    pub paths: Vec<HttpIngressPath>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct HttpIngressPath {
+    pub path: Option<String>,
+    /// `Prefix`, `Exact` or `ImplementationSpecific` (served as `Prefix`).
+    pub path_type: Option<String>,
+    pub backend: IngressBackend,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct IngressBackend {
+    pub service: Option<IngressServiceBackend>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct IngressServiceBackend {
+    pub name: String,
+    pub port: ServiceBackendPort,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ServiceBackendPort {
+    pub number: Option<i64>,
+    pub name: Option<String>,
+}
+
 /// The label that ties an EndpointSlice to its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 

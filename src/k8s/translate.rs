@@ -40,6 +40,7 @@ pub struct World {
     pub routes: BTreeMap<String, HttpRoute>,
     pub services: BTreeMap<String, Service>,
     pub slices: BTreeMap<String, super::objects::EndpointSlice>,
+    pub ingresses: BTreeMap<String, super::objects::Ingress>,
 }
 
 /// One status condition as canaryd computes it (the writer adds times and generations).
@@ -199,7 +200,7 @@ pub fn translate(
 }
 
 /// Why a route does not attach to a parent: the `Accepted` reason and message.
-type Refusal = (&'static str, String);
+pub(crate) type Refusal = (&'static str, String);
 
 /// Hosts a route answers for through one parent: any, or these.
 #[derive(Debug, Clone, PartialEq)]
@@ -332,7 +333,7 @@ pub fn route_name(namespace: &str, name: &str, rule: usize) -> String {
 }
 
 /// A version name for a backend (Service names already qualify; other kinds may not).
-fn version_name(name: &str) -> String {
+pub(crate) fn version_name(name: &str) -> String {
     if name.is_empty() {
         "backend".into()
     } else {
@@ -483,7 +484,7 @@ fn translate_route(
 }
 
 /// A file route claiming the same host and path as one of `rc`'s plain path matches.
-fn file_conflict(rc: &RouteConfig, file: &[RouteConfig]) -> Option<String> {
+pub(crate) fn file_conflict(rc: &RouteConfig, file: &[RouteConfig]) -> Option<String> {
     let k = rc.kube.as_ref()?;
     for f in file {
         let f_path = f.path_prefix.trim_end_matches('/');
@@ -724,9 +725,38 @@ fn translate_rule(
         }
     }
 
-    let source = format!("HTTPRoute {} rule {index}", r.metadata.key());
-    Ok(RouteConfig {
-        name: route_name(ns, &r.metadata.name, index),
+    let mut route = kube_route(
+        route_name(ns, &r.metadata.name, index),
+        versions,
+        proxy,
+        KubeRoute {
+            source: format!("HTTPRoute {} rule {index}", r.metadata.key()),
+            hosts: match hosts {
+                Hosts::Any => Vec::new(),
+                Hosts::Some(h) => h.iter().filter_map(|h| host_match(h)).collect(),
+            },
+            matches,
+            request_headers,
+            response_headers,
+            version_response_headers,
+            unservable,
+            nginx: None,
+        },
+    );
+    route.mirror = mirror;
+    Ok(route)
+}
+
+/// A route translated from a Kubernetes object: `kube` decides its matching; the rest is the
+/// file's defaults (`proxy` timeouts and upgrades, default retries and outlier detection).
+pub(crate) fn kube_route(
+    name: String,
+    versions: Vec<VersionConfig>,
+    proxy: &ProxySettings,
+    kube: KubeRoute,
+) -> RouteConfig {
+    RouteConfig {
+        name,
         host: None,
         path_prefix: "/".into(),
         versions,
@@ -739,24 +769,13 @@ fn translate_rule(
         fallback: false,
         upgrades: proxy.upgrades.clone(),
         rollout: None,
-        mirror,
+        mirror: None,
         mirrors: Vec::new(),
-        kube: Some(Box::new(KubeRoute {
-            source,
-            hosts: match hosts {
-                Hosts::Any => Vec::new(),
-                Hosts::Some(h) => h.iter().filter_map(|h| host_match(h)).collect(),
-            },
-            matches,
-            request_headers,
-            response_headers,
-            version_response_headers,
-            unservable,
-        })),
-    })
+        kube: Some(Box::new(kube)),
+    }
 }
 
-fn host_match(h: &str) -> Option<HostMatch> {
+pub(crate) fn host_match(h: &str) -> Option<HostMatch> {
     match h.strip_prefix('*') {
         Some(suffix) if suffix.starts_with('.') => Some(HostMatch::Wildcard(suffix.to_string())),
         Some(_) => None,
@@ -871,7 +890,7 @@ fn resolve(
     ns: &str,
     b: &BackendRef,
     field: &str,
-) -> Result<(Vec<Endpoint>, Protocol), (&'static str, String)> {
+) -> Result<(Vec<Endpoint>, Protocol), Refusal> {
     let group = b.group.as_deref().unwrap_or("");
     let kind = b.kind.as_deref().unwrap_or("Service");
     if !(group.is_empty() || group == "core") || kind != "Service" {
@@ -890,7 +909,33 @@ fn resolve(
             ),
         ));
     }
-    let key = format!("{ns}/{}", b.name);
+    let Some(port) = b.port else {
+        return Err((
+            "UnsupportedValue",
+            format!("{field}: port is required for a Service"),
+        ));
+    };
+    resolve_service(world, ns, &b.name, ServicePortRef::Number(port), field)
+}
+
+/// A Service port as a reference names it: by number (Gateway API, Ingress `port.number`)
+/// or by name (Ingress `port.name`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum ServicePortRef<'a> {
+    Number(i64),
+    Name(&'a str),
+}
+
+/// The ready endpoints of Service `ns/name` on `port`, and how to speak to them; or why the
+/// reference does not resolve (`ResolvedRefs` reason, message).
+pub(crate) fn resolve_service(
+    world: &World,
+    ns: &str,
+    name: &str,
+    port: ServicePortRef<'_>,
+    field: &str,
+) -> Result<(Vec<Endpoint>, Protocol), Refusal> {
+    let key = format!("{ns}/{name}");
     let Some(svc) = world.services.get(&key) else {
         return Err((
             "BackendNotFound",
@@ -903,13 +948,15 @@ fn resolve(
             format!("{field}: Service {key} is an ExternalName Service"),
         ));
     }
-    let Some(port) = b.port else {
-        return Err((
-            "UnsupportedValue",
-            format!("{field}: port is required for a Service"),
-        ));
-    };
-    let Some(sp) = svc.spec.ports.iter().find(|p| p.port == port) else {
+    let found = svc.spec.ports.iter().find(|p| match port {
+        ServicePortRef::Number(n) => p.port == n,
+        ServicePortRef::Name(n) => p.name.as_deref() == Some(n),
+    });
+    let Some(sp) = found else {
+        let port = match port {
+            ServicePortRef::Number(n) => n.to_string(),
+            ServicePortRef::Name(n) => n.to_string(),
+        };
         return Err((
             "BackendNotFound",
             format!("{field}: Service {key} has no port {port}"),
@@ -922,7 +969,11 @@ fn resolve(
     let mut endpoints: Vec<Endpoint> = Vec::new();
     for s in world.slices.values() {
         if s.metadata.namespace != ns
-            || s.metadata.labels.get(SERVICE_NAME_LABEL) != Some(&b.name)
+            || s.metadata
+                .labels
+                .get(SERVICE_NAME_LABEL)
+                .map(String::as_str)
+                != Some(name)
             || !matches!(s.address_type.as_str(), "IPv4" | "IPv6")
         {
             continue;

@@ -7,7 +7,8 @@
 //! Nothing is translated until every kind has been listed once, so a route is never judged
 //! against a half-read cluster (a Service not listed yet is not "not found").
 
-use super::objects::{EndpointSlice, Gateway, GatewayClass, HttpRoute, Service};
+use super::ingress;
+use super::objects::{EndpointSlice, Gateway, GatewayClass, HttpRoute, Ingress, Service};
 use super::status;
 use super::translate::{self, Translation, World};
 use crate::config::RouteConfig;
@@ -39,14 +40,16 @@ enum Kind {
     HttpRoute,
     Service,
     EndpointSlice,
+    Ingress,
 }
 
-const KINDS: [Kind; 5] = [
+const KINDS: [Kind; 6] = [
     Kind::GatewayClass,
     Kind::Gateway,
     Kind::HttpRoute,
     Kind::Service,
     Kind::EndpointSlice,
+    Kind::Ingress,
 ];
 
 impl Kind {
@@ -71,6 +74,7 @@ impl Kind {
             ),
             Kind::Service => ("", "v1", "Service", "services"),
             Kind::EndpointSlice => ("discovery.k8s.io", "v1", "EndpointSlice", "endpointslices"),
+            Kind::Ingress => ("networking.k8s.io", "v1", "Ingress", "ingresses"),
         };
         ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural)
     }
@@ -82,6 +86,7 @@ impl Kind {
             Kind::HttpRoute => "HTTPRoute",
             Kind::Service => "Service",
             Kind::EndpointSlice => "EndpointSlice",
+            Kind::Ingress => "Ingress",
         }
     }
 }
@@ -108,10 +113,10 @@ fn key_of(o: &DynamicObject) -> String {
 /// The objects as last seen, per kind, as JSON (what the API server sent).
 #[derive(Default)]
 struct Cache {
-    objects: [BTreeMap<String, Value>; 5],
+    objects: [BTreeMap<String, Value>; 6],
     /// A relist in progress: objects listed so far, swapped in at `InitDone`.
-    pending: [Option<BTreeMap<String, Value>>; 5],
-    listed: [bool; 5],
+    pending: [Option<BTreeMap<String, Value>>; 6],
+    listed: [bool; 6],
 }
 
 impl Cache {
@@ -160,6 +165,7 @@ impl Cache {
             routes: self.parse::<HttpRoute>(Kind::HttpRoute),
             services: self.parse::<Service>(Kind::Service),
             slices: self.parse::<EndpointSlice>(Kind::EndpointSlice),
+            ingresses: self.parse::<Ingress>(Kind::Ingress),
         }
     }
 
@@ -215,7 +221,7 @@ pub async fn run(control: Arc<Control>, client: Client, opts: Options) {
             _ = resync.tick() => {}
         }
         if cache.listed.iter().all(|l| *l) {
-            sync(&control, &client, &cache, &mut last).await;
+            sync(&control, &client, &opts, &cache, &mut last).await;
         }
     }
 }
@@ -225,16 +231,33 @@ pub async fn run(control: Arc<Control>, client: Client, opts: Options) {
 struct Applied {
     fingerprint: Option<String>,
     good: BTreeMap<String, Vec<RouteConfig>>,
+    /// What was last reported about each Ingress, so it is reported once per change.
+    reported: BTreeMap<String, Vec<String>>,
 }
 
-async fn sync(control: &Control, client: &Client, cache: &Cache, last: &mut Applied) {
+async fn sync(
+    control: &Control,
+    client: &Client,
+    opts: &Options,
+    cache: &Cache,
+    last: &mut Applied,
+) {
     let world = cache.world();
     let proxy = control.state().snapshot().config.proxy.clone();
-    let t = translate::translate(&world, &control.file_routes(), &proxy, &last.good);
-    let fingerprint = format!("{:?}", t.routes);
+    let file = control.file_routes();
+    let t = translate::translate(&world, &file, &proxy, &last.good);
+    let taken: Vec<String> = file
+        .iter()
+        .chain(&t.routes)
+        .map(|r| r.name.clone())
+        .collect();
+    let ing = ingress::translate(&world, &opts.ingress_class, &file, &taken, &proxy);
+    let mut routes = t.routes.clone();
+    routes.extend(ing.routes);
+    let fingerprint = format!("{routes:?}");
     if last.fingerprint.as_ref() != Some(&fingerprint) {
-        let n = t.routes.len();
-        match control.set_kube_routes(t.routes.clone()) {
+        let n = routes.len();
+        match control.set_kube_routes(routes) {
             Ok(generation) => {
                 tracing::info!(generation, routes = n, "Kubernetes routes applied");
                 last.fingerprint = Some(fingerprint);
@@ -244,6 +267,55 @@ async fn sync(control: &Control, client: &Client, cache: &Cache, last: &mut Appl
         }
     }
     write_statuses(client, cache, &world, &t).await;
+    for (key, problems) in &ing.problems {
+        if last.reported.get(key) == Some(problems) {
+            continue;
+        }
+        for p in problems {
+            tracing::warn!(ingress = %key, "{p}");
+        }
+        report(client, &world, key, problems).await;
+    }
+    last.reported = ing.problems;
+}
+
+/// A Warning Event on the Ingress, for each problem canaryd found with it (what `kubectl
+/// describe ingress` shows).
+async fn report(client: &Client, world: &World, key: &str, problems: &[String]) {
+    let Some(i) = world.ingresses.get(key) else {
+        return;
+    };
+    let (ns, name) = (&i.metadata.namespace, &i.metadata.name);
+    let ar = ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("", "v1", "Event"), "events");
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &ar);
+    let now = now();
+    for p in problems {
+        let id = crate::hash::fnv(
+            crate::hash::FNV_OFFSET,
+            format!("{key}{p}{now}").as_bytes().iter(),
+        );
+        let event = serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"name": format!("{name}.{id:016x}"), "namespace": ns},
+            "involvedObject": {"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+                               "name": name, "namespace": ns},
+            "type": "Warning",
+            "reason": if p.contains("does not implement") { "UnsupportedAnnotation" } else { "Invalid" },
+            "message": p,
+            "source": {"component": "canaryd"},
+            "reportingComponent": translate::CONTROLLER_NAME,
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        });
+        let Ok(obj) = serde_json::from_value::<DynamicObject>(event) else {
+            continue;
+        };
+        if let Err(e) = api.create(&PostParams::default(), &obj).await {
+            tracing::warn!(ingress = %key, "cannot record an Event: {e}");
+        }
+    }
 }
 
 fn now() -> String {

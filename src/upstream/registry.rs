@@ -132,7 +132,22 @@ impl Registry {
                 Protocol::Http1 | Protocol::Auto => http::Version::HTTP_11,
             },
         };
-        let vm = Arc::new(metrics.version(&route.name, &v.name));
+        let nginx = route.kube.as_ref().and_then(|k| {
+            let n = k.nginx.as_ref()?;
+            let (service, canary) = route
+                .versions
+                .iter()
+                .position(|x| x.name == v.name)
+                .and_then(|i| n.services.get(i))?;
+            Some(crate::metrics::nginx::NginxLabels {
+                namespace: n.namespace.clone(),
+                ingress: n.ingress.clone(),
+                service: service.clone(),
+                canary: canary.clone(),
+                path: n.path.clone(),
+            })
+        });
+        let vm = Arc::new(metrics.version_with(&route.name, &v.name, nginx));
         let version = VersionRt::new(&v.name, primary, vm, upstream, endpoints, down);
         version.metrics.set_unavailable(version.unavailable());
         Ok(version)
