@@ -137,7 +137,7 @@ pub fn explain(
                 .map_err(|_| format!("--client-ip: `{ip}` is not an IP address"))
         })
         .transpose()?;
-    let _: Method = method
+    let method: Method = method
         .parse()
         .map_err(|_| format!("--method: `{method}` is not an HTTP method"))?;
     let uri: Uri = url.parse().map_err(|_| {
@@ -172,8 +172,7 @@ pub fn explain(
     let client =
         peer.and_then(|p| crate::proxy::headers::client_address(&map, p, cfg.proxy.trusted_hops));
     let target = uri.path_and_query().map_or(uri.path(), |pq| pq.as_str());
-    let Some(d) = router.decide_for(host, target, &http::Method::GET, &map, client, &mut rng)
-    else {
+    let Some(d) = router.decide_for(host, target, &method, &map, client, &mut rng) else {
         return Err(format!(
             "no route matches host {} path {}: canaryd answers 404",
             host.unwrap_or("(none)"),

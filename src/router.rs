@@ -112,6 +112,9 @@ pub struct Decision<'a, T = Route> {
     pub reason: Reason,
     /// A fresh sticky id to send back in the route's `assign_cookie`.
     pub assign: Option<u128>,
+    /// Which of a Kubernetes route's matches matched (`u16::MAX` for a file route): the
+    /// prefix a `ReplacePrefixMatch` replaces.
+    pub matched: u16,
 }
 
 /// Two decisions are the same when they name the same route (route names are unique in a
@@ -248,6 +251,19 @@ impl<T: AsRef<Route>> Router<T> {
         method: &Method,
         headers: &HeaderMap,
     ) -> Option<usize> {
+        self.select_match(host, path_and_query, method, headers)
+            .map(|(route, _)| route)
+    }
+
+    /// [`Router::select`], with which of the route's Gateway API matches matched
+    /// ([`Decision::matched`]).
+    fn select_match(
+        &self,
+        host: Option<&str>,
+        path_and_query: &str,
+        method: &Method,
+        headers: &HeaderMap,
+    ) -> Option<(usize, u16)> {
         let (path, query) = match path_and_query.split_once('?') {
             Some((p, q)) => (p, Some(q)),
             None => (path_and_query, None),
@@ -271,7 +287,7 @@ impl<T: AsRef<Route>> Router<T> {
                         )
                 }
             };
-            hit.then_some(e.route as usize)
+            hit.then_some((e.route as usize, e.matcher))
         })
     }
 
@@ -298,13 +314,15 @@ impl<T: AsRef<Route>> Router<T> {
         client: Option<IpAddr>,
         rng: &mut R,
     ) -> Option<Decision<'_, T>> {
-        let route = &self.routes[self.select(host, path_and_query, method, headers)?];
+        let (i, matched) = self.select_match(host, path_and_query, method, headers)?;
+        let route = &self.routes[i];
         let (version, reason, assign) = route.as_ref().decide(headers, client, rng);
         Some(Decision {
             route,
             version,
             reason,
             assign,
+            matched,
         })
     }
 }

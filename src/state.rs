@@ -121,6 +121,8 @@ pub struct State {
     draining: AtomicBool,
     /// A fleet controller has given this replica the current rollout state.
     synced: AtomicBool,
+    /// `canaryd run --kubernetes` before its first routes from the cluster are applied.
+    waiting_for_kubernetes: AtomicBool,
 }
 
 struct Built {
@@ -153,6 +155,7 @@ impl State {
             metrics,
             draining: AtomicBool::new(false),
             synced: AtomicBool::new(false),
+            waiting_for_kubernetes: AtomicBool::new(false),
         })
     }
 
@@ -181,11 +184,26 @@ impl State {
         self.synced.load(Ordering::SeqCst)
     }
 
+    /// `/readyz` answers 503 until [`State::kubernetes_synced`]: a pod that just started must
+    /// not take traffic before it knows the cluster's routes.
+    pub fn wait_for_kubernetes(&self) {
+        self.waiting_for_kubernetes.store(true, Ordering::SeqCst);
+    }
+
+    /// The cluster's routes are applied (every watched kind was listed).
+    pub fn kubernetes_synced(&self) {
+        if self.waiting_for_kubernetes.swap(false, Ordering::SeqCst) {
+            tracing::info!("first sync with the Kubernetes API applied; ready");
+        }
+    }
+
     /// Why `/readyz` answers 503, if it does: shutting down, or waiting for the fleet
     /// controller (`proxy.wait_for_controller`).
     pub fn not_ready(&self) -> Option<&'static str> {
         if self.is_draining() {
             Some("draining\n")
+        } else if self.waiting_for_kubernetes.load(Ordering::SeqCst) {
+            Some("waiting for the first sync with the Kubernetes API (--kubernetes)\n")
         } else if self.snapshot().config.proxy.wait_for_controller && !self.is_synced() {
             Some(
                 "waiting for the fleet controller to sync the rollout state (proxy.wait_for_controller)\n",

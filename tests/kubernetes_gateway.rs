@@ -32,12 +32,16 @@ impl Drop for Fake {
 }
 
 fn start_fake() -> Fake {
+    start_fake_on(0)
+}
+
+fn start_fake_on(port: u16) -> Fake {
     let mut child = Command::new("python3")
         .arg(concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/tests/k8s/fake_apiserver.py"
         ))
-        .args(["--port", "0", "--bookmark-seconds", "0.5"])
+        .args(["--port", &port.to_string(), "--bookmark-seconds", "0.5"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -86,13 +90,21 @@ impl Kube {
         v
     }
 
-    /// What Flagger's `Update` and Argo's plugin do: GET, change, PUT the whole object.
+    /// What Flagger's `Update` and Argo's plugin do: GET, change, PUT the whole object with
+    /// the resourceVersion read; on a 409 (canaryd wrote the status in between), again, as
+    /// client-go's RetryOnConflict does (5 tries).
     async fn update(&self, path: &str, change: impl Fn(&mut Value)) -> Value {
-        let mut obj = self.get(path).await;
-        change(&mut obj);
-        let (s, v) = self.call(Method::PUT, path, Some(&obj)).await;
-        assert_eq!(s, StatusCode::OK, "PUT {path}: {v}");
-        v
+        for _ in 0..5 {
+            let mut obj = self.get(path).await;
+            change(&mut obj);
+            let (s, v) = self.call(Method::PUT, path, Some(&obj)).await;
+            if s == StatusCode::CONFLICT {
+                continue;
+            }
+            assert_eq!(s, StatusCode::OK, "PUT {path}: {v}");
+            return v;
+        }
+        panic!("PUT {path}: 5 conflicts in a row");
     }
 
     /// What Argo's nginx router does: a JSON merge patch (`application/merge-patch+json`).
@@ -178,6 +190,26 @@ fn flagger_spec(primary: u32, canary: u32) -> Value {
             "backendRefs": [backend("podinfo-primary", Some(primary)), backend("podinfo-canary", Some(canary)), backend("podinfo-idle", Some(0))]
         }]
     })
+}
+
+/// The rules Flagger's SetRoutes writes with `analysis.sessionAffinity` (cookie
+/// `flagger-cookie`, value `AbCdEfGhIj`): a sticky rule matching the cookie with a regex on
+/// the Cookie header, then the weighted rule whose canary backendRef adds the cookie.
+fn flagger_sticky_spec(primary: u32, canary: u32) -> Value {
+    let mut spec = flagger_spec(primary, canary);
+    let weighted = spec["rules"][0].clone();
+    let mut sticky = weighted.clone();
+    sticky["matches"] = json!([{"path": {"type": "PathPrefix", "value": "/"},
+        "headers": [{"name": "Cookie", "type": "RegularExpression", "value": ".*flagger-cookie.*AbCdEfGhIj.*"}]}]);
+    sticky["backendRefs"] = json!([
+        backend("podinfo-primary", Some(0)),
+        backend("podinfo-canary", Some(100))
+    ]);
+    let mut weighted = weighted;
+    weighted["backendRefs"][1]["filters"] = json!([{"type": "ResponseHeaderModifier",
+        "responseHeaderModifier": {"add": [{"name": "Set-Cookie", "value": "flagger-cookie=AbCdEfGhIj; Max-Age=86400"}]}}]);
+    spec["rules"] = json!([sticky, weighted]);
+    spec
 }
 
 /// `n` GETs through canaryd with `headers`: how many each backend answered, by body.
@@ -284,6 +316,59 @@ async fn metric(proxy: &ProxyProcess, series: &str) -> f64 {
         .lines()
         .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
         .unwrap_or(0.0)
+}
+
+/// Gateway API's RequestRedirect (Core) and URLRewrite (Flagger writes it for
+/// `service.rewrite`), end to end.
+async fn filter_flows(kube: &Kube, proxy: &ProxyProcess, primary: &Origin) {
+    service(kube, "site", Some(primary)).await;
+    kube.create(
+        &format!("{GW}/namespaces/default/httproutes"),
+        json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+           "metadata": {"name": "filters", "namespace": "default"},
+           "spec": {"parentRefs": [{"name": "gw"}],
+                    "hostnames": ["old.example.com", "rw.example.com"],
+                    "rules": [
+            {"matches": [{"path": {"type": "PathPrefix", "value": "/v1"}}],
+             "filters": [{"type": "RequestRedirect", "requestRedirect": {
+                 "scheme": "https", "hostname": "new.example.com", "statusCode": 301,
+                 "path": {"type": "ReplacePrefixMatch", "replacePrefixMatch": "/v2"}}}]},
+            {"matches": [{"path": {"type": "PathPrefix", "value": "/api/"}}],
+             "filters": [{"type": "URLRewrite", "urlRewrite": {
+                 "hostname": "internal.example",
+                 "path": {"type": "ReplacePrefixMatch", "replacePrefixMatch": "/"}}}],
+             "backendRefs": [{"name": "site", "port": 9898}]}
+        ]}}),
+    )
+    .await;
+    let path = format!("{GW}/namespaces/default/httproutes/filters");
+    kube.wait(&path, "the filters route accepted", flagger_ready)
+        .await;
+    let client = TestClient::http1();
+    let r = client
+        .get(
+            &format!("http://{}/v1/items?page=2", proxy.addr),
+            &[("host", "old.example.com")],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::MOVED_PERMANENTLY, "{}", r.body);
+    assert_eq!(
+        r.header("location"),
+        Some("https://new.example.com/v2/items?page=2")
+    );
+    let before = primary.seen().len();
+    let r = client
+        .get(
+            &format!("http://{}/api/users?id=7", proxy.addr),
+            &[("host", "rw.example.com")],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let seen = primary.seen();
+    assert_eq!(seen.len(), before + 1);
+    let last = seen.last().unwrap();
+    assert_eq!(last.uri.path_and_query().unwrap().as_str(), "/users?id=7");
+    assert_eq!(last.headers["host"], "internal.example");
 }
 
 /// Flagger's `nginx` router, then Argo Rollouts' nginx router, each request as they send it
@@ -450,6 +535,54 @@ async fn ingress_flows(kube: &Kube, proxy: &ProxyProcess, primary: &Origin, cana
     );
 }
 
+/// `canaryd run --kubernetes` with a kubeconfig for the API server at `base`.
+fn start_canaryd(dir: &tempfile::TempDir, base: &str) -> ProxyProcess {
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters: [{{name: fake, cluster: {{server: \"{base}\"}}}}]\nusers: [{{name: fake, user: {{token: fake}}}}]\ncontexts: [{{name: fake, context: {{cluster: fake, user: fake, namespace: default}}}}]\ncurrent-context: fake\n"
+        ),
+    )
+    .unwrap();
+    ProxyProcess::start_kubernetes(
+        "listeners: [{address: \"127.0.0.1:0\"}]\nadmin: {address: \"127.0.0.1:0\"}\n",
+        &kubeconfig,
+    )
+}
+
+/// A pod that cannot reach the API server yet must not take traffic: `/readyz` answers 503
+/// (and `/healthz` 200) until the first sync, then 200.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn not_ready_until_the_cluster_is_read() {
+    let port = support::closed_port().port();
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = start_canaryd(&dir, &format!("http://127.0.0.1:{port}"));
+    let admin = proxy.admin.unwrap();
+    let client = TestClient::http1();
+    let ready = client.get(&format!("http://{admin}/readyz"), &[]).await;
+    assert_eq!(
+        ready.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        ready.body
+    );
+    assert!(ready.body.contains("Kubernetes"), "{}", ready.body);
+    let healthz = client.get(&format!("http://{admin}/healthz"), &[]).await;
+    assert_eq!(healthz.status, StatusCode::OK);
+    // The API server comes up: the watchers' backoff retries reach it.
+    let _fake = start_fake_on(port);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = client.get(&format!("http://{admin}/readyz"), &[]).await;
+        if r.status == StatusCode::OK {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still not ready: {}", r.body);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flagger_and_argo_drive_canaryd_through_httproutes_and_ingresses() {
     let fake = start_fake();
@@ -504,19 +637,7 @@ async fn flagger_and_argo_drive_canaryd_through_httproutes_and_ingresses() {
     }
 
     let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = dir.path().join("kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters: [{{name: fake, cluster: {{server: \"{}\"}}}}]\nusers: [{{name: fake, user: {{token: fake}}}}]\ncontexts: [{{name: fake, context: {{cluster: fake, user: fake, namespace: default}}}}]\ncurrent-context: fake\n",
-            fake.base
-        ),
-    )
-    .unwrap();
-    let proxy = ProxyProcess::start_kubernetes(
-        "listeners: [{address: \"127.0.0.1:0\"}]\nadmin: {address: \"127.0.0.1:0\"}\n",
-        &kubeconfig,
-    );
+    let proxy = start_canaryd(&dir, &fake.base);
 
     // GatewayClass and Gateway are accepted.
     kube.wait(
@@ -555,12 +676,31 @@ async fn flagger_and_argo_drive_canaryd_through_httproutes_and_ingresses() {
 
     // SetRoutes(70, 30): GET, rebuild the spec, PUT. The gate holds again at the new
     // generation, then the split is 70/30/0 within 5 % over 1000 requests.
+    // Another controller's status entry (for its own Gateway) is never touched.
+    let foreign = json!({"parentRef": {"name": "their-gw"}, "controllerName": "example.com/other",
+        "conditions": [{"type": "Accepted", "status": "False", "reason": "Pending", "message": "theirs",
+                        "observedGeneration": 1, "lastTransitionTime": "2026-01-01T00:00:00Z"}]});
+    kube.update(&format!("{ROUTE}/status"), |o| {
+        o["status"]["parents"]
+            .as_array_mut()
+            .unwrap()
+            .push(foreign.clone());
+    })
+    .await;
     let put = kube
         .update(ROUTE, |o| o["spec"] = flagger_spec(70, 30))
         .await;
     assert_eq!(put["metadata"]["generation"], 2);
-    kube.wait(ROUTE, "gate at generation 2", flagger_ready)
+    let r = kube
+        .wait(ROUTE, "gate at generation 2", flagger_ready)
         .await;
+    assert!(
+        r["status"]["parents"]
+            .as_array()
+            .unwrap()
+            .contains(&foreign),
+        "{r:#}"
+    );
     let (p, c, _) = spread(&proxy, 1000, &[]).await;
     assert!(
         (250..=350).contains(&c),
@@ -584,6 +724,46 @@ async fn flagger_and_argo_drive_canaryd_through_httproutes_and_ingresses() {
         "{}",
         resp.body
     );
+
+    // Flagger's session affinity: a canary answer sets Flagger's cookie (a backend-level
+    // ResponseHeaderModifier), a primary one does not, and the cookie keeps its holder on the
+    // canary (a regex match on the Cookie header, ranked above the weighted rule).
+    kube.update(ROUTE, |o| o["spec"] = flagger_sticky_spec(50, 50))
+        .await;
+    kube.wait(ROUTE, "gate with session affinity", flagger_ready)
+        .await;
+    let client = TestClient::http1();
+    let (mut canary_seen, mut primary_seen) = (0, 0);
+    for _ in 0..100 {
+        let r = client
+            .get(
+                &format!("http://{}/", proxy.addr),
+                &[("host", "www.example.com")],
+            )
+            .await;
+        let cookie = r.header("set-cookie");
+        match r.body.as_str() {
+            "canary" => {
+                canary_seen += 1;
+                assert_eq!(cookie, Some("flagger-cookie=AbCdEfGhIj; Max-Age=86400"));
+            }
+            "primary" => {
+                primary_seen += 1;
+                assert_eq!(cookie, None, "the primary sets no cookie");
+            }
+            other => panic!("unexpected answer {other}"),
+        }
+    }
+    assert!(
+        canary_seen > 0 && primary_seen > 0,
+        "{canary_seen} {primary_seen}"
+    );
+    let sticky = [("cookie", "session=1; flagger-cookie=AbCdEfGhIj")];
+    assert_eq!(spread(&proxy, 30, &sticky).await, (0, 30, 0));
+    kube.update(ROUTE, |o| o["spec"] = flagger_spec(70, 30))
+        .await;
+    kube.wait(ROUTE, "gate back without affinity", flagger_ready)
+        .await;
 
     // Argo's plugin: setHeaderRoute appends a named rule with the canary alone (weight
     // unset: the CRD's default 1) at the END of the rules. Gateway API precedence, not rule
@@ -680,6 +860,7 @@ async fn flagger_and_argo_drive_canaryd_through_httproutes_and_ingresses() {
         .await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
 
+    filter_flows(&kube, &proxy, &primary).await;
     ingress_flows(&kube, &proxy, &primary, &canary).await;
 
     // Least privilege: canaryd's requests (its kubeconfig's token; the test sends none) need

@@ -32,10 +32,10 @@ pub use rollout::{Check, CheckKind, Gate, GateSource, OnInconclusive, RolloutSpe
 pub use types::{
     Admin, AnalysisSettings, CompareConfig, Condition, Config, ConfigError, ControllerSettings,
     Endpoint, FieldError, HeaderEdits, HealthCheck, HostMatch, KubeRoute, Listener, MirrorConfig,
-    NginxLabels, OutlierPolicy, PathMatch, Protocol, ProxySettings, RequestMatch, RetryPolicy,
-    RouteConfig, RuleConfig, Secret, SniFiles, StickyConfig, StickyKey, Targets, Timeouts,
-    TlsFiles, Unservable, Upgrades, Upstream, UpstreamTls, ValueTest, VersionConfig, WEIGHT_SCALE,
-    Weight,
+    NginxLabels, OutlierPolicy, PathMatch, PathModifier, Protocol, ProxySettings, Redirect,
+    RequestMatch, RetryPolicy, Rewrite, RouteConfig, RuleConfig, Secret, SniFiles, StickyConfig,
+    StickyKey, Targets, Timeouts, TlsFiles, Unservable, Upgrades, Upstream, UpstreamTls, ValueTest,
+    VersionConfig, WEIGHT_SCALE, Weight,
 };
 pub use validate::primary_takes_the_rest;
 pub(crate) use validate::{Errors, validate_mirror, validate_rule};

@@ -278,6 +278,56 @@ pub struct KubeRoute {
     pub unservable: Vec<Option<Unservable>>,
     /// Set for a route translated from an Ingress: the labels of ingress-nginx's metrics.
     pub nginx: Option<Box<NginxLabels>>,
+    /// `RequestRedirect`: answered by canaryd, no backend is asked.
+    pub redirect: Option<Redirect>,
+    /// `URLRewrite`: the upstream request's host and path.
+    pub rewrite: Option<Rewrite>,
+}
+
+/// Gateway API `RequestRedirect`. Unset parts keep the request's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Redirect {
+    pub scheme: Option<String>,
+    pub hostname: Option<String>,
+    pub port: Option<u16>,
+    pub path: Option<PathModifier>,
+    /// 301 or 302.
+    pub status: u16,
+}
+
+/// Gateway API `URLRewrite`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rewrite {
+    pub hostname: Option<http::HeaderValue>,
+    pub path: Option<PathModifier>,
+}
+
+/// Gateway API `HTTPPathModifier`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PathModifier {
+    ReplaceFullPath(String),
+    /// Replace the prefix the request matched (the match must be a `PathPrefix`).
+    ReplacePrefixMatch(String),
+}
+
+impl PathModifier {
+    /// The new path of a request for `path` that matched `prefix` (stored without its
+    /// trailing `/`; empty for `/`).
+    pub fn apply(&self, path: &str, prefix: Option<&str>) -> String {
+        match self {
+            PathModifier::ReplaceFullPath(p) => p.clone(),
+            PathModifier::ReplacePrefixMatch(r) => {
+                let rest = prefix.and_then(|p| path.strip_prefix(p)).unwrap_or(path);
+                let rest = if r.ends_with('/') {
+                    rest.strip_prefix('/').unwrap_or(rest)
+                } else {
+                    rest
+                };
+                let out = format!("{r}{rest}");
+                if out.is_empty() { "/".to_string() } else { out }
+            }
+        }
+    }
 }
 
 /// The labels ingress-nginx puts on `nginx_ingress_controller_requests` and

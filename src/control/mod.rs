@@ -656,6 +656,7 @@ impl Control {
     /// Routes come from Kubernetes too: a reloaded file may have none of its own.
     pub fn set_kube_mode(&self) {
         self.lock().kube_mode = true;
+        self.state.wait_for_kubernetes();
     }
 
     /// Replace the routes translated from Kubernetes objects and apply. On error (a set that
@@ -668,6 +669,7 @@ impl Control {
         let generation = self.state.apply(composed).map_err(ControlError::Invalid)?;
         inner.kube = routes;
         inner.overrides = overrides;
+        self.state.kubernetes_synced();
         Ok(generation)
     }
 

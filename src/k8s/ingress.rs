@@ -332,6 +332,8 @@ fn path_route(
                 path: p.path.to_string(),
                 services,
             })),
+            redirect: None,
+            rewrite: None,
         },
     );
     route.rules = rules;

@@ -109,6 +109,15 @@ pub struct HttpRouteRule {
     pub matches: Vec<HttpRouteMatch>,
     pub filters: Vec<HttpRouteFilter>,
     pub backend_refs: Vec<BackendRef>,
+    pub timeouts: Option<RouteTimeouts>,
+}
+
+/// Gateway API durations (`10s`, `1m30s`, `500ms`; `0s`: none).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct RouteTimeouts {
+    pub request: Option<String>,
+    pub backend_request: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -147,6 +156,35 @@ pub struct HttpRouteFilter {
     pub request_header_modifier: Option<HeaderModifier>,
     pub response_header_modifier: Option<HeaderModifier>,
     pub request_mirror: Option<RequestMirror>,
+    pub request_redirect: Option<RequestRedirect>,
+    #[serde(rename = "urlRewrite")]
+    pub url_rewrite: Option<UrlRewrite>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct RequestRedirect {
+    pub scheme: Option<String>,
+    pub hostname: Option<String>,
+    pub path: Option<PathModifierSpec>,
+    pub port: Option<i64>,
+    pub status_code: Option<i64>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct UrlRewrite {
+    pub hostname: Option<String>,
+    pub path: Option<PathModifierSpec>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct PathModifierSpec {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub replace_full_path: Option<String>,
+    pub replace_prefix_match: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

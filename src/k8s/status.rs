@@ -58,22 +58,38 @@ pub fn route(existing: &Value, ours: Option<&RouteStatus>, now: &str) -> Option<
         .unwrap_or_default();
     let is_ours =
         |p: &Value| p.get("controllerName").and_then(Value::as_str) == Some(CONTROLLER_NAME);
-    let mut parents: Vec<Value> = old.iter().filter(|p| !is_ours(p)).cloned().collect();
-    if let Some(ours) = ours {
-        for (parent_ref, conds) in &ours.parents {
-            let prev = old
-                .iter()
-                .find(|p| is_ours(p) && p.get("parentRef") == Some(parent_ref));
-            parents.push(json!({
-                "parentRef": parent_ref,
-                "controllerName": CONTROLLER_NAME,
-                "conditions": merge_conditions(
-                    prev.and_then(|p| p.get("conditions")),
-                    conds,
-                    ours.generation,
-                    now,
-                ),
-            }));
+    let entry = |parent_ref: &Value, conds: &[Cond], prev: Option<&Value>, generation: i64| {
+        json!({
+            "parentRef": parent_ref,
+            "controllerName": CONTROLLER_NAME,
+            "conditions": merge_conditions(
+                prev.and_then(|p| p.get("conditions")),
+                conds,
+                generation,
+                now,
+            ),
+        })
+    };
+    let wanted: &[(Value, Vec<Cond>)] = ours.map_or(&[], |o| o.parents.as_slice());
+    let generation = ours.map_or(0, |o| o.generation);
+    // Entries keep their places: others' untouched, ours updated in place or dropped; new
+    // ones of ours go at the end.
+    let mut parents: Vec<Value> = Vec::with_capacity(old.len() + wanted.len());
+    for p in &old {
+        if !is_ours(p) {
+            parents.push(p.clone());
+            continue;
+        }
+        if let Some((pr, conds)) = wanted.iter().find(|(pr, _)| p.get("parentRef") == Some(pr)) {
+            parents.push(entry(pr, conds, Some(p), generation));
+        }
+    }
+    for (pr, conds) in wanted {
+        let present = old
+            .iter()
+            .any(|p| is_ours(p) && p.get("parentRef") == Some(pr));
+        if !present {
+            parents.push(entry(pr, conds, None, generation));
         }
     }
     let mut status = existing.as_object().cloned().unwrap_or_default();
@@ -169,6 +185,11 @@ mod tests {
         assert_eq!(parents[0], other);
         assert_eq!(parents[1]["parentRef"], pr);
         assert_eq!(parents[1]["conditions"][0]["observedGeneration"], 3);
+        // Another controller adding its entry after ours moves nothing: no write.
+        let mut with_late = s.clone();
+        let late = json!({"parentRef": {"name": "late"}, "controllerName": "example.com/late"});
+        with_late["parents"].as_array_mut().unwrap().push(late);
+        assert_eq!(route(&with_late, Some(&ours), "2026-12-01T00:06:00Z"), None);
         // Written again with nothing changed: no write.
         assert_eq!(route(&s, Some(&ours), "2026-12-01T00:05:00Z"), None);
         // A transition gets a new time; the same status keeps the old one.

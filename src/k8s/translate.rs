@@ -19,9 +19,9 @@ use super::objects::{
     ParentRef, SERVICE_NAME_LABEL, Service,
 };
 use crate::config::{
-    Endpoint, Errors, HeaderEdits, HostMatch, KubeRoute, OutlierPolicy, PathMatch, Protocol,
-    ProxySettings, RequestMatch, RetryPolicy, RouteConfig, Unservable, Upstream, ValueTest,
-    VersionConfig, WEIGHT_SCALE, Weight,
+    Endpoint, Errors, HeaderEdits, HostMatch, KubeRoute, OutlierPolicy, PathMatch, PathModifier,
+    Protocol, ProxySettings, Redirect, RequestMatch, RetryPolicy, Rewrite, RouteConfig, Unservable,
+    Upstream, ValueTest, VersionConfig, WEIGHT_SCALE, Weight,
 };
 use http::{HeaderName, HeaderValue};
 use serde_json::Value;
@@ -630,6 +630,8 @@ fn translate_rule(
     let mut request_headers = HeaderEdits::default();
     let mut response_headers = HeaderEdits::default();
     let mut mirror_raw = None;
+    let mut redirect = None;
+    let mut rewrite = None;
     for (f_i, f) in rule.filters.iter().enumerate() {
         let field = format!("{at}.filters[{f_i}]");
         match f.kind.as_str() {
@@ -654,12 +656,45 @@ fn translate_rule(
                     .ok_or_else(|| format!("{field}: requestMirror is missing"))?;
                 mirror_raw = Some((m.clone(), field));
             }
+            "RequestRedirect" => {
+                let r = f
+                    .request_redirect
+                    .as_ref()
+                    .ok_or_else(|| format!("{field}: requestRedirect is missing"))?;
+                redirect = Some(request_redirect(r, &matches, &field)?);
+            }
+            "URLRewrite" => {
+                let r = f
+                    .url_rewrite
+                    .as_ref()
+                    .ok_or_else(|| format!("{field}: urlRewrite is missing"))?;
+                let hostname = r
+                    .hostname
+                    .as_deref()
+                    .map(|h| {
+                        HeaderValue::from_str(h).map_err(|_| {
+                            format!("{field}.urlRewrite.hostname: `{h}` is not a host")
+                        })
+                    })
+                    .transpose()?;
+                let path = r
+                    .path
+                    .as_ref()
+                    .map(|p| path_modifier(p, &matches, &format!("{field}.urlRewrite.path")))
+                    .transpose()?;
+                rewrite = Some(Rewrite { hostname, path });
+            }
             other => {
                 return Err(format!(
-                    "{field}: filter type {other} is not supported by canaryd (RequestHeaderModifier, ResponseHeaderModifier and RequestMirror are)"
+                    "{field}: filter type {other} is not supported by canaryd (RequestHeaderModifier, ResponseHeaderModifier, RequestMirror, RequestRedirect and URLRewrite are)"
                 ));
             }
         }
+    }
+    if redirect.is_some() && rewrite.is_some() {
+        return Err(format!(
+            "{at}.filters: RequestRedirect and URLRewrite cannot both be set"
+        ));
     }
 
     let mut versions: Vec<VersionConfig> = Vec::new();
@@ -741,9 +776,30 @@ fn translate_rule(
             version_response_headers,
             unservable,
             nginx: None,
+            redirect,
+            rewrite,
         },
     );
     route.mirror = mirror;
+    // `backendRequest` bounds each attempt, `request` the whole exchange; canaryd's response
+    // timeout is per attempt, so the tighter of the two applies ("0s": no bound from it).
+    if let Some(t) = &rule.timeouts {
+        let mut tightest = None;
+        for (name, v) in [
+            ("request", &t.request),
+            ("backendRequest", &t.backend_request),
+        ] {
+            let Some(v) = v else { continue };
+            let d = humantime::parse_duration(v)
+                .map_err(|_| format!("{at}.timeouts.{name}: `{v}` is not a duration"))?;
+            if !d.is_zero() {
+                tightest = Some(tightest.map_or(d, |t: std::time::Duration| t.min(d)));
+            }
+        }
+        if let Some(d) = tightest {
+            route.timeouts.response = d;
+        }
+    }
     Ok(route)
 }
 
@@ -780,6 +836,77 @@ pub(crate) fn host_match(h: &str) -> Option<HostMatch> {
         Some(suffix) if suffix.starts_with('.') => Some(HostMatch::Wildcard(suffix.to_string())),
         Some(_) => None,
         None => Some(HostMatch::Exact(h.to_string())),
+    }
+}
+
+fn request_redirect(
+    r: &super::objects::RequestRedirect,
+    matches: &[RequestMatch],
+    field: &str,
+) -> Result<Redirect, String> {
+    let status = match r.status_code.unwrap_or(302) {
+        s @ (301 | 302) => s as u16,
+        s => {
+            return Err(format!(
+                "{field}.requestRedirect.statusCode: {s}; Gateway API allows 301 and 302"
+            ));
+        }
+    };
+    let scheme = match r.scheme.as_deref() {
+        None => None,
+        Some(s @ ("http" | "https")) => Some(s.to_string()),
+        Some(s) => {
+            return Err(format!(
+                "{field}.requestRedirect.scheme: `{s}`; http or https"
+            ));
+        }
+    };
+    let port = r
+        .port
+        .map(|p| {
+            u16::try_from(p)
+                .ok()
+                .filter(|p| *p > 0)
+                .ok_or_else(|| format!("{field}.requestRedirect.port: {p} is not a port"))
+        })
+        .transpose()?;
+    let path = r
+        .path
+        .as_ref()
+        .map(|p| path_modifier(p, matches, &format!("{field}.requestRedirect.path")))
+        .transpose()?;
+    Ok(Redirect {
+        scheme,
+        hostname: r.hostname.clone(),
+        port,
+        path,
+        status,
+    })
+}
+
+fn path_modifier(
+    p: &super::objects::PathModifierSpec,
+    matches: &[RequestMatch],
+    field: &str,
+) -> Result<PathModifier, String> {
+    match p.kind.as_str() {
+        "ReplaceFullPath" => Ok(PathModifier::ReplaceFullPath(
+            p.replace_full_path.clone().unwrap_or_else(|| "/".into()),
+        )),
+        "ReplacePrefixMatch" => {
+            if !matches
+                .iter()
+                .all(|m| matches!(m.path, PathMatch::Prefix(_)))
+            {
+                return Err(format!(
+                    "{field}: ReplacePrefixMatch needs every match of the rule to be a PathPrefix"
+                ));
+            }
+            Ok(PathModifier::ReplacePrefixMatch(
+                p.replace_prefix_match.clone().unwrap_or_else(|| "/".into()),
+            ))
+        }
+        other => Err(format!("{field}.type: {other} is not a path modifier")),
     }
 }
 

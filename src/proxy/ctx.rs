@@ -27,6 +27,8 @@ pub struct RequestCtx<'s> {
     pub target: Option<Target<'s>>,
     /// A fresh sticky id to send back in the route's `assign_cookie`.
     pub assign: Option<u128>,
+    /// Which Gateway API match of the route matched ([`crate::router::Decision::matched`]).
+    pub matched: u16,
     answered: bool,
 }
 
@@ -65,6 +67,7 @@ impl<'s> RequestCtx<'s> {
             conn,
             target: None,
             assign: None,
+            matched: u16::MAX,
             answered: false,
         }
     }

@@ -63,15 +63,34 @@ pub(super) fn rewrite_request(
     if let (true, Some(h)) = (rebuild_host, client_host) {
         parts.headers.insert(HOST, h);
     }
-    if let Some(k) = ctx.target.and_then(|t| t.route.config().kube.as_deref()) {
-        k.request_headers.apply(&mut parts.headers);
+    let mut path_and_query = parts
+        .uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    if let Some(t) = ctx.target {
+        if let Some(k) = t.route.config().kube.as_deref() {
+            k.request_headers.apply(&mut parts.headers);
+            if let Some(rw) = &k.rewrite {
+                if let Some(h) = &rw.hostname {
+                    parts.headers.insert(HOST, h.clone());
+                }
+                if let Some(m) = &rw.path {
+                    let prefix = super::route::matched_prefix(t.route.config(), ctx.matched);
+                    let mut new = m.apply(path_and_query.path(), prefix);
+                    if let Some(q) = path_and_query.query() {
+                        new.push('?');
+                        new.push_str(q);
+                    }
+                    if let Ok(pq) = PathAndQuery::try_from(new) {
+                        path_and_query = pq;
+                    }
+                }
+            }
+        }
     }
     Outgoing {
-        path_and_query: parts
-            .uri
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/")),
+        path_and_query,
         method: parts.method,
         headers: parts.headers,
         version: parts.version,

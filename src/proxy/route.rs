@@ -51,7 +51,62 @@ pub(super) fn route<'s>(
         })
         .ok_or(ProxyError::NoRoute)?;
     ctx.assign = decision.assign;
+    ctx.matched = decision.matched;
     Ok(decision)
+}
+
+/// The path prefix the request matched, for a `ReplacePrefixMatch`.
+pub(super) fn matched_prefix(route: &crate::config::RouteConfig, matched: u16) -> Option<&str> {
+    match &route.kube.as_ref()?.matches.get(usize::from(matched))?.path {
+        crate::config::PathMatch::Prefix(p) => Some(p),
+        _ => None,
+    }
+}
+
+/// A Gateway API `RequestRedirect`: canaryd answers it, no backend is asked (and no version
+/// counts it).
+pub(super) fn redirect(
+    ctx: &RequestCtx<'_>,
+    decision: &Decision<'_, RouteRt>,
+    parts: &Parts,
+    host: Option<&HeaderValue>,
+) -> Option<http::Response<crate::proxy::body::ProxyBody>> {
+    let rc = decision.route.config();
+    let r = rc.kube.as_ref()?.redirect.as_ref()?;
+    let req_host = router::host_of(&parts.uri, host).unwrap_or("");
+    let req_port = parts
+        .uri
+        .authority()
+        .and_then(|a| a.port_u16())
+        .or_else(|| {
+            let h = host?.to_str().ok()?;
+            let (_, port) = h.rsplit_once(':')?;
+            port.parse().ok()
+        });
+    let scheme = r.scheme.as_deref().unwrap_or(ctx.conn.proto);
+    // Gateway API: an explicit scheme implies its well-known port unless one is given.
+    let port = r.port.or(if r.scheme.is_some() { None } else { req_port });
+    let port = port.filter(|p| !matches!((scheme, p), ("http", 80) | ("https", 443)));
+    let path = parts.uri.path();
+    let new_path = match &r.path {
+        Some(m) => m.apply(path, matched_prefix(rc, decision.matched)),
+        None => path.to_string(),
+    };
+    let mut location = format!("{scheme}://{}", r.hostname.as_deref().unwrap_or(req_host));
+    if let Some(p) = port {
+        location.push_str(&format!(":{p}"));
+    }
+    location.push_str(&new_path);
+    if let Some(q) = parts.uri.query() {
+        location.push('?');
+        location.push_str(q);
+    }
+    let mut resp = http::Response::new(crate::proxy::body::ProxyBody::full(""));
+    *resp.status_mut() = http::StatusCode::from_u16(r.status).unwrap_or(http::StatusCode::FOUND);
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        resp.headers_mut().insert(http::header::LOCATION, v);
+    }
+    Some(resp)
 }
 
 /// Pick the endpoint of the decided version (or of the primary, with `fallback`): the

@@ -312,3 +312,101 @@ fn listener_hostnames_narrow_the_routes_hosts() {
         (false, "NoMatchingListenerHostname".into())
     );
 }
+
+#[test]
+fn rule_timeouts_bound_the_response() {
+    let w = world(vec![route(
+        "shop",
+        json!([{"backendRefs": [backend("stable", 1)], "timeouts": {"request": "10s", "backendRequest": "2s500ms"}},
+               {"backendRefs": [backend("stable", 1)], "timeouts": {"request": "0s"}},
+               {"backendRefs": [backend("stable", 1)], "timeouts": {"request": "soon"}}]),
+    )]);
+    let t = run(&w);
+    let (ok, reason) = accepted(&t, "default/shop");
+    assert!(
+        !ok && reason == "UnsupportedValue",
+        "an unparsable duration is refused"
+    );
+    let w = world(vec![route(
+        "shop",
+        json!([{"backendRefs": [backend("stable", 1)], "timeouts": {"request": "10s", "backendRequest": "2s500ms"}},
+               {"backendRefs": [backend("stable", 1)], "timeouts": {"request": "0s"}}]),
+    )]);
+    let t = run(&w);
+    assert_eq!(
+        t.routes[0].timeouts.response,
+        std::time::Duration::from_millis(2500)
+    );
+    assert_eq!(t.routes[1].timeouts.response, proxy().timeouts.response);
+}
+
+#[test]
+fn prefix_replacement_follows_gateway_api() {
+    use crate::config::PathModifier::*;
+    let cases = [
+        (
+            ReplacePrefixMatch("/bar".into()),
+            "/foo/baz",
+            Some("/foo"),
+            "/bar/baz",
+        ),
+        (
+            ReplacePrefixMatch("/bar".into()),
+            "/foo",
+            Some("/foo"),
+            "/bar",
+        ),
+        (
+            ReplacePrefixMatch("/".into()),
+            "/foo/baz",
+            Some("/foo"),
+            "/baz",
+        ),
+        (ReplacePrefixMatch("/".into()), "/foo", Some("/foo"), "/"),
+        (
+            ReplacePrefixMatch("/bar/".into()),
+            "/foo/baz",
+            Some("/foo"),
+            "/bar/baz",
+        ),
+        (
+            ReplacePrefixMatch("/bar".into()),
+            "/baz",
+            Some(""),
+            "/bar/baz",
+        ),
+        (ReplaceFullPath("/x".into()), "/foo/baz", Some("/foo"), "/x"),
+    ];
+    for (m, path, prefix, want) in cases {
+        assert_eq!(m.apply(path, prefix), want, "{m:?} {path} {prefix:?}");
+    }
+}
+
+#[test]
+fn redirects_and_rewrites_are_checked() {
+    let w = world(vec![route(
+        "shop",
+        json!([{"matches": [{"path": {"type": "Exact", "value": "/a"}}],
+                "filters": [{"type": "RequestRedirect", "requestRedirect": {"path": {"type": "ReplacePrefixMatch", "replacePrefixMatch": "/b"}}}]}]),
+    )]);
+    let (ok, reason) = accepted(&run(&w), "default/shop");
+    assert!(
+        !ok && reason == "UnsupportedValue",
+        "ReplacePrefixMatch needs PathPrefix matches"
+    );
+    let w = world(vec![route(
+        "shop",
+        json!([{"filters": [{"type": "RequestRedirect", "requestRedirect": {"statusCode": 307}}]}]),
+    )]);
+    assert!(
+        !accepted(&run(&w), "default/shop").0,
+        "307 is not a Gateway API redirect code"
+    );
+    let w = world(vec![route(
+        "shop",
+        json!([{"filters": [{"type": "RequestRedirect", "requestRedirect": {"scheme": "https", "statusCode": 301}}]}]),
+    )]);
+    let t = run(&w);
+    let r = t.routes[0].kube.as_ref().unwrap().redirect.clone().unwrap();
+    assert_eq!((r.scheme.as_deref(), r.status), (Some("https"), 301));
+}
