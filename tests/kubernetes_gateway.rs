@@ -320,8 +320,9 @@ async fn metric(proxy: &ProxyProcess, series: &str) -> f64 {
 
 /// Gateway API's RequestRedirect (Core) and URLRewrite (Flagger writes it for
 /// `service.rewrite`), end to end.
-async fn filter_flows(kube: &Kube, proxy: &ProxyProcess, primary: &Origin) {
+async fn filter_flows(kube: &Kube, proxy: &ProxyProcess, primary: &Origin, shadow: &Origin) {
     service(kube, "site", Some(primary)).await;
+    service(kube, "site-shadow", Some(shadow)).await;
     kube.create(
         &format!("{GW}/namespaces/default/httproutes"),
         json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
@@ -337,6 +338,13 @@ async fn filter_flows(kube: &Kube, proxy: &ProxyProcess, primary: &Origin) {
              "filters": [{"type": "URLRewrite", "urlRewrite": {
                  "hostname": "internal.example",
                  "path": {"type": "ReplacePrefixMatch", "replacePrefixMatch": "/"}}}],
+             "backendRefs": [{"name": "site", "port": 9898}]},
+            {"matches": [{"path": {"type": "PathPrefix", "value": "/copy"}}],
+             "filters": [
+                 {"type": "RequestHeaderModifier", "requestHeaderModifier": {
+                     "set": [{"name": "X-Env", "value": "gateway"}], "remove": ["X-Secret"]}},
+                 {"type": "RequestMirror", "requestMirror": {
+                     "backendRef": {"name": "site-shadow", "port": 9898}, "percent": 100}}],
              "backendRefs": [{"name": "site", "port": 9898}]}
         ]}}),
     )
@@ -369,6 +377,30 @@ async fn filter_flows(kube: &Kube, proxy: &ProxyProcess, primary: &Origin) {
     let last = seen.last().unwrap();
     assert_eq!(last.uri.path_and_query().unwrap().as_str(), "/users?id=7");
     assert_eq!(last.headers["host"], "internal.example");
+
+    // RequestHeaderModifier on the request; RequestMirror copies every request to the shadow
+    // Service, whose answer is discarded.
+    let shadow_before = shadow.seen().len();
+    let r = client
+        .get(
+            &format!("http://{}/copy/me", proxy.addr),
+            &[("host", "rw.example.com"), ("x-secret", "s3")],
+        )
+        .await;
+    assert_eq!((r.status, r.body.as_str()), (StatusCode::OK, "primary"));
+    let last = primary.last();
+    assert_eq!(last.uri.path(), "/copy/me");
+    assert_eq!(last.headers["x-env"], "gateway");
+    assert!(!last.headers.contains_key("x-secret"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while shadow.seen().len() == shadow_before {
+        assert!(
+            Instant::now() < deadline,
+            "the mirror copy never reached the shadow"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(shadow.last().uri.path(), "/copy/me");
 }
 
 /// Flagger's `nginx` router, then Argo Rollouts' nginx router, each request as they send it
@@ -860,7 +892,7 @@ async fn flagger_and_argo_drive_canaryd_through_httproutes_and_ingresses() {
         .await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
 
-    filter_flows(&kube, &proxy, &primary).await;
+    filter_flows(&kube, &proxy, &primary, &canary).await;
     ingress_flows(&kube, &proxy, &primary, &canary).await;
 
     // Least privilege: canaryd's requests (its kubeconfig's token; the test sends none) need

@@ -49,7 +49,24 @@ pub struct IngressTranslation {
     /// `namespace/name` → what is wrong with that Ingress or not implemented (annotations
     /// canaryd does not implement, backends that do not resolve, conflicts), for its Events
     /// and the log.
-    pub problems: BTreeMap<String, Vec<String>>,
+    pub problems: BTreeMap<String, Vec<Problem>>,
+}
+
+/// Something canaryd could not apply as written: an Event's reason and message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// `UnsupportedAnnotation`, `Unsupported`, `Conflict`, `Invalid` or `BackendNotFound`.
+    pub reason: &'static str,
+    pub message: String,
+}
+
+impl IngressTranslation {
+    fn report(&mut self, key: String, reason: &'static str, message: String) {
+        self.problems
+            .entry(key)
+            .or_default()
+            .push(Problem { reason, message });
+    }
 }
 
 /// The class of an Ingress: the legacy annotation first, then `spec.ingressClassName` (as
@@ -131,6 +148,13 @@ pub fn translate(
             .cmp(&(&b.metadata.creation_timestamp, b.metadata.key()))
     });
     for i in &ours {
+        if !i.spec.tls.is_empty() && !is_canary(i) {
+            out.report(
+                i.metadata.key(),
+                "Unsupported",
+                "spec.tls is not applied: canaryd terminates TLS with the certificates of its config file (listeners[].tls, sni) and does not read Secrets".to_string(),
+            );
+        }
         let unsupported: Vec<&str> = i
             .metadata
             .annotations
@@ -139,17 +163,15 @@ pub fn translate(
             .filter(|k| !SUPPORTED.contains(k))
             .collect();
         if !unsupported.is_empty() {
-            out.problems
-                .entry(i.metadata.key())
-                .or_default()
-                .push(format!(
+            let list: Vec<String> = unsupported.iter().map(|k| format!("{PREFIX}{k}")).collect();
+            out.report(
+                i.metadata.key(),
+                "UnsupportedAnnotation",
+                format!(
                     "annotations canaryd does not implement, not applied: {}",
-                    unsupported
-                        .iter()
-                        .map(|k| format!("{PREFIX}{k}"))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ));
+                    list.join(", ")
+                ),
+            );
         }
     }
     // Canary paths by (host, path); the oldest canary Ingress wins, as in ingress-nginx.
@@ -157,11 +179,12 @@ pub fn translate(
     for i in ours.iter().filter(|i| is_canary(i)) {
         for p in paths(i) {
             if canaries.contains_key(&(p.host, p.path)) {
-                out.problems.entry(i.metadata.key()).or_default().push(format!(
+                let message = format!(
                     "another canary Ingress already serves host {} path {}; this one is ignored there",
                     p.host.unwrap_or("*"),
                     p.path
-                ));
+                );
+                out.report(i.metadata.key(), "Conflict", message);
                 continue;
             }
             canaries.insert(
@@ -182,16 +205,20 @@ pub fn translate(
             if used.contains(&name) {
                 name = route_name(&m.namespace, &format!("{}-ingress", m.name), idx);
             }
-            match path_route(world, main, &p, canary, name, proxy) {
+            let mut unresolved = Vec::new();
+            match path_route(world, main, &p, canary, name, proxy, &mut unresolved) {
                 Ok(rc) => {
+                    for msg in unresolved {
+                        out.report(m.key(), "BackendNotFound", msg);
+                    }
                     if let Some(msg) = file_conflict(&rc, file) {
-                        out.problems.entry(m.key()).or_default().push(msg);
+                        out.report(m.key(), "Conflict", msg);
                         continue;
                     }
                     used.push(rc.name.clone());
                     out.routes.push(rc);
                 }
-                Err(msg) => out.problems.entry(m.key()).or_default().push(msg),
+                Err(msg) => out.report(m.key(), "Invalid", msg),
             }
         }
     }
@@ -262,11 +289,11 @@ fn path_route(
     canary: Option<&Canary<'_>>,
     name: String,
     proxy: &ProxySettings,
+    problems: &mut Vec<String>,
 ) -> Result<RouteConfig, String> {
     let m = &main.metadata;
     let field = format!("Ingress {} path {}", m.key(), p.path);
-    let mut problems = Vec::new();
-    let (primary, primary_un, _) = version(world, &m.namespace, p.backend, &field, &mut problems)?;
+    let (primary, primary_un, _) = version(world, &m.namespace, p.backend, &field, problems)?;
     let mut versions = vec![primary];
     let mut unservable = vec![primary_un];
     let mut services = vec![(versions[0].name.clone(), String::new())];
@@ -274,7 +301,7 @@ fn path_route(
     if let Some(c) = canary {
         let cm = &c.ingress.metadata;
         let cfield = format!("canary Ingress {} path {}", cm.key(), p.path);
-        let (mut v, un, up) = version(world, &cm.namespace, c.backend, &cfield, &mut problems)?;
+        let (mut v, un, up) = version(world, &cm.namespace, c.backend, &cfield, problems)?;
         if v.name == versions[0].name {
             return Err(format!(
                 "{cfield}: the canary names the main Ingress's own Service {}",
@@ -337,9 +364,6 @@ fn path_route(
         },
     );
     route.rules = rules;
-    if !problems.is_empty() {
-        tracing::warn!(route = %route.name, "{}", problems.join("; "));
-    }
     Ok(route)
 }
 

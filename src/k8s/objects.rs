@@ -296,6 +296,8 @@ pub struct IngressSpec {
     pub ingress_class_name: Option<String>,
     pub default_backend: Option<IngressBackend>,
     pub rules: Vec<IngressRule>,
+    /// Only whether it is set: canaryd's TLS comes from its file.
+    pub tls: Vec<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

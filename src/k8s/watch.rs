@@ -232,7 +232,7 @@ struct Applied {
     fingerprint: Option<String>,
     good: BTreeMap<String, Vec<RouteConfig>>,
     /// What was last reported about each Ingress, so it is reported once per change.
-    reported: BTreeMap<String, Vec<String>>,
+    reported: BTreeMap<String, Vec<ingress::Problem>>,
 }
 
 async fn sync(
@@ -272,7 +272,7 @@ async fn sync(
             continue;
         }
         for p in problems {
-            tracing::warn!(ingress = %key, "{p}");
+            tracing::warn!(ingress = %key, reason = p.reason, "{}", p.message);
         }
         report(client, &world, key, problems).await;
     }
@@ -281,7 +281,7 @@ async fn sync(
 
 /// A Warning Event on the Ingress, for each problem canaryd found with it (what `kubectl
 /// describe ingress` shows).
-async fn report(client: &Client, world: &World, key: &str, problems: &[String]) {
+async fn report(client: &Client, world: &World, key: &str, problems: &[ingress::Problem]) {
     let Some(i) = world.ingresses.get(key) else {
         return;
     };
@@ -292,7 +292,7 @@ async fn report(client: &Client, world: &World, key: &str, problems: &[String]) 
     for p in problems {
         let id = crate::hash::fnv(
             crate::hash::FNV_OFFSET,
-            format!("{key}{p}{now}").as_bytes().iter(),
+            format!("{key}{}{now}", p.message).as_bytes().iter(),
         );
         let event = serde_json::json!({
             "apiVersion": "v1",
@@ -301,8 +301,8 @@ async fn report(client: &Client, world: &World, key: &str, problems: &[String]) 
             "involvedObject": {"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
                                "name": name, "namespace": ns},
             "type": "Warning",
-            "reason": if p.contains("does not implement") { "UnsupportedAnnotation" } else { "Invalid" },
-            "message": p,
+            "reason": p.reason,
+            "message": p.message,
             "source": {"component": "canaryd"},
             "reportingComponent": translate::CONTROLLER_NAME,
             "firstTimestamp": now,

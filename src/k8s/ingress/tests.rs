@@ -201,14 +201,22 @@ fn other_nginx_annotations_are_reported_not_ignored() {
     let t = run(&w);
     let p = &t.problems["default/podinfo"];
     assert_eq!(p.len(), 1, "{p:?}");
+    assert_eq!(p[0].reason, "UnsupportedAnnotation");
     assert!(
-        p[0].contains("nginx.ingress.kubernetes.io/proxy-body-size"),
+        p[0].message
+            .contains("nginx.ingress.kubernetes.io/proxy-body-size"),
         "{p:?}"
     );
     assert!(
-        p[0].contains("nginx.ingress.kubernetes.io/rewrite-target"),
+        p[0].message
+            .contains("nginx.ingress.kubernetes.io/rewrite-target"),
         "{p:?}"
     );
+    // TLS in the Ingress is reported, not pretended.
+    let mut with_tls = ingress("podinfo", "podinfo", json!({}), "canaryd");
+    with_tls["spec"]["tls"] = json!([{"hosts": ["app.example.com"], "secretName": "app-tls"}]);
+    let t = run(&world(vec![with_tls]));
+    assert_eq!(t.problems["default/podinfo"][0].reason, "Unsupported");
     assert_eq!(t.routes.len(), 1, "the rest of the Ingress is still served");
 }
 
