@@ -171,8 +171,8 @@ pub fn explain(
     // The address `client_ip` rules see: the peer, or what trusted proxies put in XFF.
     let client =
         peer.and_then(|p| crate::proxy::headers::client_address(&map, p, cfg.proxy.trusted_hops));
-    let target = uri.path_and_query().map_or(uri.path(), |pq| pq.as_str());
-    let Some(d) = router.decide_for(host, target, &method, &map, client, &mut rng) else {
+    let line = router::Line::of(&uri, &method);
+    let Some(d) = router.decide_for(host, &line, &map, client, &mut rng) else {
         return Err(format!(
             "no route matches host {} path {}: canaryd answers 404",
             host.unwrap_or("(none)"),

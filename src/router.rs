@@ -129,6 +129,38 @@ impl<T: AsRef<Route>> PartialEq for Decision<'_, T> {
 
 impl<T: AsRef<Route>> Eq for Decision<'_, T> {}
 
+/// What routing reads of a request line: the path, the query apart (as `http::Uri` already
+/// holds them, so the proxy splits nothing), the method.
+#[derive(Debug, Clone, Copy)]
+pub struct Line<'a> {
+    pub path: &'a str,
+    pub query: Option<&'a str>,
+    pub method: &'a Method,
+}
+
+impl<'a> Line<'a> {
+    /// From a request target's path with its query.
+    pub fn parse(path_and_query: &'a str, method: &'a Method) -> Line<'a> {
+        let (path, query) = match path_and_query.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (path_and_query, None),
+        };
+        Line {
+            path,
+            query,
+            method,
+        }
+    }
+
+    pub fn of(uri: &'a http::Uri, method: &'a Method) -> Line<'a> {
+        Line {
+            path: uri.path(),
+            query: uri.query(),
+            method,
+        }
+    }
+}
+
 /// One (host, match) alternative of a route. A file route has one, its `host` and
 /// `path_prefix` ([`ANY`] in both fields); a Kubernetes route one per host and match.
 #[derive(Debug, Clone, Copy)]
@@ -251,7 +283,8 @@ impl<T: AsRef<Route>> Router<T> {
         method: &Method,
         headers: &HeaderMap,
     ) -> Option<usize> {
-        self.select_match(host, path_and_query, method, headers)
+        let line = Line::parse(path_and_query, method);
+        self.select_match(host, &line, headers)
             .map(|(route, _)| route)
     }
 
@@ -260,14 +293,10 @@ impl<T: AsRef<Route>> Router<T> {
     fn select_match(
         &self,
         host: Option<&str>,
-        path_and_query: &str,
-        method: &Method,
+        line: &Line<'_>,
         headers: &HeaderMap,
     ) -> Option<(usize, u16)> {
-        let (path, query) = match path_and_query.split_once('?') {
-            Some((p, q)) => (p, Some(q)),
-            None => (path_and_query, None),
-        };
+        let (path, query, method) = (line.path, line.query, line.method);
         self.order.iter().find_map(|e| {
             let r = self.routes[e.route as usize].as_ref();
             let hit = match &r.config.kube {
@@ -300,21 +329,19 @@ impl<T: AsRef<Route>> Router<T> {
         headers: &HeaderMap,
         rng: &mut R,
     ) -> Option<Decision<'_, T>> {
-        self.decide_for(host, path, &Method::GET, headers, None, rng)
+        self.decide_for(host, &Line::parse(path, &Method::GET), headers, None, rng)
     }
 
     /// The full decision for a request from `client` (the address `client_ip` rules test).
-    /// `path_and_query` is the request target's path with its query, if any.
     pub fn decide_for<R: Rng + ?Sized>(
         &self,
         host: Option<&str>,
-        path_and_query: &str,
-        method: &Method,
+        line: &Line<'_>,
         headers: &HeaderMap,
         client: Option<IpAddr>,
         rng: &mut R,
     ) -> Option<Decision<'_, T>> {
-        let (i, matched) = self.select_match(host, path_and_query, method, headers)?;
+        let (i, matched) = self.select_match(host, line, headers)?;
         let route = &self.routes[i];
         let (version, reason, assign) = route.as_ref().decide(headers, client, rng);
         Some(Decision {

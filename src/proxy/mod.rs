@@ -102,8 +102,10 @@ async fn forward(
     // One lookup of `Host` serves routing, X-Forwarded-Host and the upstream request.
     let host = parts.headers.get(HOST).cloned();
     let decision = route::route(ctx, &parts, host.as_ref())?;
-    if let Some(resp) = route::redirect(ctx, &decision, &parts, host.as_ref()) {
-        return Ok(resp);
+    if decision.route.config().kube.is_some() {
+        if let Some(resp) = route::redirect(ctx, &decision, &parts, host.as_ref()) {
+            return Ok(resp);
+        }
     }
     route::pick(ctx, &decision)?;
     let mirror = route::mirror(ctx, &decision, &parts);

@@ -39,11 +39,7 @@ pub(super) fn route<'s>(
         .with(|rng| {
             snap.router.decide_for(
                 host,
-                parts
-                    .uri
-                    .path_and_query()
-                    .map_or(parts.uri.path(), |pq| pq.as_str()),
-                &parts.method,
+                &router::Line::of(&parts.uri, &parts.method),
                 &parts.headers,
                 client_ip,
                 &mut *rng.borrow_mut(),

@@ -77,8 +77,7 @@ fn canary_share(t: &IngressTranslation, headers: &[(&str, &str)], n: usize) -> u
             let d = router
                 .decide_for(
                     Some("app.example.com"),
-                    "/x",
-                    &http::Method::GET,
+                    &crate::router::Line::parse("/x", &http::Method::GET),
                     &h,
                     None,
                     &mut rng,

@@ -224,8 +224,7 @@ fn precedence_follows_gateway_api_not_rule_order() {
         let d = router
             .decide_for(
                 Some("any.example"),
-                path,
-                method,
+                &crate::router::Line::parse(path, method),
                 headers,
                 None,
                 &mut rand::rng(),
