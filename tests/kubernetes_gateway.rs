@@ -647,25 +647,7 @@ async fn flagger_and_argo_drive_canaryd_through_httproutes_and_ingresses() {
         ("podinfo-canary", Some(&canary)),
         ("podinfo-idle", None),
     ] {
-        kube.create(
-            "/api/v1/namespaces/default/services",
-            json!({"apiVersion": "v1", "kind": "Service",
-                   "metadata": {"name": svc, "namespace": "default"},
-                   "spec": {"ports": [{"name": "http", "port": 9898, "protocol": "TCP"}]}}),
-        )
-        .await;
-        if let Some(o) = origin {
-            kube.create(
-                "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices",
-                json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-                       "metadata": {"name": format!("{svc}-x1"), "namespace": "default",
-                                    "labels": {"kubernetes.io/service-name": svc}},
-                       "addressType": "IPv4",
-                       "endpoints": [{"addresses": [o.addr.ip().to_string()], "conditions": {"ready": true}}],
-                       "ports": [{"name": "http", "port": o.addr.port(), "protocol": "TCP"}]}),
-            )
-            .await;
-        }
+        service(&kube, svc, origin).await;
     }
 
     let dir = tempfile::tempdir().unwrap();
