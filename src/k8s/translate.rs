@@ -39,8 +39,59 @@ pub struct World {
     pub gateways: BTreeMap<String, Gateway>,
     pub routes: BTreeMap<String, HttpRoute>,
     pub services: BTreeMap<String, Service>,
-    pub slices: BTreeMap<String, super::objects::EndpointSlice>,
+    /// EndpointSlices by `namespace/name`; change them with [`World::put_slice`] and
+    /// [`World::remove_slice`], which keep the index by Service.
+    pub(crate) slices: BTreeMap<String, super::objects::EndpointSlice>,
+    /// `namespace/service` → keys of its EndpointSlices: a backend reads its own slices, not
+    /// every slice of the cluster.
+    slices_by_service: BTreeMap<String, std::collections::BTreeSet<String>>,
     pub ingresses: BTreeMap<String, super::objects::Ingress>,
+}
+
+impl World {
+    pub fn put_slice(&mut self, key: String, slice: super::objects::EndpointSlice) {
+        self.remove_slice(&key);
+        if let Some(svc) = slice.metadata.labels.get(SERVICE_NAME_LABEL) {
+            self.slices_by_service
+                .entry(format!("{}/{svc}", slice.metadata.namespace))
+                .or_default()
+                .insert(key.clone());
+        }
+        self.slices.insert(key, slice);
+    }
+
+    pub fn remove_slice(&mut self, key: &str) {
+        let Some(old) = self.slices.remove(key) else {
+            return;
+        };
+        if let Some(svc) = old.metadata.labels.get(SERVICE_NAME_LABEL) {
+            let k = format!("{}/{svc}", old.metadata.namespace);
+            if let Some(set) = self.slices_by_service.get_mut(&k) {
+                set.remove(key);
+                if set.is_empty() {
+                    self.slices_by_service.remove(&k);
+                }
+            }
+        }
+    }
+
+    pub fn clear_slices(&mut self) {
+        self.slices.clear();
+        self.slices_by_service.clear();
+    }
+
+    /// The EndpointSlices of Service `ns/name`.
+    fn slices_of<'a>(
+        &'a self,
+        ns: &str,
+        name: &str,
+    ) -> impl Iterator<Item = &'a super::objects::EndpointSlice> + 'a {
+        self.slices_by_service
+            .get(&format!("{ns}/{name}"))
+            .into_iter()
+            .flatten()
+            .filter_map(|k| self.slices.get(k))
+    }
 }
 
 /// One status condition as canaryd computes it (the writer adds times and generations).
@@ -1094,15 +1145,8 @@ pub(crate) fn resolve_service(
         _ => Protocol::Http1,
     };
     let mut endpoints: Vec<Endpoint> = Vec::new();
-    for s in world.slices.values() {
-        if s.metadata.namespace != ns
-            || s.metadata
-                .labels
-                .get(SERVICE_NAME_LABEL)
-                .map(String::as_str)
-                != Some(name)
-            || !matches!(s.address_type.as_str(), "IPv4" | "IPv6")
-        {
+    for s in world.slices_of(ns, name) {
+        if !matches!(s.address_type.as_str(), "IPv4" | "IPv6") {
             continue;
         }
         let Some(target) = s

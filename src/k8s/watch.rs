@@ -8,7 +8,7 @@
 //! against a half-read cluster (a Service not listed yet is not "not found").
 
 use super::ingress;
-use super::objects::{EndpointSlice, Gateway, GatewayClass, HttpRoute, Ingress, Service};
+use super::objects::EndpointSlice;
 use super::status;
 use super::translate::{self, Translation, World};
 use crate::config::RouteConfig;
@@ -110,69 +110,109 @@ fn key_of(o: &DynamicObject) -> String {
     }
 }
 
-/// The objects as last seen, per kind, as JSON (what the API server sent).
+/// The objects as last seen, read into their types once, when they arrive (a batch
+/// translates the world as it stands, without re-reading every object of the cluster).
 #[derive(Default)]
 struct Cache {
-    objects: [BTreeMap<String, Value>; 6],
+    world: World,
+    /// The `status` of each Gateway API object as the API server sent it, to compare with
+    /// what canaryd would write.
+    statuses: [BTreeMap<String, Value>; 6],
     /// A relist in progress: objects listed so far, swapped in at `InitDone`.
-    pending: [Option<BTreeMap<String, Value>>; 6],
+    pending: [Option<Vec<DynamicObject>>; 6],
     listed: [bool; 6],
+}
+
+/// `obj` read as a `T`, or `None` (logged) when it does not read.
+fn read<T: serde::de::DeserializeOwned>(kind: Kind, key: &str, obj: &DynamicObject) -> Option<T> {
+    let parsed = serde_json::to_value(obj).and_then(serde_json::from_value::<T>);
+    match parsed {
+        Ok(t) => Some(t),
+        Err(e) => {
+            tracing::warn!(kind = kind.name(), object = %key, "cannot read object, ignoring it: {e}");
+            None
+        }
+    }
 }
 
 impl Cache {
     fn apply(&mut self, kind: Kind, event: Event<DynamicObject>) {
         let i = kind.index();
-        let json = |o: &DynamicObject| serde_json::to_value(o).unwrap_or(Value::Null);
         match event {
-            Event::Apply(o) => {
-                self.objects[i].insert(key_of(&o), json(&o));
-            }
-            Event::Delete(o) => {
-                self.objects[i].remove(&key_of(&o));
-            }
-            Event::Init => self.pending[i] = Some(BTreeMap::new()),
-            Event::InitApply(o) => {
-                self.pending[i]
-                    .get_or_insert_with(BTreeMap::new)
-                    .insert(key_of(&o), json(&o));
-            }
+            Event::Apply(o) => self.put(kind, &o),
+            Event::Delete(o) => self.remove(kind, &key_of(&o)),
+            Event::Init => self.pending[i] = Some(Vec::new()),
+            Event::InitApply(o) => self.pending[i].get_or_insert_with(Vec::new).push(o),
             Event::InitDone => {
-                if let Some(p) = self.pending[i].take() {
-                    self.objects[i] = p;
+                if let Some(listed) = self.pending[i].take() {
+                    self.clear(kind);
+                    for o in &listed {
+                        self.put(kind, o);
+                    }
                 }
                 self.listed[i] = true;
             }
         }
     }
 
-    fn parse<T: serde::de::DeserializeOwned>(&self, kind: Kind) -> BTreeMap<String, T> {
-        self.objects[kind.index()]
-            .iter()
-            .filter_map(|(k, v)| match serde_json::from_value::<T>(v.clone()) {
-                Ok(t) => Some((k.clone(), t)),
-                Err(e) => {
-                    tracing::warn!(kind = kind.name(), object = %k, "cannot read object, ignoring it: {e}");
-                    None
-                }
-            })
-            .collect()
-    }
-
-    fn world(&self) -> World {
-        World {
-            classes: self.parse::<GatewayClass>(Kind::GatewayClass),
-            gateways: self.parse::<Gateway>(Kind::Gateway),
-            routes: self.parse::<HttpRoute>(Kind::HttpRoute),
-            services: self.parse::<Service>(Kind::Service),
-            slices: self.parse::<EndpointSlice>(Kind::EndpointSlice),
-            ingresses: self.parse::<Ingress>(Kind::Ingress),
+    fn put(&mut self, kind: Kind, o: &DynamicObject) {
+        let key = key_of(o);
+        self.remove(kind, &key);
+        let w = &mut self.world;
+        match kind {
+            Kind::GatewayClass => read(kind, &key, o)
+                .map(|t| w.classes.insert(key.clone(), t))
+                .map(drop),
+            Kind::Gateway => read(kind, &key, o)
+                .map(|t| w.gateways.insert(key.clone(), t))
+                .map(drop),
+            Kind::HttpRoute => read(kind, &key, o)
+                .map(|t| w.routes.insert(key.clone(), t))
+                .map(drop),
+            Kind::Service => read(kind, &key, o)
+                .map(|t| w.services.insert(key.clone(), t))
+                .map(drop),
+            Kind::EndpointSlice => {
+                read::<EndpointSlice>(kind, &key, o).map(|t| w.put_slice(key.clone(), t))
+            }
+            Kind::Ingress => read(kind, &key, o)
+                .map(|t| w.ingresses.insert(key.clone(), t))
+                .map(drop),
+        };
+        if let Some(status) = o.data.get("status") {
+            self.statuses[kind.index()].insert(key, status.clone());
         }
     }
 
+    fn remove(&mut self, kind: Kind, key: &str) {
+        let w = &mut self.world;
+        match kind {
+            Kind::GatewayClass => drop(w.classes.remove(key)),
+            Kind::Gateway => drop(w.gateways.remove(key)),
+            Kind::HttpRoute => drop(w.routes.remove(key)),
+            Kind::Service => drop(w.services.remove(key)),
+            Kind::EndpointSlice => w.remove_slice(key),
+            Kind::Ingress => drop(w.ingresses.remove(key)),
+        }
+        self.statuses[kind.index()].remove(key);
+    }
+
+    fn clear(&mut self, kind: Kind) {
+        let w = &mut self.world;
+        match kind {
+            Kind::GatewayClass => w.classes.clear(),
+            Kind::Gateway => w.gateways.clear(),
+            Kind::HttpRoute => w.routes.clear(),
+            Kind::Service => w.services.clear(),
+            Kind::EndpointSlice => w.clear_slices(),
+            Kind::Ingress => w.ingresses.clear(),
+        }
+        self.statuses[kind.index()].clear();
+    }
+
     fn status_of(&self, kind: Kind, key: &str) -> Value {
-        self.objects[kind.index()]
+        self.statuses[kind.index()]
             .get(key)
-            .and_then(|o| o.get("status"))
             .cloned()
             .unwrap_or(Value::Null)
     }
@@ -242,16 +282,16 @@ async fn sync(
     cache: &Cache,
     last: &mut Applied,
 ) {
-    let world = cache.world();
+    let world = &cache.world;
     let proxy = control.state().snapshot().config.proxy.clone();
     let file = control.file_routes();
-    let t = translate::translate(&world, &file, &proxy, &last.good);
+    let t = translate::translate(world, &file, &proxy, &last.good);
     let taken: Vec<String> = file
         .iter()
         .chain(&t.routes)
         .map(|r| r.name.clone())
         .collect();
-    let ing = ingress::translate(&world, &opts.ingress_class, &file, &taken, &proxy);
+    let ing = ingress::translate(world, &opts.ingress_class, &file, &taken, &proxy);
     let mut routes = t.routes.clone();
     routes.extend(ing.routes);
     let fingerprint = format!("{routes:?}");
@@ -266,7 +306,7 @@ async fn sync(
             Err(e) => tracing::warn!("Kubernetes routes rejected, keeping the last good ones: {e}"),
         }
     }
-    write_statuses(client, cache, &world, &t).await;
+    write_statuses(client, cache, world, &t).await;
     for (key, problems) in &ing.problems {
         if last.reported.get(key) == Some(problems) {
             continue;
@@ -274,7 +314,7 @@ async fn sync(
         for p in problems {
             tracing::warn!(ingress = %key, reason = p.reason, "{}", p.message);
         }
-        report(client, &world, key, problems).await;
+        report(client, world, key, problems).await;
     }
     last.reported = ing.problems;
 }

@@ -36,7 +36,7 @@ fn world(ingresses: Vec<Value>) -> World {
             "ports": [{"name": "http", "port": 9000}]
         }))
         .unwrap();
-        w.slices.insert(format!("default/{svc}-a"), slice);
+        w.put_slice(format!("default/{svc}-a"), slice);
     }
     for (n, i) in ingresses.into_iter().enumerate() {
         let mut i: Ingress = serde_json::from_value(i).unwrap();

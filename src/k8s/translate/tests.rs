@@ -46,7 +46,7 @@ fn world(routes: Vec<Value>) -> World {
             "ports": [{"name": "http", "port": 9000}]
         }))
         .unwrap();
-        w.slices.insert(format!("default/{svc}-abc"), slice);
+        w.put_slice(format!("default/{svc}-abc"), slice);
     }
     for (i, r) in routes.into_iter().enumerate() {
         let mut r: HttpRoute = serde_json::from_value(r).unwrap();
@@ -408,4 +408,35 @@ fn redirects_and_rewrites_are_checked() {
     let t = run(&w);
     let r = t.routes[0].kube.as_ref().unwrap().redirect.clone().unwrap();
     assert_eq!((r.scheme.as_deref(), r.status), (Some("https"), 301));
+}
+
+#[test]
+fn slices_are_found_by_their_service_and_follow_relabels_and_deletes() {
+    let mut w = world(vec![route(
+        "shop",
+        json!([{"backendRefs": [backend("stable", 50), backend("canary", 50)]}]),
+    )]);
+    // The canary's slice is relabelled to the stable Service: the canary has no endpoint.
+    let mut moved = w.slices["default/canary-abc"].clone();
+    moved
+        .metadata
+        .labels
+        .insert(SERVICE_NAME_LABEL.into(), "stable".into());
+    w.put_slice("default/canary-abc".into(), moved);
+    let t = run(&w);
+    let r = &t.routes[0];
+    let eps: Vec<String> = r.versions[0]
+        .endpoints
+        .iter()
+        .map(|e| e.to_string())
+        .collect();
+    assert_eq!(eps, vec!["127.0.0.2:9000", "127.0.0.3:9000"]);
+    assert_eq!(
+        r.kube.as_ref().unwrap().unservable[1],
+        Some(Unservable::NoEndpoints)
+    );
+    w.remove_slice("default/canary-abc");
+    w.remove_slice("default/stable-abc");
+    let t = run(&w);
+    assert!(t.routes[0].versions[0].endpoints.is_empty());
 }
