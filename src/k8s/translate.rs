@@ -529,7 +529,18 @@ fn translate_route(
         },
     );
     if let Some(routes) = serve {
-        out.routes.extend(routes.iter().cloned());
+        for rc in &routes {
+            let mut rc = rc.clone();
+            // `team-x/shop` and `team/x-shop` both make `team-x-shop-0`: the younger one
+            // gets its source's hash appended, so names stay unique and stable.
+            if out.routes.iter().any(|r| r.name == rc.name) {
+                let source = rc.kube.as_ref().map_or("", |k| k.source.as_str());
+                let h = crate::hash::fnv(crate::hash::FNV_OFFSET, source.as_bytes().iter());
+                let base: String = rc.name.chars().take(55).collect();
+                rc.name = format!("{base}-{:08x}", h as u32);
+            }
+            out.routes.push(rc);
+        }
         out.good.insert(key, routes);
     }
 }

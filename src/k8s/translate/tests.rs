@@ -440,3 +440,26 @@ fn slices_are_found_by_their_service_and_follow_relabels_and_deletes() {
     let t = run(&w);
     assert!(t.routes[0].versions[0].endpoints.is_empty());
 }
+
+#[test]
+fn names_that_collide_across_namespaces_stay_unique() {
+    let mut a = route("shop", json!([{"backendRefs": [backend("stable", 1)]}]));
+    a["metadata"]["namespace"] = json!("team-x");
+    a["spec"]["parentRefs"] = json!([{"name": "gw", "namespace": "default"}]);
+    let mut b = route("x-shop", json!([{"backendRefs": [backend("stable", 1)]}]));
+    b["metadata"]["namespace"] = json!("team");
+    b["spec"]["parentRefs"] = json!([{"name": "gw", "namespace": "default"}]);
+    let mut w = world(vec![a, b]);
+    for gw in w.gateways.values_mut() {
+        gw.spec.listeners[0].allowed_routes =
+            serde_json::from_value(json!({"namespaces": {"from": "All"}})).unwrap();
+    }
+    let t = run(&w);
+    let names: Vec<&str> = t.routes.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names.len(), 2);
+    assert_eq!(names[0], "team-x-shop-0", "the older keeps its name");
+    assert!(
+        names[1].starts_with("team-x-shop-0-") && names[1].len() <= 64,
+        "{names:?}"
+    );
+}
