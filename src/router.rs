@@ -554,10 +554,7 @@ fn condition_matches<'h>(
         }),
         Condition::Header { name, test } => match test {
             ValueTest::Present(want) => headers.contains_key(name) == *want,
-            ValueTest::Equals(_) | ValueTest::Matches(_) => headers
-                .get_all(name)
-                .iter()
-                .any(|v| value_matches(test, v.as_bytes())),
+            ValueTest::Equals(_) | ValueTest::Matches(_) => header_matches(headers, name, test),
         },
         Condition::Cookie { name, test } => jar
             .get(headers, name)
@@ -575,15 +572,20 @@ fn request_matches(
 ) -> bool {
     m.path.matches(path)
         && m.method.as_ref().is_none_or(|want| want == method)
-        && m.headers.iter().all(|(name, test)| {
-            headers
-                .get_all(name)
-                .iter()
-                .any(|v| value_matches(test, v.as_bytes()))
-        })
+        && m.headers
+            .iter()
+            .all(|(name, test)| header_matches(headers, name, test))
         && m.query.iter().all(|(name, test)| {
             query_param(query, name).is_some_and(|v| value_matches(test, v.as_bytes()))
         })
+}
+
+/// Does any value of header `name` pass `test`?
+fn header_matches(headers: &HeaderMap, name: &http::HeaderName, test: &ValueTest) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .any(|v| value_matches(test, v.as_bytes()))
 }
 
 /// The first value of query parameter `name` (compared as sent, case-sensitive).
@@ -686,16 +688,22 @@ pub fn host_of<'a>(uri: &'a http::Uri, host: Option<&'a HeaderValue>) -> Option<
 }
 
 fn strip_port(h: &str) -> &str {
+    split_port(h).0
+}
+
+/// A `Host` value split into the host (an IPv6 address keeps its brackets) and the digits of
+/// its port, if it names one.
+pub(crate) fn split_port(h: &str) -> (&str, Option<&str>) {
     if h.starts_with('[') {
-        // [v6]:port → [v6]
+        // [v6]:port → [v6], port
         return match h.find(']') {
-            Some(i) => &h[..=i],
-            None => h,
+            Some(i) => (&h[..=i], h[i + 1..].strip_prefix(':')),
+            None => (h, None),
         };
     }
     match h.rfind(':') {
-        Some(i) if h[i + 1..].bytes().all(|b| b.is_ascii_digit()) => &h[..i],
-        _ => h,
+        Some(i) if h[i + 1..].bytes().all(|b| b.is_ascii_digit()) => (&h[..i], Some(&h[i + 1..])),
+        _ => (h, None),
     }
 }
 

@@ -244,14 +244,7 @@ fn version(
         (None, Some(n)) => ServicePortRef::Name(n),
         (None, None) => return Err(format!("{field}: the Service port is missing")),
     };
-    let upstream = format!(
-        "{ns}-{}-{}",
-        svc.name,
-        match port {
-            ServicePortRef::Number(n) => n.to_string(),
-            ServicePortRef::Name(n) => n.to_string(),
-        }
-    );
+    let upstream = format!("{ns}-{}-{port}", svc.name);
     let resolved: Result<_, Refusal> = resolve_service(world, ns, &svc.name, port, field);
     let (endpoints, protocol, unservable) = match resolved {
         Ok((eps, proto)) => {

@@ -1115,6 +1115,15 @@ pub(crate) enum ServicePortRef<'a> {
     Name(&'a str),
 }
 
+impl std::fmt::Display for ServicePortRef<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ServicePortRef::Number(n) => write!(f, "{n}"),
+            ServicePortRef::Name(n) => f.write_str(n),
+        }
+    }
+}
+
 /// The ready endpoints of Service `ns/name` on `port`, and how to speak to them; or why the
 /// reference does not resolve (`ResolvedRefs` reason, message).
 pub(crate) fn resolve_service(
@@ -1142,10 +1151,6 @@ pub(crate) fn resolve_service(
         ServicePortRef::Name(n) => p.name.as_deref() == Some(n),
     });
     let Some(sp) = found else {
-        let port = match port {
-            ServicePortRef::Number(n) => n.to_string(),
-            ServicePortRef::Name(n) => n.to_string(),
-        };
         return Err((
             "BackendNotFound",
             format!("{field}: Service {key} has no port {port}"),

@@ -76,12 +76,13 @@ pub(super) fn rewrite_request(
                     parts.headers.insert(HOST, h.clone());
                 }
                 if let Some(m) = &rw.path {
-                    let prefix = super::route::matched_prefix(t.route.config(), ctx.matched);
-                    let mut new = m.apply(path_and_query.path(), prefix);
-                    if let Some(q) = path_and_query.query() {
-                        new.push('?');
-                        new.push_str(q);
-                    }
+                    let new = super::route::modified_target(
+                        m,
+                        t.route.config(),
+                        ctx.matched,
+                        path_and_query.path(),
+                        path_and_query.query(),
+                    );
                     if let Ok(pq) = PathAndQuery::try_from(new) {
                         path_and_query = pq;
                     }

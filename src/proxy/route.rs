@@ -59,6 +59,23 @@ pub(super) fn matched_prefix(route: &crate::config::RouteConfig, matched: u16) -
     }
 }
 
+/// The path and query of a request for `path?query` after a Gateway API path modifier (the
+/// redirect's `Location`, the rewritten upstream request): the query is kept.
+pub(super) fn modified_target(
+    m: &crate::config::PathModifier,
+    route: &crate::config::RouteConfig,
+    matched: u16,
+    path: &str,
+    query: Option<&str>,
+) -> String {
+    let mut out = m.apply(path, matched_prefix(route, matched));
+    if let Some(q) = query {
+        out.push('?');
+        out.push_str(q);
+    }
+    out
+}
+
 /// A Gateway API `RequestRedirect`: canaryd answers it, no backend is asked (and no version
 /// counts it).
 pub(super) fn redirect(
@@ -74,28 +91,19 @@ pub(super) fn redirect(
         .uri
         .authority()
         .and_then(|a| a.port_u16())
-        .or_else(|| {
-            let h = host?.to_str().ok()?;
-            let (_, port) = h.rsplit_once(':')?;
-            port.parse().ok()
-        });
+        .or_else(|| router::split_port(host?.to_str().ok()?).1?.parse().ok());
     let scheme = r.scheme.as_deref().unwrap_or(ctx.conn.proto);
     // Gateway API: an explicit scheme implies its well-known port unless one is given.
     let port = r.port.or(if r.scheme.is_some() { None } else { req_port });
     let port = port.filter(|p| !matches!((scheme, p), ("http", 80) | ("https", 443)));
-    let path = parts.uri.path();
-    let new_path = match &r.path {
-        Some(m) => m.apply(path, matched_prefix(rc, decision.matched)),
-        None => path.to_string(),
-    };
     let mut location = format!("{scheme}://{}", r.hostname.as_deref().unwrap_or(req_host));
     if let Some(p) = port {
         location.push_str(&format!(":{p}"));
     }
-    location.push_str(&new_path);
-    if let Some(q) = parts.uri.query() {
-        location.push('?');
-        location.push_str(q);
+    let (path, query) = (parts.uri.path(), parts.uri.query());
+    match &r.path {
+        Some(m) => location.push_str(&modified_target(m, rc, decision.matched, path, query)),
+        None => location.push_str(parts.uri.path_and_query().map_or(path, |pq| pq.as_str())),
     }
     let mut resp = http::Response::new(crate::proxy::body::ProxyBody::full(""));
     *resp.status_mut() = http::StatusCode::from_u16(r.status).unwrap_or(http::StatusCode::FOUND);

@@ -541,3 +541,15 @@ fn printed_bucket_ranges_are_the_routing_layout() {
         }
     }
 }
+
+#[test]
+fn host_values_split_into_host_and_port() {
+    assert_eq!(
+        split_port("shop.example:8080"),
+        ("shop.example", Some("8080"))
+    );
+    assert_eq!(split_port("shop.example"), ("shop.example", None));
+    assert_eq!(split_port("[::1]:9"), ("[::1]", Some("9")));
+    assert_eq!(split_port("[::1]"), ("[::1]", None));
+    assert_eq!(split_port("a:b"), ("a:b", None));
+}
