@@ -99,18 +99,15 @@ async fn rollout(ctl: &ProxyProcess) -> Value {
 
 /// Poll the controller's rollout until `cond` holds (30 s at most).
 async fn wait_rollout(ctl: &ProxyProcess, what: &str, cond: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    support::eventually(what, 30, || async {
         let v = rollout(ctl).await;
         if cond(&v) {
-            return v;
+            Ok(v)
+        } else {
+            Err(format!("{v:#}"))
         }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}: {v:#}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await
 }
 
 /// A replica's pushed layer as it reads it back, `Null` without one.

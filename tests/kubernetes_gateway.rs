@@ -16,8 +16,7 @@ use serde_json::{Value, json};
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-use support::{Origin, ProxyProcess, TestClient, full};
+use support::{Origin, ProxyProcess, TestClient, eventually, full};
 
 struct Fake {
     child: Child,
@@ -125,18 +124,15 @@ impl Kube {
 
     /// Poll `path` until `cond` holds (at most 20 s).
     async fn wait(&self, path: &str, what: &str, cond: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
+        eventually(what, 20, || async {
             let v = self.get(path).await;
             if cond(&v) {
-                return v;
+                Ok(v)
+            } else {
+                Err(format!("{v:#}"))
             }
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}: {v:#}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        })
+        .await
     }
 }
 
@@ -259,18 +255,28 @@ async fn applied_weight(proxy: &ProxyProcess, route: &str, version: &str) -> Opt
 /// Wait until canaryd applies `weight` to `version` of `route` (Ingresses have no status
 /// to wait on; the admin API says what is in force).
 async fn wait_weight(proxy: &ProxyProcess, route: &str, version: &str, weight: f64) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let got = applied_weight(proxy, route, version).await;
-        if got == Some(weight) {
-            return;
+    let what = format!("{route}/{version} at weight {weight}");
+    eventually(&what, 20, || async {
+        match applied_weight(proxy, route, version).await {
+            Some(w) if w == weight => Ok(()),
+            got => Err(format!("weight {got:?}")),
         }
-        assert!(
-            Instant::now() < deadline,
-            "{route}/{version}: weight {got:?}, waiting for {weight}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await
+}
+
+/// Wait until a request to web.example.com with `x-user: insider` lands as `want`
+/// (primary, canary, other): the A/B header rule applied, or gone.
+async fn header_route_sends(proxy: &ProxyProcess, want: (usize, usize, usize), what: &str) {
+    eventually(what, 20, || async {
+        let got = spread_to(proxy, "web.example.com", 1, &[("x-user", "insider")]).await;
+        if got == want {
+            Ok(())
+        } else {
+            Err(format!("{got:?}"))
+        }
+    })
+    .await
 }
 
 /// A Service named `svc` whose one ready endpoint is `origin`.
@@ -392,14 +398,15 @@ async fn filter_flows(kube: &Kube, proxy: &ProxyProcess, primary: &Origin, shado
     assert_eq!(last.uri.path(), "/copy/me");
     assert_eq!(last.headers["x-env"], "gateway");
     assert!(!last.headers.contains_key("x-secret"));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while shadow.seen().len() == shadow_before {
-        assert!(
-            Instant::now() < deadline,
-            "the mirror copy never reached the shadow"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually("the mirror copy at the shadow", 10, || async {
+        let n = shadow.seen().len();
+        if n > shadow_before {
+            Ok(())
+        } else {
+            Err(format!("{n} requests"))
+        }
+    })
+    .await;
     assert_eq!(shadow.last().uri.path(), "/copy/me");
 }
 
@@ -468,11 +475,7 @@ async fn ingress_flows(kube: &Kube, proxy: &ProxyProcess, primary: &Origin, cana
     })
     .await;
     wait_weight(proxy, "default-web-0", "web-canary", 0.0).await;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while spread_to(proxy, "web.example.com", 1, &[("x-user", "insider")]).await != (0, 1, 0) {
-        assert!(Instant::now() < deadline, "the header rule never applied");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    header_route_sends(proxy, (0, 1, 0), "the header rule applied").await;
     let header = spread_to(proxy, "web.example.com", 20, &[("x-user", "insider")]).await;
     assert_eq!(header, (0, 20, 0));
     let cookie = spread_to(
@@ -518,11 +521,7 @@ async fn ingress_flows(kube: &Kube, proxy: &ProxyProcess, primary: &Origin, cana
         );
     })
     .await;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while spread_to(proxy, "web.example.com", 1, &[("x-user", "insider")]).await != (1, 0, 0) {
-        assert!(Instant::now() < deadline, "the header rule never went away");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    header_route_sends(proxy, (1, 0, 0), "the header rule gone").await;
 
     // The annotation canaryd does not implement is reported on the Ingress, not ignored.
     let events = kube.get("/api/v1/namespaces/default/events").await;
@@ -604,15 +603,15 @@ async fn not_ready_until_the_cluster_is_read() {
     assert_eq!(healthz.status, StatusCode::OK);
     // The API server comes up: the watchers' backoff retries reach it.
     let _fake = start_fake_on(port);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    eventually("/readyz 200", 30, || async {
         let r = client.get(&format!("http://{admin}/readyz"), &[]).await;
         if r.status == StatusCode::OK {
-            break;
+            Ok(())
+        } else {
+            Err(r.body)
         }
-        assert!(Instant::now() < deadline, "still not ready: {}", r.body);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -846,9 +845,8 @@ async fn flagger_and_argo_drive_canaryd_through_httproutes_and_ingresses() {
     // The canary's endpoints go away: its share answers 503, counted against it.
     kube.delete("/apis/discovery.k8s.io/v1/namespaces/default/endpointslices/podinfo-canary-x1")
         .await;
-    let deadline = Instant::now() + Duration::from_secs(20);
     let client = TestClient::http1();
-    loop {
+    eventually("503 from the canary's share", 20, || async {
         let r = client
             .send(
                 Request::get(format!("http://{}/", proxy.addr))
@@ -858,11 +856,12 @@ async fn flagger_and_argo_drive_canaryd_through_httproutes_and_ingresses() {
             )
             .await;
         if r.status == StatusCode::SERVICE_UNAVAILABLE {
-            break;
+            Ok(())
+        } else {
+            Err(format!("{} {}", r.status, r.body))
         }
-        assert!(Instant::now() < deadline, "still {} {}", r.status, r.body);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await;
     // A host no route claims is not served.
     let r = client
         .send(

@@ -511,6 +511,26 @@ impl TestClient {
 }
 
 /// Poll `cond` every 2 ms for up to 20 s; panic with `what` if it never holds.
+/// Poll `probe` every 50 ms until it answers `Ok` (at most `secs` seconds) and return that;
+/// the `Err` of the last try says what was seen instead, for the failure message.
+pub async fn eventually<T, F, Fut>(what: &str, secs: u64, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        match probe().await {
+            Ok(v) => return v,
+            Err(seen) => assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for {what}: {seen}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 pub async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while !cond() {
