@@ -421,6 +421,8 @@ def main():
     ap.add_argument("--idle-conns", type=int, default=8_000)
     ap.add_argument("--out", help="write a Markdown report here")
     ap.add_argument("--tls-only", action="store_true", help="only the TLS figures")
+    ap.add_argument("--memory-only", action="store_true",
+                    help="only idle memory, measured in each of the interleaved rounds")
     ap.add_argument("--baseline", help="another canaryd binary (e.g. the previous commit) measured "
                                        "alongside as `canaryd-base`, full feature path: before/after in one run")
     a = ap.parse_args()
@@ -477,6 +479,24 @@ def main():
             if key_cpu == "cpu":
                 R[name]["usr"].append(per_req(u1 - u0))
                 R[name]["sys"].append(per_req(s1 - s0))
+
+        if a.memory_only:
+            names = ["nginx", "haproxy", "canaryd"] + (["canaryd-base"] if a.baseline else [])
+            for r in range(a.rounds):
+                for name in rotated(names, r):
+                    R[name]["mem"].append(idle_memory(targets[name], a.idle_conns))
+                print(f"round {r + 1}/{a.rounds} idle memory done", file=sys.stderr)
+            report = "\n".join(
+                [f"## Idle keep-alive memory per 10k connections ({a.idle_conns // 2} + {a.idle_conns // 2}, "
+                 f"summed Pss, {a.rounds} interleaved rounds; median [min–max])\n",
+                 "| proxy | MiB per 10k | / nginx |", "|---|---|---|"]
+                + [f"| {n} | {fmt([m / 1048576 for m in R[n]['mem']], '', 2)} | "
+                   f"{med(R[n]['mem']) / med(R['nginx']['mem']):.2f} |" for n in names]) + "\n"
+            print(report)
+            if a.out:
+                with open(a.out, "w") as f:
+                    f.write(report)
+            return
 
         # Warm-up: connection pools, page cache, CPU frequency.
         for t in targets.values():

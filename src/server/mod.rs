@@ -471,7 +471,15 @@ async fn accept_loop(
                 let Ok(peer) = p.stream.peer_addr() else {
                     continue;
                 };
-                (p.stream, peer, p.slot, true)
+                // Back into tokio's driver for its connection task.
+                let stream = match tokio::net::TcpStream::from_std(p.stream) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::debug!(error = %e, %peer, "cannot resume a parked connection");
+                        continue;
+                    }
+                };
+                (stream, peer, p.slot, true)
             }
             // At the cap, stop accepting: new clients wait in the kernel's backlog, nothing
             // breaks.
@@ -618,6 +626,10 @@ async fn serve_connection(
     }
     let (Some(deadline), Ok(stream)) = (activity.idle_deadline(idle), Arc::try_unwrap(stream))
     else {
+        return;
+    };
+    // Out of tokio's driver: the lot watches it in an epoll set of its own.
+    let Ok(stream) = stream.into_std() else {
         return;
     };
     // Fails only when the lot is gone (the drain): the socket closes, between requests.
