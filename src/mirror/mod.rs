@@ -297,10 +297,13 @@ impl Job {
                 Some(pool) => pool
                     .send(self.worker, req)
                     .await
-                    .map(|(r, l)| (r, Some(l)))
                     .map_err(|e| e.error.to_string())?,
                 None => (
-                    self.client.request(req).await.map_err(|e| e.to_string())?,
+                    self.client
+                        .request(req)
+                        .await
+                        .map_err(|e| e.to_string())?
+                        .map(crate::upstream::body::UpstreamBody::Hyper),
                     None,
                 ),
             };

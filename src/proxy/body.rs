@@ -4,11 +4,10 @@
 
 use super::grpc::GrpcDone;
 use crate::mirror::compare::Capture;
-use crate::upstream::body::{BodyError, Idle};
+use crate::upstream::body::{BodyError, Idle, UpstreamBody};
 use crate::upstream::pool::Lease;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 use prometheus_client::metrics::counter::Counter;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
@@ -17,21 +16,21 @@ use std::task::{Context, Poll, ready};
 pub enum ProxyBody {
     /// Streamed from the upstream, frame by frame (data and trailers), never buffered whole.
     /// A pooled HTTP/1 connection goes back to its pool the moment the body ends.
-    Upstream(Incoming, Idle, Option<Lease>, ClientGone),
+    Upstream(UpstreamBody, Idle, Option<Lease>, ClientGone),
     /// A gRPC response: streamed like `Upstream`, and its `grpc-status` trailer is counted
     /// when it passes (a gRPC failure is an HTTP 200).
-    Grpc(Incoming, Idle, GrpcDone),
+    Grpc(UpstreamBody, Idle, GrpcDone),
     /// A complete small body; `None` once sent.
     Full(Option<Bytes>),
     /// Streamed like `Upstream`, with a bounded copy for the shadow comparison.
-    Captured(Incoming, Idle, Option<Lease>, ClientGone, Box<Capture>),
+    Captured(UpstreamBody, Idle, Option<Lease>, ClientGone, Box<Capture>),
 }
 
 impl ProxyBody {
     /// An upstream body; an empty one hands its pooled connection back at once. `gone`
     /// counts the client leaving before the body ended.
     pub fn upstream(
-        body: Incoming,
+        body: UpstreamBody,
         idle: Idle,
         lease: Option<Lease>,
         mut gone: ClientGone,
@@ -116,7 +115,7 @@ impl Body for ProxyBody {
 /// One frame of an upstream body: a pooled connection goes back when the body ends; the end
 /// or an upstream failure disarms the client-gone counter.
 fn poll_upstream(
-    b: &mut Incoming,
+    b: &mut UpstreamBody,
     idle: &mut Idle,
     lease: &mut Option<Lease>,
     gone: &mut ClientGone,

@@ -7,12 +7,11 @@ use super::request::Upgrade;
 use crate::error::{DownstreamErrorKind, ProxyError, UpstreamErrorKind};
 use crate::proxy::headers::{self, X_CANARYD_VERSION};
 use crate::router;
-use crate::upstream::body::Idle;
+use crate::upstream::body::{Idle, UpstreamBody};
 use crate::upstream::pool::Lease;
 use http::header::{SET_COOKIE, UPGRADE};
 use http::response::Parts;
 use http::{HeaderValue, Response, StatusCode};
-use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
@@ -23,7 +22,7 @@ use hyper_util::rt::TokioIo;
 #[inline(always)]
 pub(super) fn rewrite_response(
     ctx: &RequestCtx<'_>,
-    resp: Response<Incoming>,
+    resp: Response<UpstreamBody>,
     lease: Option<Lease>,
     upgrade: Option<Upgrade>,
     capture: Option<crate::mirror::compare::Capture>,

@@ -17,8 +17,8 @@ use super::request::Outgoing;
 use crate::config::{RETRY_BUDGET_MIN, RetryPolicy};
 use crate::error::{ErrorSource, ProxyError};
 use crate::state::RouteRt;
-use crate::upstream::body::{ClientBody, Idle, Replayable, RequestBody};
-use crate::upstream::pool::{Lease, SendError};
+use crate::upstream::body::{ClientBody, Idle, Replayable, RequestBody, UpstreamBody};
+use crate::upstream::pool::{Lease, Sent};
 use http::header::HOST;
 use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::time::error::Elapsed;
 
-pub(super) type Answer = Result<(Response<Incoming>, Option<Lease>), ProxyError>;
+pub(super) type Answer = Result<(Response<UpstreamBody>, Option<Lease>), ProxyError>;
 
 /// The state of a request's attempts.
 pub(super) struct Attempts<'s> {
@@ -160,17 +160,14 @@ impl<'s> Attempts<'s> {
 
     /// The outcome of an exchange through our pool: a request that never left comes back.
     #[inline(always)]
-    pub(super) fn pooled(
-        &mut self,
-        r: Result<Result<(Response<Incoming>, Lease), SendError>, Elapsed>,
-    ) -> Answer {
+    pub(super) fn pooled(&mut self, r: Result<Sent, Elapsed>) -> Answer {
         match r {
             Err(_elapsed) => Err(ProxyError::ResponseTimeout),
             Ok(Err(e)) => {
                 self.returned = e.request;
                 Err(e.error)
             }
-            Ok(Ok((r, lease))) => Ok((r, Some(lease))),
+            Ok(Ok(answer)) => Ok(answer),
         }
     }
 
@@ -186,7 +183,7 @@ impl<'s> Attempts<'s> {
                 tracing::debug!(error = ?e, endpoint = %t.endpoint().authority, "upstream request failed");
                 Err(ProxyError::from_client(&e))
             }
-            Ok(Ok(r)) => Ok((r, None)),
+            Ok(Ok(r)) => Ok((r.map(UpstreamBody::Hyper), None)),
         }
     }
 

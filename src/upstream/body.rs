@@ -18,8 +18,45 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 use tokio::time::Sleep;
 
-/// Errors of streamed bodies (hyper's own, or our idle timeout).
+/// Errors of streamed bodies (hyper's own, ours, or the idle timeout).
 pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
+
+/// An upstream's response body: read by hyper's client (HTTP/2, TLS, requests with a body,
+/// upgrades), or by our own HTTP/1.1 exchange in the request's task.
+#[derive(Debug)]
+pub enum UpstreamBody {
+    Hyper(Incoming),
+    Own(super::h1::OwnBody),
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        match self.get_mut() {
+            UpstreamBody::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            UpstreamBody::Own(b) => b.poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpstreamBody::Hyper(b) => b.is_end_stream(),
+            UpstreamBody::Own(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpstreamBody::Hyper(b) => b.size_hint(),
+            UpstreamBody::Own(b) => b.size_hint(),
+        }
+    }
+}
 
 /// Idle timer of a streamed body. The timer is only armed (and boxed) when a poll finds no
 /// data ready, so a body that arrives in one piece never touches the timer wheel.

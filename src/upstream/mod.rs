@@ -5,10 +5,12 @@
 //!   connection pool);
 //! - [`registry`]: the resources that outlive a reload (clients, pools, health, health-check
 //!   tasks), handed to each new snapshot while its endpoint stays in the config;
-//! - [`pool`]: our HTTP/1.1 connection pool; [`health`]: outlier detection, active health
+//! - [`pool`]: our HTTP/1.1 connection pool, and [`h1`] the exchange it runs in the request's
+//!   task for requests without a body; [`health`]: outlier detection, active health
 //!   checks and the endpoint pick that skips what is out of service.
 
 pub mod body;
+pub mod h1;
 pub mod health;
 pub mod pool;
 pub mod registry;

@@ -1,5 +1,8 @@
-//! Connection pool for clear-text HTTP/1.1 upstreams, the common case, built on hyper's
-//! connection-level client (`hyper::client::conn::http1`).
+//! Connection pool for clear-text HTTP/1.1 upstreams, the common case. A request without a
+//! body goes through our own exchange ([`super::h1`]), in the request's task; one with a body
+//! (or an upgrade) through hyper's connection-level client (`hyper::client::conn::http1`),
+//! which writes the body while the response may already arrive. Each keeps its own idle
+//! connections.
 //!
 //! Why not hyper-util's pooled client here (it still serves h2c and TLS upstreams): per
 //! request it hashes a pool key, and when a response body is still streaming it spawns a task
@@ -9,7 +12,8 @@
 //! (connect failure, or a pooled connection found closed) comes back whole, so a retry needs
 //! no copy of it.
 
-use super::body::RequestBody;
+use super::body::{RequestBody, UpstreamBody};
+use super::h1::{self, Conn};
 use crate::error::ProxyError;
 use http::uri::Authority;
 use http::{Request, Response};
@@ -25,7 +29,7 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// Most idle connections kept per endpoint.
 const MAX_IDLE: usize = 1024;
 
-type Idle = Mutex<VecDeque<(SendRequest<RequestBody>, Instant)>>;
+type Idle<C> = Mutex<VecDeque<(C, Instant)>>;
 
 /// One endpoint's idle connections.
 #[derive(Debug)]
@@ -36,8 +40,14 @@ pub struct Pool {
     /// worker that serves the request: a worker reuses only connections it opened itself, so
     /// a connection's I/O and the requests on it stay on one thread. Most recently used at
     /// the back (warm caches, and the oldest age out from the front).
-    idle: Box<[Idle]>,
+    idle: Box<[Idle<SendRequest<RequestBody>>]>,
+    /// The same, for connections of our own exchange.
+    own: Box<[Idle<Conn>]>,
 }
+
+/// What [`Pool::send`] gives: the response, with the lease of hyper's connection when it
+/// served it (ours go back to the pool from their body).
+pub type Sent = Result<(Response<UpstreamBody>, Option<Lease>), SendError>;
 
 /// A failed attempt; `request` is the request back when none of it was sent.
 #[derive(Debug)]
@@ -71,44 +81,49 @@ impl Pool {
             idle: (0..workers.max(1))
                 .map(|_| Mutex::new(VecDeque::new()))
                 .collect(),
+            own: (0..workers.max(1))
+                .map(|_| Mutex::new(VecDeque::new()))
+                .collect(),
         }
-    }
-
-    /// Worker `i`'s idle list.
-    fn idle(&self, worker: usize) -> &Idle {
-        &self.idle[worker.min(self.idle.len() - 1)]
     }
 
     fn put(&self, worker: usize, sender: SendRequest<RequestBody>) {
-        if sender.is_closed() {
-            return;
-        }
-        let now = Instant::now();
-        let mut idle = self.idle(worker).lock().unwrap_or_else(|e| e.into_inner());
-        while idle
-            .front()
-            .is_some_and(|(_, t)| now.duration_since(*t) > IDLE_TIMEOUT)
-        {
-            idle.pop_front();
-        }
-        if idle.len() < MAX_IDLE {
-            idle.push_back((sender, now));
+        if !sender.is_closed() {
+            put(&self.idle, worker, sender);
         }
     }
 
     fn checkout(&self, worker: usize) -> Option<SendRequest<RequestBody>> {
-        let mut idle = self.idle(worker).lock().unwrap_or_else(|e| e.into_inner());
-        while let Some((s, t)) = idle.pop_back() {
-            if !s.is_closed() && t.elapsed() <= IDLE_TIMEOUT {
-                return Some(s);
-            }
-        }
-        None
+        checkout(&self.idle, worker, |s| !s.is_closed())
+    }
+
+    pub(super) fn put_own(&self, worker: usize, conn: Conn) {
+        put(&self.own, worker, conn);
+    }
+
+    pub(super) fn checkout_own(&self, worker: usize) -> Option<Conn> {
+        checkout(&self.own, worker, Conn::usable)
     }
 
     /// Send `req` (origin-form URI, `Host` set) on one of `worker`'s idle connections or a
-    /// new one.
-    pub async fn send(
+    /// new one: our own exchange when it [serves](h1::serves) the request, else hyper's
+    /// (then the response comes with its [`Lease`]).
+    pub async fn send(self: &Arc<Self>, worker: usize, req: Request<RequestBody>) -> Sent {
+        if h1::serves(&req) {
+            return match self.send_own(worker, &req).await {
+                Ok(r) => Ok((r.map(UpstreamBody::Own), None)),
+                Err((error, unsent)) => Err(SendError {
+                    error,
+                    request: unsent.then_some(req),
+                }),
+            };
+        }
+        let (r, lease) = self.send_hyper(worker, req).await?;
+        Ok((r.map(UpstreamBody::Hyper), Some(lease)))
+    }
+
+    /// [`Pool::send`] through hyper's client.
+    async fn send_hyper(
         self: &Arc<Self>,
         worker: usize,
         mut req: Request<RequestBody>,
@@ -162,7 +177,8 @@ impl Pool {
         }
     }
 
-    async fn connect(&self) -> Result<SendRequest<RequestBody>, ProxyError> {
+    /// A new connection to the endpoint (`TCP_NODELAY`), within the connect timeout.
+    pub(super) async fn connect_tcp(&self) -> Result<tokio::net::TcpStream, ProxyError> {
         let addr = self.authority.as_str();
         let stream =
             match tokio::time::timeout(self.connect_timeout, tokio::net::TcpStream::connect(addr))
@@ -176,6 +192,11 @@ impl Pool {
                 Ok(Ok(s)) => s,
             };
         let _ = stream.set_nodelay(true);
+        Ok(stream)
+    }
+
+    async fn connect(&self) -> Result<SendRequest<RequestBody>, ProxyError> {
+        let stream = self.connect_tcp().await?;
         let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|_| ProxyError::Connect)?;
@@ -187,4 +208,34 @@ impl Pool {
         });
         Ok(sender)
     }
+}
+
+/// Keep `c` on `worker`'s idle list (most recent at the back; the stale leave from the front).
+fn put<C>(lists: &[Idle<C>], worker: usize, c: C) {
+    let now = Instant::now();
+    let mut idle = lists[worker.min(lists.len() - 1)]
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    while idle
+        .front()
+        .is_some_and(|(_, t)| now.duration_since(*t) > IDLE_TIMEOUT)
+    {
+        idle.pop_front();
+    }
+    if idle.len() < MAX_IDLE {
+        idle.push_back((c, now));
+    }
+}
+
+/// The most recently used of `worker`'s idle connections that is still `usable`.
+fn checkout<C>(lists: &[Idle<C>], worker: usize, usable: impl Fn(&C) -> bool) -> Option<C> {
+    let mut idle = lists[worker.min(lists.len() - 1)]
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    while let Some((c, t)) = idle.pop_back() {
+        if t.elapsed() <= IDLE_TIMEOUT && usable(&c) {
+            return Some(c);
+        }
+    }
+    None
 }
