@@ -10,11 +10,12 @@
 //! ([`super::pool`]): a body is written while the response may already be arriving, which
 //! is the duplex hyper's connection task exists for.
 //!
-//! Response framing follows RFC 9112 §6.3: no body for HEAD, 1xx, 204 and 304; a
-//! `Transfer-Encoding` whose final coding is `chunked` is decoded (and wins over a
-//! `Content-Length`, after which the connection is not reused); another `Transfer-Encoding`
-//! or neither header reads to the close; a `Content-Length` must be one valid number (equal
-//! repeats allowed). A connection goes back to its pool only when the body ended exactly
+//! Response framing follows RFC 9112 §6.3, strictly: no body for HEAD, 1xx, 204 and 304; a
+//! `Transfer-Encoding` whose final coding is `chunked` is decoded; another
+//! `Transfer-Encoding` or neither header reads to the close; a `Content-Length` must be one
+//! valid number (equal repeats allowed). Both headers together, `Transfer-Encoding` in
+//! HTTP/1.0 or with anything but tokens in it are a 502 (§6.1: the signs of response
+//! splitting). A connection goes back to its pool only when the body ended exactly
 //! at the end of what was read, and the upstream did not ask to close; anything else (a
 //! framing anomaly, bytes after the response, an unread body) closes it.
 
@@ -279,6 +280,12 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, Pr
             }
             length = Some(v);
         } else if name == TRANSFER_ENCODING {
+            // Codings are tokens (RFC 9110 §10.1.4): anything else is not read one way by us
+            // and another by the next parser (hyper's client reads a value with a non-ASCII
+            // byte as no coding at all; found by the differential fuzzer).
+            if !value.as_bytes().iter().all(|b| is_coding_byte(*b)) {
+                return Err(bad("transfer-encoding"));
+            }
             // The final coding of the last field decides.
             let last = value
                 .as_bytes()
@@ -298,10 +305,10 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, Pr
         }
         headers.append(name, value);
     }
-    if chunked.is_some() && length.is_some() {
-        // RFC 9112 §6.3: Transfer-Encoding overrides the length, and a proxy forwarding the
-        // message must drop it (hyper would frame the client's response by it).
-        headers.remove(CONTENT_LENGTH);
+    if chunked.is_some() && (length.is_some() || version == Version::HTTP_10) {
+        // RFC 9112 §6.1: both headers "ought to be handled as an error" (the signature of
+        // response splitting), and Transfer-Encoding in HTTP/1.0 is faulty framing.
+        return Err(bad("transfer-encoding with content-length, or in HTTP/1.0"));
     }
     let no_body = head_request
         || status.is_informational()
@@ -312,7 +319,7 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, Pr
         (Framing::Fixed(0), status != StatusCode::SWITCHING_PROTOCOLS)
     } else {
         match (chunked, length) {
-            (Some(true), l) => (Framing::Chunked(Chunk::Size), l.is_none()),
+            (Some(true), _) => (Framing::Chunked(Chunk::Size), true),
             (Some(false), _) => (Framing::Eof, false),
             (None, Some(l)) => (Framing::Fixed(l), true),
             (None, None) => (Framing::Eof, false),
@@ -327,6 +334,12 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, Pr
         framing,
         reusable: reusable && !close,
     }))
+}
+
+/// A byte of a `Transfer-Encoding` list: token characters, commas and whitespace (codings'
+/// parameters, `;q=` and the like, are not used in responses).
+fn is_coding_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~, \t".contains(&b)
 }
 
 /// A `Content-Length` value: digits only (at most 19), or equal repeats in a list.
@@ -353,8 +366,22 @@ fn parse_chunk_size(line: &[u8]) -> Option<u64> {
     if digits == 0 || digits > 16 {
         return None;
     }
-    let rest = line[digits..].trim_ascii_start();
+    // Only spaces and tabs may follow the digits (`trim_ascii_start` would also pass a CR,
+    // which hyper refuses: found by the differential fuzzer).
+    let lws = line[digits..]
+        .iter()
+        .take_while(|b| **b == b' ' || **b == b'\t')
+        .count();
+    let rest = &line[digits + lws..];
     if !(rest.is_empty() || rest[0] == b';') {
+        return None;
+    }
+    // Extensions are ignored, but only visible characters and whitespace pass (a CR or
+    // another control byte inside one is where parsers part ways).
+    if !rest
+        .iter()
+        .all(|b| *b == b'\t' || (b' '..=b'~').contains(b) || *b >= 0x80)
+    {
         return None;
     }
     let hex = std::str::from_utf8(&line[..digits]).ok()?;
@@ -541,6 +568,15 @@ fn step(framing: &mut Framing, buf: &mut BytesMut) -> Step {
 
 /// A trailer section (ending in its blank line) as a header map.
 fn parse_trailers(section: &[u8]) -> Option<HeaderMap> {
+    // CRLF only: httparse takes a bare LF for a line end, hyper's decoder does not (found by
+    // the differential fuzzer), so a bare LF is where the two would read different fields.
+    let bare_lf = section
+        .iter()
+        .enumerate()
+        .any(|(i, b)| *b == b'\n' && (i == 0 || section[i - 1] != b'\r'));
+    if bare_lf {
+        return None;
+    }
     let mut fields = [httparse::EMPTY_HEADER; MAX_TRAILER_FIELDS];
     let httparse::Status::Complete((_, fields)) =
         httparse::parse_headers(section, &mut fields).ok()?
@@ -622,13 +658,28 @@ mod tests {
         let chunked = h(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n");
         assert_eq!(chunked.framing, Framing::Chunked(Chunk::Size));
         assert!(chunked.reusable);
-        // Both: chunked wins, and the connection is not trusted again.
-        let both = h(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n");
-        assert_eq!(
-            (both.framing, both.reusable),
-            (Framing::Chunked(Chunk::Size), false)
+        // Both, or chunked in HTTP/1.0: refused.
+        assert!(
+            head(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
+                false
+            )
+            .is_err()
         );
-        assert!(!both.response.headers().contains_key(CONTENT_LENGTH));
+        assert!(
+            head(
+                b"HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+                false
+            )
+            .is_err()
+        );
+        assert!(
+            head(
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzi\xff, chunked\r\n\r\n",
+                false
+            )
+            .is_err()
+        );
         let other = h(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n");
         assert_eq!((other.framing, other.reusable), (Framing::Eof, false));
         let none = h(b"HTTP/1.1 200 OK\r\n\r\n");
@@ -687,7 +738,17 @@ mod tests {
         assert_eq!(parse_chunk_size(b"0"), Some(0));
         assert_eq!(parse_chunk_size(b"A;name=value"), Some(10));
         assert_eq!(parse_chunk_size(b"A ;x"), Some(10));
-        for bad in [&b""[..], b";x", b"g", b"1 2", b"-1", b"11111111111111111"] {
+        for bad in [
+            &b""[..],
+            b";x",
+            b"g",
+            b"1 2",
+            b"-1",
+            b"11111111111111111",
+            b"1;a\rb",
+            b"1;\0",
+            b"0\r",
+        ] {
             assert_eq!(
                 parse_chunk_size(bad),
                 None,
