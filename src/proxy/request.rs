@@ -54,6 +54,10 @@ pub(super) fn rewrite_request(
     if let Some(u) = &upgrade {
         headers::set_upgrade(&mut parts.headers, u.offered.clone());
     }
+    // Room for the three X-Forwarded-* names at once, in the map hyper sized to the
+    // request's fields: one growth instead of a check and growth per insert (callgrind:
+    // -155 instructions per request; the growth itself, a rehash, is still ~1.1k).
+    parts.headers.reserve(3);
     headers::add_forwarded(
         &mut parts.headers,
         &ctx.conn.peer_header,
