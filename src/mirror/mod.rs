@@ -126,6 +126,8 @@ pub struct Started {
 pub struct Head<'a> {
     pub method: &'a Method,
     pub headers: &'a HeaderMap,
+    /// `X-Forwarded-*` fields not yet in `headers`.
+    pub forwarded: Option<&'a crate::proxy::headers::Forwarded>,
     pub path_and_query: &'a PathAndQuery,
     /// The client's body: its size, and whether there is one.
     pub body_size: http_body::SizeHint,
@@ -222,6 +224,9 @@ fn copy_request(
         Uri::from_parts(uri).ok()?
     };
     let mut headers = head.headers.clone();
+    if let Some(f) = head.forwarded {
+        f.apply(&mut headers);
+    }
     let host = headers
         .get(HOST)
         .map(|h| h.as_bytes().to_vec())
@@ -295,7 +300,7 @@ impl Job {
         let exchange = async {
             let (resp, lease) = match &self.pool {
                 Some(pool) => pool
-                    .send(self.worker, req)
+                    .send(self.worker, req, None)
                     .await
                     .map_err(|e| e.error.to_string())?,
                 None => (

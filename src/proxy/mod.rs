@@ -121,8 +121,9 @@ async fn forward(
         let t = ctx.target()?;
         let req = attempts.request(&mut out, t)?;
         let answer = match &t.endpoint().pool {
-            Some(pool) => attempts
-                .pooled(tokio::time::timeout(timeout, pool.send(ctx.conn.worker, req)).await),
+            Some(pool) => attempts.pooled(
+                tokio::time::timeout(timeout, pool.send(worker, req, out.forwarded.as_ref())).await,
+            ),
             None => {
                 let client = &t.version.upstream.client;
                 send::Attempts::client(t, tokio::time::timeout(timeout, client.request(req)).await)
@@ -160,6 +161,7 @@ fn start_mirror(
         crate::mirror::Head {
             method: &out.method,
             headers: &out.headers,
+            forwarded: out.forwarded.as_ref(),
             path_and_query: &out.path_and_query,
             body_size: body.size_hint(),
             body_empty: body.is_end_stream(),

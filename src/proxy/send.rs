@@ -122,6 +122,18 @@ impl<'s> Attempts<'s> {
             }
             None => self.fresh(out, uri, pooled),
         };
+        if !pooled {
+            // hyper-util's client: the X-Forwarded-* fields go into the map (our pool writes
+            // them into the head itself, see `Pool::send`). Not twice on a later attempt.
+            if let Some(f) = &out.forwarded {
+                if !req
+                    .headers()
+                    .contains_key(&crate::proxy::headers::X_FORWARDED_FOR)
+                {
+                    f.apply(req.headers_mut());
+                }
+            }
+        }
         // The version's protocol decides, whatever the client spoke.
         *req.version_mut() = t.version.upstream.http_version;
         if pooled && !out.has_host && !req.headers().contains_key(HOST) {

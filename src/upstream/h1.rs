@@ -25,6 +25,7 @@ pub mod differential;
 
 use super::pool::Pool;
 use crate::error::ProxyError;
+use crate::proxy::headers::Forwarded;
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
@@ -129,9 +130,10 @@ impl Conn {
     async fn exchange(
         &mut self,
         req: &Request<super::body::RequestBody>,
+        forwarded: Option<&Forwarded>,
         reused: bool,
     ) -> Result<Head, Failure> {
-        self.write_head(req);
+        self.write_head(req, forwarded);
         if self.stream.write_all(&self.out).await.is_err() {
             return Err(Failure::Stale);
         }
@@ -176,7 +178,11 @@ impl Conn {
         }
     }
 
-    fn write_head(&mut self, req: &Request<super::body::RequestBody>) {
+    fn write_head(
+        &mut self,
+        req: &Request<super::body::RequestBody>,
+        forwarded: Option<&Forwarded>,
+    ) {
         let out = &mut self.out;
         out.clear();
         out.extend_from_slice(req.method().as_str().as_bytes());
@@ -189,6 +195,9 @@ impl Conn {
             out.extend_from_slice(b": ");
             out.extend_from_slice(value.as_bytes());
             out.extend_from_slice(b"\r\n");
+        }
+        if let Some(f) = forwarded {
+            f.write(out);
         }
         out.extend_from_slice(b"\r\n");
     }
@@ -608,9 +617,10 @@ impl Pool {
         self: &Arc<Self>,
         worker: usize,
         req: &Request<super::body::RequestBody>,
+        forwarded: Option<&Forwarded>,
     ) -> Result<Response<OwnBody>, (ProxyError, bool)> {
         while let Some(mut conn) = self.checkout_own(worker) {
-            match conn.exchange(req, true).await {
+            match conn.exchange(req, forwarded, true).await {
                 Ok(head) => return Ok(self.respond(worker, conn, head)),
                 // Closed under us: the next one, or a new one.
                 Err(Failure::Stale) => continue,
@@ -618,7 +628,7 @@ impl Pool {
             }
         }
         let mut conn = Conn::new(self.connect_tcp().await.map_err(|e| (e, true))?);
-        match conn.exchange(req, false).await {
+        match conn.exchange(req, forwarded, false).await {
             Ok(head) => Ok(self.respond(worker, conn, head)),
             Err(Failure::Stale) => Err((ProxyError::UpstreamReset, true)),
             Err(Failure::Failed(e)) => Err((e, false)),

@@ -15,6 +15,7 @@
 use super::body::{RequestBody, UpstreamBody};
 use super::h1::{self, Conn};
 use crate::error::ProxyError;
+use crate::proxy::headers::{Forwarded, X_FORWARDED_FOR};
 use http::uri::Authority;
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -107,16 +108,28 @@ impl Pool {
 
     /// Send `req` (origin-form URI, `Host` set) on one of `worker`'s idle connections or a
     /// new one: our own exchange when it [serves](h1::serves) the request, else hyper's
-    /// (then the response comes with its [`Lease`]).
-    pub async fn send(self: &Arc<Self>, worker: usize, req: Request<RequestBody>) -> Sent {
+    /// (then the response comes with its [`Lease`]). `forwarded`: `X-Forwarded-*` fields
+    /// still to add (written into the head by ours, inserted into the map for hyper's).
+    pub async fn send(
+        self: &Arc<Self>,
+        worker: usize,
+        mut req: Request<RequestBody>,
+        forwarded: Option<&Forwarded>,
+    ) -> Sent {
         if h1::serves(&req) {
-            return match self.send_own(worker, &req).await {
+            return match self.send_own(worker, &req, forwarded).await {
                 Ok(r) => Ok((r.map(UpstreamBody::Own), None)),
                 Err((error, unsent)) => Err(SendError {
                     error,
                     request: unsent.then_some(req),
                 }),
             };
+        }
+        if let Some(f) = forwarded {
+            // Not already there (a request that came back unsent got them the first time).
+            if !req.headers().contains_key(&X_FORWARDED_FOR) {
+                f.apply(req.headers_mut());
+            }
         }
         let (r, lease) = self.send_hyper(worker, req).await?;
         Ok((r.map(UpstreamBody::Hyper), Some(lease)))
