@@ -3,6 +3,7 @@
 # where wall-clock and CPU-time figures swing by ±20 % between runs.
 #
 #   benches/callgrind/run.sh BIN [BIN...]     e.g. target/release/canaryd /tmp/old/canaryd
+#   NEW_CONN=1 benches/callgrind/run.sh BIN   the same with a new connection per request
 #
 # For each binary and each config (full feature path: 4 rules + sticky cookie + 90/10; simple:
 # one version), canaryd runs under `valgrind --tool=callgrind` with --workers 1 in front of two
@@ -62,7 +63,7 @@ for bin in "$@"; do
       CANARYD_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$file" \
         "$bin" run --workers 1 -c "$out/c.yaml" >/dev/null 2>&1 & pid=$!
       for _ in $(seq 300); do curl -s -o /dev/null "http://127.0.0.1:$p/" && break; sleep 0.2; done
-      oha --no-tui -n "$n" -c 8 -H "Cookie: theme=dark; session=4f1c9a7e2b; lang=en" \
+      oha --no-tui -n "$n" -c 8 ${NEW_CONN:+--disable-keepalive} -H "Cookie: theme=dark; session=4f1c9a7e2b; lang=en" \
         -H "X-User-Group: customers" "http://127.0.0.1:$p/" >/dev/null 2>&1
       kill -TERM "$pid"; wait "$pid" || true
       ir[$n]=$(grep -E '^summary:' "$file" | awk '{print $2}')
