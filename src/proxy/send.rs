@@ -20,7 +20,7 @@ use crate::state::RouteRt;
 use crate::upstream::body::{ClientBody, Idle, Replayable, RequestBody, UpstreamBody};
 use crate::upstream::pool::{Lease, Sent};
 use http::header::HOST;
-use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
+use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Error as ClientError;
@@ -81,7 +81,7 @@ impl<'s> Attempts<'s> {
             policy,
             idle,
             no_body,
-            status_retry_ok: no_body && is_idempotent(&out.method) && !upgrade,
+            status_retry_ok: no_body && crate::upstream::h1::is_idempotent(&out.method) && !upgrade,
             body: Some(body),
             returned: None,
             replay: None,
@@ -311,14 +311,6 @@ fn observe(t: Target<'_>, answer: &Answer, target: &http::uri::PathAndQuery) -> 
         t.version.success(t.endpoint);
     }
     status
-}
-
-/// Methods RFC 9110 §9.2.2 calls idempotent: safe to send twice.
-fn is_idempotent(m: &Method) -> bool {
-    matches!(
-        *m,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
-    )
 }
 
 /// Increments a counter now (remembering the count before) and decrements it when dropped.

@@ -218,8 +218,9 @@ impl Conn {
     }
 }
 
-/// Methods RFC 9110 §9.2.2 calls idempotent.
-fn is_idempotent(m: &Method) -> bool {
+/// Methods RFC 9110 §9.2.2 calls idempotent: safe to send twice (a retry on a status, a
+/// resend after a reused connection closed before answering).
+pub fn is_idempotent(m: &Method) -> bool {
     matches!(
         *m,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
