@@ -46,6 +46,10 @@ const H2_MAX_HEADER_LIST_SIZE: u32 = 64 * 1024;
 /// the client gets 431. Same bound as the HTTP/2 header list.
 pub(crate) const H1_MAX_BUF: usize = 64 * 1024;
 
+/// The HTTP/2 connection preface (RFC 9113 §3.4): a plain connection that starts with it (or
+/// with the start of it) is served by the auto builder, which tells the two apart.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
 /// Settings fixed at startup for every listener (a reload cannot change them).
 #[derive(Clone)]
 struct ConnLimits {
@@ -431,15 +435,24 @@ async fn accept_loop(
     limits: ConnLimits,
     mut stop: watch::Receiver<bool>,
 ) {
+    // HTTP/1's settings, the same for the auto builder and the plain HTTP/1 one.
+    // No `max_headers`: hyper's default is the same 100 fields (431 beyond), and setting it
+    // makes hyper initialise a heap array of that size for every request it parses (3.5 % of
+    // all instructions per request, measured with callgrind).
+    macro_rules! http1_settings {
+        ($b:expr) => {
+            $b.timer(TokioTimer::new())
+                .header_read_timeout(limits.header_timeout)
+                .max_buf_size(H1_MAX_BUF)
+        };
+    }
+    let mut http1 = hyper::server::conn::http1::Builder::new();
+    // A strict head limit (hyper's `max_buf_size` is not one: a read may fill the buffer's
+    // spare capacity past it, so whether a head just over it is refused depends on how the
+    // reads fell). The auto builder has no such setting, so there it stays approximate.
+    http1_settings!(http1).max_header_size(H1_MAX_BUF);
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_timeout)
-        // No `max_headers`: hyper's default is the same 100 fields (431 beyond), and setting
-        // it makes hyper initialise a heap array of that size for every request it parses
-        // (3.5 % of all instructions per request, measured with callgrind).
-        .max_buf_size(H1_MAX_BUF);
+    http1_settings!(builder.http1());
     builder
         .http2()
         .timer(TokioTimer::new())
@@ -452,6 +465,7 @@ async fn accept_loop(
     // Idle plain HTTP/1 connections wait here between requests, with no task of their own.
     let (mut lot, to_lot) = park::Lot::new(state.metrics.clone(), limits.idle_timeout);
     let ctx = Arc::new(ConnCtx {
+        http1,
         builder,
         tls,
         state,
@@ -577,6 +591,9 @@ type SlotWait = dyn Future<Output = Result<tokio::sync::OwnedSemaphorePermit, to
 
 /// What every connection of one accept loop shares.
 struct ConnCtx {
+    /// Plain connections whose first bytes are HTTP/1.
+    http1: hyper::server::conn::http1::Builder,
+    /// Everything else: HTTP/2 (prior knowledge, or by ALPN) and HTTP/1 over TLS.
     builder: auto::Builder<TokioExecutor>,
     /// Asked for an acceptor per connection: certificates reload.
     tls: Option<Arc<TlsListener>>,
@@ -619,15 +636,17 @@ async fn serve_connection(
     // A plain connection's socket, kept here while hyper's connection may release it
     // between requests (see `h1guard::IdleGate`).
     let mut plain = None;
+    // What the first bytes already tell: not HTTP/2's preface (nor the start of it).
+    let mut http1_only = false;
     let io = match acceptor {
         None => {
             // hyper's header timer starts with the first request; a client that never
             // sends a byte would otherwise hold the connection (and a slot) forever.
             // `peek`, not `readable()`: readiness may be reported before any byte is
             // there, and hyper's own timer only starts with the first byte.
-            let mut first = [0u8; 1];
+            let mut first = [0u8; H2_PREFACE.len()];
             match tokio::time::timeout(ctx.limits.header_timeout, stream.peek(&mut first)).await {
-                Ok(Ok(1..)) => {}
+                Ok(Ok(n @ 1..)) => http1_only = !H2_PREFACE.starts_with(&first[..n]),
                 // A parked connection woken by its client closing (or failing).
                 Ok(_) if resumed => return,
                 _ => {
@@ -652,12 +671,28 @@ async fn serve_connection(
     };
     let linger = plain.as_ref().map(|_| LINGER);
     let idle = ctx.limits.idle_timeout;
-    let conn = Box::pin(
-        ctx.builder
-            .serve_connection_with_upgrades(TokioIo::new(io), svc),
-    );
-    let served = Box::pin(drive(conn, activity.clone(), idle, linger, drain.clone()));
-    if let Err(e) = served.await {
+    // HTTP/1 goes straight to hyper's HTTP/1 connection. The auto builder would first read
+    // the start of the stream to look for HTTP/2's preface and give it back through a
+    // rewinding reader, so hyper's first read got those bytes alone and its next read grew
+    // the buffer it had just made (a realloc copying 8 KiB): ~9k instructions per new
+    // connection, and per parked connection resumed (callgrind, a new connection per
+    // request). HTTP/2, TLS (ALPN) and a stream that starts like the preface keep it.
+    let served: Result<(), Box<dyn std::error::Error + Send + Sync>> = if http1_only {
+        let conn = Box::pin(
+            ctx.http1
+                .serve_connection(TokioIo::new(io), svc)
+                .with_upgrades(),
+        );
+        let served = drive(conn, activity.clone(), idle, linger, drain.clone());
+        Box::pin(served).await.map_err(Into::into)
+    } else {
+        let conn = Box::pin(
+            ctx.builder
+                .serve_connection_with_upgrades(TokioIo::new(io), svc),
+        );
+        Box::pin(drive(conn, activity.clone(), idle, linger, drain.clone())).await
+    };
+    if let Err(e) = served {
         tracing::debug!(error = %e, %peer, "connection ended with error");
         if let Some(kind) = connection_fault(&*e) {
             metrics.downstream_error(kind);
@@ -844,6 +879,19 @@ impl std::task::Wake for SideWake {
 /// `graceful_shutdown` of hyper's connection types, behind one name so `drive` is generic.
 trait GracefulShutdown {
     fn shutdown_gracefully(self: std::pin::Pin<&mut Self>);
+}
+
+impl<S, B> GracefulShutdown
+    for hyper::server::conn::http1::UpgradeableConnection<TokioIo<Guarded<Io>>, S>
+where
+    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = B>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: hyper::body::Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    fn shutdown_gracefully(self: std::pin::Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
 }
 
 impl<S, B> GracefulShutdown
