@@ -4,6 +4,8 @@
 #
 #   benches/callgrind/run.sh BIN [BIN...]     e.g. target/release/canaryd /tmp/old/canaryd
 #   NEW_CONN=1 benches/callgrind/run.sh BIN   the same with a new connection per request
+#   H2=1 benches/callgrind/run.sh BIN         the same over HTTP/2 (h2c prior knowledge):
+#                                             h2load, 10 connections, 100 streams each
 #
 # For each binary and each config (full feature path: 4 rules + sticky cookie + 90/10; simple:
 # one version), canaryd runs under `valgrind --tool=callgrind` with --workers 1 in front of two
@@ -14,6 +16,7 @@ set -euo pipefail
 [ $# -ge 1 ] || { echo "usage: $0 BIN [BIN...]" >&2; exit 2; }
 command -v valgrind >/dev/null || { apt-get update -qq && apt-get install -y -qq valgrind >/dev/null; }
 command -v oha >/dev/null || cargo install --locked --quiet oha
+[ -z "${H2:-}" ] || command -v h2load >/dev/null || { apt-get update -qq && apt-get install -y -qq nghttp2-client >/dev/null; }
 out=$(cd "$(dirname "$0")/../.." && pwd)/target/callgrind
 mkdir -p "$out"
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -63,8 +66,13 @@ for bin in "$@"; do
       CANARYD_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$file" \
         "$bin" run --workers 1 -c "$out/c.yaml" >/dev/null 2>&1 & pid=$!
       for _ in $(seq 300); do curl -s -o /dev/null "http://127.0.0.1:$p/" && break; sleep 0.2; done
-      oha --no-tui -n "$n" -c 8 ${NEW_CONN:+--disable-keepalive} -H "Cookie: theme=dark; session=4f1c9a7e2b; lang=en" \
-        -H "X-User-Group: customers" "http://127.0.0.1:$p/" >/dev/null 2>&1
+      if [ -n "${H2:-}" ]; then
+        h2load -n "$n" -c 10 -m 100 -H "Cookie: theme=dark; session=4f1c9a7e2b; lang=en" \
+          -H "X-User-Group: customers" "http://127.0.0.1:$p/" >/dev/null 2>&1
+      else
+        oha --no-tui -n "$n" -c 8 ${NEW_CONN:+--disable-keepalive} -H "Cookie: theme=dark; session=4f1c9a7e2b; lang=en" \
+          -H "X-User-Group: customers" "http://127.0.0.1:$p/" >/dev/null 2>&1
+      fi
       kill -TERM "$pid"; wait "$pid" || true
       ir[$n]=$(grep -E '^summary:' "$file" | awk '{print $2}')
     done
