@@ -628,7 +628,10 @@ impl Pool {
                 Err(Failure::Failed(e)) => return Err((e, false)),
             }
         }
-        let mut conn = Conn::new(self.connect_tcp().await.map_err(|e| (e, true))?);
+        // Boxed: a new connection is the rare case (its handshake costs far more than the
+        // allocation), and inline its state would size every request's future.
+        let stream = Box::pin(self.connect_tcp()).await;
+        let mut conn = Conn::new(stream.map_err(|e| (e, true))?);
         match conn.exchange(req, forwarded, false).await {
             Ok(head) => Ok(self.respond(worker, conn, head)),
             Err(Failure::Stale) => Err((ProxyError::UpstreamReset, true)),

@@ -131,7 +131,10 @@ impl Pool {
                 f.apply(req.headers_mut());
             }
         }
-        let (r, lease) = self.send_hyper(worker, req).await?;
+        // Boxed: requests with a body are the rarer kind, and inline, this future's state
+        // (hyper's ready/send futures and a new connection's handshake) would size every
+        // request's future, which HTTP/2 moves into a task of its own per stream.
+        let (r, lease) = Box::pin(self.send_hyper(worker, req)).await?;
         Ok((r.map(UpstreamBody::Hyper), Some(lease)))
     }
 
