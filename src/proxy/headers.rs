@@ -236,6 +236,14 @@ impl Forwarded {
         }
     }
 
+    /// [`Forwarded::apply`] unless `headers` already have them: a request that came back
+    /// unsent (for a retry, or another connection) got them the first time.
+    pub fn apply_once(&self, headers: &mut HeaderMap) {
+        if !headers.contains_key(&X_FORWARDED_FOR) {
+            self.apply(headers);
+        }
+    }
+
     /// The fields as head lines, for a request head being written.
     pub fn write(&self, out: &mut Vec<u8>) {
         let mut line = |name: &HeaderName, v: &HeaderValue| {

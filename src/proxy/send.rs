@@ -126,12 +126,7 @@ impl<'s> Attempts<'s> {
             // hyper-util's client: the X-Forwarded-* fields go into the map (our pool writes
             // them into the head itself, see `Pool::send`). Not twice on a later attempt.
             if let Some(f) = &out.forwarded {
-                if !req
-                    .headers()
-                    .contains_key(&crate::proxy::headers::X_FORWARDED_FOR)
-                {
-                    f.apply(req.headers_mut());
-                }
+                f.apply_once(req.headers_mut());
             }
         }
         // The version's protocol decides, whatever the client spoke.

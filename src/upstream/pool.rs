@@ -15,7 +15,7 @@
 use super::body::{RequestBody, UpstreamBody};
 use super::h1::{self, Conn};
 use crate::error::ProxyError;
-use crate::proxy::headers::{Forwarded, X_FORWARDED_FOR};
+use crate::proxy::headers::Forwarded;
 use http::uri::Authority;
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -126,10 +126,7 @@ impl Pool {
             };
         }
         if let Some(f) = forwarded {
-            // Not already there (a request that came back unsent got them the first time).
-            if !req.headers().contains_key(&X_FORWARDED_FOR) {
-                f.apply(req.headers_mut());
-            }
+            f.apply_once(req.headers_mut());
         }
         // Boxed: requests with a body are the rarer kind, and inline, this future's state
         // (hyper's ready/send futures and a new connection's handshake) would size every
