@@ -166,8 +166,10 @@ pub fn hyper_view(data: &[u8]) -> Vec<Message> {
     RT.with(|rt| {
         let local = tokio::task::LocalSet::new();
         local.block_on(rt, async {
+            // As the server configures it for plain HTTP/1 (`accept_loop`).
             let _ = hyper::server::conn::http1::Builder::new()
                 .max_buf_size(crate::server::H1_MAX_BUF)
+                .max_header_size(crate::server::H1_MAX_BUF)
                 .serve_connection(TokioIo::new(io), svc)
                 .await;
         })
