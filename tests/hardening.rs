@@ -189,6 +189,39 @@ async fn idle_keep_alive_and_preface_only_h2_connections_are_closed() {
     assert_eq!(client.get(&proxy.url("/sleep/800"), &[]).await.status, 200);
 }
 
+/// A plain connection goes to hyper's HTTP/1 server when its first bytes are not HTTP/2's
+/// preface, and to the auto builder (which tells the two apart) when they are or could still
+/// become it: a preface split across two writes is still HTTP/2, and a request line that only
+/// starts like the preface is still HTTP/1.
+#[tokio::test]
+async fn a_split_preface_is_still_http2_and_a_lookalike_request_is_http1() {
+    let origin = Origin::start("stable").await;
+    let proxy = Proxy::start(&yaml(&origin, "")).await;
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(b"PRI * HTTP/2").await.unwrap();
+    // Apart, so the proxy's first look sees only the start (a pause, not a timing assertion).
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    s.write_all(b".0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await
+        .unwrap();
+    let mut frame = [0u8; 9];
+    tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut frame))
+        .await
+        .expect("no answer to a split preface")
+        .unwrap();
+    // An HTTP/1 server would have answered "HTTP/1.1 400"; HTTP/2's first frame is SETTINGS.
+    assert_eq!(frame[3], 4, "not a SETTINGS frame: {frame:?}");
+    // "PRI " and then not the preface: an HTTP/1 request with an unusual method.
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    let answer = raw(&mut s, "PRI /x HTTP/1.1\r\nHost: a\r\n\r\n").await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        origin.seen().iter().any(|r| r.method == "PRI"),
+        "{:?}",
+        origin.seen()
+    );
+}
+
 #[tokio::test]
 async fn a_tls_client_that_never_finishes_its_handshake_is_closed() {
     let origin = Origin::start("stable").await;
