@@ -18,6 +18,7 @@ use crate::series::Series;
 use crate::state::State;
 use crate::tls::TlsListener;
 use anyhow::Context;
+use futures_util::FutureExt as _;
 use h1guard::Guarded;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -625,14 +626,11 @@ async fn serve_connection(
     // connection, which a parked connection gives back with the rest of hyper's connection,
     // while boxing it would cost every request an allocation (+500 instructions per
     // request, callgrind). HTTP/2 boxes it (below).
+    // A combinator, not an `async` block: that kept its own copy of the request head.
     let svc = service_fn(move |req| {
-        let st = st.clone();
         let guard = RequestGuard::start(act.clone());
-        let conn = conn_info.clone();
-        async move {
-            let resp = proxy::handle(&st, &conn, req).await;
-            Ok::<_, Infallible>(guard.responded(resp))
-        }
+        proxy::handle(st.clone(), conn_info.clone(), req)
+            .map(move |resp| Ok::<_, Infallible>(guard.responded(resp)))
     });
     // A plain connection's socket, kept here while hyper's connection may release it
     // between requests (see `h1guard::IdleGate`).
