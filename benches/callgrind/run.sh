@@ -6,6 +6,8 @@
 #   NEW_CONN=1 benches/callgrind/run.sh BIN   the same with a new connection per request
 #   H2=1 benches/callgrind/run.sh BIN         the same over HTTP/2 (h2c prior knowledge):
 #                                             h2load, 10 connections, 100 streams each
+#   TLS=1 benches/callgrind/run.sh BIN        the same over TLS 1.3 (self-signed P-256), ALPN
+#                                             http/1.1: curl, one keep-alive connection
 #
 # For each binary and each config (full feature path: 4 rules + sticky cookie + 90/10; simple:
 # one version), canaryd runs under `valgrind --tool=callgrind` with --workers 1 in front of two
@@ -26,9 +28,21 @@ CANARYD_LOG=warn "$1" backend --name canary --listen "127.0.0.1:$o2" >/dev/null 
 trap 'kill $b1 $b2 2>/dev/null || true' EXIT
 sleep 0.5
 
+listener() { # $1 = port
+  if [ -n "${TLS:-}" ]; then
+    echo "listeners: [{ address: \"127.0.0.1:$1\", tls: { cert: \"$out/cert.pem\", key: \"$out/key.pem\" } }]"
+  else
+    echo "listeners: [{ address: \"127.0.0.1:$1\" }]"
+  fi
+}
+if [ -n "${TLS:-}" ]; then
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=localhost \
+    -keyout "$out/key.pem" -out "$out/cert.pem" 2>/dev/null
+fi
+
 config() { # $1 = port, $2 = full|simple
+  listener "$1"
   if [ "$2" = full ]; then cat <<Y
-listeners: [{ address: "127.0.0.1:$1" }]
 routes:
   - name: app
     versions:
@@ -44,7 +58,6 @@ routes:
       assign_cookie: canaryd_uid
 Y
   else cat <<Y
-listeners: [{ address: "127.0.0.1:$1" }]
 routes:
   - name: app
     versions:
@@ -65,8 +78,14 @@ for bin in "$@"; do
       file="$out/cg.$i.$conf.$n"
       CANARYD_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$file" \
         "$bin" run --workers 1 -c "$out/c.yaml" >/dev/null 2>&1 & pid=$!
-      for _ in $(seq 300); do curl -s -o /dev/null "http://127.0.0.1:$p/" && break; sleep 0.2; done
-      if [ -n "${H2:-}" ]; then
+      scheme=http; [ -z "${TLS:-}" ] || scheme=https
+      for _ in $(seq 300); do curl -sk -o /dev/null "$scheme://127.0.0.1:$p/" && break; sleep 0.2; done
+      if [ -n "${TLS:-}" ]; then
+        # One connection, requests in sequence (curl offers ALPN; oha offers none).
+        for _ in $(seq "$n"); do printf 'url = "https://127.0.0.1:%s/"\noutput = "/dev/null"\n' "$p"; done > "$out/urls"
+        curl -sk --http1.1 -H "Cookie: theme=dark; session=4f1c9a7e2b; lang=en" \
+          -H "X-User-Group: customers" -K "$out/urls" >/dev/null 2>&1
+      elif [ -n "${H2:-}" ]; then
         h2load -n "$n" -c 10 -m 100 -H "Cookie: theme=dark; session=4f1c9a7e2b; lang=en" \
           -H "X-User-Group: customers" "http://127.0.0.1:$p/" >/dev/null 2>&1
       else
