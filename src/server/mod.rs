@@ -592,9 +592,9 @@ type SlotWait = dyn Future<Output = Result<tokio::sync::OwnedSemaphorePermit, to
 
 /// What every connection of one accept loop shares.
 struct ConnCtx {
-    /// Plain connections whose first bytes are HTTP/1.
+    /// Plain connections whose first bytes are HTTP/1, TLS ones that agreed on it by ALPN.
     http1: hyper::server::conn::http1::Builder,
-    /// Everything else: HTTP/2 (prior knowledge, or by ALPN) and HTTP/1 over TLS.
+    /// Everything else: HTTP/2 (prior knowledge, or by ALPN) and TLS without ALPN.
     builder: auto::Builder<TokioExecutor>,
     /// Asked for an acceptor per connection: certificates reload.
     tls: Option<Arc<TlsListener>>,
@@ -635,8 +635,9 @@ async fn serve_connection(
     // A plain connection's socket, kept here while hyper's connection may release it
     // between requests (see `h1guard::IdleGate`).
     let mut plain = None;
-    // What the first bytes already tell: not HTTP/2's preface (nor the start of it).
-    let mut http1_only = false;
+    // HTTP/1 for sure: the first bytes are not HTTP/2's preface (nor its start), or ALPN
+    // agreed on it.
+    let http1_only: bool;
     let io = match acceptor {
         None => {
             // hyper's header timer starts with the first request; a client that never
@@ -663,7 +664,12 @@ async fn serve_connection(
         Some(acceptor) => {
             let shake = handshake(acceptor, stream, peer, ctx.limits.header_timeout, metrics);
             match Box::pin(shake).await {
-                Some(io) => io,
+                // HTTP/1.1 agreed by ALPN: no preface to look for (without ALPN, a client
+                // may still speak HTTP/2 with prior knowledge).
+                Some((io, http1)) => {
+                    http1_only = http1;
+                    io
+                }
                 None => return,
             }
         }
@@ -675,7 +681,8 @@ async fn serve_connection(
     // rewinding reader, so hyper's first read got those bytes alone and its next read grew
     // the buffer it had just made (a realloc copying 8 KiB): ~9k instructions per new
     // connection, and per parked connection resumed (callgrind, a new connection per
-    // request). HTTP/2, TLS (ALPN) and a stream that starts like the preface keep it.
+    // request). TLS connections whose ALPN agreed on HTTP/1.1 come here too. HTTP/2, TLS
+    // without ALPN and a stream that starts like the preface keep it.
     let served: Result<(), Box<dyn std::error::Error + Send + Sync>> = if http1_only {
         let conn = Box::pin(
             ctx.http1
@@ -913,21 +920,23 @@ where
 }
 
 /// The TLS handshake, with the same allowance as request headers; `None` when it failed.
+/// With the stream: whether ALPN agreed on HTTP/1.1.
 async fn handshake(
     acceptor: tokio_rustls::TlsAcceptor,
     stream: tokio::net::TcpStream,
     peer: SocketAddr,
     timeout: Duration,
     metrics: &crate::metrics::Metrics,
-) -> Option<Guarded<Io>> {
+) -> Option<(Guarded<Io>, bool)> {
     match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
         Ok(Ok(s)) => {
-            let h2 = s.get_ref().1.alpn_protocol() == Some(b"h2");
+            let alpn = s.get_ref().1.alpn_protocol();
+            let (h2, http1) = (alpn == Some(b"h2"), alpn == Some(b"http/1.1"));
             let io = Io::Tls(Box::new(s));
             Some(if h2 {
-                Guarded::passthrough(io)
+                (Guarded::passthrough(io), false)
             } else {
-                Guarded::new(io)
+                (Guarded::new(io), http1)
             })
         }
         Ok(Err(e)) => {
