@@ -260,17 +260,6 @@ impl Forwarded {
     }
 }
 
-/// Append the client address to `X-Forwarded-For`; set `X-Forwarded-Proto` and
-/// `X-Forwarded-Host` (to the host the client asked for).
-pub fn add_forwarded(
-    headers: &mut HeaderMap,
-    client: &HeaderValue,
-    proto: &'static str,
-    host: Option<HeaderValue>,
-) {
-    Forwarded::take(headers, client, proto, host).apply(headers);
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -372,12 +361,13 @@ mod tests {
         let mut h = HeaderMap::new();
         h.append("x-forwarded-for", HeaderValue::from_static("1.1.1.1"));
         h.append("x-forwarded-for", HeaderValue::from_static("2.2.2.2"));
-        add_forwarded(
+        Forwarded::take(
             &mut h,
             &ip_header("127.0.0.1".parse().unwrap()),
             "http",
             Some(HeaderValue::from_static("a.example")),
-        );
+        )
+        .apply(&mut h);
         assert_eq!(h["x-forwarded-for"], "1.1.1.1, 2.2.2.2, 127.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "a.example");

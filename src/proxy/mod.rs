@@ -71,6 +71,7 @@ impl ConnInfo {
 /// future (as captured and as moved into the body), and the request head is 264 bytes. Every
 /// request's future is moved whole (into hyper's slot for HTTP/1), so its size is paid on
 /// every request.
+///
 /// It owns the state and connection handles it is given, so the server's service returns it
 /// as is (an `async` wrapper there kept another copy of the request head).
 #[allow(clippy::manual_async_fn)]
