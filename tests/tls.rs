@@ -294,7 +294,17 @@ async fn tls_upstreams_with_a_ca_bundle_and_alpn() {
             (StatusCode::OK, "secure"),
             "{protocol}"
         );
-        assert_eq!(origin.last().version, want, "{protocol}");
+        let seen = origin.last();
+        assert_eq!(seen.version, want, "{protocol}");
+        // hyper-util's client carries TLS upstreams: the X-Forwarded-* fields are inserted
+        // into its header map (our own exchange writes them into the head), once each.
+        for (name, value) in [
+            ("x-forwarded-for", "127.0.0.1"),
+            ("x-forwarded-proto", "http"),
+        ] {
+            let all: Vec<_> = seen.headers.get_all(name).iter().collect();
+            assert_eq!(all, [value], "{protocol} {name}");
+        }
     }
     // Without the CA the upstream certificate is not trusted: 502, nothing reaches it.
     let before = origin.seen().len();
