@@ -258,5 +258,8 @@ pub async fn run(
     let traffic = tokio::spawn(generate_traffic(addr));
     let result = server.run(shutdown).await;
     traffic.abort();
+    // The state file is this run's alone (the next run starts afresh anyway): leave no
+    // directory behind.
+    let _ = std::fs::remove_dir_all(&dir);
     result
 }

@@ -311,8 +311,25 @@ async fn demo_serves_a_split_and_the_header_rule() {
     for _ in 0..50 {
         assert_eq!(c.get(&url, &[]).await.body, "stable\n");
     }
-    let _ = child.kill();
-    let _ = child.wait();
+    // Stopped as a user stops it (Ctrl-C, SIGTERM), the demo leaves no state behind.
+    let state_dir = std::env::temp_dir().join(format!("canaryd-demo-{}", child.id()));
+    assert!(
+        state_dir.exists(),
+        "{} missing while running",
+        state_dir.display()
+    );
+    let term = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let status = child.wait().unwrap();
+    assert!(status.success(), "demo exited with {status}");
+    assert!(
+        !state_dir.exists(),
+        "the demo left {} behind",
+        state_dir.display()
+    );
 }
 
 #[test]
