@@ -10,7 +10,7 @@ cd "$(dirname "$0")"
 secs="${1:-60}"
 command -v cargo-fuzz >/dev/null || cargo install --locked cargo-fuzz
 rustup toolchain list | grep -q nightly || { echo "cargo fuzz needs a nightly toolchain" >&2; exit 1; }
-for target in ${TARGETS:-config route h1_framing h1_differential h1_response}; do
+for target in ${TARGETS:-config route h1_framing h1_differential h1_response h1_own}; do
     mkdir -p "corpus/$target"
     # Seed the config corpus with every config we ship.
     [ "$target" = config ] && cp ../config/*.yaml ../deploy/docker/canaryd.yaml corpus/config/ 2>/dev/null || true

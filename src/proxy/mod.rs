@@ -40,6 +40,38 @@ use prometheus_client::metrics::gauge::Gauge;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+/// A downstream request's body: hyper's, or none at all (the requests our own HTTP/1 server
+/// reads, see `crate::server::h1`, carry no body; anything with one is hyper's).
+#[derive(Debug)]
+pub enum Inbound {
+    Hyper(Incoming),
+    Empty,
+}
+
+impl Inbound {
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Inbound::Hyper(b) => http_body::Body::is_end_stream(b),
+            Inbound::Empty => true,
+        }
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        match self {
+            Inbound::Hyper(b) => http_body::Body::size_hint(b),
+            Inbound::Empty => http_body::SizeHint::with_exact(0),
+        }
+    }
+
+    /// hyper's body, unless it is empty.
+    fn into_stream(self) -> Option<Incoming> {
+        match self {
+            Inbound::Hyper(b) if !http_body::Body::is_end_stream(&b) => Some(b),
+            _ => None,
+        }
+    }
+}
+
 /// Facts about the downstream connection a request arrived on.
 #[derive(Debug, Clone)]
 pub struct ConnInfo {
@@ -78,7 +110,7 @@ impl ConnInfo {
 pub fn handle(
     state: Arc<State>,
     conn: ConnInfo,
-    req: Request<Incoming>,
+    req: Request<Inbound>,
 ) -> impl Future<Output = Response<ProxyBody>> + Send + 'static {
     async move {
         let (state, conn) = (&*state, &conn);
@@ -114,7 +146,7 @@ fn error_response(e: ProxyError) -> Response<ProxyBody> {
 #[allow(clippy::manual_async_fn)]
 fn forward<'a, 'b>(
     ctx: &'a mut RequestCtx<'b>,
-    req: Request<Incoming>,
+    req: Request<Inbound>,
 ) -> impl Future<Output = Result<Response<ProxyBody>, ProxyError>> + Send + 'a
 where
     'b: 'a,
@@ -175,11 +207,10 @@ fn start_mirror(
     route: &crate::state::RouteRt,
     m: &crate::config::MirrorConfig,
     out: &request::Outgoing,
-    body: &Incoming,
+    body: &Inbound,
     timeout: std::time::Duration,
     worker: usize,
 ) -> Option<crate::mirror::Started> {
-    use http_body::Body as _;
     let rt = route.mirror.as_ref()?;
     if out.upgrade.is_some() {
         return None; // A tunnel is not a request that can be copied.
@@ -226,7 +257,7 @@ mod tests {
     /// The size of the future `f` returns, without calling it.
     fn future_size<F, Fut>(_: F) -> usize
     where
-        F: FnOnce(Arc<State>, ConnInfo, Request<Incoming>) -> Fut,
+        F: FnOnce(Arc<State>, ConnInfo, Request<Inbound>) -> Fut,
     {
         std::mem::size_of::<Fut>()
     }

@@ -21,7 +21,6 @@ use crate::upstream::body::{ClientBody, Idle, Replayable, RequestBody, UpstreamB
 use crate::upstream::pool::{Lease, Sent};
 use http::header::HOST;
 use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
-use http_body::Body as _;
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Error as ClientError;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -57,24 +56,28 @@ impl<'s> Attempts<'s> {
     pub(super) fn new(
         first: Target<'s>,
         out: &Outgoing,
-        body: Incoming,
+        body: super::Inbound,
         tee: Option<crate::upstream::body::Tee>,
     ) -> Self {
         let rc = first.route.config();
         let first_pooled = first.endpoint().pool.is_some();
         let policy = &rc.retries;
         let idle = rc.timeouts.idle;
-        let no_body = body.is_end_stream();
         let upgrade = out.upgrade.is_some();
-        let body = ClientBody::new(body, out.version >= Version::HTTP_2).with_tee(tee);
+        let body = body.into_stream();
+        let no_body = body.is_none();
         // Our pools hand an unsent request back; hyper-util's client does not, so a body bound
         // for it waits in a replayable slot.
-        let body = if no_body {
-            RequestBody::Empty
-        } else if policy.attempts > 0 && !upgrade && !first_pooled {
-            RequestBody::Replayable(Replayable::new(body), Idle::new(idle))
-        } else {
-            RequestBody::Stream(body, Idle::new(idle))
+        let body = match body {
+            None => RequestBody::Empty,
+            Some(body) => {
+                let body = ClientBody::new(body, out.version >= Version::HTTP_2).with_tee(tee);
+                if policy.attempts > 0 && !upgrade && !first_pooled {
+                    RequestBody::Replayable(Replayable::new(body), Idle::new(idle))
+                } else {
+                    RequestBody::Stream(body, Idle::new(idle))
+                }
+            }
         };
         Attempts {
             _active: Counted::new(&first.route.active),

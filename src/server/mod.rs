@@ -2,6 +2,7 @@
 //! tests can bind port 0 and read the real address), [`Server::run`] accepts until the
 //! shutdown future resolves, then drains open connections.
 
+pub mod h1;
 pub mod h1guard;
 mod park;
 
@@ -613,25 +614,15 @@ async fn serve_connection(
     peer: SocketAddr,
     slot: tokio::sync::OwnedSemaphorePermit,
     resumed: bool,
-    drain: watch::Receiver<bool>,
+    mut drain: watch::Receiver<bool>,
 ) {
     let metrics = &ctx.state.metrics;
     let _open = GaugeGuard::new(&metrics.open_connections);
     let acceptor = ctx.tls.as_ref().map(|t| t.acceptor());
     let proto = if acceptor.is_some() { "https" } else { "http" };
     let conn_info = ConnInfo::new(peer, proto, ctx.worker);
+    let idle = ctx.limits.idle_timeout;
     let activity = Arc::new(ConnActivity::default());
-    let (st, act) = (ctx.state.clone(), activity.clone());
-    // Not boxed for HTTP/1: hyper keeps a slot of this future's size (about 3.6 KiB) per
-    // connection, which a parked connection gives back with the rest of hyper's connection,
-    // while boxing it would cost every request an allocation (+500 instructions per
-    // request, callgrind). HTTP/2 boxes it (below).
-    // A combinator, not an `async` block: that kept its own copy of the request head.
-    let svc = service_fn(move |req| {
-        let guard = RequestGuard::start(act.clone());
-        proxy::handle(st.clone(), conn_info.clone(), req)
-            .map(move |resp| Ok::<_, Infallible>(guard.responded(resp)))
-    });
     // A plain connection's socket, kept here while hyper's connection may release it
     // between requests (see `h1guard::IdleGate`).
     let mut plain = None;
@@ -655,9 +646,38 @@ async fn serve_connection(
                     return;
                 }
             }
+            let mut stream = stream;
+            let mut before = bytes::Bytes::new();
+            if http1_only {
+                // Our own loop serves the common requests; hyper gets the connection at the
+                // first it does not (with what was read of it). Boxed: the loop holds a
+                // request's future, which would otherwise size every connection's task.
+                let own = h1::serve(h1::Conn {
+                    stream: &mut stream,
+                    state: &ctx.state,
+                    info: &conn_info,
+                    header_timeout: ctx.limits.header_timeout,
+                    idle,
+                    linger: LINGER,
+                    drain: &mut drain,
+                });
+                match Box::pin(own).await {
+                    h1::Ended::Closed => return,
+                    h1::Ended::HeaderTimeout => {
+                        tracing::debug!(%peer, "request head not complete in time; closing");
+                        metrics.downstream_error(DownstreamErrorKind::HeaderTimeout);
+                        return;
+                    }
+                    h1::Ended::Idle(deadline) => {
+                        park(&ctx, stream, slot, deadline, &drain);
+                        return;
+                    }
+                    h1::Ended::Handoff(read) => before = read,
+                }
+            }
             let stream = Arc::new(stream);
             plain = Some(stream.clone());
-            Guarded::new(Io::Plain(stream)).with_gate(activity.clone())
+            Guarded::new(Io::Plain(stream, before)).with_gate(activity.clone())
         }
         // Boxed: inline, the handshake's state (rustls' connection) would size every
         // connection's task.
@@ -674,8 +694,22 @@ async fn serve_connection(
             }
         }
     };
+    let (st, act) = (ctx.state.clone(), activity.clone());
+    // Not boxed for HTTP/1: hyper keeps a slot of this future's size (about 3.6 KiB) per
+    // connection, which a parked connection gives back with the rest of hyper's connection,
+    // while boxing it would cost every request an allocation (+500 instructions per
+    // request, callgrind). HTTP/2 boxes it (below).
+    // A combinator, not an `async` block: that kept its own copy of the request head.
+    let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+        let guard = RequestGuard::start(act.clone());
+        proxy::handle(
+            st.clone(),
+            conn_info.clone(),
+            req.map(proxy::Inbound::Hyper),
+        )
+        .map(move |resp| Ok::<_, Infallible>(guard.responded(resp)))
+    });
     let linger = plain.as_ref().map(|_| LINGER);
-    let idle = ctx.limits.idle_timeout;
     // HTTP/1 goes straight to hyper's HTTP/1 connection. The auto builder would first read
     // the start of the stream to look for HTTP/2's preface and give it back through a
     // rewinding reader, so hyper's first read got those bytes alone and its next read grew
@@ -713,13 +747,23 @@ async fn serve_connection(
     let Some(stream) = plain.filter(|_| activity.take_released()) else {
         return;
     };
+    if let (Some(deadline), Ok(stream)) = (activity.idle_deadline(idle), Arc::try_unwrap(stream)) {
+        park(&ctx, stream, slot, deadline, &drain);
+    }
+}
+
+/// Hand an idle plain connection to the parking lot, to be served again when its next
+/// request arrives (or closed at `deadline`). Closed instead while the server drains.
+fn park(
+    ctx: &ConnCtx,
+    stream: tokio::net::TcpStream,
+    slot: tokio::sync::OwnedSemaphorePermit,
+    deadline: tokio::time::Instant,
+    drain: &watch::Receiver<bool>,
+) {
     if *drain.borrow() {
         return;
     }
-    let (Some(deadline), Ok(stream)) = (activity.idle_deadline(idle), Arc::try_unwrap(stream))
-    else {
-        return;
-    };
     // Out of tokio's driver: the lot watches it in an epoll set of its own.
     let Ok(stream) = stream.into_std() else {
         return;
@@ -1121,8 +1165,9 @@ impl Drop for RequestGuard {
 enum Io {
     /// Shared with the connection's task, which keeps the socket while hyper's connection is
     /// released between requests. Read and written through readiness and `try_*` calls,
-    /// which take `&TcpStream`.
-    Plain(Arc<tokio::net::TcpStream>),
+    /// which take `&TcpStream`. With the bytes our own HTTP/1 loop read before it handed the
+    /// connection to hyper: they are read first.
+    Plain(Arc<tokio::net::TcpStream>, bytes::Bytes),
     Tls(Box<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>),
 }
 
@@ -1149,7 +1194,12 @@ impl tokio::io::AsyncRead for Io {
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
         match self.get_mut() {
-            Io::Plain(s) => when_ready(
+            Io::Plain(_, before) if !before.is_empty() => {
+                let n = before.len().min(buf.remaining());
+                buf.put_slice(&before.split_to(n));
+                std::task::Poll::Ready(Ok(()))
+            }
+            Io::Plain(s, _) => when_ready(
                 cx,
                 |cx| s.poll_read_ready(cx),
                 || s.try_read_buf(buf).map(drop),
@@ -1166,7 +1216,7 @@ impl tokio::io::AsyncWrite for Io {
         buf: &[u8],
     ) -> std::task::Poll<std::io::Result<usize>> {
         match self.get_mut() {
-            Io::Plain(s) => when_ready(cx, |cx| s.poll_write_ready(cx), || s.try_write(buf)),
+            Io::Plain(s, _) => when_ready(cx, |cx| s.poll_write_ready(cx), || s.try_write(buf)),
             Io::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
@@ -1177,7 +1227,7 @@ impl tokio::io::AsyncWrite for Io {
         bufs: &[std::io::IoSlice<'_>],
     ) -> std::task::Poll<std::io::Result<usize>> {
         match self.get_mut() {
-            Io::Plain(s) => when_ready(
+            Io::Plain(s, _) => when_ready(
                 cx,
                 |cx| s.poll_write_ready(cx),
                 || s.try_write_vectored(bufs),
@@ -1188,7 +1238,7 @@ impl tokio::io::AsyncWrite for Io {
 
     fn is_write_vectored(&self) -> bool {
         match self {
-            Io::Plain(_) => true,
+            Io::Plain(..) => true,
             Io::Tls(s) => s.is_write_vectored(),
         }
     }
@@ -1198,7 +1248,7 @@ impl tokio::io::AsyncWrite for Io {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
         match self.get_mut() {
-            Io::Plain(_) => std::task::Poll::Ready(Ok(())),
+            Io::Plain(..) => std::task::Poll::Ready(Ok(())),
             Io::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
@@ -1208,7 +1258,7 @@ impl tokio::io::AsyncWrite for Io {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
         match self.get_mut() {
-            Io::Plain(s) => std::task::Poll::Ready(
+            Io::Plain(s, _) => std::task::Poll::Ready(
                 socket2::SockRef::from(s.as_ref()).shutdown(std::net::Shutdown::Write),
             ),
             Io::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_shutdown(cx),

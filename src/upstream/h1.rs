@@ -353,7 +353,7 @@ fn is_coding_byte(b: u8) -> bool {
 }
 
 /// A `Content-Length` value: digits only (at most 19), or equal repeats in a list.
-fn parse_length(v: &[u8]) -> Option<u64> {
+pub(crate) fn parse_length(v: &[u8]) -> Option<u64> {
     let mut found = None;
     for part in v.split(|b| *b == b',') {
         let part = part.trim_ascii();

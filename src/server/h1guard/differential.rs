@@ -74,6 +74,14 @@ pub fn framer_view(data: &[u8]) -> (Vec<Message>, Option<usize>) {
     (messages, None)
 }
 
+/// Where the framer refuses `data` (the offset of the byte that made it refuse), if it does.
+/// A stream it stops following (opaque) is not refused: hyper reads on.
+pub fn framer_refusal(data: &[u8]) -> Option<usize> {
+    let mut f = Framer::default();
+    data.iter()
+        .position(|byte| matches!(f.feed(std::slice::from_ref(byte)), Verdict::Refuse { .. }))
+}
+
 /// Where the framer is, for the differential check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Progress {
@@ -124,13 +132,30 @@ impl AsyncWrite for OneByte {
 
 /// hyper's reading of `data`, served the way the proxy's listener serves HTTP/1.
 pub fn hyper_view(data: &[u8]) -> Vec<Message> {
+    hyper_requests(data).into_iter().map(|(m, _)| m).collect()
+}
+
+/// A request as a parser read it: method, target, version and fields, in order.
+pub fn describe<B>(req: &Request<B>) -> String {
+    format!(
+        "{} {} {:?} {:?}",
+        req.method(),
+        req.uri(),
+        req.version(),
+        req.headers()
+    )
+}
+
+/// [`hyper_view`] with each request as hyper read it ([`describe`], followed by " with a body"
+/// when hyper reads one).
+pub fn hyper_requests(data: &[u8]) -> Vec<(Message, String)> {
     thread_local! {
         static RT: tokio::runtime::Runtime = tokio::runtime::Builder::new_current_thread()
             .build()
             .expect("a runtime");
     }
     let at = Rc::new(RefCell::new(0usize));
-    let seen: Arc<Mutex<Vec<Message>>> = Arc::default();
+    let seen: Arc<Mutex<Vec<(Message, String)>>> = Arc::default();
     let io = OneByte {
         data: Bytes::copy_from_slice(data),
         at: at.clone(),
@@ -140,10 +165,19 @@ pub fn hyper_view(data: &[u8]) -> Vec<Message> {
         // Called as the head is parsed (before the future runs, by when hyper may read on).
         let index = {
             let mut log = log.lock().unwrap();
-            log.push(Message {
-                head_end: *pos.borrow(),
-                body_len: None,
-            });
+            log.push((
+                Message {
+                    head_end: *pos.borrow(),
+                    body_len: None,
+                },
+                // Whether hyper reads a body is known from the head (the body itself may not be
+                // read to its end before the input does).
+                if http_body::Body::is_end_stream(req.body()) {
+                    describe(&req)
+                } else {
+                    describe(&req) + " with a body"
+                },
+            ));
             log.len() - 1
         };
         let log = log.clone();
@@ -158,7 +192,7 @@ pub fn hyper_view(data: &[u8]) -> Vec<Message> {
                 }
             };
             if ended {
-                log.lock().unwrap()[index].body_len = Some(len);
+                log.lock().unwrap()[index].0.body_len = Some(len);
             }
             Ok::<_, std::convert::Infallible>(Response::new(Empty::<Bytes>::new()))
         }

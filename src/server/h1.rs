@@ -1,0 +1,910 @@
+//! Our own HTTP/1.1 server loop for plain connections. The common request — HTTP/1.1, no
+//! body, no upgrade, no `Expect`, no `TE` — is read, routed and answered in the connection's
+//! task without hyper; at the first message that is anything else, the connection is handed to
+//! hyper's HTTP/1 server for the rest of its life, with the bytes read so far, so two parsers
+//! never interpret the same bytes.
+//!
+//! Why: hyper's server side was ~12.5k of the ~33.4k instructions of a proxied keep-alive
+//! request (callgrind), and most of the per-connection set-up of a new one. Here a request is
+//! parsed in place and answered with one `writev` of its head and body (docs/performance.md).
+//!
+//! What keeps it as strict as hyper's path (the request smuggling concerns):
+//! - Heads are parsed by `httparse` with hyper's configuration, the parser hyper itself uses,
+//!   and only a head hyper reads as a complete request without a body is served here: any
+//!   `Content-Length` or `Transfer-Encoding`, HTTP/1.0, CONNECT, `Upgrade`, `Expect`, `TE`, a
+//!   head over hyper's limits and every parse error go to hyper — behind the framing guard
+//!   ([`super::h1guard`]), exactly as before, so they get hyper's and the guard's answers.
+//! - Of the guard's rules, the ones that can apply to a head without a body are `httparse`'s
+//!   own (obs-fold, whitespace before a colon, control bytes) but one: a bare LF ends a line
+//!   for `httparse`, so it is checked here, and such a head goes to the guard, which refuses it.
+//! - `differential::check` feeds the same bytes to this parser and to hyper's path (guard and
+//!   server) and fails on any request served here that hyper's path reads differently, or not
+//!   at all (fuzz target `h1_own`; the unit test replays mutated pipelines and the seeds).
+//! - Responses are framed by hyper's rules (`role.rs`, `encode_headers`): `Content-Length`
+//!   from the header or the body's exact size, else chunked; no body for HEAD, 204 and 304;
+//!   `connection: close` when the client asked for it or the server drains; a body that ends
+//!   short or fails closes the connection.
+//! - As with hyper (`allow_half_close` off), a client that closes its side while its request
+//!   is in flight cancels the request.
+
+#[cfg(any(test, fuzzing))]
+#[doc(hidden)]
+pub mod differential;
+
+use super::H1_MAX_BUF;
+use crate::proxy::{self, ConnInfo, Inbound, body::ProxyBody};
+use crate::state::State;
+use bytes::{Bytes, BytesMut};
+use futures_util::FutureExt;
+use http::header::{self, HeaderName, HeaderValue};
+use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
+use http_body::Body;
+use std::io::{self, IoSlice};
+use std::mem::MaybeUninit;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+/// hyper's limits: header fields per head (`DEFAULT_MAX_HEADERS`) and the request target's
+/// length (`MAX_URI_LEN`, beyond which hyper answers 414).
+const MAX_HEADERS: usize = 100;
+const MAX_URI_LEN: usize = (u16::MAX - 1) as usize;
+
+/// Room made for a read (hyper's first read buffer is 8 KiB too).
+const READ_CHUNK: usize = 8 * 1024;
+
+/// Body data up to this size is copied behind the head (one `writev` entry less); larger
+/// frames are written from their own buffer.
+const COPY_MAX: usize = 8 * 1024;
+
+/// How a connection left this loop.
+pub(super) enum Ended {
+    /// Closed, or to be closed: by the client, an error, the drain or the idle timeout.
+    Closed,
+    /// Idle past the linger with nothing read: the socket is parked until `deadline`.
+    Idle(Instant),
+    /// A message hyper serves: it takes the connection, these bytes first.
+    Handoff(Bytes),
+    /// No request head arrived in time (counted by the caller).
+    HeaderTimeout,
+}
+
+/// One plain connection, as the accept loop hands it over.
+pub(super) struct Conn<'a> {
+    pub stream: &'a mut TcpStream,
+    pub state: &'a Arc<State>,
+    pub info: &'a ConnInfo,
+    pub header_timeout: Duration,
+    pub idle: Duration,
+    pub linger: Duration,
+    pub drain: &'a mut watch::Receiver<bool>,
+}
+
+/// Serve requests until the connection closes, idles or needs hyper. The first request's
+/// bytes have arrived (the caller peeked at them).
+pub(super) async fn serve(mut c: Conn<'_>) -> Ended {
+    let mut buf = BytesMut::new();
+    let mut out = Vec::new();
+    let mut wait = false;
+    loop {
+        if wait && buf.is_empty() {
+            match next_request(&mut c).await {
+                Next::Ready => {}
+                Next::Idle(at) => return Ended::Idle(at),
+                Next::Close => return Ended::Closed,
+            }
+        }
+        wait = true;
+        let (req, close) = match read_head(&mut c, &mut buf).await {
+            Head::Request(req, close) => (req, close),
+            Head::NotYet => continue,
+            Head::Handoff => return Ended::Handoff(buf.freeze()),
+            Head::Closed => return Ended::Closed,
+            Head::TimedOut => return Ended::HeaderTimeout,
+        };
+        let head = req.method() == Method::HEAD;
+        let Some(resp) = respond(&c, req, &buf).await else {
+            return Ended::Closed;
+        };
+        let close = close || *c.drain.borrow();
+        match write_response(c.stream, resp, head, close, &mut out).await {
+            Ok(true) => {}
+            Ok(false) | Err(_) => {
+                let _ = socket2::SockRef::from(&*c.stream).shutdown(std::net::Shutdown::Write);
+                return Ended::Closed;
+            }
+        }
+        if out.capacity() > 2 * COPY_MAX {
+            out = Vec::new();
+        }
+    }
+}
+
+enum Next {
+    Ready,
+    Idle(Instant),
+    Close,
+}
+
+/// Wait for the next request's first bytes: parked past the linger, closed past the idle
+/// timeout (if shorter) or when the server drains.
+async fn next_request(c: &mut Conn<'_>) -> Next {
+    if *c.drain.borrow() {
+        return Next::Close;
+    }
+    let linger = c.linger.min(c.idle);
+    let since = Instant::now();
+    tokio::select! {
+        biased;
+        r = c.stream.readable() => match r {
+            Ok(()) => Next::Ready,
+            Err(_) => Next::Close,
+        },
+        _ = c.drain.changed() => Next::Close,
+        _ = tokio::time::sleep(linger) => {
+            if linger >= c.idle {
+                Next::Close
+            } else {
+                Next::Idle(since + c.idle)
+            }
+        }
+    }
+}
+
+// The request is moved out once per request; boxing it would cost an allocation each time.
+#[allow(clippy::large_enum_variant)]
+enum Head {
+    /// A request to serve here, and whether the client asked to close after it.
+    Request(Request<Inbound>, bool),
+    /// The readiness was stale: nothing to read yet.
+    NotYet,
+    Handoff,
+    Closed,
+    TimedOut,
+}
+
+/// Read until `buf` starts with a complete head, and take it.
+async fn read_head(c: &mut Conn<'_>, buf: &mut BytesMut) -> Head {
+    // hyper's header timeout, from the first byte of the head.
+    let mut deadline = None;
+    loop {
+        if !buf.is_empty() {
+            match parse(buf) {
+                Parsed::Request(req, close) => return Head::Request(req, close),
+                Parsed::Partial if buf.len() < H1_MAX_BUF => {}
+                Parsed::Partial | Parsed::Hyper => return Head::Handoff,
+            }
+        }
+        if buf.capacity() - buf.len() < READ_CHUNK / 2 {
+            buf.reserve(READ_CHUNK);
+        }
+        // Through `AsyncRead`, not `try_read`: a read shorter than the room given clears the
+        // socket's readiness, so the wait for the next request does not start with a read
+        // that finds nothing (one system call per request).
+        match c.stream.read_buf(buf).now_or_never() {
+            Some(Ok(0)) => return Head::Closed,
+            Some(Ok(_)) => continue,
+            Some(Err(_)) => return Head::Closed,
+            None => {}
+        }
+        if buf.is_empty() {
+            return Head::NotYet;
+        }
+        let at = *deadline.get_or_insert_with(|| Instant::now() + c.header_timeout);
+        match tokio::time::timeout_at(at, c.stream.readable()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Head::Closed,
+            Err(_) => return Head::TimedOut,
+        }
+    }
+}
+
+/// What a parse of the start of the buffer found.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Parsed {
+    /// A request served here (its head taken from the buffer), and whether it asked to close.
+    Request(Request<Inbound>, bool),
+    /// The head is not complete yet.
+    Partial,
+    /// hyper's: a body, an upgrade, HTTP/1.0, a parse error, a limit reached…
+    Hyper,
+}
+
+/// Parse the head at the start of `buf` as hyper would, taking it out of `buf` when it is
+/// one this loop serves.
+pub(crate) fn parse(buf: &mut BytesMut) -> Parsed {
+    let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut []);
+    let len = match httparse::ParserConfig::default().parse_request_with_uninit_headers(
+        &mut req,
+        buf,
+        &mut fields,
+    ) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Parsed::Partial,
+        Err(_) => return Parsed::Hyper,
+    };
+    if len > H1_MAX_BUF || req.version != Some(1) {
+        return Parsed::Hyper;
+    }
+    // The one framing rule of the guard that `httparse` does not apply to a head: every line
+    // ends in CRLF (a bare LF is how some back ends are made to see other boundaries).
+    if memchr::memchr_iter(b'\n', &buf[..len]).any(|i| i == 0 || buf[i - 1] != b'\r') {
+        return Parsed::Hyper;
+    }
+    let (Some(method), Some(path)) = (req.method, req.path) else {
+        return Parsed::Hyper;
+    };
+    let Ok(method) = Method::from_bytes(method.as_bytes()) else {
+        return Parsed::Hyper;
+    };
+    if method == Method::CONNECT || path.len() > MAX_URI_LEN {
+        return Parsed::Hyper;
+    }
+    let base = buf.as_ptr() as usize;
+    let range = |s: &[u8]| {
+        let at = s.as_ptr() as usize - base;
+        at..at + s.len()
+    };
+    let path = range(path.as_bytes());
+    let mut close = false;
+    // Where each field is in the head, so its value can be a slice of it (no copy).
+    let mut spans: smallvec::SmallVec<[_; MAX_HEADERS]> = smallvec::SmallVec::new();
+    for h in req.headers.iter() {
+        let name = h.name.as_bytes();
+        // Only these few change how hyper reads or answers the message.
+        let special = matches!(
+            name.first(),
+            Some(b'c' | b'C' | b't' | b'T' | b'u' | b'U' | b'e' | b'E')
+        );
+        if special {
+            if name.eq_ignore_ascii_case(b"content-length")
+                || name.eq_ignore_ascii_case(b"transfer-encoding")
+                || name.eq_ignore_ascii_case(b"upgrade")
+                || name.eq_ignore_ascii_case(b"expect")
+                || name.eq_ignore_ascii_case(b"te")
+            {
+                return Parsed::Hyper;
+            }
+            if name.eq_ignore_ascii_case(b"connection") && has_token(h.value, b"close") {
+                close = true;
+            }
+        }
+        spans.push((range(name), range(h.value)));
+    }
+    let head = buf.split_to(len).freeze();
+    let request = build(&head, path, &spans, method);
+    match request {
+        Some(req) => Parsed::Request(req, close),
+        None => {
+            // hyper answers what `http` refuses (a request target it cannot parse): give the
+            // head back in front of the rest.
+            let mut back = BytesMut::with_capacity(head.len() + buf.len());
+            back.extend_from_slice(&head);
+            back.extend_from_slice(buf);
+            *buf = back;
+            Parsed::Hyper
+        }
+    }
+}
+
+/// The request a parsed head describes; `None` where `http` refuses a part of it (hyper
+/// answers those).
+fn build(
+    head: &Bytes,
+    path: std::ops::Range<usize>,
+    spans: &[(std::ops::Range<usize>, std::ops::Range<usize>)],
+    method: Method,
+) -> Option<Request<Inbound>> {
+    let uri = Uri::from_maybe_shared(head.slice(path)).ok()?;
+    let mut headers = HeaderMap::with_capacity(spans.len());
+    for (name, value) in spans {
+        let name = HeaderName::from_bytes(&head[name.clone()]).ok()?;
+        let value = HeaderValue::from_maybe_shared(head.slice(value.clone())).ok()?;
+        headers.append(name, value);
+    }
+    let mut req = Request::new(Inbound::Empty);
+    *req.method_mut() = method;
+    *req.uri_mut() = uri;
+    *req.version_mut() = Version::HTTP_11;
+    *req.headers_mut() = headers;
+    Some(req)
+}
+
+/// Whether a comma-separated header value names `token` (any case), as hyper reads
+/// `Connection`.
+fn has_token(value: &[u8], token: &[u8]) -> bool {
+    value
+        .split(|&b| b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+}
+
+/// The proxy's answer to `req`; `None` when the client closed its side first (hyper's rule:
+/// an end of stream in the middle of a message ends the connection), which cancels it.
+async fn respond(
+    c: &Conn<'_>,
+    req: Request<Inbound>,
+    buf: &BytesMut,
+) -> Option<Response<ProxyBody>> {
+    let fut = proxy::handle(c.state.clone(), c.info.clone(), req);
+    let mut fut = std::pin::pin!(fut);
+    // Like hyper, look for the client's end only with nothing read ahead.
+    let mut watch = buf.is_empty();
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(resp) = fut.as_mut().poll(cx) {
+            return Poll::Ready(Some(resp));
+        }
+        if !watch {
+            return Poll::Pending;
+        }
+        // A peek leaves a pipelined request where it is; only the end of the stream counts.
+        let mut probe = [0u8; 1];
+        match c
+            .stream
+            .poll_peek(cx, &mut tokio::io::ReadBuf::new(&mut probe))
+        {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Ok(0) | Err(_)) => Poll::Ready(None),
+            // The next request's bytes: stop looking (as hyper does once it has read ahead).
+            Poll::Ready(Ok(_)) => {
+                watch = false;
+                Poll::Pending
+            }
+        }
+    })
+    .await
+}
+
+/// How much body a response has, as hyper's dispatcher classifies it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum BodyLen {
+    /// Ended already.
+    None,
+    Known(u64),
+    Unknown,
+}
+
+/// The body's framing on the wire, and whether the connection closes after it.
+#[derive(Debug, PartialEq, Eq)]
+struct Encoding {
+    /// `None`: chunked. `Some(0)`: no body bytes at all.
+    length: Option<u64>,
+    last: bool,
+}
+
+/// Write `resp` to the client; `Ok(true)` when the connection may carry another request.
+async fn write_response(
+    stream: &TcpStream,
+    resp: Response<ProxyBody>,
+    head: bool,
+    close: bool,
+    out: &mut Vec<u8>,
+) -> io::Result<bool> {
+    let (parts, mut body) = resp.into_parts();
+    let len = if body.is_end_stream() {
+        BodyLen::None
+    } else {
+        body.size_hint()
+            .exact()
+            .map_or(BodyLen::Unknown, BodyLen::Known)
+    };
+    out.clear();
+    let Some(enc) = encode_head(&parts, len, head, close, out) else {
+        // A response hyper would refuse to write (conflicting lengths): the client gets
+        // nothing and the connection closes, as there.
+        return Ok(false);
+    };
+    drop(parts);
+    let mut left = match enc.length {
+        Some(0) => {
+            write_all(stream, &mut [IoSlice::new(out)]).await?;
+            return Ok(!enc.last);
+        }
+        Some(n) => n,
+        None => u64::MAX,
+    };
+    let chunked = enc.length.is_none();
+    loop {
+        // The next frame; what is queued goes out while the body has nothing ready.
+        let frame = std::future::poll_fn(|cx| match Pin::new(&mut body).poll_frame(cx) {
+            Poll::Ready(f) => Poll::Ready(Some(f)),
+            Poll::Pending if !out.is_empty() => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        })
+        .await;
+        let frame = match frame {
+            None => {
+                write_all(stream, &mut [IoSlice::new(out)]).await?;
+                out.clear();
+                continue;
+            }
+            Some(None) => break,
+            // The upstream's body failed: the client must not take it as complete.
+            Some(Some(Err(_))) => {
+                write_all(stream, &mut [IoSlice::new(out)]).await?;
+                return Ok(false);
+            }
+            Some(Some(Ok(frame))) => frame,
+        };
+        // Trailers are not sent: the client did not offer `TE: trailers` (hyper's rule).
+        let Ok(mut data) = frame.into_data() else {
+            continue;
+        };
+        if data.is_empty() {
+            continue;
+        }
+        if chunked {
+            chunk_size(out, data.len());
+        } else {
+            if data.len() as u64 > left {
+                // More than the length said: what fits goes out, then the connection closes.
+                data.truncate(left as usize);
+                out.extend_from_slice(&data);
+                write_all(stream, &mut [IoSlice::new(out)]).await?;
+                return Ok(false);
+            }
+            left -= data.len() as u64;
+        }
+        if data.len() <= COPY_MAX {
+            out.extend_from_slice(&data);
+            if chunked {
+                out.extend_from_slice(b"\r\n");
+            }
+        } else {
+            let crlf: &[u8] = if chunked { b"\r\n" } else { b"" };
+            write_all(
+                stream,
+                &mut [IoSlice::new(out), IoSlice::new(&data), IoSlice::new(crlf)],
+            )
+            .await?;
+            out.clear();
+        }
+    }
+    if chunked {
+        out.extend_from_slice(b"0\r\n\r\n");
+    }
+    write_all(stream, &mut [IoSlice::new(out)]).await?;
+    // A body shorter than its length: the client is still waiting for the rest.
+    Ok(!enc.last && (chunked || left == 0))
+}
+
+/// A chunk's size line.
+fn chunk_size(out: &mut Vec<u8>, n: usize) {
+    let mut hex = [0u8; 16];
+    let mut i = hex.len();
+    let mut n = n;
+    loop {
+        i -= 1;
+        hex[i] = b"0123456789ABCDEF"[n & 15];
+        n >>= 4;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&hex[i..]);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The response head, framed by hyper's server rules (`role.rs`, `Server::encode` and
+/// `encode_headers`); `None` where hyper refuses the response.
+fn encode_head(
+    parts: &http::response::Parts,
+    mut len: BodyLen,
+    head: bool,
+    close: bool,
+    out: &mut Vec<u8>,
+) -> Option<Encoding> {
+    let mut status = parts.status;
+    let mut last = close;
+    let mut headers = &parts.headers;
+    let empty = HeaderMap::new();
+    if status.is_informational() {
+        // A final response cannot be 1xx (101 is an upgrade, always hyper's): hyper sends a
+        // 500 with no headers and closes.
+        status = StatusCode::INTERNAL_SERVER_ERROR;
+        len = BodyLen::None;
+        last = true;
+        headers = &empty;
+    }
+    let reason = parts.extensions.get::<hyper::ext::ReasonPhrase>();
+    if status == StatusCode::OK && reason.is_none() {
+        out.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
+    } else {
+        out.extend_from_slice(b"HTTP/1.1 ");
+        out.extend_from_slice(status.as_str().as_bytes());
+        out.push(b' ');
+        match reason {
+            Some(r) => out.extend_from_slice(r.as_bytes()),
+            None => out.extend_from_slice(status.canonical_reason().unwrap_or("<none>").as_bytes()),
+        }
+        out.extend_from_slice(b"\r\n");
+    }
+    let no_content = matches!(status, StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED);
+    let can_chunk = !head && !no_content;
+    let can_length = !no_content;
+    let mut length: Option<u64> = Some(0);
+    let mut wrote_len = false;
+    let mut wrote_date = false;
+    let mut wrote_close = false;
+    // A field whose lines hyper joins into one (`connection`, `transfer-encoding`,
+    // `trailer`): the one whose line is open.
+    let mut open: Option<&HeaderName> = None;
+    let mut te_chunked = true;
+    let mut prev_len = None;
+    for (name, value) in headers {
+        if open.is_some_and(|o| o != name) {
+            close_line(out, open.take(), te_chunked);
+        }
+        match *name {
+            header::CONTENT_LENGTH => {
+                match len {
+                    BodyLen::Known(n) => {
+                        if !wrote_len {
+                            length = Some(n);
+                            line(out, name, value);
+                            wrote_len = true;
+                        }
+                    }
+                    BodyLen::Unknown => {
+                        let n = crate::upstream::h1::parse_length(value.as_bytes())?;
+                        match prev_len {
+                            Some(p) if p != n => return None,
+                            Some(_) => {}
+                            None => {
+                                if wrote_len {
+                                    return None;
+                                }
+                                prev_len = Some(n);
+                                length = Some(n);
+                                line(out, name, value);
+                                wrote_len = true;
+                            }
+                        }
+                    }
+                    // No body: the length stays only on an answer to HEAD.
+                    BodyLen::None if head => {
+                        if !wrote_len {
+                            line(out, name, value);
+                            wrote_len = true;
+                        }
+                    }
+                    BodyLen::None => {}
+                }
+                continue;
+            }
+            header::TRANSFER_ENCODING => {
+                if !can_chunk {
+                    continue;
+                }
+                if wrote_len && open.is_none() {
+                    return None;
+                }
+                wrote_len = true;
+                length = None;
+                te_chunked = last_token_is(value.as_bytes(), b"chunked");
+            }
+            header::CONNECTION if has_token(value.as_bytes(), b"close") => {
+                last = true;
+                wrote_close = true;
+            }
+            header::TRAILER if !can_chunk => continue,
+            header::DATE => wrote_date = true,
+            _ => {}
+        }
+        if matches!(
+            *name,
+            header::CONNECTION | header::TRANSFER_ENCODING | header::TRAILER
+        ) {
+            if open.is_some() {
+                out.extend_from_slice(b", ");
+            } else {
+                out.extend_from_slice(name.as_str().as_bytes());
+                out.extend_from_slice(b": ");
+                open = Some(name);
+            }
+            out.extend_from_slice(value.as_bytes());
+        } else {
+            line(out, name, value);
+        }
+    }
+    close_line(out, open, te_chunked);
+    if !wrote_len {
+        match len {
+            BodyLen::Unknown if can_chunk => {
+                out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+                length = None;
+            }
+            // Not chunked where it cannot be (HEAD, 204, 304): no body either (below).
+            BodyLen::Unknown => {}
+            BodyLen::None | BodyLen::Known(0) => {
+                if can_length && !head {
+                    out.extend_from_slice(b"content-length: 0\r\n");
+                }
+            }
+            BodyLen::Known(n) => {
+                if can_length {
+                    out.extend_from_slice(b"content-length: ");
+                    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+                    out.extend_from_slice(b"\r\n");
+                    length = Some(n);
+                }
+            }
+        }
+    }
+    if !can_chunk {
+        length = Some(0);
+    }
+    if close && !wrote_close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    if !wrote_date {
+        out.extend_from_slice(b"date: ");
+        date(out);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    Some(Encoding { length, last })
+}
+
+fn line(out: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
+    out.extend_from_slice(name.as_str().as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value.as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+/// End a joined line; a `transfer-encoding` whose last coding is not `chunked` gets it.
+fn close_line(out: &mut Vec<u8>, open: Option<&HeaderName>, te_chunked: bool) {
+    if let Some(name) = open {
+        if *name == header::TRANSFER_ENCODING && !te_chunked {
+            out.extend_from_slice(b", chunked");
+        }
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+fn last_token_is(value: &[u8], token: &[u8]) -> bool {
+    value
+        .rsplit(|&b| b == b',')
+        .next()
+        .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+}
+
+/// The `Date` value, formatted once a second per thread (as hyper caches it).
+fn date(out: &mut Vec<u8>) {
+    use std::cell::RefCell;
+    use std::time::{SystemTime, UNIX_EPOCH};
+    thread_local! {
+        static DATE: RefCell<(u64, [u8; 29])> = const { RefCell::new((u64::MAX, [0; 29])) };
+    }
+    let now = SystemTime::now();
+    let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    DATE.with_borrow_mut(|(at, text)| {
+        if *at != secs {
+            let s = httpdate::fmt_http_date(now);
+            if s.len() == text.len() {
+                text.copy_from_slice(s.as_bytes());
+            }
+            *at = secs;
+        }
+        out.extend_from_slice(text);
+    });
+}
+
+/// Write every byte of `bufs`, trying before waiting (the socket is writable nearly always).
+async fn write_all(stream: &TcpStream, mut bufs: &mut [IoSlice<'_>]) -> io::Result<()> {
+    IoSlice::advance_slices(&mut bufs, 0);
+    while !bufs.is_empty() {
+        match stream.try_write_vectored(bufs) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => IoSlice::advance_slices(&mut bufs, n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => stream.writable().await?,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    /// Requests this loop serves, and ones it leaves to hyper, in one pipeline.
+    const GOOD: &[u8] =
+        b"GET /a?q=1 HTTP/1.1\r\nHost: x\r\nCookie: a=b; c=d\r\nX-Two: 1\r\nX-Two: 2\r\n\r\n\
+        \r\nDELETE http://h/b HTTP/1.1\r\nhost: y\r\nConnection: keep-alive\r\n\r\n\
+        POST /c HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc\
+        GET /d HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+
+    /// The differential check (the fuzz target's, `h1_own`) over pipelines with mutations and
+    /// over `fuzz/seeds/h1_differential`: every request served here is one hyper's path reads
+    /// the same way.
+    #[test]
+    fn every_request_served_here_is_read_the_same_by_hypers_path() {
+        let mut cases: Vec<Vec<u8>> = vec![GOOD.to_vec()];
+        for odd in [
+            &b"GET /e HTTP/1.1\nHost: x\n\n"[..],
+            b"GET /e HTTP/1.0\r\nHost: x\r\n\r\n",
+            b"GET /e HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
+            b"GET /e HTTP/1.1\r\nHost: x\r\nX-A : 1\r\n\r\n",
+            b"GET /e HTTP/1.1\r\nHost: x\r\n Folded: 1\r\n\r\n",
+            b"GET /e HTTP/1.1\r\nExpect: 100-continue\r\n\r\n",
+            b"GET /e\x7f HTTP/1.1\r\n\r\n",
+        ] {
+            cases.push([&GOOD[..GOOD.len() - 60], odd].concat());
+            cases.push([odd, GOOD].concat());
+        }
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(21);
+        let alphabet =
+            b"\r\n :;,/?#%\t\x00\x7f\xff0123456789GETPOSTHTTP/1.01closeContent-LengthUpgradeHost";
+        let base = cases.len();
+        for _ in 0..400 {
+            let mut c = cases[rng.random_range(0..base)].clone();
+            for _ in 0..rng.random_range(1..4) {
+                let at = rng.random_range(0..c.len());
+                match rng.random_range(0..3) {
+                    0 => c[at] = alphabet[rng.random_range(0..alphabet.len())],
+                    1 => c.insert(at, alphabet[rng.random_range(0..alphabet.len())]),
+                    _ => {
+                        c.remove(at);
+                    }
+                }
+            }
+            cases.push(c);
+        }
+        let seeds =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/h1_differential");
+        for entry in std::fs::read_dir(&seeds).expect("the committed seeds") {
+            cases.push(std::fs::read(entry.unwrap().path()).unwrap());
+        }
+        for case in &cases {
+            differential::check(case);
+        }
+        // Not vacuous: GOOD's first two requests are served here (the POST goes to hyper).
+        let served = differential::own_view(GOOD);
+        assert_eq!(served.len(), 2, "{served:?}");
+        assert!(
+            served[1].1.starts_with("DELETE http://h/b HTTP/1.1"),
+            "{served:?}"
+        );
+    }
+
+    fn head(status: u16, fields: &[(&str, &str)]) -> http::response::Parts {
+        let mut r = Response::new(());
+        *r.status_mut() = StatusCode::from_u16(status).unwrap();
+        for (k, v) in fields {
+            r.headers_mut().append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        r.into_parts().0
+    }
+
+    /// The head as written, without its `date` line, and its framing.
+    fn encoded(
+        parts: &http::response::Parts,
+        len: BodyLen,
+        head_req: bool,
+        close: bool,
+    ) -> (String, Option<Encoding>) {
+        let mut out = Vec::new();
+        let enc = encode_head(parts, len, head_req, close, &mut out);
+        let text = String::from_utf8(out).unwrap();
+        let text = text
+            .split("\r\n")
+            .filter(|l| !l.starts_with("date: "))
+            .collect::<Vec<_>>()
+            .join("\r\n");
+        (text, enc)
+    }
+
+    /// hyper's framing rules (role.rs, `Server::encode_headers`), case by case.
+    #[test]
+    fn response_heads_are_framed_by_hypers_rules() {
+        let enc = |length, last| Some(Encoding { length, last });
+        // A known length from the body, written once.
+        let (t, e) = encoded(&head(200, &[("x-a", "1")]), BodyLen::Known(5), false, false);
+        assert_eq!(t, "HTTP/1.1 200 OK\r\nx-a: 1\r\ncontent-length: 5\r\n\r\n");
+        assert_eq!(e, enc(Some(5), false));
+        // Unknown: chunked; the client's close is announced.
+        let (t, e) = encoded(&head(201, &[]), BodyLen::Unknown, false, true);
+        assert_eq!(
+            t,
+            "HTTP/1.1 201 Created\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n"
+        );
+        assert_eq!(e, enc(None, true));
+        // A length field with an unknown body frames it.
+        let (t, e) = encoded(
+            &head(200, &[("content-length", "7")]),
+            BodyLen::Unknown,
+            false,
+            false,
+        );
+        assert_eq!(t, "HTTP/1.1 200 OK\r\ncontent-length: 7\r\n\r\n");
+        assert_eq!(e, enc(Some(7), false));
+        // Conflicting lengths: hyper refuses to write the response.
+        let (_, e) = encoded(
+            &head(200, &[("content-length", "7"), ("content-length", "8")]),
+            BodyLen::Unknown,
+            false,
+            false,
+        );
+        assert_eq!(e, None);
+        // HEAD keeps the length and sends no body; no implicit zero.
+        let (t, e) = encoded(
+            &head(200, &[("content-length", "1000")]),
+            BodyLen::None,
+            true,
+            false,
+        );
+        assert_eq!(t, "HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n");
+        assert_eq!(e, enc(Some(0), false));
+        let (t, _) = encoded(&head(200, &[]), BodyLen::Unknown, true, false);
+        assert_eq!(t, "HTTP/1.1 200 OK\r\n\r\n");
+        // An empty body elsewhere: `content-length: 0` (not on 204 or 304).
+        let (t, _) = encoded(
+            &head(200, &[("content-length", "0")]),
+            BodyLen::None,
+            false,
+            false,
+        );
+        assert_eq!(t, "HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n");
+        let (t, e) = encoded(
+            &head(204, &[("content-length", "0")]),
+            BodyLen::None,
+            false,
+            false,
+        );
+        assert_eq!(t, "HTTP/1.1 204 No Content\r\n\r\n");
+        assert_eq!(e, enc(Some(0), false));
+        let (t, e) = encoded(
+            &head(304, &[("etag", "\"x\"")]),
+            BodyLen::Known(10),
+            false,
+            false,
+        );
+        assert_eq!(t, "HTTP/1.1 304 Not Modified\r\netag: \"x\"\r\n\r\n");
+        assert_eq!(e, enc(Some(0), false));
+        // `connection` lines are joined, and a close there ends the connection.
+        let (t, e) = encoded(
+            &head(200, &[("connection", "x-a"), ("connection", "close")]),
+            BodyLen::None,
+            false,
+            false,
+        );
+        assert_eq!(
+            t,
+            "HTTP/1.1 200 OK\r\nconnection: x-a, close\r\ncontent-length: 0\r\n\r\n"
+        );
+        assert_eq!(e, enc(Some(0), true));
+        // A 1xx cannot be a final response: hyper sends 500 and closes.
+        let (t, e) = encoded(&head(103, &[("link", "</a>")]), BodyLen::None, false, false);
+        assert_eq!(
+            t,
+            "HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\n\r\n"
+        );
+        assert_eq!(e, enc(Some(0), true));
+        // The date is written unless the response has one.
+        let mut out = Vec::new();
+        encode_head(&head(200, &[]), BodyLen::None, false, false, &mut out);
+        assert!(String::from_utf8(out).unwrap().contains(" GMT\r\n"));
+        let mut out = Vec::new();
+        encode_head(
+            &head(200, &[("date", "then")]),
+            BodyLen::None,
+            false,
+            false,
+            &mut out,
+        );
+        let t = String::from_utf8(out).unwrap();
+        assert_eq!(t.matches("date: ").count(), 1, "{t}");
+        assert!(t.contains("date: then\r\n"), "{t}");
+    }
+}
