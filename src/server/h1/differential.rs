@@ -15,7 +15,7 @@ use bytes::BytesMut;
 pub fn own_view(data: &[u8]) -> Vec<(usize, String)> {
     let mut buf = BytesMut::from(data);
     let mut served = Vec::new();
-    while let Parsed::Request(req, close) = parse(&mut buf) {
+    while let Parsed::Request(req, close) = parse(&mut buf, &mut http::HeaderMap::new()) {
         served.push((data.len() - buf.len(), describe(&req)));
         if close {
             break;
