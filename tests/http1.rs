@@ -196,3 +196,45 @@ async fn heads_split_into_single_bytes_are_served() {
         "abcdefghijklmnop"
     );
 }
+
+/// TLS connections that agree on HTTP/1.1 by ALPN are served by the same loop: the pipeline
+/// above, over TLS, with the handoff to hyper and `X-Forwarded-Proto: https`.
+#[tokio::test]
+async fn a_pipeline_over_tls_with_alpn_http1_crosses_the_handoff_too() {
+    let pki = TestPki::new();
+    let cert = pki.issue(&["localhost"], "live");
+    let origin = Origin::start("stable").await;
+    let proxy = Proxy::start(&tls_yaml(&origin, &cert, "")).await;
+    let tcp = TcpStream::connect(proxy.addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("localhost".to_string()).unwrap();
+    let mut tls = pki.client(&[b"http/1.1"]).connect(name, tcp).await.unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
+    tls.write_all(
+        b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n\
+          POST /sink HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello\
+          GET /c HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut out))
+        .await
+        .expect("answered, then closed")
+        .ok();
+    let answer = String::from_utf8_lossy(&out).into_owned();
+    let got = responses(&answer);
+    let bodies: Vec<&str> = got.iter().map(|(_, b)| b.as_str()).collect();
+    assert_eq!(bodies, ["stable", "5", "stable"], "{answer}");
+    let seen: Vec<String> = origin
+        .seen()
+        .iter()
+        .map(|s| format!("{} {}", s.method, s.uri.path()))
+        .collect();
+    assert_eq!(seen, ["GET /a", "POST /sink", "GET /c"]);
+    assert!(
+        origin
+            .seen()
+            .iter()
+            .all(|s| s.headers["x-forwarded-proto"] == "https")
+    );
+}

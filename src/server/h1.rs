@@ -1,8 +1,8 @@
-//! Our own HTTP/1.1 server loop for plain connections. The common request — HTTP/1.1, no
-//! body, no upgrade, no `Expect`, no `TE` — is read, routed and answered in the connection's
-//! task without hyper; at the first message that is anything else, the connection is handed to
-//! hyper's HTTP/1 server for the rest of its life, with the bytes read so far, so two parsers
-//! never interpret the same bytes.
+//! Our own HTTP/1.1 server loop, for plain connections and TLS ones that agreed on HTTP/1.1 by
+//! ALPN. The common request — HTTP/1.1, no body, no upgrade, no `Expect`, no `TE` — is read,
+//! routed and answered in the connection's task without hyper; at the first message that is
+//! anything else, the connection is handed to hyper's HTTP/1 server for the rest of its life,
+//! with the bytes read so far, so two parsers never interpret the same bytes.
 //!
 //! Why: hyper's server side was ~12.5k of the ~33.4k instructions of a proxied keep-alive
 //! request (callgrind), and most of the per-connection set-up of a new one. Here a request is
@@ -25,7 +25,8 @@
 //!   `connection: close` when the client asked for it or the server drains; a body that ends
 //!   short or fails closes the connection.
 //! - As with hyper (`allow_half_close` off), a client that closes its side while its request
-//!   is in flight cancels the request.
+//!   is in flight cancels the request; bytes of a next request arriving meanwhile are read
+//!   ahead and served after it.
 
 #[cfg(any(test, fuzzing))]
 #[doc(hidden)]
@@ -45,8 +46,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
-use tokio::io::AsyncReadExt;
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -77,20 +77,25 @@ pub(super) enum Ended {
     HeaderTimeout,
 }
 
-/// One plain connection, as the accept loop hands it over.
-pub(super) struct Conn<'a> {
-    pub stream: &'a mut TcpStream,
+/// One connection, as the accept loop hands it over: plain TCP, or TLS that agreed on
+/// HTTP/1.1 by ALPN.
+pub(super) struct Conn<'a, S> {
+    pub stream: &'a mut S,
     pub state: &'a Arc<State>,
     pub info: &'a ConnInfo,
     pub header_timeout: Duration,
     pub idle: Duration,
-    pub linger: Duration,
+    /// Idle this long between requests, the connection is handed back to be parked (plain
+    /// connections); `None`: it waits for its next request until `idle`.
+    pub linger: Option<Duration>,
     pub drain: &'a mut watch::Receiver<bool>,
 }
 
-/// Serve requests until the connection closes, idles or needs hyper. The first request's
-/// bytes have arrived (the caller peeked at them).
-pub(super) async fn serve(mut c: Conn<'_>) -> Ended {
+/// Serve requests until the connection closes, idles or needs hyper.
+pub(super) async fn serve<S>(mut c: Conn<'_, S>) -> Ended
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let mut buf = BytesMut::new();
     let mut out = Vec::new();
     // The last response's field map, cleared: the next request's fields go in it (hyper's
@@ -100,7 +105,7 @@ pub(super) async fn serve(mut c: Conn<'_>) -> Ended {
     // request cost ~700 instructions. The linger timer is re-armed lazily, from when the
     // last response was written: a busy connection sees it fire once per linger, not once
     // per request.
-    let linger = c.linger.min(c.idle);
+    let linger = c.linger.unwrap_or(c.idle).min(c.idle);
     let mut drain = c.drain.clone();
     let mut drained = std::pin::pin!(drain.changed());
     let mut timer = std::pin::pin!(tokio::time::sleep(linger));
@@ -146,8 +151,9 @@ pub(super) async fn serve(mut c: Conn<'_>) -> Ended {
                 Next::Close => return Ended::Closed,
             }
         }
+        let first = !wait;
         wait = true;
-        let (req, close) = match read_head(&mut c, &mut buf, &mut spare).await {
+        let (req, close) = match read_head(&mut c, &mut buf, &mut spare, first).await {
             Head::Request(req, close) => (req, close),
             Head::NotYet => continue,
             Head::Handoff => return Ended::Handoff(buf.freeze()),
@@ -157,8 +163,11 @@ pub(super) async fn serve(mut c: Conn<'_>) -> Ended {
         let head = req.method() == Method::HEAD;
         // Like hyper, look for the client's end only with nothing read ahead.
         let mut watch = buf.is_empty();
+        if watch && buf.capacity() < READ_CHUNK / 2 {
+            buf.reserve(READ_CHUNK);
+        }
         let mut answer = std::pin::pin!(proxy::handle(c.state.clone(), c.info.clone(), req));
-        let stream = &*c.stream;
+        let stream = &mut *c.stream;
         let resp = std::future::poll_fn(|cx| {
             if let Poll::Ready(resp) = answer.as_mut().poll(cx) {
                 return Poll::Ready(Some(resp));
@@ -166,15 +175,13 @@ pub(super) async fn serve(mut c: Conn<'_>) -> Ended {
             if !watch {
                 return Poll::Pending;
             }
-            // A peek leaves a pipelined request where it is; only the end of the stream
-            // counts (hyper's rule: an end of stream in the middle of a message ends the
-            // connection, which cancels the request).
-            let mut probe = [0u8; 1];
-            match stream.poll_peek(cx, &mut tokio::io::ReadBuf::new(&mut probe)) {
+            // Only the end of the stream counts (hyper's rule: an end of stream in the middle
+            // of a message ends the connection, which cancels the request).
+            match std::pin::pin!(stream.read_buf(&mut buf)).poll(cx) {
                 Poll::Pending => Poll::Pending,
                 Poll::Ready(Ok(0) | Err(_)) => Poll::Ready(None),
                 // The next request's bytes: stop looking (as hyper does once it has read
-                // ahead); they are read after this response.
+                // ahead); they are parsed after this response.
                 Poll::Ready(Ok(_)) => {
                     watch = false;
                     Poll::Pending
@@ -186,12 +193,13 @@ pub(super) async fn serve(mut c: Conn<'_>) -> Ended {
             return Ended::Closed;
         };
         let close = close || *c.drain.borrow();
-        match write_response(c.stream, resp, head, close, &mut out, &mut spare).await {
+        match write_response(&mut *c.stream, resp, head, close, &mut out, &mut spare).await {
             Ok(true) => {}
-            Ok(false) | Err(_) => {
-                let _ = socket2::SockRef::from(&*c.stream).shutdown(std::net::Shutdown::Write);
+            Ok(false) => {
+                let _ = c.stream.shutdown().await;
                 return Ended::Closed;
             }
+            Err(_) => return Ended::Closed,
         }
         last = Instant::now();
         if out.capacity() > 2 * COPY_MAX {
@@ -219,7 +227,17 @@ enum Head {
 }
 
 /// Read until `buf` starts with a complete head, and take it.
-async fn read_head(c: &mut Conn<'_>, buf: &mut BytesMut, spare: &mut HeaderMap) -> Head {
+/// `first`: the connection's first request (its header timeout starts now: a client may
+/// finish a TLS handshake and send nothing).
+async fn read_head<S>(
+    c: &mut Conn<'_, S>,
+    buf: &mut BytesMut,
+    spare: &mut HeaderMap,
+    first: bool,
+) -> Head
+where
+    S: AsyncRead + Unpin,
+{
     // hyper's header timeout, from the first byte of the head.
     let mut deadline = None;
     loop {
@@ -236,20 +254,20 @@ async fn read_head(c: &mut Conn<'_>, buf: &mut BytesMut, spare: &mut HeaderMap) 
         // Through `AsyncRead`, not `try_read`: a read shorter than the room given clears the
         // socket's readiness, so the wait for the next request does not start with a read
         // that finds nothing (one system call per request).
-        match c.stream.read_buf(buf).now_or_never() {
-            Some(Ok(0)) => return Head::Closed,
-            Some(Ok(_)) => continue,
-            Some(Err(_)) => return Head::Closed,
-            None => {}
-        }
-        if buf.is_empty() {
-            return Head::NotYet;
-        }
-        let at = *deadline.get_or_insert_with(|| Instant::now() + c.header_timeout);
-        match tokio::time::timeout_at(at, c.stream.readable()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(_)) => return Head::Closed,
-            Err(_) => return Head::TimedOut,
+        let read = match c.stream.read_buf(buf).now_or_never() {
+            Some(read) => read,
+            None if buf.is_empty() && !first => return Head::NotYet,
+            None => {
+                let at = *deadline.get_or_insert_with(|| Instant::now() + c.header_timeout);
+                match tokio::time::timeout_at(at, c.stream.read_buf(buf)).await {
+                    Ok(read) => read,
+                    Err(_) => return Head::TimedOut,
+                }
+            }
+        };
+        match read {
+            Ok(0) | Err(_) => return Head::Closed,
+            Ok(_) => {}
         }
     }
 }
@@ -407,8 +425,8 @@ struct Encoding {
 }
 
 /// Write `resp` to the client; `Ok(true)` when the connection may carry another request.
-async fn write_response(
-    stream: &TcpStream,
+async fn write_response<S: AsyncWrite + Unpin>(
+    stream: &mut S,
     resp: Response<ProxyBody>,
     head: bool,
     close: bool,
@@ -436,7 +454,7 @@ async fn write_response(
     }
     let mut left = match enc.length {
         Some(0) => {
-            write_all(stream, &mut [IoSlice::new(out)]).await?;
+            write_all(&mut *stream, &mut [IoSlice::new(out)]).await?;
             return Ok(!enc.last);
         }
         Some(n) => n,
@@ -453,14 +471,14 @@ async fn write_response(
         .await;
         let frame = match frame {
             None => {
-                write_all(stream, &mut [IoSlice::new(out)]).await?;
+                write_all(&mut *stream, &mut [IoSlice::new(out)]).await?;
                 out.clear();
                 continue;
             }
             Some(None) => break,
             // The upstream's body failed: the client must not take it as complete.
             Some(Some(Err(_))) => {
-                write_all(stream, &mut [IoSlice::new(out)]).await?;
+                write_all(&mut *stream, &mut [IoSlice::new(out)]).await?;
                 return Ok(false);
             }
             Some(Some(Ok(frame))) => frame,
@@ -479,7 +497,7 @@ async fn write_response(
                 // More than the length said: what fits goes out, then the connection closes.
                 data.truncate(left as usize);
                 out.extend_from_slice(&data);
-                write_all(stream, &mut [IoSlice::new(out)]).await?;
+                write_all(&mut *stream, &mut [IoSlice::new(out)]).await?;
                 return Ok(false);
             }
             left -= data.len() as u64;
@@ -492,7 +510,7 @@ async fn write_response(
         } else {
             let crlf: &[u8] = if chunked { b"\r\n" } else { b"" };
             write_all(
-                stream,
+                &mut *stream,
                 &mut [IoSlice::new(out), IoSlice::new(&data), IoSlice::new(crlf)],
             )
             .await?;
@@ -502,7 +520,7 @@ async fn write_response(
     if chunked {
         out.extend_from_slice(b"0\r\n\r\n");
     }
-    write_all(stream, &mut [IoSlice::new(out)]).await?;
+    write_all(&mut *stream, &mut [IoSlice::new(out)]).await?;
     // A body shorter than its length: the client is still waiting for the rest.
     Ok(!enc.last && (chunked || left == 0))
 }
@@ -731,18 +749,19 @@ fn date(out: &mut Vec<u8>) {
     });
 }
 
-/// Write every byte of `bufs`, trying before waiting (the socket is writable nearly always).
-async fn write_all(stream: &TcpStream, mut bufs: &mut [IoSlice<'_>]) -> io::Result<()> {
+/// Write every byte of `bufs` (a TLS stream's records included: it is flushed).
+async fn write_all<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    mut bufs: &mut [IoSlice<'_>],
+) -> io::Result<()> {
     IoSlice::advance_slices(&mut bufs, 0);
     while !bufs.is_empty() {
-        match stream.try_write_vectored(bufs) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => IoSlice::advance_slices(&mut bufs, n),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => stream.writable().await?,
-            Err(e) => return Err(e),
+        match stream.write_vectored(bufs).await? {
+            0 => return Err(io::ErrorKind::WriteZero.into()),
+            n => IoSlice::advance_slices(&mut bufs, n),
         }
     }
-    Ok(())
+    stream.flush().await
 }
 
 #[cfg(test)]

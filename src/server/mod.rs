@@ -658,7 +658,7 @@ async fn serve_connection(
                     info: &conn_info,
                     header_timeout: ctx.limits.header_timeout,
                     idle,
-                    linger: LINGER,
+                    linger: Some(LINGER),
                     drain: &mut drain,
                 });
                 match Box::pin(own).await {
@@ -683,14 +683,38 @@ async fn serve_connection(
         // connection's task.
         Some(acceptor) => {
             let shake = handshake(acceptor, stream, peer, ctx.limits.header_timeout, metrics);
-            match Box::pin(shake).await {
-                // HTTP/1.1 agreed by ALPN: no preface to look for (without ALPN, a client
-                // may still speak HTTP/2 with prior knowledge).
-                Some((io, http1)) => {
-                    http1_only = http1;
-                    io
+            let Some((mut tls, alpn)) = Box::pin(shake).await else {
+                return;
+            };
+            // HTTP/1.1 agreed by ALPN: no preface to look for (without ALPN, a client may
+            // still speak HTTP/2 with prior knowledge), so our own loop serves it, as a plain
+            // connection (it is not parked: rustls keeps its session).
+            http1_only = alpn == Alpn::Http1;
+            let mut before = bytes::Bytes::new();
+            if http1_only {
+                let own = h1::serve(h1::Conn {
+                    stream: &mut *tls,
+                    state: &ctx.state,
+                    info: &conn_info,
+                    header_timeout: ctx.limits.header_timeout,
+                    idle,
+                    linger: None,
+                    drain: &mut drain,
+                });
+                match Box::pin(own).await {
+                    h1::Ended::Closed | h1::Ended::Idle(_) => return,
+                    h1::Ended::HeaderTimeout => {
+                        tracing::debug!(%peer, "request head not complete in time; closing");
+                        metrics.downstream_error(DownstreamErrorKind::HeaderTimeout);
+                        return;
+                    }
+                    h1::Ended::Handoff(read) => before = read,
                 }
-                None => return,
+            }
+            if alpn == Alpn::H2 {
+                Guarded::passthrough(Io::Tls(tls, before))
+            } else {
+                Guarded::new(Io::Tls(tls, before))
             }
         }
     };
@@ -963,25 +987,34 @@ where
     }
 }
 
+/// What a TLS client and canaryd agreed on by ALPN.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Alpn {
+    H2,
+    Http1,
+    /// No ALPN: either, and a client may speak HTTP/2 with prior knowledge.
+    None,
+}
+
 /// The TLS handshake, with the same allowance as request headers; `None` when it failed.
-/// With the stream: whether ALPN agreed on HTTP/1.1.
 async fn handshake(
     acceptor: tokio_rustls::TlsAcceptor,
     stream: tokio::net::TcpStream,
     peer: SocketAddr,
     timeout: Duration,
     metrics: &crate::metrics::Metrics,
-) -> Option<(Guarded<Io>, bool)> {
+) -> Option<(
+    Box<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>,
+    Alpn,
+)> {
     match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
         Ok(Ok(s)) => {
-            let alpn = s.get_ref().1.alpn_protocol();
-            let (h2, http1) = (alpn == Some(b"h2"), alpn == Some(b"http/1.1"));
-            let io = Io::Tls(Box::new(s));
-            Some(if h2 {
-                (Guarded::passthrough(io), false)
-            } else {
-                (Guarded::new(io), http1)
-            })
+            let alpn = match s.get_ref().1.alpn_protocol() {
+                Some(b"h2") => Alpn::H2,
+                Some(b"http/1.1") => Alpn::Http1,
+                _ => Alpn::None,
+            };
+            Some((Box::new(s), alpn))
         }
         Ok(Err(e)) => {
             tracing::debug!(error = %e, %peer, "TLS handshake failed");
@@ -1168,7 +1201,11 @@ enum Io {
     /// which take `&TcpStream`. With the bytes our own HTTP/1 loop read before it handed the
     /// connection to hyper: they are read first.
     Plain(Arc<tokio::net::TcpStream>, bytes::Bytes),
-    Tls(Box<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>),
+    /// With the bytes our own HTTP/1 loop read, as for `Plain`.
+    Tls(
+        Box<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>,
+        bytes::Bytes,
+    ),
 }
 
 /// One operation on a shared plain socket: wait until it is ready, then try it. A
@@ -1194,7 +1231,7 @@ impl tokio::io::AsyncRead for Io {
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
         match self.get_mut() {
-            Io::Plain(_, before) if !before.is_empty() => {
+            Io::Plain(_, before) | Io::Tls(_, before) if !before.is_empty() => {
                 let n = before.len().min(buf.remaining());
                 buf.put_slice(&before.split_to(n));
                 std::task::Poll::Ready(Ok(()))
@@ -1204,7 +1241,7 @@ impl tokio::io::AsyncRead for Io {
                 |cx| s.poll_read_ready(cx),
                 || s.try_read_buf(buf).map(drop),
             ),
-            Io::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_read(cx, buf),
+            Io::Tls(s, _) => std::pin::Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
 }
@@ -1217,7 +1254,7 @@ impl tokio::io::AsyncWrite for Io {
     ) -> std::task::Poll<std::io::Result<usize>> {
         match self.get_mut() {
             Io::Plain(s, _) => when_ready(cx, |cx| s.poll_write_ready(cx), || s.try_write(buf)),
-            Io::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_write(cx, buf),
+            Io::Tls(s, _) => std::pin::Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
 
@@ -1232,14 +1269,14 @@ impl tokio::io::AsyncWrite for Io {
                 |cx| s.poll_write_ready(cx),
                 || s.try_write_vectored(bufs),
             ),
-            Io::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+            Io::Tls(s, _) => std::pin::Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
         }
     }
 
     fn is_write_vectored(&self) -> bool {
         match self {
             Io::Plain(..) => true,
-            Io::Tls(s) => s.is_write_vectored(),
+            Io::Tls(s, _) => s.is_write_vectored(),
         }
     }
 
@@ -1249,7 +1286,7 @@ impl tokio::io::AsyncWrite for Io {
     ) -> std::task::Poll<std::io::Result<()>> {
         match self.get_mut() {
             Io::Plain(..) => std::task::Poll::Ready(Ok(())),
-            Io::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_flush(cx),
+            Io::Tls(s, _) => std::pin::Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
 
@@ -1261,7 +1298,7 @@ impl tokio::io::AsyncWrite for Io {
             Io::Plain(s, _) => std::task::Poll::Ready(
                 socket2::SockRef::from(s.as_ref()).shutdown(std::net::Shutdown::Write),
             ),
-            Io::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_shutdown(cx),
+            Io::Tls(s, _) => std::pin::Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 }
