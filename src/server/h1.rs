@@ -767,7 +767,6 @@ async fn write_all<S: AsyncWrite + Unpin>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rand::{Rng, SeedableRng};
 
     /// Requests this loop serves, and ones it leaves to hyper, in one pipeline.
     const GOOD: &[u8] =
@@ -794,29 +793,11 @@ mod tests {
             cases.push([&GOOD[..GOOD.len() - 60], odd].concat());
             cases.push([odd, GOOD].concat());
         }
-        let mut rng = rand::rngs::SmallRng::seed_from_u64(21);
         let alphabet =
             b"\r\n :;,/?#%\t\x00\x7f\xff0123456789GETPOSTHTTP/1.01closeContent-LengthUpgradeHost";
-        let base = cases.len();
-        for _ in 0..400 {
-            let mut c = cases[rng.random_range(0..base)].clone();
-            for _ in 0..rng.random_range(1..4) {
-                let at = rng.random_range(0..c.len());
-                match rng.random_range(0..3) {
-                    0 => c[at] = alphabet[rng.random_range(0..alphabet.len())],
-                    1 => c.insert(at, alphabet[rng.random_range(0..alphabet.len())]),
-                    _ => {
-                        c.remove(at);
-                    }
-                }
-            }
-            cases.push(c);
-        }
-        let seeds =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/h1_differential");
-        for entry in std::fs::read_dir(&seeds).expect("the committed seeds") {
-            cases.push(std::fs::read(entry.unwrap().path()).unwrap());
-        }
+        let mutated = crate::server::h1guard::differential::mutations(&cases, alphabet, 400, 21);
+        cases.extend(mutated);
+        cases.extend(crate::server::h1guard::differential::committed_seeds());
         for case in &cases {
             differential::check(case);
         }

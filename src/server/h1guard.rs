@@ -972,33 +972,11 @@ GET /e HTTP/1.1\r\nHost: x\r\n\r\n"
         ] {
             cases.push([GOOD, bad].concat());
         }
-        let mut rng = rand::rngs::SmallRng::seed_from_u64(20);
         let alphabet =
             b"\r\n :;,0123456789abcdefxXGETPOSTHTTP/1.01chunkedContent-LengthTransfer-Encoding";
-        for _ in 0..300 {
-            let mut c = cases[rng.random_range(0..5)].clone();
-            for _ in 0..rng.random_range(1..4) {
-                let at = rng.random_range(0..c.len());
-                match rng.random_range(0..3) {
-                    0 => c[at] = alphabet[rng.random_range(0..alphabet.len())],
-                    1 => c.insert(at, alphabet[rng.random_range(0..alphabet.len())]),
-                    _ => {
-                        c.remove(at);
-                    }
-                }
-            }
-            cases.push(c);
-        }
-        let seeds =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/h1_differential");
-        let before = cases.len();
-        for entry in std::fs::read_dir(&seeds)
-            .expect("the committed seeds")
-            .flatten()
-        {
-            cases.push(std::fs::read(entry.path()).unwrap());
-        }
-        assert!(cases.len() > before, "no seeds in {}", seeds.display());
+        let mutated = differential::mutations(&cases, alphabet, 300, 20);
+        cases.extend(mutated);
+        cases.extend(differential::committed_seeds());
         for case in &cases {
             differential::check(case);
         }

@@ -255,3 +255,40 @@ pub fn check(data: &[u8]) {
         }
     }
 }
+
+/// `n` cases made from `base` by one to three random byte edits (replace, insert, remove) with
+/// bytes of `alphabet`, seeded: the unit tests' small stand-in for the fuzzers.
+#[cfg(test)]
+pub fn mutations(base: &[Vec<u8>], alphabet: &[u8], n: usize, seed: u64) -> Vec<Vec<u8>> {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
+    (0..n)
+        .map(|_| {
+            let mut c = base[rng.random_range(0..base.len())].clone();
+            for _ in 0..rng.random_range(1..4) {
+                let at = rng.random_range(0..c.len());
+                match rng.random_range(0..3) {
+                    0 => c[at] = alphabet[rng.random_range(0..alphabet.len())],
+                    1 => c.insert(at, alphabet[rng.random_range(0..alphabet.len())]),
+                    _ => {
+                        c.remove(at);
+                    }
+                }
+            }
+            c
+        })
+        .collect()
+}
+
+/// The committed fuzz seeds in `fuzz/seeds/h1_differential` (minimized from the fuzzers' runs).
+#[cfg(test)]
+pub fn committed_seeds() -> Vec<Vec<u8>> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/h1_differential");
+    let seeds: Vec<Vec<u8>> = std::fs::read_dir(&dir)
+        .expect("the committed seeds")
+        .flatten()
+        .map(|entry| std::fs::read(entry.path()).unwrap())
+        .collect();
+    assert!(!seeds.is_empty(), "no seeds in {}", dir.display());
+    seeds
+}
