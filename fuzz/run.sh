@@ -3,8 +3,9 @@
 #   fuzz/run.sh            # 60 s per target
 #   fuzz/run.sh 600        # 10 min per target
 # Corpora grow in fuzz/corpus/<target> (not committed); a crash lands in fuzz/artifacts/.
-# fuzz/seeds/h1_differential and fuzz/seeds/h1_response are committed (minimized with `cargo fuzz cmin`): the unit test
-# `the_framer_and_hyper_agree_on_every_boundary` replays it on stable in every `cargo test`.
+# fuzz/seeds/h1_differential and fuzz/seeds/h1_response are committed (minimized with `cargo fuzz cmin`): the unit tests
+# `the_framer_and_hyper_agree_on_every_boundary` and `every_request_served_here_is_read_the_same_by_hypers_path`
+# (h1_own's check) replay them on stable in every `cargo test`.
 set -euo pipefail
 cd "$(dirname "$0")"
 secs="${1:-60}"
