@@ -62,11 +62,10 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         }
     }
     let keep_te_trailers = present & (1 << TE_SLOT) != 0
-        && headers.get_all(header::TE).iter().any(|v| {
-            v.as_bytes()
-                .split(|&b| b == b',')
-                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"trailers"))
-        });
+        && headers
+            .get_all(header::TE)
+            .iter()
+            .any(|v| list_has(v.as_bytes(), b"trailers"));
     for (i, h) in HOP_BY_HOP.iter().enumerate() {
         if present & (1 << i) != 0 {
             headers.remove(h);
@@ -82,11 +81,10 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// asks for no upgrade or only for protocols that are not allowed (`h2c` never is), so it is
 /// served as plain HTTP/1.1. Allocates only for requests that ask to upgrade.
 pub fn allowed_upgrade(headers: &HeaderMap, allowed: &Upgrades) -> Option<HeaderValue> {
-    let asks = headers.get_all(header::CONNECTION).iter().any(|v| {
-        v.as_bytes()
-            .split(|&b| b == b',')
-            .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"upgrade"))
-    });
+    let asks = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .any(|v| list_has(v.as_bytes(), b"upgrade"));
     if !asks {
         return None;
     }
@@ -111,11 +109,24 @@ pub fn allowed_upgrade(headers: &HeaderMap, allowed: &Upgrades) -> Option<Header
 
 /// Does a `101`'s `Upgrade` value name exactly one of the protocols we `offered`?
 pub fn upgrade_answers(offered: &HeaderValue, answered: &HeaderValue) -> bool {
-    let answered = answered.as_bytes().trim_ascii();
-    offered
-        .as_bytes()
+    list_has(offered.as_bytes(), answered.as_bytes().trim_ascii())
+}
+
+/// Whether a comma-separated field value (`Connection`, `TE`, `Upgrade`…) names `token`, in
+/// any case.
+pub fn list_has(value: &[u8], token: &[u8]) -> bool {
+    value
         .split(|&b| b == b',')
-        .any(|t| t.trim_ascii().eq_ignore_ascii_case(answered))
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+}
+
+/// Whether the last element of a comma-separated field value is `token`, in any case (the
+/// final coding of `Transfer-Encoding` decides the framing).
+pub fn list_ends_with(value: &[u8], token: &[u8]) -> bool {
+    value
+        .rsplit(|&b| b == b',')
+        .next()
+        .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(token))
 }
 
 /// Re-add the two headers an upgrade needs after hop-by-hop stripping removed them.

@@ -33,6 +33,7 @@
 pub mod differential;
 
 use super::H1_MAX_BUF;
+use crate::proxy::headers::{list_ends_with, list_has};
 use crate::proxy::{self, ConnInfo, Inbound, body::ProxyBody};
 use crate::state::State;
 use bytes::{Bytes, BytesMut};
@@ -339,7 +340,7 @@ pub(crate) fn parse(buf: &mut BytesMut, spare: &mut HeaderMap) -> Parsed {
             {
                 return Parsed::Hyper;
             }
-            if name.eq_ignore_ascii_case(b"connection") && has_token(h.value, b"close") {
+            if name.eq_ignore_ascii_case(b"connection") && list_has(h.value, b"close") {
                 close = true;
             }
         }
@@ -397,14 +398,6 @@ fn bare_lf(head: &[u8]) -> bool {
             bad | ((b == b'\n') & (before != b'\r'))
         });
     first | rest
-}
-
-/// Whether a comma-separated header value names `token` (any case), as hyper reads
-/// `Connection`.
-fn has_token(value: &[u8], token: &[u8]) -> bool {
-    value
-        .split(|&b| b == b',')
-        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
 }
 
 /// How much body a response has, as hyper's dispatcher classifies it.
@@ -639,9 +632,9 @@ fn encode_head(
                 }
                 wrote_len = true;
                 length = None;
-                te_chunked = last_token_is(value.as_bytes(), b"chunked");
+                te_chunked = list_ends_with(value.as_bytes(), b"chunked");
             }
-            header::CONNECTION if has_token(value.as_bytes(), b"close") => {
+            header::CONNECTION if list_has(value.as_bytes(), b"close") => {
                 last = true;
                 wrote_close = true;
             }
@@ -719,13 +712,6 @@ fn close_line(out: &mut Vec<u8>, open: Option<&HeaderName>, te_chunked: bool) {
         }
         out.extend_from_slice(b"\r\n");
     }
-}
-
-fn last_token_is(value: &[u8], token: &[u8]) -> bool {
-    value
-        .rsplit(|&b| b == b',')
-        .next()
-        .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(token))
 }
 
 /// The `Date` value, formatted once a second per thread (as hyper caches it).

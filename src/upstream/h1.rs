@@ -297,12 +297,10 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, Pr
                 return Err(bad("transfer-encoding"));
             }
             // The final coding of the last field decides.
-            let last = value
-                .as_bytes()
-                .rsplit(|b| *b == b',')
-                .next()
-                .unwrap_or(b"");
-            chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+            chunked = Some(crate::proxy::headers::list_ends_with(
+                value.as_bytes(),
+                b"chunked",
+            ));
         } else if name == CONNECTION {
             for token in value.as_bytes().split(|b| *b == b',') {
                 let token = token.trim_ascii();
