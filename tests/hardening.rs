@@ -220,6 +220,21 @@ async fn a_split_preface_is_still_http2_and_a_lookalike_request_is_http1() {
         "{:?}",
         origin.seen()
     );
+    // The preface only counts as a connection's first bytes: after an HTTP/1 request it is a
+    // malformed HTTP/1 request, not a switch to HTTP/2.
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    let answer = raw(&mut s, "GET / HTTP/1.1\r\nHost: a\r\n\r\n").await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await
+        .unwrap();
+    let rest = read_until_closed(&mut s, "a preface after a request").await;
+    // hyper's HTTP/1 server closes on it without an answer; HTTP/2 would send SETTINGS.
+    let rest = String::from_utf8_lossy(&rest);
+    assert!(
+        rest.is_empty() || rest.starts_with("HTTP/1.1 4"),
+        "{rest:?}"
+    );
 }
 
 #[tokio::test]

@@ -542,7 +542,11 @@ async fn accept_loop(
                 (stream, peer, p.slot, true)
             }
             Accepted::New(Ok((stream, peer))) => {
-                let _ = stream.set_nodelay(true);
+                // TLS writes its handshake in parts; plain connections turn Nagle's
+                // algorithm off at their second write (`h1::Nagle`).
+                if ctx.tls.is_some() {
+                    let _ = stream.set_nodelay(true);
+                }
                 (stream, peer, slot.take().expect("a slot"), false)
             }
             Accepted::New(Err(e)) => {
@@ -631,50 +635,53 @@ async fn serve_connection(
     let http1_only: bool;
     let io = match acceptor {
         None => {
-            // hyper's header timer starts with the first request; a client that never
-            // sends a byte would otherwise hold the connection (and a slot) forever.
-            // `peek`, not `readable()`: readiness may be reported before any byte is
-            // there, and hyper's own timer only starts with the first byte.
-            let mut first = [0u8; H2_PREFACE.len()];
-            match tokio::time::timeout(ctx.limits.header_timeout, stream.peek(&mut first)).await {
-                Ok(Ok(n @ 1..)) => http1_only = !H2_PREFACE.starts_with(&first[..n]),
-                // A parked connection woken by its client closing (or failing).
-                Ok(_) if resumed => return,
-                _ => {
-                    tracing::debug!(%peer, "no request bytes in time; closing");
+            // Our own loop reads the first request (its header timeout starts now: a client
+            // that never sends a byte is closed, and counted, as a header timeout) and serves
+            // the common requests; hyper gets the connection at the first it does not (with
+            // what was read of it), the auto builder if it starts with HTTP/2's preface. Boxed:
+            // the loop holds a request's future, which would otherwise size every
+            // connection's task.
+            let mut stream = stream;
+            let own = h1::serve(h1::Conn {
+                stream: &mut stream,
+                // Written to already if parked (its Nagle state is not kept: turned off again
+                // at its next write, if it was).
+                nagle: if resumed {
+                    h1::Nagle::Written
+                } else {
+                    h1::Nagle::Unwritten
+                },
+                // A parked connection spoke HTTP/1 already.
+                preface: !resumed,
+                state: &ctx.state,
+                info: &conn_info,
+                header_timeout: ctx.limits.header_timeout,
+                idle,
+                linger: Some(LINGER),
+                drain: &mut drain,
+            });
+            let before = match Box::pin(own).await {
+                h1::Ended::Closed => return,
+                h1::Ended::HeaderTimeout => {
+                    tracing::debug!(%peer, "request head not complete in time; closing");
                     metrics.downstream_error(DownstreamErrorKind::HeaderTimeout);
                     return;
                 }
-            }
-            let mut stream = stream;
-            let mut before = bytes::Bytes::new();
-            if http1_only {
-                // Our own loop serves the common requests; hyper gets the connection at the
-                // first it does not (with what was read of it). Boxed: the loop holds a
-                // request's future, which would otherwise size every connection's task.
-                let own = h1::serve(h1::Conn {
-                    stream: &mut stream,
-                    state: &ctx.state,
-                    info: &conn_info,
-                    header_timeout: ctx.limits.header_timeout,
-                    idle,
-                    linger: Some(LINGER),
-                    drain: &mut drain,
-                });
-                match Box::pin(own).await {
-                    h1::Ended::Closed => return,
-                    h1::Ended::HeaderTimeout => {
-                        tracing::debug!(%peer, "request head not complete in time; closing");
-                        metrics.downstream_error(DownstreamErrorKind::HeaderTimeout);
-                        return;
-                    }
-                    h1::Ended::Idle(deadline) => {
-                        park(&ctx, stream, slot, deadline, &drain);
-                        return;
-                    }
-                    h1::Ended::Handoff(read) => before = read,
+                h1::Ended::Idle(deadline) => {
+                    park(&ctx, stream, slot, deadline, &drain);
+                    return;
                 }
-            }
+                h1::Ended::Handoff(read) => {
+                    http1_only = true;
+                    read
+                }
+                h1::Ended::Preface(read) => {
+                    http1_only = false;
+                    read
+                }
+            };
+            // hyper writes as it pleases.
+            let _ = stream.set_nodelay(true);
             let stream = Arc::new(stream);
             plain = Some(stream.clone());
             Guarded::new(Io::Plain(stream, before)).with_gate(activity.clone())
@@ -694,6 +701,9 @@ async fn serve_connection(
             if http1_only {
                 let own = h1::serve(h1::Conn {
                     stream: &mut *tls,
+                    // Turned off before the handshake.
+                    nagle: h1::Nagle::Off,
+                    preface: false,
                     state: &ctx.state,
                     info: &conn_info,
                     header_timeout: ctx.limits.header_timeout,
@@ -702,7 +712,7 @@ async fn serve_connection(
                     drain: &mut drain,
                 });
                 match Box::pin(own).await {
-                    h1::Ended::Closed | h1::Ended::Idle(_) => return,
+                    h1::Ended::Closed | h1::Ended::Idle(_) | h1::Ended::Preface(_) => return,
                     h1::Ended::HeaderTimeout => {
                         tracing::debug!(%peer, "request head not complete in time; closing");
                         metrics.downstream_error(DownstreamErrorKind::HeaderTimeout);
