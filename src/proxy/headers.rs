@@ -138,11 +138,29 @@ pub fn set_upgrade(headers: &mut HeaderMap, protocol: HeaderValue) {
 /// An address as a header value (for `X-Forwarded-For`), rendered once per connection.
 pub fn ip_header(ip: IpAddr) -> HeaderValue {
     let mut buf = [0u8; 48];
-    let len = {
-        use std::io::Write;
-        let mut w = &mut buf[..];
-        let _ = write!(w, "{}", ip.to_canonical());
-        48 - w.len()
+    let len = match ip.to_canonical() {
+        // By hand: `Display` through `fmt::write` cost ~1.3k instructions, paid once per
+        // connection (callgrind, a new connection per request).
+        IpAddr::V4(v4) => {
+            let mut len = 0;
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    buf[len] = b'.';
+                    len += 1;
+                }
+                let mut digits = itoa::Buffer::new();
+                let d = digits.format(octet).as_bytes();
+                buf[len..len + d.len()].copy_from_slice(d);
+                len += d.len();
+            }
+            len
+        }
+        IpAddr::V6(v6) => {
+            use std::io::Write;
+            let mut w = &mut buf[..];
+            let _ = write!(w, "{v6}");
+            48 - w.len()
+        }
     };
     // Shared bytes: each request's copy of the value is a reference-count increment.
     HeaderValue::from_maybe_shared(bytes::Bytes::copy_from_slice(&buf[..len]))
@@ -365,6 +383,25 @@ mod tests {
         ported.insert(&X_FORWARDED_FOR, HeaderValue::from_static("[::1]:443"));
         assert_eq!(client_address(&ported, peer, 1), ip("::1"));
         assert_eq!(client_address(&HeaderMap::new(), peer, 1), ip("10.9.9.9"));
+    }
+
+    #[test]
+    fn ip_header_writes_addresses_as_display_does() {
+        for a in [
+            "0.0.0.0",
+            "127.0.0.1",
+            "10.0.12.1",
+            "192.168.100.9",
+            "255.255.255.255",
+            "::1",
+            "2001:db8::8:800:200c:417a",
+            "::ffff:1.2.3.4",
+        ] {
+            let ip: IpAddr = a.parse().unwrap();
+            assert_eq!(ip_header(ip), ip.to_canonical().to_string().as_str(), "{a}");
+        }
+        // An IPv4-mapped peer (a dual-stack listener) is written as IPv4.
+        assert_eq!(ip_header("::ffff:1.2.3.4".parse().unwrap()), "1.2.3.4");
     }
 
     #[test]
