@@ -381,14 +381,15 @@ def start_peers(tmp, o1, o2, workers, cpu):
     return peers
 
 
-def user_kernel(r):
-    """`user / kernel` µs per request of the round whose total is the median (with an even
-    count, the lower middle one), so the parts add up to a total that was measured."""
-    if not r["usr"]:
+def user_kernel(r, key="cpu"):
+    """`user / kernel` µs per request of the round whose total (`r[key]`) is the median (with
+    an even count, the lower middle one), so the parts add up to a total that was measured."""
+    usr, sys_ = ("usr", "sys") if key == "cpu" else (f"usr_{key}", f"sys_{key}")
+    if not r.get(usr):
         return "n/a"
-    order = sorted(range(len(r["cpu"])), key=lambda i: r["cpu"][i])
+    order = sorted(range(len(r[key])), key=lambda i: r[key][i])
     i = order[(len(order) - 1) // 2]
-    return f"{r['usr'][i]:.1f} / {r['sys'][i]:.1f}"
+    return f"{r[usr][i]:.1f} / {r[sys_][i]:.1f}"
 
 
 def rotated(names, r):
@@ -462,7 +463,8 @@ def main():
 
         R = {n: {k: [] for k in ["rps", "cpu", "rps_close", "cpu_close", "h2_rps", "h2_cpu",
                                    "p50", "p99", "p999", "mem", "tls_hs", "tls_hs_cpu", "tls_rps",
-                                   "tls_cpu", "usr", "sys"]} for n in targets}
+                                   "tls_cpu", "usr", "sys", "usr_cpu_close", "sys_cpu_close"]}
+             for n in targets}
         tls_targets = ["nginx", "haproxy", "canaryd"]
         direct = {"p50": [], "p99": [], "p999": []}
         h2_targets = ["nginx", "haproxy", "canaryd"]
@@ -479,6 +481,9 @@ def main():
             if key_cpu == "cpu":
                 R[name]["usr"].append(per_req(u1 - u0))
                 R[name]["sys"].append(per_req(s1 - s0))
+            elif key_cpu == "cpu_close":
+                R[name]["usr_cpu_close"].append(per_req(u1 - u0))
+                R[name]["sys_cpu_close"].append(per_req(s1 - s0))
 
         if a.memory_only:
             names = ["nginx", "haproxy", "canaryd"] + (["canaryd-base"] if a.baseline else [])
@@ -660,16 +665,16 @@ def render(a, R, direct, rate, targets):
     lines.append(f"\nFull feature path (4 rules + sticky + 90/10) vs single-version route, CPU per request: "
                  f"{full:.1f} µs vs {simple:.1f} µs = {100 * (full / simple - 1):+.1f}% (target ≤ +5%)\n")
     lines.append("## Absolute figures\n")
-    lines.append("| proxy | keep-alive req/s | CPU µs/req | of which user / kernel | new-conn req/s | CPU µs/req (new conn) | h2 req/s | CPU µs/req (h2) | added p50 µs | added p99 µs | added p99.9 µs | Pss per 10k idle conns |")
-    lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    lines.append("| proxy | keep-alive req/s | CPU µs/req | of which user / kernel | new-conn req/s | CPU µs/req (new conn) | of which user / kernel | h2 req/s | CPU µs/req (h2) | added p50 µs | added p99 µs | added p99.9 µs | Pss per 10k idle conns |")
+    lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name in targets:
         r = R[name]
         mem = fmt([m / 1048576 for m in r["mem"]], " MiB", 1) if r["mem"] else "n/a"
         lat = [fmt(added(name, k)) for k in ["p50", "p99", "p999"]]
         lines.append(f"| {name} | {fmt(r['rps'])} | {fmt(r['cpu'], '', 1)} | {user_kernel(r)} | {fmt(r['rps_close'])} | "
-                     f"{fmt(r['cpu_close'], '', 1)} | {fmt(r['h2_rps'])} | {fmt(r['h2_cpu'], '', 1)} | "
+                     f"{fmt(r['cpu_close'], '', 1)} | {user_kernel(r, 'cpu_close')} | {fmt(r['h2_rps'])} | {fmt(r['h2_cpu'], '', 1)} | "
                      f"{lat[0]} | {lat[1]} | {lat[2]} | {mem} |")
-    lines.append(f"| direct to origin | | | | | | | | p50 {fmt(direct['p50'])} | p99 {fmt(direct['p99'])} | p99.9 {fmt(direct['p999'])} | |")
+    lines.append(f"| direct to origin | | | | | | | | | p50 {fmt(direct['p50'])} | p99 {fmt(direct['p99'])} | p99.9 {fmt(direct['p999'])} | |")
     if "two_cores" in R:
         R2 = R["two_cores"]
         lines.append("\n## Two cores (2 workers each, wrk -t2 on the same two cores)\n")
