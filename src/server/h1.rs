@@ -700,7 +700,9 @@ fn encode_head(
                         continue;
                     }
                     BodyLen::Unknown => {
-                        let n = digits(value.as_bytes())?;
+                        // Digits only, as hyper's encoder reads it: not a list of equal
+                        // values, which a reader of responses accepts.
+                        let n = super::h1guard::digits(value.as_bytes())?;
                         match prev_len {
                             Some(p) if p != n => return None,
                             Some(_) => {}
@@ -797,18 +799,6 @@ fn encode_head(
 fn line(out: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
     open_line(out, name, value);
     out.extend_from_slice(b"\r\n");
-}
-
-/// A `content-length` value as hyper's encoder reads one (`headers::content_length_parse`):
-/// digits only, so not a list of equal values, which a reader of responses accepts.
-fn digits(value: &[u8]) -> Option<u64> {
-    if value.is_empty() {
-        return None;
-    }
-    value.iter().try_fold(0u64, |n, &b| {
-        b.is_ascii_digit().then_some(())?;
-        n.checked_mul(10)?.checked_add(u64::from(b - b'0'))
-    })
 }
 
 /// A line that later values of the same field may continue ([`close_line`] ends it).

@@ -510,7 +510,16 @@ fn trim(v: &[u8]) -> &[u8] {
 }
 
 fn parse_decimal(v: &[u8]) -> Option<u64> {
-    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
+    if v.len() > 19 {
+        return None;
+    }
+    digits(v)
+}
+
+/// A decimal number of digits only (no sign, no space, not empty), `None` past `u64`: how
+/// hyper reads a `Content-Length` value (`headers::from_digits`).
+pub(crate) fn digits(v: &[u8]) -> Option<u64> {
+    if v.is_empty() || !v.iter().all(u8::is_ascii_digit) {
         return None;
     }
     v.iter().try_fold(0u64, |n, d| {
