@@ -126,6 +126,8 @@ async fn oversized_request_head_gets_431_and_reaches_nothing() {
 async fn a_connection_that_sends_nothing_is_closed() {
     let origin = Origin::start("stable").await;
     let proxy = Proxy::start(&yaml(&origin, ", header_timeout: 300ms")).await;
+    // A client that connects and closes without a byte (a TCP health check) is no error.
+    drop(TcpStream::connect(proxy.addr).await.unwrap());
     let mut s = TcpStream::connect(proxy.addr).await.unwrap();
     let mut buf = [0u8; 16];
     let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
@@ -133,6 +135,11 @@ async fn a_connection_that_sends_nothing_is_closed() {
         .expect("the server closed the silent connection")
         .unwrap_or(0);
     assert_eq!(n, 0);
+    // Counted before the server closed it; the health check, answered long before, not.
+    assert_eq!(
+        proxy.metric("canaryd_downstream_errors_total{route=\"\",kind=\"header_timeout\"}"),
+        Some(1.0)
+    );
     // A half-sent request (slowloris) is cut too.
     let mut s = TcpStream::connect(proxy.addr).await.unwrap();
     s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n").await.unwrap();
