@@ -210,6 +210,36 @@ async fn h2_stream_cancelled_mid_upload_is_counted_on_the_client() {
     version_is_clean(&proxy, &[]).await;
 }
 
+/// A stream the client resets while canaryd waits for the upstream's answer: the request is
+/// dropped at once (its upstream exchange with it), not left running until the upstream
+/// answers a minute later, and it is the client's doing.
+#[tokio::test]
+async fn h2_stream_reset_while_the_upstream_thinks_is_counted_on_the_client() {
+    let origin = Origin::start("stable").await;
+    let proxy = Proxy::start(&yaml(&origin)).await;
+    let tcp = TcpStream::connect(proxy.addr).await.unwrap();
+    let (client, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(conn);
+    let mut client = client.ready().await.unwrap();
+    let req = http::Request::get(format!("http://{}/sleep/60000", proxy.addr))
+        .body(())
+        .unwrap();
+    let (resp, mut stream) = client.send_request(req, true).unwrap();
+    wait_for("the origin to see the request", || {
+        !origin.seen().is_empty()
+    })
+    .await;
+    assert_eq!(proxy.metric_value("canaryd_in_flight_requests"), 1.0);
+    stream.send_reset(h2::Reason::CANCEL);
+    drop(resp);
+    client_closed_counted(&proxy).await;
+    wait_for("the request to end", || {
+        proxy.metric_value("canaryd_in_flight_requests") == 0.0
+    })
+    .await;
+    version_is_clean(&proxy, &[]).await;
+}
+
 #[tokio::test]
 async fn refused_before_routing_counts_with_an_empty_route() {
     let origin = Origin::start("stable").await;

@@ -410,3 +410,145 @@ async fn h2_body_whose_end_comes_after_the_response_is_not_reset() {
         .expect("the stream was reset after a complete response");
     ping.ping(h2::Ping::opaque()).await.unwrap();
 }
+
+/// An h2c connection to `proxy` whose client announces small windows (16 KiB per stream and
+/// for the connection), so every body larger than that moves only as the receiver releases
+/// what it read.
+async fn small_window_h2(proxy: &Proxy) -> h2::client::SendRequest<bytes::Bytes> {
+    let tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let (client, conn) = h2::client::Builder::new()
+        .initial_window_size(16 * 1024)
+        .initial_connection_window_size(16 * 1024)
+        .handshake(tcp)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    client.ready().await.unwrap()
+}
+
+/// Read an HTTP/2 response body to its end, releasing its window as it goes.
+async fn h2_body(mut body: h2::RecvStream) -> Vec<u8> {
+    let mut got = Vec::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.expect("the body failed");
+        body.flow_control().release_capacity(chunk.len()).unwrap();
+        got.extend_from_slice(&chunk);
+    }
+    got
+}
+
+/// Bodies far larger than every HTTP/2 window, both ways and on concurrent streams of one
+/// connection: uploads past canaryd's 1 MiB windows arrive whole (canaryd releases what the
+/// upstream took), downloads past the client's 16 KiB windows arrive whole (canaryd sends as
+/// the client's WINDOW_UPDATEs allow, each stream its share of the connection's window).
+#[tokio::test]
+async fn h2_bodies_larger_than_every_window_stream_both_ways() {
+    let origin = Origin::start("stable").await;
+    let proxy = Proxy::start(&split_yaml(&origin, &origin, "0", "")).await;
+    let client = small_window_h2(&proxy).await;
+    const LEN: usize = 3 * 1024 * 1024 + 7;
+    let mut calls = Vec::new();
+    for i in 0..4 {
+        let mut client = client.clone();
+        let addr = proxy.addr;
+        calls.push(tokio::spawn(async move {
+            client = client.ready().await.unwrap();
+            if i % 2 == 0 {
+                let req = http::Request::post(format!("http://{addr}/sink"))
+                    .body(())
+                    .unwrap();
+                let (resp, mut up) = client.send_request(req, false).unwrap();
+                let mut left = LEN;
+                while left > 0 {
+                    // Send as the proxy's window allows.
+                    up.reserve_capacity(left.min(64 * 1024));
+                    let n = std::future::poll_fn(|cx| up.poll_capacity(cx))
+                        .await
+                        .expect("the upload was refused")
+                        .unwrap()
+                        .min(left);
+                    up.send_data(bytes::Bytes::from(vec![b'u'; n]), n == left)
+                        .unwrap();
+                    left -= n;
+                }
+                let resp = resp.await.unwrap();
+                assert_eq!(resp.status(), 200);
+                let got = h2_body(resp.into_body()).await;
+                assert_eq!(String::from_utf8(got).unwrap(), LEN.to_string());
+            } else {
+                let req = http::Request::get(format!("http://{addr}/bytes/{LEN}"))
+                    .body(())
+                    .unwrap();
+                let (resp, _) = client.send_request(req, true).unwrap();
+                let resp = resp.await.unwrap();
+                assert_eq!(resp.status(), 200);
+                assert_eq!(resp.headers()["content-length"], LEN.to_string().as_str());
+                let got = h2_body(resp.into_body()).await;
+                assert_eq!(got.len(), LEN);
+                assert!(got.iter().all(|&b| b == b'x'));
+            }
+        }));
+    }
+    for c in calls {
+        tokio::time::timeout(std::time::Duration::from_secs(60), c)
+            .await
+            .expect("a body stalled: flow control did not move")
+            .unwrap();
+    }
+}
+
+/// What an HTTP/2 answer carries: no connection-specific field (h2 would reset the stream
+/// over one), a `date` and a `content-length` even on canaryd's own answers, and the body
+/// in full; a HEAD gets the head alone.
+#[tokio::test]
+async fn h2_answers_carry_date_and_length_and_no_connection_fields() {
+    let origin = Origin::start("stable").await;
+    let yaml = format!(
+        "{}  - name: down\n    match: {{ path_prefix: /down }}\n    versions: {{ v: {{ endpoints: [\"{}\"] }} }}\n",
+        split_yaml(&origin, &origin, "0", ""),
+        closed_port()
+    );
+    let proxy = Proxy::start(&yaml).await;
+    let mut client = small_window_h2(&proxy).await;
+    let mut ask = |method: &str, path: &str| {
+        let req = http::Request::builder()
+            .method(method)
+            .uri(format!("http://{}{path}", proxy.addr))
+            .body(())
+            .unwrap();
+        client.send_request(req, true).unwrap().0
+    };
+    let hop = ask("GET", "/hop").await.unwrap();
+    assert_eq!(hop.status(), 200);
+    for gone in [
+        "connection",
+        "keep-alive",
+        "x-internal",
+        "transfer-encoding",
+    ] {
+        assert!(hop.headers().get(gone).is_none(), "{gone} crossed: {hop:?}");
+    }
+    assert_eq!(hop.headers()["x-public"], "yes");
+    assert_eq!(h2_body(hop.into_body()).await, b"stable");
+
+    // canaryd's own answer: no upstream gave it a date or a length.
+    let down = ask("GET", "/down").await.unwrap();
+    assert_eq!(down.status(), 502);
+    assert!(down.headers().contains_key("date"), "{down:?}");
+    let length: usize = down.headers()["content-length"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let body = h2_body(down.into_body()).await;
+    assert_eq!(body.len(), length);
+    assert!(String::from_utf8(body).unwrap().starts_with("canaryd: "));
+
+    let head = ask("HEAD", "/bytes/1000").await.unwrap();
+    assert_eq!(head.status(), 200);
+    assert_eq!(head.headers()["content-length"], "1000");
+    assert!(
+        head.body().is_end_stream(),
+        "a HEAD answer ends with its head"
+    );
+}

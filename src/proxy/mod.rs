@@ -31,6 +31,7 @@ mod send;
 
 use crate::error::ProxyError;
 use crate::state::State;
+use crate::upstream::body::{Downstream, H2Body};
 use body::ProxyBody;
 use ctx::RequestCtx;
 use http::header::{CONTENT_TYPE, HOST};
@@ -40,11 +41,13 @@ use prometheus_client::metrics::gauge::Gauge;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-/// A downstream request's body: hyper's, or none at all (the requests our own HTTP/1 server
-/// reads, see `crate::server::h1`, carry no body; anything with one is hyper's).
+/// A downstream request's body: hyper's, our HTTP/2 server's, or none at all (the requests
+/// our own HTTP/1 server reads, see `crate::server::h1`, carry no body; anything with one is
+/// hyper's).
 #[derive(Debug)]
 pub enum Inbound {
     Hyper(Incoming),
+    H2(H2Body),
     Empty,
 }
 
@@ -52,6 +55,7 @@ impl Inbound {
     fn is_end_stream(&self) -> bool {
         match self {
             Inbound::Hyper(b) => http_body::Body::is_end_stream(b),
+            Inbound::H2(b) => http_body::Body::is_end_stream(b),
             Inbound::Empty => true,
         }
     }
@@ -59,14 +63,16 @@ impl Inbound {
     fn size_hint(&self) -> http_body::SizeHint {
         match self {
             Inbound::Hyper(b) => http_body::Body::size_hint(b),
+            Inbound::H2(b) => http_body::Body::size_hint(b),
             Inbound::Empty => http_body::SizeHint::with_exact(0),
         }
     }
 
-    /// hyper's body, unless it is empty.
-    fn into_stream(self) -> Option<Incoming> {
+    /// The body, unless it is empty.
+    fn into_stream(self) -> Option<Downstream> {
         match self {
-            Inbound::Hyper(b) if !http_body::Body::is_end_stream(&b) => Some(b),
+            Inbound::Hyper(b) if !http_body::Body::is_end_stream(&b) => Some(Downstream::Hyper(b)),
+            Inbound::H2(b) if !http_body::Body::is_end_stream(&b) => Some(Downstream::H2(b)),
             _ => None,
         }
     }

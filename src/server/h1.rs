@@ -820,23 +820,30 @@ fn close_line(out: &mut Vec<u8>, open: Option<&HeaderName>, te_chunked: bool) {
 
 /// The `Date` value, formatted once a second per thread (as hyper caches it).
 fn date(out: &mut Vec<u8>) {
+    with_date(|v| out.extend_from_slice(v.as_bytes()));
+}
+
+/// Call `f` with this second's `Date` value, formatted once a second per thread (as hyper
+/// caches it); shared by both servers (HTTP/2 clones it: a reference count, no copy).
+pub(super) fn with_date<R>(f: impl FnOnce(&HeaderValue) -> R) -> R {
     use std::cell::RefCell;
     use std::time::{SystemTime, UNIX_EPOCH};
     thread_local! {
-        static DATE: RefCell<(u64, [u8; 29])> = const { RefCell::new((u64::MAX, [0; 29])) };
+        static DATE: RefCell<(u64, HeaderValue)> =
+            const { RefCell::new((u64::MAX, HeaderValue::from_static(""))) };
     }
     let now = SystemTime::now();
     let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    DATE.with_borrow_mut(|(at, text)| {
+    DATE.with_borrow_mut(|(at, value)| {
         if *at != secs {
             let s = httpdate::fmt_http_date(now);
-            if s.len() == text.len() {
-                text.copy_from_slice(s.as_bytes());
+            if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(s)) {
+                *value = v;
             }
             *at = secs;
         }
-        out.extend_from_slice(text);
-    });
+        f(value)
+    })
 }
 
 /// Write every byte of `bufs` (a TLS stream's records included: it is flushed).

@@ -4,6 +4,7 @@
 
 pub mod h1;
 pub mod h1guard;
+mod h2;
 mod park;
 
 pub use park::set_heap_release;
@@ -453,8 +454,15 @@ async fn accept_loop(
     // spare capacity past it, so whether a head just over it is refused depends on how the
     // reads fell). The auto builder has no such setting, so there it stays approximate.
     http1_settings!(http1).max_header_size(H1_MAX_BUF);
+    // HTTP/2 by ALPN or with prior knowledge: our own server (`h2`).
+    let h2 = h2::builder(
+        H2_MAX_CONCURRENT_STREAMS,
+        H2_MAX_PENDING_RESET_STREAMS,
+        H2_MAX_HEADER_LIST_SIZE,
+    );
     let mut builder = auto::Builder::new(TokioExecutor::new());
     http1_settings!(builder.http1());
+    // TLS without ALPN: hyper-util's auto builder tells HTTP/1 from HTTP/2 (same settings).
     builder
         .http2()
         .timer(TokioTimer::new())
@@ -468,6 +476,7 @@ async fn accept_loop(
     let (mut lot, to_lot) = park::Lot::new(state.metrics.clone(), limits.idle_timeout);
     let ctx = Arc::new(ConnCtx {
         http1,
+        h2,
         builder,
         tls,
         state,
@@ -599,7 +608,9 @@ type SlotWait = dyn Future<Output = Result<tokio::sync::OwnedSemaphorePermit, to
 struct ConnCtx {
     /// Plain connections whose first bytes are HTTP/1, TLS ones that agreed on it by ALPN.
     http1: hyper::server::conn::http1::Builder,
-    /// Everything else: HTTP/2 (prior knowledge, or by ALPN) and TLS without ALPN.
+    /// HTTP/2 with prior knowledge (the preface on a plain connection) or by ALPN.
+    h2: ::h2::server::Builder,
+    /// TLS without ALPN: either protocol.
     builder: auto::Builder<TokioExecutor>,
     /// Asked for an acceptor per connection: certificates reload.
     tls: Option<Arc<TlsListener>>,
@@ -678,8 +689,9 @@ async fn serve_connection(
                     read
                 }
                 h1::Ended::Preface(read) => {
-                    http1_only = false;
-                    read
+                    let _ = stream.set_nodelay(true);
+                    let io = Io::Plain(Arc::new(stream), read);
+                    return Box::pin(serve_h2(&ctx, io, conn_info, drain)).await;
                 }
             };
             // hyper writes as it pleases.
@@ -696,6 +708,10 @@ async fn serve_connection(
             let Some((mut tls, alpn)) = Box::pin(shake).await else {
                 return;
             };
+            if alpn == Alpn::H2 {
+                let io = Io::Tls(tls, bytes::Bytes::new());
+                return Box::pin(serve_h2(&ctx, io, conn_info, drain)).await;
+            }
             // HTTP/1.1 agreed by ALPN: no preface to look for (without ALPN, a client may
             // still speak HTTP/2 with prior knowledge), so our own loop serves it, as a plain
             // connection (it is not parked: rustls keeps its session).
@@ -725,11 +741,7 @@ async fn serve_connection(
                 }
             }
             activity = Arc::new(ConnActivity::default());
-            if alpn == Alpn::H2 {
-                Guarded::passthrough(Io::Tls(tls, before))
-            } else {
-                Guarded::new(Io::Tls(tls, before))
-            }
+            Guarded::new(Io::Tls(tls, before))
         }
     };
     let (st, act) = (ctx.state.clone(), activity.clone());
@@ -787,6 +799,20 @@ async fn serve_connection(
     };
     if let (Some(deadline), Ok(stream)) = (activity.idle_deadline(idle), Arc::try_unwrap(stream)) {
         park(&ctx, stream, slot, deadline, &drain);
+    }
+}
+
+/// Serve an HTTP/2 connection to its end with our own server (`h2`), under `drive`'s idle
+/// timeout, drain and premature-reset rules.
+async fn serve_h2(ctx: &ConnCtx, io: Io, info: ConnInfo, drain: watch::Receiver<bool>) {
+    let peer = info.peer;
+    let activity = Arc::new(ConnActivity::default());
+    let state = ctx.state.clone();
+    let conn = h2::Conn::new(&ctx.h2, io, activity.clone(), move |req| {
+        proxy::handle(state.clone(), info.clone(), req)
+    });
+    if let Err(e) = drive(conn, activity, ctx.limits.idle_timeout, None, drain).await {
+        tracing::debug!(error = %e, %peer, "HTTP/2 connection ended with error");
     }
 }
 

@@ -114,7 +114,7 @@ const DRAIN_BYTES: usize = 64 * 1024;
 #[derive(Debug)]
 pub struct ClientBody {
     /// `None` only once dropped.
-    body: Option<Incoming>,
+    body: Option<Downstream>,
     /// The client speaks HTTP/2 (HTTP/1 closes a connection whose body was left unread).
     h2: bool,
     /// A mirror's copy of the body, fed as the body streams ([`Tee`]).
@@ -122,7 +122,7 @@ pub struct ClientBody {
 }
 
 impl ClientBody {
-    pub fn new(body: Incoming, h2: bool) -> ClientBody {
+    pub fn new(body: Downstream, h2: bool) -> ClientBody {
         ClientBody {
             body: Some(body),
             h2,
@@ -139,12 +139,12 @@ impl ClientBody {
 
 impl Body for ClientBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = self.get_mut();
         let Some(b) = this.body.as_mut() else {
             return Poll::Ready(None);
@@ -206,6 +206,106 @@ impl Drop for ClientBody {
             })
             .await;
         });
+    }
+}
+
+/// The client's request body as a server read it: hyper's (HTTP/1 requests with a body), or
+/// a stream of our own HTTP/2 server ([`H2Body`]).
+#[derive(Debug)]
+pub enum Downstream {
+    Hyper(Incoming),
+    H2(H2Body),
+}
+
+impl Body for Downstream {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        match self.get_mut() {
+            Downstream::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            Downstream::H2(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Downstream::Hyper(b) => b.is_end_stream(),
+            Downstream::H2(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Downstream::Hyper(b) => b.size_hint(),
+            Downstream::H2(b) => b.size_hint(),
+        }
+    }
+}
+
+/// An HTTP/2 request body, read as hyper reads one: each chunk's flow-control capacity is
+/// released as the consumer takes it (the client's window moves at the upstream's pace), the
+/// trailers come after the data, and a reset with `NO_ERROR` (the client stopping early
+/// because the answer came) is a clean end, not a failure.
+#[derive(Debug)]
+pub struct H2Body {
+    recv: h2::RecvStream,
+    /// What `content-length` announced and has not arrived yet (h2 checks the length).
+    left: Option<u64>,
+    data_done: bool,
+}
+
+impl H2Body {
+    pub fn new(recv: h2::RecvStream, length: Option<u64>) -> H2Body {
+        H2Body {
+            recv,
+            left: length,
+            data_done: false,
+        }
+    }
+}
+
+impl Body for H2Body {
+    type Data = Bytes;
+    type Error = h2::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, h2::Error>>> {
+        let this = self.get_mut();
+        let no_error = |e: &h2::Error| e.reason() == Some(h2::Reason::NO_ERROR);
+        if !this.data_done {
+            match ready!(this.recv.poll_data(cx)) {
+                Some(Ok(data)) => {
+                    let _ = this.recv.flow_control().release_capacity(data.len());
+                    if let Some(left) = this.left.as_mut() {
+                        *left = left.saturating_sub(data.len() as u64);
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Some(Err(e)) if no_error(&e) => return Poll::Ready(None),
+                Some(Err(e)) => return Poll::Ready(Some(Err(e))),
+                None => this.data_done = true,
+            }
+        }
+        match ready!(this.recv.poll_trailers(cx)) {
+            Ok(t) => Poll::Ready(t.map(|t| Ok(Frame::trailers(t)))),
+            Err(e) if no_error(&e) => Poll::Ready(None),
+            Err(e) => Poll::Ready(Some(Err(e))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.recv.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.left
+            .map_or_else(SizeHint::default, SizeHint::with_exact)
     }
 }
 
