@@ -422,6 +422,8 @@ def main():
     ap.add_argument("--idle-conns", type=int, default=8_000)
     ap.add_argument("--out", help="write a Markdown report here")
     ap.add_argument("--tls-only", action="store_true", help="only the TLS figures")
+    ap.add_argument("--h2-only", action="store_true",
+                    help="only the HTTP/2 figures (h2load -m 100), with --baseline's binary too")
     ap.add_argument("--memory-only", action="store_true",
                     help="only idle memory, measured in each of the interleaved rounds")
     ap.add_argument("--baseline", help="another canaryd binary (e.g. the previous commit) measured "
@@ -507,6 +509,34 @@ def main():
         for t in targets.values():
             wrk(f"http://127.0.0.1:{t.port}/", 1)
 
+        def h2_round(r, names):
+            for name in rotated(names, r):
+                url = f"http://127.0.0.1:{targets[name].h2_port}/"
+                n = 20_000 if a.quick else 200_000
+                measure(name, "h2_rps", "h2_cpu", lambda t: h2load(url, n))
+
+        if a.h2_only:
+            names = h2_targets + (["canaryd-base"] if a.baseline else [])
+
+            def vs_haproxy(n):
+                per_round = [x / y for x, y in zip(R[n]["h2_rps"], R["haproxy"]["h2_rps"]) if y]
+                return f"{med(R[n]['h2_rps']) / med(R['haproxy']['h2_rps']):.2f} " \
+                       f"[{min(per_round):.2f}–{max(per_round):.2f}]"
+
+            for r in range(a.rounds):
+                h2_round(r, names)
+                print(f"round {r + 1}/{a.rounds} HTTP/2 done", file=sys.stderr)
+            report = "\n".join(
+                [f"## HTTP/2 downstream (h2load -c 10 -m 100, {a.rounds} interleaved rounds; median [min–max])\n",
+                 "| proxy | req/s | CPU µs per request | req/s / HAProxy |", "|---|---|---|---|"]
+                + [f"| {n} | {fmt(R[n]['h2_rps'], '', 0)} | {fmt(R[n]['h2_cpu'], '', 1)} | "
+                   f"{vs_haproxy(n)} |" for n in names]) + "\n"
+            print(report)
+            if a.out:
+                with open(a.out, "w") as f:
+                    f.write(report)
+            return
+
         for r in range(a.rounds):
             for name in rotated(tls_targets, r):
                 url = f"https://127.0.0.1:{targets[name].tls_port}/"
@@ -530,10 +560,7 @@ def main():
             for name in rotated(targets, r):
                 url = f"http://127.0.0.1:{targets[name].port}/"
                 measure(name, "rps_close", "cpu_close", lambda t: wrk(url, a.duration, close=True)[:2])
-            for name in rotated(h2_targets, r):
-                url = f"http://127.0.0.1:{targets[name].h2_port}/"
-                n = 20_000 if a.quick else 200_000
-                measure(name, "h2_rps", "h2_cpu", lambda t: h2load(url, n))
+            h2_round(r, h2_targets)
             print(f"round {r + 1}/{a.rounds} saturated done", file=sys.stderr)
 
         rate = int(med(R["nginx"]["rps"]) * 0.5)
