@@ -253,16 +253,21 @@ impl Body for Downstream {
 #[derive(Debug)]
 pub struct H2Body {
     recv: h2::RecvStream,
-    /// What `content-length` announced and has not arrived yet (h2 checks the length).
-    left: Option<u64>,
+    /// What `content-length` announced and has not arrived yet (h2 checks the length);
+    /// `UNKNOWN` without one. Not an `Option`: 8 bytes less keep `proxy::Inbound`, which
+    /// every request moves, the size of hyper's body alone.
+    left: u64,
     data_done: bool,
 }
+
+/// [`H2Body::left`] when the request announced no length.
+const UNKNOWN: u64 = u64::MAX;
 
 impl H2Body {
     pub fn new(recv: h2::RecvStream, length: Option<u64>) -> H2Body {
         H2Body {
             recv,
-            left: length,
+            left: length.unwrap_or(UNKNOWN),
             data_done: false,
         }
     }
@@ -282,8 +287,8 @@ impl Body for H2Body {
             match ready!(this.recv.poll_data(cx)) {
                 Some(Ok(data)) => {
                     let _ = this.recv.flow_control().release_capacity(data.len());
-                    if let Some(left) = this.left.as_mut() {
-                        *left = left.saturating_sub(data.len() as u64);
+                    if this.left != UNKNOWN {
+                        this.left = this.left.saturating_sub(data.len() as u64);
                     }
                     return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
@@ -304,8 +309,10 @@ impl Body for H2Body {
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.left
-            .map_or_else(SizeHint::default, SizeHint::with_exact)
+        match self.left {
+            UNKNOWN => SizeHint::default(),
+            n => SizeHint::with_exact(n),
+        }
     }
 }
 
