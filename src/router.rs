@@ -511,7 +511,7 @@ impl Route {
                 // New user: mint an id and route by it now, so this first response and every
                 // later request carrying the cookie land on the same version.
                 let id: u128 = rng.random();
-                let bucket = finish_bucket(fnv(self.sticky_seed, format_id(id).as_bytes()));
+                let bucket = finish_bucket(fnv(self.sticky_seed, &id_hex(id)));
                 return (
                     self.version_for_bucket(bucket),
                     Reason::Sticky { bucket },
@@ -526,7 +526,19 @@ impl Route {
 
 /// The text form of an assigned sticky id, as sent in the cookie (32 hex digits).
 pub fn format_id(id: u128) -> String {
-    format!("{id:032x}")
+    String::from_utf8_lossy(&id_hex(id)).into_owned()
+}
+
+/// [`format_id`] on the stack: 32 lowercase hex digits, zero-padded (`{id:032x}`). Every new
+/// user's first request hashes it and sends it in a cookie; through `core::fmt` that cost
+/// ~1k instructions and an allocation each time.
+pub fn id_hex(id: u128) -> [u8; 32] {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [0u8; 32];
+    for (i, d) in out.iter_mut().enumerate() {
+        *d = DIGITS[((id >> (4 * (31 - i))) & 0xf) as usize];
+    }
+    out
 }
 
 fn rule_matches<'h>(

@@ -295,6 +295,9 @@ mod tests {
         // Every request moves its body handle several times: our HTTP/2 server's may not
         // make it larger than hyper's alone.
         let (inbound, hyper) = (size_of::<Inbound>(), size_of::<Incoming>());
-        assert!(inbound <= hyper, "Inbound is {inbound} B, hyper's body {hyper} B");
+        assert!(
+            inbound <= hyper,
+            "Inbound is {inbound} B, hyper's body {hyper} B"
+        );
     }
 }

@@ -553,3 +553,19 @@ fn host_values_split_into_host_and_port() {
     assert_eq!(split_port("[::1]"), ("[::1]", None));
     assert_eq!(split_port("a:b"), ("a:b", None));
 }
+
+/// The sticky id's text is part of the contract (it is hashed into the bucket and sent in the
+/// cookie): the hand-written digits are exactly `{id:032x}`.
+#[test]
+fn sticky_ids_are_32_lowercase_hex_digits() {
+    let mut x: u128 = 0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c834;
+    for id in [0, 1, 15, 16, u128::MAX, u128::MAX - 1, 1 << 127] {
+        assert_eq!(format_id(id), format!("{id:032x}"));
+    }
+    for _ in 0..1000 {
+        x = x
+            .wrapping_mul(0x2360_ed05_1fc6_5da4_4385_df64_9fcc_f645)
+            .wrapping_add(1);
+        assert_eq!(id_hex(x), format!("{x:032x}").as_bytes());
+    }
+}
