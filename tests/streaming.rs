@@ -43,3 +43,54 @@ async fn one_gib_each_way_with_flat_memory() {
         "proxy peak RSS grew by {growth} KiB while streaming 1 GiB each way"
     );
 }
+
+/// An HTTP/2 client that stops reading a download holds the upstream back: canaryd keeps the
+/// chunk in hand and what the stream's window lets through, never the body (a reader that
+/// stalls on purpose cannot make the proxy buffer for it). Then it reads on and gets every byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_h2_reader_holds_the_upstream_back() {
+    const LEN: u64 = 256 << 20;
+    let origin = Origin::start("stable").await;
+    let yaml = format!(
+        "listeners: [{{ address: \"127.0.0.1:0\" }}]\nroutes:\n  - name: big\n    versions: {{ stable: {{ endpoints: [\"{}\"] }} }}\n",
+        origin.addr
+    );
+    let proxy = ProxyProcess::start(&yaml);
+    let tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let (client, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(conn);
+    let mut client = client.ready().await.unwrap();
+    let get = |path: String| http::Request::get(path).body(()).unwrap();
+    // Warm up (pools, buffers) before the baseline.
+    let (warm, _) = client
+        .send_request(get(format!("http://{}/", proxy.addr)), true)
+        .unwrap();
+    let mut warm = warm.await.unwrap().into_body();
+    while let Some(d) = warm.data().await {
+        d.unwrap();
+    }
+    let (rss_before, _) = proxy.rss_kib();
+
+    let (resp, _) = client
+        .send_request(get(format!("http://{}/bytes/{LEN}", proxy.addr)), true)
+        .unwrap();
+    let mut body = resp.await.unwrap().into_body();
+    // Read nothing for a while: a proxy that buffered for a stalled reader would take in
+    // hundreds of MiB from the loopback origin by now.
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let (_, peak) = proxy.rss_kib();
+    let growth = peak.saturating_sub(rss_before);
+    eprintln!("proxy RSS before {rss_before} KiB, peak while stalled {peak} KiB");
+    assert!(
+        growth < MAX_GROWTH_KIB,
+        "proxy peak RSS grew by {growth} KiB for a reader that stopped reading"
+    );
+
+    let mut got = 0u64;
+    while let Some(d) = body.data().await {
+        let d = d.unwrap();
+        got += d.len() as u64;
+        body.flow_control().release_capacity(d.len()).unwrap();
+    }
+    assert_eq!(got, LEN, "the reader got every byte once it read on");
+}
