@@ -422,6 +422,8 @@ def main():
     ap.add_argument("--idle-conns", type=int, default=8_000)
     ap.add_argument("--out", help="write a Markdown report here")
     ap.add_argument("--tls-only", action="store_true", help="only the TLS figures")
+    ap.add_argument("--h1-only", action="store_true",
+                    help="only HTTP/1.1 CPU per request (keep-alive, new connection each), with --baseline's binary too")
     ap.add_argument("--h2-only", action="store_true",
                     help="only the HTTP/2 figures (h2load -m 100), with --baseline's binary too")
     ap.add_argument("--memory-only", action="store_true",
@@ -456,9 +458,11 @@ def main():
             targets[name] = Proc(name, [a.canaryd, "run", "--workers", "1", "-c", f"{tmp}/{name}.yaml"], p, p,
                                  tls_port=tls_port)
         if a.baseline:
-            p = free_port()
+            # The same listeners as `canaryd` (a TLS one too, unused here): an A/B of builds, not
+            # of configurations.
+            p, t = free_port(), free_port()
             with open(f"{tmp}/canaryd-base.yaml", "w") as f:
-                f.write(canaryd_conf(p, free_port(), o1, o2, True, None, tmp))
+                f.write(canaryd_conf(p, free_port(), o1, o2, True, t, tmp))
             targets["canaryd-base"] = Proc("canaryd-base", [a.baseline, "run", "--workers", "1", "-c",
                                                             f"{tmp}/canaryd-base.yaml"], p, p)
         procs += targets.values()
@@ -469,7 +473,7 @@ def main():
              for n in targets}
         tls_targets = ["nginx", "haproxy", "canaryd"]
         direct = {"p50": [], "p99": [], "p999": []}
-        h2_targets = ["nginx", "haproxy", "canaryd"]
+        h2_targets = ["nginx", "haproxy", "canaryd"] + (["canaryd-base"] if a.baseline else [])
 
         def measure(name, key_rps, key_cpu, fn, targets=targets, R=R):
             t = targets[name]
@@ -515,8 +519,39 @@ def main():
                 n = 20_000 if a.quick else 200_000
                 measure(name, "h2_rps", "h2_cpu", lambda t: h2load(url, n))
 
+        def h1_round(r):
+            for name in rotated(targets, r):
+                url = f"http://127.0.0.1:{targets[name].port}/"
+                measure(name, "rps", "cpu", lambda t: wrk(url, a.duration)[:2])
+            for name in rotated(targets, r):
+                url = f"http://127.0.0.1:{targets[name].port}/"
+                measure(name, "rps_close", "cpu_close", lambda t: wrk(url, a.duration, close=True)[:2])
+
+        if a.h1_only:
+            for r in range(a.rounds):
+                h1_round(r)
+                print(f"round {r + 1}/{a.rounds} HTTP/1.1 done", file=sys.stderr)
+
+            def vs(n, k, other):
+                per_round = [x / y for x, y in zip(R[n][k], R[other][k]) if y]
+                return f"{med(R[n][k]) / med(R[other][k]):.2f} [{min(per_round):.2f}–{max(per_round):.2f}]"
+
+            report = "\n".join(
+                [f"## HTTP/1.1 CPU per request ({a.rounds} interleaved rounds of {a.duration} s; median [min–max])\n",
+                 "| proxy | keep-alive µs | user / kernel | / nginx | new connection µs | user / kernel | / nginx |",
+                 "|---|---|---|---|---|---|---|"]
+                + [f"| {n} | {fmt(R[n]['cpu'], '', 1)} | {med(R[n]['usr']):.1f} / {med(R[n]['sys']):.1f} | "
+                   f"{vs(n, 'cpu', 'nginx')} | {fmt(R[n]['cpu_close'], '', 1)} | "
+                   f"{med(R[n]['usr_cpu_close']):.1f} / {med(R[n]['sys_cpu_close']):.1f} | "
+                   f"{vs(n, 'cpu_close', 'nginx')} |" for n in targets]) + "\n"
+            print(report)
+            if a.out:
+                with open(a.out, "w") as f:
+                    f.write(report)
+            return
+
         if a.h2_only:
-            names = h2_targets + (["canaryd-base"] if a.baseline else [])
+            names = h2_targets
 
             def vs_haproxy(n):
                 per_round = [x / y for x, y in zip(R[n]["h2_rps"], R["haproxy"]["h2_rps"]) if y]
@@ -554,12 +589,7 @@ def main():
             return
 
         for r in range(a.rounds):
-            for name in rotated(targets, r):
-                url = f"http://127.0.0.1:{targets[name].port}/"
-                measure(name, "rps", "cpu", lambda t: wrk(url, a.duration)[:2])
-            for name in rotated(targets, r):
-                url = f"http://127.0.0.1:{targets[name].port}/"
-                measure(name, "rps_close", "cpu_close", lambda t: wrk(url, a.duration, close=True)[:2])
+            h1_round(r)
             h2_round(r, h2_targets)
             print(f"round {r + 1}/{a.rounds} saturated done", file=sys.stderr)
 
