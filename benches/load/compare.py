@@ -431,6 +431,13 @@ def main():
     ap.add_argument("--baseline", help="another canaryd binary (e.g. the previous commit) measured "
                                        "alongside as `canaryd-base`, full feature path: before/after in one run")
     a = ap.parse_args()
+
+    def emit(report):
+        """A partial run's report: printed, and written to --out if given."""
+        print(report)
+        if a.out:
+            with open(a.out, "w") as f:
+                f.write(report)
     if a.quick:
         a.rounds, a.duration, a.idle_conns = 1, 2, 1000
     for tool in ["nginx", "haproxy", "wrk", "h2load", "oha", "taskset", "openssl"]:
@@ -503,10 +510,7 @@ def main():
                  "| proxy | MiB per 10k | / nginx |", "|---|---|---|"]
                 + [f"| {n} | {fmt([m / 1048576 for m in R[n]['mem']], '', 2)} | "
                    f"{med(R[n]['mem']) / med(R['nginx']['mem']):.2f} |" for n in names]) + "\n"
-            print(report)
-            if a.out:
-                with open(a.out, "w") as f:
-                    f.write(report)
+            emit(report)
             return
 
         # Warm-up: connection pools, page cache, CPU frequency.
@@ -518,6 +522,11 @@ def main():
                 url = f"http://127.0.0.1:{targets[name].h2_port}/"
                 n = 20_000 if a.quick else 200_000
                 measure(name, "h2_rps", "h2_cpu", lambda t: h2load(url, n))
+
+        def vs(n, k, other):
+            """Ratio of the medians of figure `k`, n / other, [min–max of the per-round ratios]."""
+            per_round = [x / y for x, y in zip(R[n][k], R[other][k]) if y]
+            return f"{med(R[n][k]) / med(R[other][k]):.2f} [{min(per_round):.2f}–{max(per_round):.2f}]"
 
         def h1_round(r):
             for name in rotated(targets, r):
@@ -532,10 +541,6 @@ def main():
                 h1_round(r)
                 print(f"round {r + 1}/{a.rounds} HTTP/1.1 done", file=sys.stderr)
 
-            def vs(n, k, other):
-                per_round = [x / y for x, y in zip(R[n][k], R[other][k]) if y]
-                return f"{med(R[n][k]) / med(R[other][k]):.2f} [{min(per_round):.2f}–{max(per_round):.2f}]"
-
             report = "\n".join(
                 [f"## HTTP/1.1 CPU per request ({a.rounds} interleaved rounds of {a.duration} s; median [min–max])\n",
                  "| proxy | keep-alive µs | user / kernel | / nginx | new connection µs | user / kernel | / nginx |",
@@ -544,19 +549,11 @@ def main():
                    f"{vs(n, 'cpu', 'nginx')} | {fmt(R[n]['cpu_close'], '', 1)} | "
                    f"{med(R[n]['usr_cpu_close']):.1f} / {med(R[n]['sys_cpu_close']):.1f} | "
                    f"{vs(n, 'cpu_close', 'nginx')} |" for n in targets]) + "\n"
-            print(report)
-            if a.out:
-                with open(a.out, "w") as f:
-                    f.write(report)
+            emit(report)
             return
 
         if a.h2_only:
             names = h2_targets
-
-            def vs_haproxy(n):
-                per_round = [x / y for x, y in zip(R[n]["h2_rps"], R["haproxy"]["h2_rps"]) if y]
-                return f"{med(R[n]['h2_rps']) / med(R['haproxy']['h2_rps']):.2f} " \
-                       f"[{min(per_round):.2f}–{max(per_round):.2f}]"
 
             for r in range(a.rounds):
                 h2_round(r, names)
@@ -565,11 +562,8 @@ def main():
                 [f"## HTTP/2 downstream (h2load -c 10 -m 100, {a.rounds} interleaved rounds; median [min–max])\n",
                  "| proxy | req/s | CPU µs per request | req/s / HAProxy |", "|---|---|---|---|"]
                 + [f"| {n} | {fmt(R[n]['h2_rps'], '', 0)} | {fmt(R[n]['h2_cpu'], '', 1)} | "
-                   f"{vs_haproxy(n)} |" for n in names]) + "\n"
-            print(report)
-            if a.out:
-                with open(a.out, "w") as f:
-                    f.write(report)
+                   f"{vs(n, 'h2_rps', 'haproxy')} |" for n in names]) + "\n"
+            emit(report)
             return
 
         for r in range(a.rounds):
@@ -582,10 +576,7 @@ def main():
             print(f"round {r + 1}/{a.rounds} TLS done", file=sys.stderr)
         if a.tls_only:
             report = render_tls(a, R)
-            print(report)
-            if a.out:
-                with open(a.out, "w") as f:
-                    f.write(report)
+            emit(report)
             return
 
         for r in range(a.rounds):

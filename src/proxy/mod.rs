@@ -71,8 +71,8 @@ impl Inbound {
     /// The body, unless it is empty.
     fn into_stream(self) -> Option<Downstream> {
         match self {
-            Inbound::Hyper(b) if !http_body::Body::is_end_stream(&b) => Some(Downstream::Hyper(b)),
-            Inbound::H2(b) if !http_body::Body::is_end_stream(&b) => Some(Downstream::H2(b)),
+            Inbound::Hyper(b) if !http_body::Body::is_end_stream(&b) => Some(Downstream::Left(b)),
+            Inbound::H2(b) if !http_body::Body::is_end_stream(&b) => Some(Downstream::Right(b)),
             _ => None,
         }
     }

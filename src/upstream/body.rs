@@ -209,42 +209,10 @@ impl Drop for ClientBody {
     }
 }
 
-/// The client's request body as a server read it: hyper's (HTTP/1 requests with a body), or
-/// a stream of our own HTTP/2 server ([`H2Body`]).
-#[derive(Debug)]
-pub enum Downstream {
-    Hyper(Incoming),
-    H2(H2Body),
-}
-
-impl Body for Downstream {
-    type Data = Bytes;
-    type Error = BodyError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        match self.get_mut() {
-            Downstream::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
-            Downstream::H2(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            Downstream::Hyper(b) => b.is_end_stream(),
-            Downstream::H2(b) => b.is_end_stream(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            Downstream::Hyper(b) => b.size_hint(),
-            Downstream::H2(b) => b.size_hint(),
-        }
-    }
-}
+/// The client's request body as a server read it: hyper's (`Left`: HTTP/1 requests with a
+/// body), or a stream of our own HTTP/2 server (`Right`: [`H2Body`]). `Either` delegates
+/// every call and boxes errors into a [`BodyError`].
+pub type Downstream = http_body_util::Either<Incoming, H2Body>;
 
 /// An HTTP/2 request body, read as hyper reads one: each chunk's flow-control capacity is
 /// released as the consumer takes it (the client's window moves at the upstream's pace), the
