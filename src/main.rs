@@ -10,15 +10,22 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-/// Gives the heap's free pages back to the system: glibc keeps what a burst of connections
-/// freed (their buffers) resident, returning only the top of the heap by itself. Called by
-/// the parking lot once a burst of connections has gone idle (see `server::park`).
+/// mimalloc, not glibc's malloc: each HTTP/2 connection holds up to a hundred streams'
+/// request futures of ~3 KiB, past glibc's per-thread cache, and glibc served them from its
+/// shared bins (docs/performance.md, ninth step). Built without transparent huge pages, so a
+/// sidecar's resident memory is what it touches.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Gives the free pages of this thread's heap back to the system: the allocator keeps what a
+/// burst of connections freed (their buffers) for a while, returning it only as the thread
+/// allocates again, and an idle worker does not. Called by each worker's parking lot once a
+/// burst of connections has gone idle (see `server::park`).
 fn release_heap() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only walks and trims glibc's own arenas, under their locks; it takes
-    // no pointers from us and is safe to call from any thread at any time.
+    // SAFETY: mi_collect only walks the calling thread's own heap and the process's free
+    // pages, under mimalloc's own synchronisation; it takes no pointers from us.
     unsafe {
-        libc::malloc_trim(0);
+        libmimalloc_sys::mi_collect(true);
     }
 }
 

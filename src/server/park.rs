@@ -21,10 +21,11 @@
 //! socket: they are idle between requests, so nothing is cut.
 //!
 //! A burst of connections that each made a request and went idle leaves the heap holding
-//! what their requests used (hyper's 16 KiB of buffers each), freed but still resident: glibc
-//! returns only the top of its heap to the system. So once a burst has parked (no arrival for
+//! what their requests used (hyper's 16 KiB of buffers each), freed but still resident: an
+//! allocator keeps freed pages for reuse and gives them back as its thread allocates again,
+//! which an idle worker does not. So once a burst has parked (no arrival for
 //! [`RELEASE_AFTER`], at most once per [`RELEASE_EVERY`]), the lot calls the heap release
-//! hook ([`set_heap_release`]; the binary sets it to glibc's `malloc_trim`), the way Envoy
+//! hook ([`set_heap_release`]; the binary sets it to mimalloc's `mi_collect`), the way Envoy
 //! shrinks its heap: idle connections then cost what the lot holds, not the burst's peak.
 
 use crate::metrics::Metrics;
@@ -57,7 +58,8 @@ const WATCHER_STACK: usize = 64 * 1024;
 static HEAP_RELEASE: std::sync::OnceLock<fn()> = std::sync::OnceLock::new();
 
 /// Set, once per process, what gives freed heap memory back to the system after a burst of
-/// connections parked (the library has no unsafe code; the binary passes `malloc_trim`).
+/// connections parked (the library has no unsafe code; the binary passes its allocator's
+/// collection).
 pub fn set_heap_release(release: fn()) {
     let _ = HEAP_RELEASE.set(release);
 }
