@@ -50,6 +50,59 @@ async fn curl_over_tls_with_http2_and_http1() {
     assert_eq!(seen.headers["host"], format!("localhost:{port}").as_str());
 }
 
+/// A client that offers no ALPN may speak either protocol, HTTP/2 with prior knowledge: the
+/// first bytes decide (the preface), as on a plain listener. And an HTTP/2 connection that goes
+/// away while a request waits for its upstream ends that request, counted as the client's doing.
+#[tokio::test]
+async fn tls_without_alpn_serves_http1_and_http2_with_prior_knowledge() {
+    let pki = TestPki::new();
+    let cert = pki.issue(&["localhost"], "a");
+    let origin = Origin::start("stable").await;
+    let proxy = Proxy::start(&tls_yaml(&origin, &cert, "")).await;
+    let connect = || async {
+        let tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+        let sni = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+        let tls = pki.client(&[]).connect(sni, tcp).await.expect("handshake");
+        assert_eq!(tls.get_ref().1.alpn_protocol(), None);
+        tls
+    };
+
+    let mut tls = connect().await;
+    for _ in 0..2 {
+        let answer = http1_over(&mut tls).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(answer.ends_with("stable"), "{answer}");
+    }
+
+    let (client, conn) = h2::client::handshake(connect().await).await.unwrap();
+    let conn = tokio::spawn(conn);
+    let mut client = client.ready().await.unwrap();
+    let get = |path: &str| {
+        http::Request::get(format!("https://localhost{path}"))
+            .body(())
+            .unwrap()
+    };
+    let (resp, _) = client.send_request(get("/"), true).unwrap();
+    let resp = resp.await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.version(), http::Version::HTTP_2);
+
+    let (resp, _) = client.send_request(get("/sleep/60000"), true).unwrap();
+    wait_for("the origin to see the request", || {
+        origin.seen().iter().any(|r| r.uri.path() == "/sleep/60000")
+    })
+    .await;
+    assert_eq!(proxy.metric_value("canaryd_in_flight_requests"), 1.0);
+    conn.abort();
+    drop((resp, client));
+    wait_for("the request to end with its connection", || {
+        proxy.metric_value("canaryd_in_flight_requests") == 0.0
+    })
+    .await;
+    let closed = "canaryd_downstream_errors_total{route=\"app\",kind=\"client_closed\"}";
+    assert_eq!(proxy.metric(closed), Some(1.0));
+}
+
 /// A ClientHello offering at most TLS 1.1 (no supported_versions extension).
 fn client_hello_tls11() -> Vec<u8> {
     let mut body = vec![0x03, 0x02];

@@ -8,6 +8,7 @@
 #                                             h2load, 10 connections, 100 streams each
 #   TLS=1 benches/callgrind/run.sh BIN        the same over TLS 1.3 (self-signed P-256), ALPN
 #                                             http/1.1: curl, one keep-alive connection
+#   TLS=1 NO_ALPN=1 benches/callgrind/run.sh BIN   the same, the client offering no ALPN
 #
 # For each binary and each config (full feature path: 4 rules + sticky cookie + 90/10; simple:
 # one version), canaryd runs under `valgrind --tool=callgrind` with --workers 1 in front of two
@@ -83,7 +84,7 @@ for bin in "$@"; do
       if [ -n "${TLS:-}" ]; then
         # One connection, requests in sequence (curl offers ALPN; oha offers none).
         for _ in $(seq "$n"); do printf 'url = "https://127.0.0.1:%s/"\noutput = "/dev/null"\n' "$p"; done > "$out/urls"
-        curl -sk --http1.1 -H "Cookie: theme=dark; session=4f1c9a7e2b; lang=en" \
+        curl -sk --http1.1 ${NO_ALPN:+--no-alpn} -H "Cookie: theme=dark; session=4f1c9a7e2b; lang=en" \
           -H "X-User-Group: customers" -K "$out/urls" >/dev/null 2>&1
       elif [ -n "${H2:-}" ]; then
         h2load -n "$n" -c 10 -m 100 -H "Cookie: theme=dark; session=4f1c9a7e2b; lang=en" \

@@ -79,20 +79,20 @@ pub(super) enum Ended {
     /// A message hyper serves: it takes the connection, these bytes first.
     Handoff(Bytes),
     /// The connection starts with HTTP/2's preface (or what was read of it, then an error):
-    /// the auto builder takes it, these bytes first. Only with [`Conn::preface`].
+    /// our HTTP/2 server takes it, these bytes first. Only with [`Conn::preface`].
     Preface(Bytes),
     /// No request head arrived in time (counted by the caller).
     HeaderTimeout,
 }
 
-/// One connection, as the accept loop hands it over: plain TCP, or TLS that agreed on
-/// HTTP/1.1 by ALPN.
+/// One connection, as the accept loop hands it over: plain TCP, or TLS that did not agree on
+/// HTTP/2 by ALPN.
 pub(super) struct Conn<'a, S> {
     pub stream: &'a mut S,
     /// Nagle's algorithm on the socket so far.
     pub nagle: Nagle,
-    /// A plain connection's first bytes, which may be HTTP/2's preface (prior knowledge):
-    /// looked for in the first head that is not one served here. Read as the first request,
+    /// Whether the first bytes may be HTTP/2's preface (prior knowledge, on a plain connection
+    /// or TLS without ALPN): looked for in the first head that is not one served here. Read as the first request,
     /// not peeked at first: a peek was one more system call and timer per connection.
     pub preface: bool,
     pub state: &'a Arc<State>,

@@ -23,8 +23,7 @@ use anyhow::Context;
 use futures_util::FutureExt as _;
 use h1guard::Guarded;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -49,8 +48,8 @@ const H2_MAX_HEADER_LIST_SIZE: u32 = 64 * 1024;
 /// the client gets 431. Same bound as the HTTP/2 header list.
 pub(crate) const H1_MAX_BUF: usize = 64 * 1024;
 
-/// The HTTP/2 connection preface (RFC 9113 §3.4): a plain connection that starts with it (or
-/// with the start of it) is served by the auto builder, which tells the two apart.
+/// The HTTP/2 connection preface (RFC 9113 §3.4): a connection that starts with it (or with the
+/// start of it) without having agreed on a protocol by ALPN is served as HTTP/2.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Settings fixed at startup for every listener (a reload cannot change them).
@@ -438,37 +437,25 @@ async fn accept_loop(
     limits: ConnLimits,
     mut stop: watch::Receiver<bool>,
 ) {
-    // HTTP/1's settings, the same for the auto builder and the plain HTTP/1 one.
+    // hyper's HTTP/1 server, for the messages our own loop hands over.
     // No `max_headers`: hyper's default is the same 100 fields (431 beyond), and setting it
     // makes hyper initialise a heap array of that size for every request it parses (3.5 % of
     // all instructions per request, measured with callgrind).
-    macro_rules! http1_settings {
-        ($b:expr) => {
-            $b.timer(TokioTimer::new())
-                .header_read_timeout(limits.header_timeout)
-                .max_buf_size(H1_MAX_BUF)
-        };
-    }
     let mut http1 = hyper::server::conn::http1::Builder::new();
     // A strict head limit (hyper's `max_buf_size` is not one: a read may fill the buffer's
     // spare capacity past it, so whether a head just over it is refused depends on how the
-    // reads fell). The auto builder has no such setting, so there it stays approximate.
-    http1_settings!(http1).max_header_size(H1_MAX_BUF);
+    // reads fell).
+    http1
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .max_buf_size(H1_MAX_BUF)
+        .max_header_size(H1_MAX_BUF);
     // HTTP/2 by ALPN or with prior knowledge: our own server (`h2`).
     let h2 = h2::builder(
         H2_MAX_CONCURRENT_STREAMS,
         H2_MAX_PENDING_RESET_STREAMS,
         H2_MAX_HEADER_LIST_SIZE,
     );
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    http1_settings!(builder.http1());
-    // TLS without ALPN: hyper-util's auto builder tells HTTP/1 from HTTP/2 (same settings).
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS)
-        .max_pending_accept_reset_streams(H2_MAX_PENDING_RESET_STREAMS)
-        .max_header_list_size(H2_MAX_HEADER_LIST_SIZE);
     // Every connection task lives here: the drain waits for them, and what is left after the
     // drain timeout is aborted with the set.
     let mut conns = JoinSet::new();
@@ -477,7 +464,6 @@ async fn accept_loop(
     let ctx = Arc::new(ConnCtx {
         http1,
         h2,
-        builder,
         tls,
         state,
         limits,
@@ -606,12 +592,10 @@ type SlotWait = dyn Future<Output = Result<tokio::sync::OwnedSemaphorePermit, to
 
 /// What every connection of one accept loop shares.
 struct ConnCtx {
-    /// Plain connections whose first bytes are HTTP/1, TLS ones that agreed on it by ALPN.
+    /// HTTP/1 connections from the first message our own loop does not serve.
     http1: hyper::server::conn::http1::Builder,
-    /// HTTP/2 with prior knowledge (the preface on a plain connection) or by ALPN.
+    /// HTTP/2 by ALPN, or with prior knowledge (the preface, without ALPN).
     h2: ::h2::server::Builder,
-    /// TLS without ALPN: either protocol.
-    builder: auto::Builder<TokioExecutor>,
     /// Asked for an acceptor per connection: certificates reload.
     tls: Option<Arc<TlsListener>>,
     state: Arc<State>,
@@ -643,15 +627,12 @@ async fn serve_connection(
     // A plain connection's socket, kept here while hyper's connection may release it
     // between requests (see `h1guard::IdleGate`).
     let mut plain = None;
-    // HTTP/1 for sure: the first bytes are not HTTP/2's preface (nor its start), or ALPN
-    // agreed on it.
-    let http1_only: bool;
     let io = match acceptor {
         None => {
             // Our own loop reads the first request (its header timeout starts now: a client
             // that never sends a byte is closed, and counted, as a header timeout) and serves
             // the common requests; hyper gets the connection at the first it does not (with
-            // what was read of it), the auto builder if it starts with HTTP/2's preface. Boxed:
+            // what was read of it), our HTTP/2 server if it starts with the preface. Boxed:
             // the loop holds a request's future, which would otherwise size every
             // connection's task.
             let mut stream = stream;
@@ -684,10 +665,7 @@ async fn serve_connection(
                     park(&ctx, stream, slot, deadline, &drain);
                     return;
                 }
-                h1::Ended::Handoff(read) => {
-                    http1_only = true;
-                    read
-                }
+                h1::Ended::Handoff(read) => read,
                 h1::Ended::Preface(read) => {
                     let _ = stream.set_nodelay(true);
                     let io = Io::Plain(Arc::new(stream), read);
@@ -712,34 +690,34 @@ async fn serve_connection(
                 let io = Io::Tls(tls, bytes::Bytes::new());
                 return Box::pin(serve_h2(&ctx, io, conn_info, drain)).await;
             }
-            // HTTP/1.1 agreed by ALPN: no preface to look for (without ALPN, a client may
-            // still speak HTTP/2 with prior knowledge), so our own loop serves it, as a plain
-            // connection (it is not parked: rustls keeps its session).
-            http1_only = alpn == Alpn::Http1;
-            let mut before = bytes::Bytes::new();
-            if http1_only {
-                let own = h1::serve(h1::Conn {
-                    stream: &mut *tls,
-                    // Turned off before the handshake.
-                    nagle: h1::Nagle::Off,
-                    preface: false,
-                    state: &ctx.state,
-                    info: &conn_info,
-                    header_timeout: ctx.limits.header_timeout,
-                    idle,
-                    linger: None,
-                    drain: &mut drain,
-                });
-                match Box::pin(own).await {
-                    h1::Ended::Closed | h1::Ended::Idle(_) | h1::Ended::Preface(_) => return,
-                    h1::Ended::HeaderTimeout => {
-                        tracing::debug!(%peer, "request head not complete in time; closing");
-                        metrics.downstream_error(DownstreamErrorKind::HeaderTimeout);
-                        return;
-                    }
-                    h1::Ended::Handoff(read) => before = read,
+            // HTTP/1.1, agreed by ALPN or not: our own loop serves it, as on a plain
+            // connection (it is not parked: rustls keeps its session). Without ALPN a client
+            // may speak HTTP/2 with prior knowledge: the loop looks for the preface then.
+            let own = h1::serve(h1::Conn {
+                stream: &mut *tls,
+                // Turned off before the handshake.
+                nagle: h1::Nagle::Off,
+                preface: alpn == Alpn::None,
+                state: &ctx.state,
+                info: &conn_info,
+                header_timeout: ctx.limits.header_timeout,
+                idle,
+                linger: None,
+                drain: &mut drain,
+            });
+            let before = match Box::pin(own).await {
+                h1::Ended::Closed | h1::Ended::Idle(_) => return,
+                h1::Ended::HeaderTimeout => {
+                    tracing::debug!(%peer, "request head not complete in time; closing");
+                    metrics.downstream_error(DownstreamErrorKind::HeaderTimeout);
+                    return;
                 }
-            }
+                h1::Ended::Preface(read) => {
+                    let io = Io::Tls(tls, read);
+                    return Box::pin(serve_h2(&ctx, io, conn_info, drain)).await;
+                }
+                h1::Ended::Handoff(read) => read,
+            };
             activity = Arc::new(ConnActivity::default());
             Guarded::new(Io::Tls(tls, before))
         }
@@ -748,7 +726,7 @@ async fn serve_connection(
     // Not boxed for HTTP/1: hyper keeps a slot of this future's size (about 3.6 KiB) per
     // connection, which a parked connection gives back with the rest of hyper's connection,
     // while boxing it would cost every request an allocation (+500 instructions per
-    // request, callgrind). HTTP/2 boxes it (below).
+    // request, callgrind).
     // A combinator, not an `async` block: that kept its own copy of the request head.
     let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
         let guard = RequestGuard::start(act.clone());
@@ -760,35 +738,21 @@ async fn serve_connection(
         .map(move |resp| Ok::<_, Infallible>(guard.responded(resp)))
     });
     let linger = plain.as_ref().map(|_| LINGER);
-    // HTTP/1 goes straight to hyper's HTTP/1 connection. The auto builder would first read
-    // the start of the stream to look for HTTP/2's preface and give it back through a
+    // Straight to hyper's HTTP/1 connection, not hyper-util's auto builder: that would first
+    // read the start of the stream to look for HTTP/2's preface and give it back through a
     // rewinding reader, so hyper's first read got those bytes alone and its next read grew
     // the buffer it had just made (a realloc copying 8 KiB): ~9k instructions per new
     // connection, and per parked connection resumed (callgrind, a new connection per
-    // request). TLS connections whose ALPN agreed on HTTP/1.1 come here too. HTTP/2, TLS
-    // without ALPN and a stream that starts like the preface keep it.
-    let served: Result<(), Box<dyn std::error::Error + Send + Sync>> = if http1_only {
-        let conn = Box::pin(
-            ctx.http1
-                .serve_connection(TokioIo::new(io), svc)
-                .with_upgrades(),
-        );
-        let served = drive(conn, activity.clone(), idle, linger, drain.clone());
-        Box::pin(served).await.map_err(Into::into)
-    } else {
-        // Each request's future boxed: HTTP/2 spawns a task per stream and moves the future
-        // into it (four copies of ~3.6 KiB, ~5k instructions per request with callgrind);
-        // a box is one allocation and moves of a pointer.
-        let svc = service_fn(move |req| Box::pin(hyper::service::Service::call(&svc, req)));
-        let conn = Box::pin(
-            ctx.builder
-                .serve_connection_with_upgrades(TokioIo::new(io), svc),
-        );
-        Box::pin(drive(conn, activity.clone(), idle, linger, drain.clone())).await
-    };
-    if let Err(e) = served {
+    // request). Our own loop has looked for the preface already.
+    let conn = Box::pin(
+        ctx.http1
+            .serve_connection(TokioIo::new(io), svc)
+            .with_upgrades(),
+    );
+    let served = drive(conn, activity.clone(), idle, linger, drain.clone());
+    if let Err(e) = Box::pin(served).await {
         tracing::debug!(error = %e, %peer, "connection ended with error");
-        if let Some(kind) = connection_fault(&*e) {
+        if let Some(kind) = connection_fault(&e) {
             metrics.downstream_error(kind);
         }
         return;
@@ -1005,21 +969,6 @@ where
     S: hyper::service::HttpService<hyper::body::Incoming, ResBody = B>,
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     B: hyper::body::Body + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    fn shutdown_gracefully(self: std::pin::Pin<&mut Self>) {
-        self.graceful_shutdown();
-    }
-}
-
-impl<S, B> GracefulShutdown
-    for auto::UpgradeableConnection<'_, TokioIo<Guarded<Io>>, S, TokioExecutor>
-where
-    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = B>,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    S::Future: Send + 'static,
-    B: hyper::body::Body + Send + 'static,
-    B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     fn shutdown_gracefully(self: std::pin::Pin<&mut Self>) {
