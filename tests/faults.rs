@@ -193,10 +193,7 @@ async fn client_gone_before_the_response_is_counted_on_the_client() {
 async fn h2_stream_cancelled_mid_upload_is_counted_on_the_client() {
     let origin = Origin::start("stable").await;
     let proxy = Proxy::start(&yaml(&origin)).await;
-    let tcp = TcpStream::connect(proxy.addr).await.unwrap();
-    let (client, conn) = h2::client::handshake(tcp).await.unwrap();
-    tokio::spawn(conn);
-    let mut client = client.ready().await.unwrap();
+    let mut client = h2_client(proxy.addr).await;
     let req = http::Request::post(format!("http://{}/sink", proxy.addr))
         .body(())
         .unwrap();
@@ -217,10 +214,7 @@ async fn h2_stream_cancelled_mid_upload_is_counted_on_the_client() {
 async fn h2_stream_reset_while_the_upstream_thinks_is_counted_on_the_client() {
     let origin = Origin::start("stable").await;
     let proxy = Proxy::start(&yaml(&origin)).await;
-    let tcp = TcpStream::connect(proxy.addr).await.unwrap();
-    let (client, conn) = h2::client::handshake(tcp).await.unwrap();
-    tokio::spawn(conn);
-    let mut client = client.ready().await.unwrap();
+    let mut client = h2_client(proxy.addr).await;
     let req = http::Request::get(format!("http://{}/sleep/60000", proxy.addr))
         .body(())
         .unwrap();
@@ -300,10 +294,7 @@ routes:
 "#
     ))
     .await;
-    let tcp = TcpStream::connect(proxy.addr).await.unwrap();
-    let (client, conn) = h2::client::handshake(tcp).await.unwrap();
-    tokio::spawn(conn);
-    let mut c = client.ready().await.unwrap();
+    let mut c = h2_client(proxy.addr).await;
     let req = http::Request::post(format!("http://{}/svc/Call", proxy.addr))
         .header("content-type", "application/grpc")
         .body(())

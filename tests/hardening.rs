@@ -470,9 +470,7 @@ routes:
     assert!(answer.ends_with("other"), "absolute-form: {answer}");
 
     // HTTP/2 has no Host header: the route comes from :authority.
-    let tcp = TcpStream::connect(proxy.addr).await.unwrap();
-    let (client, conn) = h2::client::handshake(tcp).await.unwrap();
-    tokio::spawn(conn);
+    let client = h2_client(proxy.addr).await;
     for (authority, want) in [("shop.example.com", "shop"), ("other.example", "other")] {
         let mut c = client.clone().ready().await.unwrap();
         let req = http::Request::get(format!("http://{authority}/x"))

@@ -56,10 +56,7 @@ async fn a_stalled_h2_reader_holds_the_upstream_back() {
         origin.addr
     );
     let proxy = ProxyProcess::start(&yaml);
-    let tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
-    let (client, conn) = h2::client::handshake(tcp).await.unwrap();
-    tokio::spawn(conn);
-    let mut client = client.ready().await.unwrap();
+    let mut client = h2_client(proxy.addr).await;
     let get = |path: String| http::Request::get(path).body(()).unwrap();
     // Warm up (pools, buffers) before the baseline.
     let (warm, _) = client
