@@ -6,7 +6,7 @@
 //!
 //! Why: hyper's server side was ~12.5k of the ~33.4k instructions of a proxied keep-alive
 //! request (callgrind), and most of the per-connection set-up of a new one. Here a request is
-//! parsed in place and answered with one `writev` of its head and body (docs/performance.md).
+//! parsed in place and answered with one `send` of its head and body (docs/performance.md).
 //!
 //! What keeps it as strict as hyper's path (the request smuggling concerns):
 //! - Heads are parsed by `httparse` with hyper's configuration, the parser hyper itself uses,
@@ -113,12 +113,44 @@ pub(super) trait Transport: AsyncRead + AsyncWrite + Unpin {
     const SAYS_GOODBYE: bool;
     /// Turn Nagle's algorithm off (`TCP_NODELAY`).
     fn no_delay(&self);
+    /// Write some of `bufs`, as `poll_write_vectored`.
+    fn poll_send(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(self).poll_write_vectored(cx, bufs)
+    }
 }
 
 impl Transport for tokio::net::TcpStream {
     const SAYS_GOODBYE: bool = false;
     fn no_delay(&self) {
         let _ = self.set_nodelay(true);
+    }
+
+    /// `send` for one buffer (a head with a small body copied behind it, the common answer),
+    /// `sendmsg` for more; not `writev`, whose way through the file layer (position lock,
+    /// `rw_verify_area`, the iterator set-up) cost 400–500 ns of kernel time per response,
+    /// of which `send` gives back ~150–250 (perf, keep-alive; docs/performance.md).
+    fn poll_send(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        if let [one] = bufs {
+            return Pin::new(self).poll_write(cx, one);
+        }
+        loop {
+            std::task::ready!(self.poll_write_ready(cx))?;
+            let sent = self.try_io(tokio::io::Interest::WRITABLE, || {
+                socket2::SockRef::from(&*self).send_vectored(bufs)
+            });
+            match sent {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                r => return Poll::Ready(r),
+            }
+        }
     }
 }
 
@@ -863,7 +895,7 @@ async fn write_all<S: Transport>(
             }
             Nagle::Off => {}
         }
-        match stream.write_vectored(bufs).await? {
+        match std::future::poll_fn(|cx| stream.poll_send(cx, bufs)).await? {
             0 => return Err(io::ErrorKind::WriteZero.into()),
             n => IoSlice::advance_slices(&mut bufs, n),
         }
