@@ -92,8 +92,9 @@ pub(super) struct Conn<'a, S> {
     /// Nagle's algorithm on the socket so far.
     pub nagle: Nagle,
     /// Whether the first bytes may be HTTP/2's preface (prior knowledge, on a plain connection
-    /// or TLS without ALPN): looked for in the first head that is not one served here. Read as the first request,
-    /// not peeked at first: a peek was one more system call and timer per connection.
+    /// or TLS without ALPN): looked for in the first head that is not one served here. Read
+    /// as the first request, not peeked at first: a peek was one more system call and timer
+    /// per connection.
     pub preface: bool,
     pub state: &'a Arc<State>,
     pub info: &'a ConnInfo,
@@ -129,28 +130,12 @@ impl Transport for tokio::net::TcpStream {
         let _ = self.set_nodelay(true);
     }
 
-    /// `send` for one buffer (a head with a small body copied behind it, the common answer),
-    /// `sendmsg` for more; not `writev`, whose way through the file layer (position lock,
-    /// `rw_verify_area`, the iterator set-up) cost 400–500 ns of kernel time per response,
-    /// of which `send` gives back ~150–250 (perf, keep-alive; docs/performance.md).
     fn poll_send(
         &mut self,
         cx: &mut std::task::Context<'_>,
         bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        if let [one] = bufs {
-            return Pin::new(self).poll_write(cx, one);
-        }
-        loop {
-            std::task::ready!(self.poll_write_ready(cx))?;
-            let sent = self.try_io(tokio::io::Interest::WRITABLE, || {
-                socket2::SockRef::from(&*self).send_vectored(bufs)
-            });
-            match sent {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                r => return Poll::Ready(r),
-            }
-        }
+        super::poll_send(self, cx, bufs)
     }
 }
 

@@ -1213,6 +1213,31 @@ fn when_ready<T>(
     }
 }
 
+/// Write some of `bufs` to a plain socket: `send` for one buffer (a head with a small body
+/// copied behind it, the common answer), `sendmsg` for more; not `writev`, whose way through
+/// the file layer (position lock, `rw_verify_area`, the iterator set-up) cost 400–500 ns of
+/// kernel time per response, of which `send` gives back ~150–250 (perf, keep-alive;
+/// docs/performance.md). Our HTTP/1 loop and hyper's connections after a handoff both write
+/// through it.
+fn poll_send(
+    s: &tokio::net::TcpStream,
+    cx: &mut std::task::Context<'_>,
+    bufs: &[std::io::IoSlice<'_>],
+) -> std::task::Poll<std::io::Result<usize>> {
+    if let [one] = bufs {
+        return when_ready(cx, |cx| s.poll_write_ready(cx), || s.try_write(one));
+    }
+    when_ready(
+        cx,
+        |cx| s.poll_write_ready(cx),
+        || {
+            s.try_io(tokio::io::Interest::WRITABLE, || {
+                socket2::SockRef::from(s).send_vectored(bufs)
+            })
+        },
+    )
+}
+
 impl tokio::io::AsyncRead for Io {
     fn poll_read(
         self: std::pin::Pin<&mut Self>,
@@ -1253,11 +1278,7 @@ impl tokio::io::AsyncWrite for Io {
         bufs: &[std::io::IoSlice<'_>],
     ) -> std::task::Poll<std::io::Result<usize>> {
         match self.get_mut() {
-            Io::Plain(s, _) => when_ready(
-                cx,
-                |cx| s.poll_write_ready(cx),
-                || s.try_write_vectored(bufs),
-            ),
+            Io::Plain(s, _) => poll_send(s, cx, bufs),
             Io::Tls(s, _) => std::pin::Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
         }
     }
