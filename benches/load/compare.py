@@ -424,6 +424,8 @@ def main():
     ap.add_argument("--tls-only", action="store_true", help="only the TLS figures")
     ap.add_argument("--h1-only", action="store_true",
                     help="only HTTP/1.1 CPU per request (keep-alive, new connection each), with --baseline's binary too")
+    ap.add_argument("--keepalive-only", action="store_true",
+                    help="as --h1-only, keep-alive only (a quick A/B of the request path)")
     ap.add_argument("--h2-only", action="store_true",
                     help="only the HTTP/2 figures (h2load -m 100), with --baseline's binary too")
     ap.add_argument("--memory-only", action="store_true",
@@ -526,17 +528,21 @@ def main():
         def vs(n, k, other):
             """Ratio of the medians of figure `k`, n / other, [min–max of the per-round ratios]."""
             per_round = [x / y for x, y in zip(R[n][k], R[other][k]) if y]
+            if not per_round:
+                return "n/a"
             return f"{med(R[n][k]) / med(R[other][k]):.2f} [{min(per_round):.2f}–{max(per_round):.2f}]"
 
         def h1_round(r):
             for name in rotated(targets, r):
                 url = f"http://127.0.0.1:{targets[name].port}/"
                 measure(name, "rps", "cpu", lambda t: wrk(url, a.duration)[:2])
+            if a.keepalive_only:
+                return
             for name in rotated(targets, r):
                 url = f"http://127.0.0.1:{targets[name].port}/"
                 measure(name, "rps_close", "cpu_close", lambda t: wrk(url, a.duration, close=True)[:2])
 
-        if a.h1_only:
+        if a.h1_only or a.keepalive_only:
             for r in range(a.rounds):
                 h1_round(r)
                 print(f"round {r + 1}/{a.rounds} HTTP/1.1 done", file=sys.stderr)
