@@ -292,6 +292,15 @@ async fn slow_upstream_is_504_after_response_timeout() {
     assert!(r.body.contains("timed out"), "{}", r.body);
     // A fast request on the same route still works.
     assert_eq!(c.get(&proxy.url("/sleep/1"), &[]).await.status, 200);
+    // The timeout lives with the upstream connection and is moved to each exchange's
+    // deadline: after it fired while the connection sat idle, a fast request on it is not
+    // timed out, and a slow one still is.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(c.get(&proxy.url("/sleep/1"), &[]).await.status, 200);
+    assert_eq!(c.get(&proxy.url("/sleep/3000"), &[]).await.status, 504);
+    // A slow request after fast ones (whose deadlines it extends) times out too.
+    assert_eq!(c.get(&proxy.url("/sleep/1"), &[]).await.status, 200);
+    assert_eq!(c.get(&proxy.url("/sleep/3000"), &[]).await.status, 504);
 }
 
 #[tokio::test]

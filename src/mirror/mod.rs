@@ -300,7 +300,12 @@ impl Job {
         let exchange = async {
             let (resp, lease) = match &self.pool {
                 Some(pool) => pool
-                    .send(self.worker, req, None)
+                    .send(
+                        self.worker,
+                        req,
+                        None,
+                        tokio::time::Instant::from_std(started) + self.timeout,
+                    )
                     .await
                     .map_err(|e| e.error.to_string())?,
                 None => (

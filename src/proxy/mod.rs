@@ -185,10 +185,15 @@ where
             let t = ctx.target()?;
             let req = attempts.request(&mut out, t)?;
             let answer = match &t.endpoint().pool {
-                Some(pool) => attempts.pooled(
-                    tokio::time::timeout(timeout, pool.send(worker, req, out.forwarded.as_ref()))
-                        .await,
-                ),
+                Some(pool) => {
+                    // The first attempt's clock is the request's own (one clock read less).
+                    let from = match attempts.first() {
+                        true => tokio::time::Instant::from_std(ctx.start),
+                        false => tokio::time::Instant::now(),
+                    };
+                    let sent = pool.send(worker, req, out.forwarded.as_ref(), from + timeout);
+                    attempts.pooled(sent.await)
+                }
                 None => {
                     let client = &t.version.upstream.client;
                     send::Attempts::client(
@@ -275,6 +280,7 @@ mod tests {
             usize,
             Request<RequestBody>,
             Option<&'a headers::Forwarded>,
+            tokio::time::Instant,
         ) -> Fut,
     {
         std::mem::size_of::<Fut>()

@@ -93,6 +93,11 @@ impl<'s> Attempts<'s> {
         }
     }
 
+    /// No attempt has been made yet.
+    pub(super) fn first(&self) -> bool {
+        self.attempt == 0
+    }
+
     fn last(&self) -> bool {
         self.attempt >= self.policy.attempts
     }
@@ -170,14 +175,13 @@ impl<'s> Attempts<'s> {
 
     /// The outcome of an exchange through our pool: a request that never left comes back.
     #[inline(always)]
-    pub(super) fn pooled(&mut self, r: Result<Sent, Elapsed>) -> Answer {
+    pub(super) fn pooled(&mut self, r: Sent) -> Answer {
         match r {
-            Err(_elapsed) => Err(ProxyError::ResponseTimeout),
-            Ok(Err(e)) => {
+            Err(e) => {
                 self.returned = e.request;
                 Err(e.error)
             }
-            Ok(Ok(answer)) => Ok(answer),
+            Ok(answer) => Ok(answer),
         }
     }
 

@@ -31,10 +31,12 @@ use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
 use http_body::{Frame, SizeHint};
 use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::time::{Instant, Sleep};
 
 /// The longest response head read (hyper's client allows about 400 KiB; a head this long
 /// from an upstream is broken).
@@ -59,6 +61,11 @@ pub struct Conn {
     buf: BytesMut,
     /// The request head being written; kept, so its capacity serves the next one.
     out: Vec<u8>,
+    /// The response timeout of the exchange in progress, kept with the connection: moved to
+    /// each exchange's later deadline, a registered timer is only extended (an atomic
+    /// store), where a timer per request was inserted into and removed from tokio's timer
+    /// wheel every time (~500 instructions per request).
+    timer: Pin<Box<Sleep>>,
 }
 
 /// Why an exchange failed.
@@ -103,11 +110,12 @@ struct Head {
 }
 
 impl Conn {
-    pub fn new(stream: TcpStream) -> Conn {
+    pub fn new(stream: TcpStream, deadline: Instant) -> Conn {
         Conn {
             stream,
             buf: BytesMut::new(),
             out: Vec::new(),
+            timer: Box::pin(tokio::time::sleep_until(deadline)),
         }
     }
 
@@ -126,15 +134,45 @@ impl Conn {
         }
     }
 
-    /// Send `req` (origin-form, `Host` set, no body) and read the response head.
+    /// Send `req` (origin-form, `Host` set, no body) and read the response head by
+    /// `deadline` (else a [`ProxyError::ResponseTimeout`]).
     async fn exchange(
         &mut self,
         req: &Request<super::body::RequestBody>,
         forwarded: Option<&Forwarded>,
         reused: bool,
+        deadline: Instant,
     ) -> Result<Head, Failure> {
-        self.write_head(req, forwarded);
-        if self.stream.write_all(&self.out).await.is_err() {
+        self.timer.as_mut().reset(deadline);
+        let mut timer = self.timer.as_mut();
+        let mut io = std::pin::pin!(Self::exchange_io(
+            &mut self.stream,
+            &mut self.buf,
+            &mut self.out,
+            req,
+            forwarded,
+            reused
+        ));
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(r) = io.as_mut().poll(cx) {
+                return Poll::Ready(r);
+            }
+            ready!(timer.as_mut().poll(cx));
+            Poll::Ready(Err(Failure::Failed(ProxyError::ResponseTimeout)))
+        })
+        .await
+    }
+
+    async fn exchange_io(
+        stream: &mut TcpStream,
+        buf: &mut BytesMut,
+        out: &mut Vec<u8>,
+        req: &Request<super::body::RequestBody>,
+        forwarded: Option<&Forwarded>,
+        reused: bool,
+    ) -> Result<Head, Failure> {
+        write_head(out, req, forwarded);
+        if stream.write_all(out).await.is_err() {
             return Err(Failure::Stale);
         }
         let head_request = req.method() == Method::HEAD;
@@ -143,9 +181,9 @@ impl Conn {
         let may_resend = reused && is_idempotent(req.method());
         let mut answered = false;
         loop {
-            if !self.buf.is_empty() {
+            if !buf.is_empty() {
                 answered = true;
-                match parse_head(&mut self.buf, head_request) {
+                match parse_head(buf, head_request) {
                     Ok(Some(h))
                         if h.response.status().is_informational()
                             && h.response.status() != StatusCode::SWITCHING_PROTOCOLS =>
@@ -157,13 +195,13 @@ impl Conn {
                     Ok(None) => {}
                     Err(e) => return Err(Failure::Failed(e)),
                 }
-                if self.buf.len() >= MAX_HEAD {
+                if buf.len() >= MAX_HEAD {
                     tracing::debug!("upstream response head too long");
                     return Err(Failure::Failed(ProxyError::UpstreamReset));
                 }
             }
-            self.buf.reserve(READ_MIN);
-            match self.stream.read_buf(&mut self.buf).await {
+            buf.reserve(READ_MIN);
+            match stream.read_buf(buf).await {
                 Ok(n) if n > 0 => {}
                 result => {
                     if !answered && may_resend {
@@ -176,30 +214,6 @@ impl Conn {
                 }
             }
         }
-    }
-
-    fn write_head(
-        &mut self,
-        req: &Request<super::body::RequestBody>,
-        forwarded: Option<&Forwarded>,
-    ) {
-        let out = &mut self.out;
-        out.clear();
-        out.extend_from_slice(req.method().as_str().as_bytes());
-        out.push(b' ');
-        let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
-        out.extend_from_slice(target.as_bytes());
-        out.extend_from_slice(b" HTTP/1.1\r\n");
-        for (name, value) in req.headers() {
-            out.extend_from_slice(name.as_str().as_bytes());
-            out.extend_from_slice(b": ");
-            out.extend_from_slice(value.as_bytes());
-            out.extend_from_slice(b"\r\n");
-        }
-        if let Some(f) = forwarded {
-            f.write(out);
-        }
-        out.extend_from_slice(b"\r\n");
     }
 
     /// Read more into the buffer: `Ok(0)` is the upstream's close.
@@ -216,6 +230,30 @@ impl Conn {
             }
         }
     }
+}
+
+/// Write the head of `req` into `out`, with the `X-Forwarded-*` fields still to add.
+fn write_head(
+    out: &mut Vec<u8>,
+    req: &Request<super::body::RequestBody>,
+    forwarded: Option<&Forwarded>,
+) {
+    out.clear();
+    out.extend_from_slice(req.method().as_str().as_bytes());
+    out.push(b' ');
+    let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in req.headers() {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if let Some(f) = forwarded {
+        f.write(out);
+    }
+    out.extend_from_slice(b"\r\n");
 }
 
 /// Methods RFC 9110 §9.2.2 calls idempotent: safe to send twice (a retry on a status, a
@@ -617,9 +655,10 @@ impl Pool {
         worker: usize,
         req: &Request<super::body::RequestBody>,
         forwarded: Option<&Forwarded>,
+        deadline: Instant,
     ) -> Result<Response<OwnBody>, (ProxyError, bool)> {
         while let Some(mut conn) = self.checkout_own(worker) {
-            match conn.exchange(req, forwarded, true).await {
+            match conn.exchange(req, forwarded, true, deadline).await {
                 Ok(head) => return Ok(self.respond(worker, conn, head)),
                 // Closed under us: the next one, or a new one.
                 Err(Failure::Stale) => continue,
@@ -628,9 +667,11 @@ impl Pool {
         }
         // Boxed: a new connection is the rare case (its handshake costs far more than the
         // allocation), and inline its state would size every request's future.
-        let stream = Box::pin(self.connect_tcp()).await;
-        let mut conn = Conn::new(stream.map_err(|e| (e, true))?);
-        match conn.exchange(req, forwarded, false).await {
+        let stream = tokio::time::timeout_at(deadline, Box::pin(self.connect_tcp()))
+            .await
+            .map_err(|_| (ProxyError::ResponseTimeout, false))?;
+        let mut conn = Conn::new(stream.map_err(|e| (e, true))?, deadline);
+        match conn.exchange(req, forwarded, false, deadline).await {
             Ok(head) => Ok(self.respond(worker, conn, head)),
             Err(Failure::Stale) => Err((ProxyError::UpstreamReset, true)),
             Err(Failure::Failed(e)) => Err((e, false)),

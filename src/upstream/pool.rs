@@ -110,14 +110,17 @@ impl Pool {
     /// new one: our own exchange when it [serves](h1::serves) the request, else hyper's
     /// (then the response comes with its [`Lease`]). `forwarded`: `X-Forwarded-*` fields
     /// still to add (written into the head by ours, inserted into the map for hyper's).
+    /// No response head by `deadline` is a [`ProxyError::ResponseTimeout`] (the request is
+    /// not handed back: it may have been sent).
     pub async fn send(
         self: &Arc<Self>,
         worker: usize,
         mut req: Request<RequestBody>,
         forwarded: Option<&Forwarded>,
+        deadline: tokio::time::Instant,
     ) -> Sent {
         if h1::serves(&req) {
-            return match self.send_own(worker, &req, forwarded).await {
+            return match self.send_own(worker, &req, forwarded, deadline).await {
                 Ok(r) => Ok((r.map(UpstreamBody::Own), None)),
                 Err((error, unsent)) => Err(SendError {
                     error,
@@ -131,7 +134,12 @@ impl Pool {
         // Boxed: requests with a body are the rarer kind, and inline, this future's state
         // (hyper's ready/send futures and a new connection's handshake) would size every
         // request's future, which HTTP/2 moves into a task of its own per stream.
-        let (r, lease) = Box::pin(self.send_hyper(worker, req)).await?;
+        let (r, lease) = tokio::time::timeout_at(deadline, Box::pin(self.send_hyper(worker, req)))
+            .await
+            .map_err(|_| SendError {
+                error: ProxyError::ResponseTimeout,
+                request: None,
+            })??;
         Ok((r.map(UpstreamBody::Hyper), Some(lease)))
     }
 
