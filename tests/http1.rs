@@ -238,3 +238,33 @@ async fn a_pipeline_over_tls_with_alpn_http1_crosses_the_handoff_too() {
             .all(|s| s.headers["x-forwarded-proto"] == "https")
     );
 }
+
+/// The loop reuses the fields of a connection's last request where the next one has the
+/// same bytes in the same place: a field that changed its value, its name, or only the case
+/// of its name reaches the origin as sent, never as the one before.
+#[tokio::test]
+async fn fields_reach_the_origin_as_sent_when_the_next_request_changes_them() {
+    let origin = Origin::start("stable").await;
+    let proxy = Proxy::start(&yaml(&origin)).await;
+    let reqs = [
+        "GET /1 HTTP/1.1\r\nHost: app\r\nX-A: one\r\nX-B: same\r\n\r\n",
+        "GET /2 HTTP/1.1\r\nHost: app\r\nX-A: two\r\nX-B: same\r\n\r\n",
+        "GET /3 HTTP/1.1\r\nHost: app\r\nx-a: two\r\nX-C: same\r\n\r\n",
+        "GET /4 HTTP/1.1\r\nHost: app\r\nX-B: same\r\nX-A: one\r\n\r\n",
+        "GET /5 HTTP/1.1\r\nHost: app\r\nX-A: one\r\nX-B: same\r\nConnection: close\r\n\r\n",
+    ];
+    let out = exchange(&proxy, reqs.concat().as_bytes()).await;
+    assert_eq!(responses(&out).len(), 5, "{out}");
+    let seen = origin.seen();
+    let fields = |i: usize| {
+        let h = &seen[i].headers;
+        let get = |n: &str| h.get(n).map(|v| v.to_str().unwrap().to_string());
+        (get("x-a"), get("x-b"), get("x-c"))
+    };
+    let s = |v: &str| Some(v.to_string());
+    assert_eq!(fields(0), (s("one"), s("same"), None));
+    assert_eq!(fields(1), (s("two"), s("same"), None));
+    assert_eq!(fields(2), (s("two"), None, s("same")));
+    assert_eq!(fields(3), (s("one"), s("same"), None));
+    assert_eq!(fields(4), (s("one"), s("same"), None));
+}

@@ -311,3 +311,37 @@ async fn a_broken_response_is_a_502_or_a_cut_body_and_its_connection_is_not_reus
     assert_eq!(r.body, "ok");
     assert_eq!(origin.connections(), before + 1);
 }
+
+fn changing(line: &str, _: usize) -> Act {
+    let path = line.split(' ').nth(1).unwrap_or("");
+    Act::Answer(match path {
+        "/a" => b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nX-V: one\r\nX-W: same\r\n\r\na".to_vec(),
+        "/b" => b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-V: two\r\nX-W: same\r\n\r\nbb".to_vec(),
+        "/c" => {
+            b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nx-v: two\r\nX-Other: same\r\n\r\nc".to_vec()
+        }
+        _ => b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n".to_vec(),
+    })
+}
+
+/// Fields of a response that repeat the last one's on the connection are reused: a field
+/// whose value, name or name's case changed reaches the client as the upstream sent it.
+#[tokio::test]
+async fn response_fields_reach_the_client_as_sent_when_the_next_response_changes_them() {
+    let origin = Scripted::start(changing).await;
+    let proxy = Proxy::start(&origin.yaml()).await;
+    let client = TestClient::http1();
+    for (path, body, v, w, other) in [
+        ("/a", "a", "one", Some("same"), None),
+        ("/b", "bb", "two", Some("same"), None),
+        ("/c", "c", "two", None, Some("same")),
+        ("/a", "a", "one", Some("same"), None),
+    ] {
+        let r = client.get(&proxy.url(path), &[]).await;
+        assert_eq!((r.status.as_u16(), r.body.as_str()), (200, body), "{path}");
+        assert_eq!(r.header("x-v"), Some(v), "{path}");
+        assert_eq!(r.header("x-w"), w, "{path}");
+        assert_eq!(r.header("x-other"), other, "{path}");
+    }
+    assert_eq!(origin.connections(), 1, "{:?}", origin.seen());
+}

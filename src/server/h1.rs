@@ -33,7 +33,7 @@
 pub mod differential;
 
 use super::H1_MAX_BUF;
-use crate::proxy::headers::{list_ends_with, list_has};
+use crate::proxy::headers::{FieldCache, list_ends_with, list_has};
 use crate::proxy::{self, ConnInfo, Inbound, body::ProxyBody};
 use crate::state::State;
 use bytes::{Bytes, BytesMut};
@@ -174,6 +174,7 @@ pub(super) async fn serve<S: Transport>(mut c: Conn<'_, S>) -> Ended {
     // The last response's field map, cleared: the next request's fields go in it (hyper's
     // trick: a map allocated per request costs ~400 instructions).
     let mut spare = HeaderMap::new();
+    let mut seen = FieldCache::default();
     // The waits between requests persist across them: a new timer and drain watch per
     // request cost ~700 instructions. The linger timer is re-armed lazily, from when the
     // last response was written: a busy connection sees it fire once per linger, not once
@@ -227,7 +228,7 @@ pub(super) async fn serve<S: Transport>(mut c: Conn<'_, S>) -> Ended {
         }
         let first = !wait;
         wait = true;
-        let (req, close) = match read_head(&mut c, &mut buf, &mut spare, first).await {
+        let (req, close) = match read_head(&mut c, &mut buf, &mut spare, &mut seen, first).await {
             Head::Request(req, close) => (req, close),
             Head::NotYet => continue,
             Head::Handoff if first && c.preface && is_preface(&buf) => {
@@ -316,6 +317,7 @@ async fn read_head<S>(
     c: &mut Conn<'_, S>,
     buf: &mut BytesMut,
     spare: &mut HeaderMap,
+    seen: &mut FieldCache,
     first: bool,
 ) -> Head
 where
@@ -325,7 +327,7 @@ where
     let mut deadline = None;
     loop {
         if !buf.is_empty() {
-            match parse(buf, spare) {
+            match parse(buf, spare, seen) {
                 Parsed::Request(req, close) => return Head::Request(req, close),
                 Parsed::Partial if buf.len() < H1_MAX_BUF => {}
                 Parsed::Partial | Parsed::Hyper => return Head::Handoff,
@@ -367,8 +369,9 @@ pub(crate) enum Parsed {
 }
 
 /// Parse the head at the start of `buf` as hyper would, taking it out of `buf` when it is
-/// one this loop serves (its fields go into `spare`'s allocation).
-pub(crate) fn parse(buf: &mut BytesMut, spare: &mut HeaderMap) -> Parsed {
+/// one this loop serves (its fields go into `spare`'s allocation; those the connection's
+/// last request had in the same place come from `seen`).
+pub(crate) fn parse(buf: &mut BytesMut, spare: &mut HeaderMap, seen: &mut FieldCache) -> Parsed {
     let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut []);
     let len = match httparse::ParserConfig::default().parse_request_with_uninit_headers(
@@ -429,7 +432,7 @@ pub(crate) fn parse(buf: &mut BytesMut, spare: &mut HeaderMap) -> Parsed {
         spans.push((range(name), range(h.value)));
     }
     let head = buf.split_to(len).freeze();
-    let request = build(&head, path, &spans, method, spare);
+    let request = build(&head, path, &spans, method, spare, seen);
     match request {
         Some(req) => Parsed::Request(req, close),
         None => {
@@ -452,13 +455,13 @@ fn build(
     spans: &[(std::ops::Range<usize>, std::ops::Range<usize>)],
     method: Method,
     spare: &mut HeaderMap,
+    seen: &mut FieldCache,
 ) -> Option<Request<Inbound>> {
     let uri = Uri::from_maybe_shared(head.slice(path)).ok()?;
     let mut headers = std::mem::take(spare);
     headers.reserve(spans.len());
-    for (name, value) in spans {
-        let name = HeaderName::from_bytes(&head[name.clone()]).ok()?;
-        let value = HeaderValue::from_maybe_shared(head.slice(value.clone())).ok()?;
+    for (i, (name, value)) in spans.iter().enumerate() {
+        let (name, value) = seen.field(i, head, name.clone(), value.clone())?;
         headers.append(name, value);
     }
     let mut req = Request::new(Inbound::Empty);

@@ -25,7 +25,7 @@ pub mod differential;
 
 use super::pool::Pool;
 use crate::error::ProxyError;
-use crate::proxy::headers::Forwarded;
+use crate::proxy::headers::{FieldCache, Forwarded};
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
@@ -66,6 +66,8 @@ pub struct Conn {
     /// store), where a timer per request was inserted into and removed from tokio's timer
     /// wheel every time (~500 instructions per request).
     timer: Pin<Box<Sleep>>,
+    /// The fields of the last response, for the next one's (see [`FieldCache`]).
+    seen: FieldCache,
 }
 
 /// Why an exchange failed.
@@ -116,6 +118,7 @@ impl Conn {
             buf: BytesMut::new(),
             out: Vec::new(),
             timer: Box::pin(tokio::time::sleep_until(deadline)),
+            seen: FieldCache::default(),
         }
     }
 
@@ -149,6 +152,7 @@ impl Conn {
             &mut self.stream,
             &mut self.buf,
             &mut self.out,
+            &mut self.seen,
             req,
             forwarded,
             reused
@@ -167,6 +171,7 @@ impl Conn {
         stream: &mut TcpStream,
         buf: &mut BytesMut,
         out: &mut Vec<u8>,
+        seen: &mut FieldCache,
         req: &Request<super::body::RequestBody>,
         forwarded: Option<&Forwarded>,
         reused: bool,
@@ -183,7 +188,7 @@ impl Conn {
         loop {
             if !buf.is_empty() {
                 answered = true;
-                match parse_head(buf, head_request) {
+                match parse_head(buf, head_request, seen) {
                     Ok(Some(h))
                         if h.response.status().is_informational()
                             && h.response.status() != StatusCode::SWITCHING_PROTOCOLS =>
@@ -266,7 +271,11 @@ pub fn is_idempotent(m: &Method) -> bool {
 }
 
 /// A response head from the front of `buf` (taken out of it), `None` while incomplete.
-fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, ProxyError> {
+fn parse_head(
+    buf: &mut BytesMut,
+    head_request: bool,
+    seen: &mut FieldCache,
+) -> Result<Option<Head>, ProxyError> {
     let bad = |what: &str| {
         tracing::debug!(what, "invalid response from upstream");
         ProxyError::UpstreamReset
@@ -316,11 +325,11 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, Pr
     let mut length: Option<u64> = None;
     let mut chunked = None;
     let mut close = version == Version::HTTP_10;
-    for &(n0, n1, v0, v1) in &at {
+    for (i, &(n0, n1, v0, v1)) in at.iter().enumerate() {
         let (n0, n1, v0, v1) = (n0 as usize, n1 as usize, v0 as usize, v1 as usize);
-        let name = HeaderName::from_bytes(&head[n0..n1]).map_err(|_| bad("header name"))?;
-        let value =
-            HeaderValue::from_maybe_shared(head.slice(v0..v1)).map_err(|_| bad("header value"))?;
+        let (name, value) = seen
+            .field(i, &head, n0..n1, v0..v1)
+            .ok_or_else(|| bad("header field"))?;
         if name == CONTENT_LENGTH {
             let v = parse_length(value.as_bytes()).ok_or_else(|| bad("content-length"))?;
             if length.is_some_and(|l| l != v) {
@@ -700,7 +709,7 @@ mod tests {
 
     fn head(raw: &[u8], head_request: bool) -> Result<Option<Head>, ProxyError> {
         let mut buf = BytesMut::from(raw);
-        parse_head(&mut buf, head_request)
+        parse_head(&mut buf, head_request, &mut FieldCache::default())
     }
 
     #[test]
