@@ -41,7 +41,7 @@ pub(super) struct Attempts<'s> {
     /// The body for the next attempt.
     body: Option<RequestBody>,
     /// A request that came back unsent from a pool, to go out again as it is.
-    returned: Option<Request<RequestBody>>,
+    returned: Option<Box<Request<RequestBody>>>,
     /// The replay slot of the body the current attempt sends.
     replay: Option<Replayable>,
     /// Retries so far.
@@ -75,7 +75,7 @@ impl<'s> Attempts<'s> {
                 if policy.attempts > 0 && !upgrade && !first_pooled {
                     RequestBody::Replayable(Replayable::new(body), Idle::new(idle))
                 } else {
-                    RequestBody::Stream(body, Idle::new(idle))
+                    RequestBody::Stream(Box::new(body), Idle::new(idle))
                 }
             }
         };
@@ -126,7 +126,7 @@ impl<'s> Attempts<'s> {
         let mut req = match self.returned.take() {
             Some(mut r) => {
                 *r.uri_mut() = uri;
-                r
+                *r
             }
             None => self.fresh(out, uri, pooled),
         };

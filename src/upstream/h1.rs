@@ -112,14 +112,16 @@ struct Head {
 }
 
 impl Conn {
-    pub fn new(stream: TcpStream, deadline: Instant) -> Conn {
-        Conn {
+    /// Boxed: it moves with every response (in its body) and through the pool; a pointer
+    /// moves cheaper than its 128 bytes, and the box lives as long as the connection.
+    pub fn new(stream: TcpStream, deadline: Instant) -> Box<Conn> {
+        Box::new(Conn {
             stream,
             buf: BytesMut::new(),
             out: Vec::new(),
             timer: Box::pin(tokio::time::sleep_until(deadline)),
             seen: FieldCache::default(),
-        }
+        })
     }
 
     /// Whether an idle connection can take a request: nothing to read on it (a readable
@@ -453,7 +455,7 @@ pub struct BodyFailure(&'static str);
 #[derive(Debug)]
 pub struct OwnBody {
     /// `None` once the body ended (or failed).
-    conn: Option<Conn>,
+    conn: Option<Box<Conn>>,
     framing: Framing,
     reusable: bool,
     pool: Arc<Pool>,
@@ -687,7 +689,7 @@ impl Pool {
         }
     }
 
-    fn respond(self: &Arc<Self>, worker: usize, conn: Conn, head: Head) -> Response<OwnBody> {
+    fn respond(self: &Arc<Self>, worker: usize, conn: Box<Conn>, head: Head) -> Response<OwnBody> {
         let mut body = OwnBody {
             conn: Some(conn),
             framing: head.framing,
