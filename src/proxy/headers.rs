@@ -484,6 +484,10 @@ impl FieldCache {
         if let Some(slot) = self.fields.get_mut(i) {
             *slot = entry;
         } else if i == self.fields.len() && i < CACHED_FIELDS {
+            if i == 0 {
+                // Room for a typical head's fields at once, not grown 4, 8, 16.
+                self.fields.reserve_exact(16);
+            }
             self.fields.push(entry);
         }
         Some((known, val))

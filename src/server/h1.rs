@@ -432,6 +432,8 @@ pub(crate) fn parse(buf: &mut BytesMut, spare: &mut HeaderMap, seen: &mut FieldC
         spans.push((range(name), range(h.value)));
     }
     let head = buf.split_to(len).freeze();
+    // A connection that closes after this request has no next one to reuse fields for.
+    let seen = (!close).then_some(seen);
     let request = build(&head, path, &spans, method, spare, seen);
     match request {
         Some(req) => Parsed::Request(req, close),
@@ -455,14 +457,25 @@ fn build(
     spans: &[(std::ops::Range<usize>, std::ops::Range<usize>)],
     method: Method,
     spare: &mut HeaderMap,
-    seen: &mut FieldCache,
+    seen: Option<&mut FieldCache>,
 ) -> Option<Request<Inbound>> {
     let uri = Uri::from_maybe_shared(head.slice(path)).ok()?;
     let mut headers = std::mem::take(spare);
     headers.reserve(spans.len());
-    for (i, (name, value)) in spans.iter().enumerate() {
-        let (name, value) = seen.field(i, head, name.clone(), value.clone())?;
-        headers.append(name, value);
+    match seen {
+        Some(seen) => {
+            for (i, (name, value)) in spans.iter().enumerate() {
+                let (name, value) = seen.field(i, head, name.clone(), value.clone())?;
+                headers.append(name, value);
+            }
+        }
+        None => {
+            for (name, value) in spans {
+                let name = HeaderName::from_bytes(&head[name.clone()]).ok()?;
+                let value = HeaderValue::from_maybe_shared(head.slice(value.clone())).ok()?;
+                headers.append(name, value);
+            }
+        }
     }
     let mut req = Request::new(Inbound::Empty);
     *req.method_mut() = method;
