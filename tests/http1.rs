@@ -239,9 +239,9 @@ async fn a_pipeline_over_tls_with_alpn_http1_crosses_the_handoff_too() {
     );
 }
 
-/// The loop reuses the fields of a connection's last request where the next one has the
-/// same bytes in the same place: a field that changed its value, its name, or only the case
-/// of its name reaches the origin as sent, never as the one before.
+/// Requests on one connection that repeat, change or reorder their fields: each reaches the
+/// origin as sent, never with a field of the request before (a parser that reuses anything
+/// across a connection's requests must keep this).
 #[tokio::test]
 async fn fields_reach_the_origin_as_sent_when_the_next_request_changes_them() {
     let origin = Origin::start("stable").await;

@@ -324,8 +324,8 @@ fn changing(line: &str, _: usize) -> Act {
     })
 }
 
-/// Fields of a response that repeat the last one's on the connection are reused: a field
-/// whose value, name or name's case changed reaches the client as the upstream sent it.
+/// Responses on one upstream connection that repeat or change their fields: a field whose
+/// value, name or name's case changed reaches the client as the upstream sent it.
 #[tokio::test]
 async fn response_fields_reach_the_client_as_sent_when_the_next_response_changes_them() {
     let origin = Scripted::start(changing).await;

@@ -2,10 +2,8 @@
 //! and the `X-Forwarded-*` family.
 
 use crate::config::Upgrades;
-use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use std::net::IpAddr;
-use std::ops::Range;
 
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -441,55 +439,5 @@ mod tests {
         f.apply(&mut h);
         assert_eq!(h["x-forwarded-for"], "1.1.1.1, 10.0.0.1");
         assert!(!h.contains_key("x-forwarded-host"));
-    }
-}
-
-/// The most fields a [`FieldCache`] keeps.
-const CACHED_FIELDS: usize = 32;
-
-/// The header fields of a connection's last message, as parsed. A connection's messages
-/// mostly repeat their fields, byte for byte and in the same places (a client's host,
-/// user agent, accept and cookies; an origin's server, content type and length): a field
-/// equal to the one in its place last time is cloned from here instead of parsed into a
-/// name and checked byte by byte into a value again (~270 instructions a field,
-/// callgrind). Equal bytes parse to the same field, so a clone is what the parse would
-/// have made. The clones share the earlier message's head (reference-counted): the cache
-/// lives and ends with its connection's loop.
-#[derive(Debug, Default)]
-pub struct FieldCache {
-    /// By position: the name as it was written, the name, the value.
-    fields: Vec<(Bytes, HeaderName, HeaderValue)>,
-}
-
-impl FieldCache {
-    /// The field at position `i` of a message whose head is `head`, its name and value at
-    /// `name` and `value` in it; `None` when either is not valid.
-    #[inline]
-    pub fn field(
-        &mut self,
-        i: usize,
-        head: &Bytes,
-        name: Range<usize>,
-        value: Range<usize>,
-    ) -> Option<(HeaderName, HeaderValue)> {
-        let (n, v) = (&head[name.clone()], &head[value.clone()]);
-        if let Some((raw, known, val)) = self.fields.get(i) {
-            if raw[..] == *n && val.as_bytes() == v {
-                return Some((known.clone(), val.clone()));
-            }
-        }
-        let known = HeaderName::from_bytes(n).ok()?;
-        let val = HeaderValue::from_maybe_shared(head.slice(value)).ok()?;
-        let entry = (head.slice(name), known.clone(), val.clone());
-        if let Some(slot) = self.fields.get_mut(i) {
-            *slot = entry;
-        } else if i == self.fields.len() && i < CACHED_FIELDS {
-            if i == 0 {
-                // Room for a typical head's fields at once, not grown 4, 8, 16.
-                self.fields.reserve_exact(16);
-            }
-            self.fields.push(entry);
-        }
-        Some((known, val))
     }
 }

@@ -33,7 +33,7 @@
 pub mod differential;
 
 use super::H1_MAX_BUF;
-use crate::proxy::headers::{FieldCache, list_ends_with, list_has};
+use crate::proxy::headers::{list_ends_with, list_has};
 use crate::proxy::{self, ConnInfo, Inbound, body::ProxyBody};
 use crate::state::State;
 use bytes::{Bytes, BytesMut};
@@ -174,7 +174,6 @@ pub(super) async fn serve<S: Transport>(mut c: Conn<'_, S>) -> Ended {
     // The last response's field map, cleared: the next request's fields go in it (hyper's
     // trick: a map allocated per request costs ~400 instructions).
     let mut spare = HeaderMap::new();
-    let mut seen = FieldCache::default();
     // The waits between requests persist across them: a new timer and drain watch per
     // request cost ~700 instructions. The linger timer is re-armed lazily, from when the
     // last response was written: a busy connection sees it fire once per linger, not once
@@ -228,7 +227,7 @@ pub(super) async fn serve<S: Transport>(mut c: Conn<'_, S>) -> Ended {
         }
         let first = !wait;
         wait = true;
-        let (req, close) = match read_head(&mut c, &mut buf, &mut spare, &mut seen, first).await {
+        let (req, close) = match read_head(&mut c, &mut buf, &mut spare, first).await {
             Head::Request(req, close) => (req, close),
             Head::NotYet => continue,
             Head::Handoff if first && c.preface && is_preface(&buf) => {
@@ -317,7 +316,6 @@ async fn read_head<S>(
     c: &mut Conn<'_, S>,
     buf: &mut BytesMut,
     spare: &mut HeaderMap,
-    seen: &mut FieldCache,
     first: bool,
 ) -> Head
 where
@@ -327,7 +325,7 @@ where
     let mut deadline = None;
     loop {
         if !buf.is_empty() {
-            match parse(buf, spare, seen) {
+            match parse(buf, spare) {
                 Parsed::Request(req, close) => return Head::Request(req, close),
                 Parsed::Partial if buf.len() < H1_MAX_BUF => {}
                 Parsed::Partial | Parsed::Hyper => return Head::Handoff,
@@ -369,9 +367,8 @@ pub(crate) enum Parsed {
 }
 
 /// Parse the head at the start of `buf` as hyper would, taking it out of `buf` when it is
-/// one this loop serves (its fields go into `spare`'s allocation; those the connection's
-/// last request had in the same place come from `seen`).
-pub(crate) fn parse(buf: &mut BytesMut, spare: &mut HeaderMap, seen: &mut FieldCache) -> Parsed {
+/// one this loop serves (its fields go into `spare`'s allocation).
+pub(crate) fn parse(buf: &mut BytesMut, spare: &mut HeaderMap) -> Parsed {
     let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut []);
     let len = match httparse::ParserConfig::default().parse_request_with_uninit_headers(
@@ -432,9 +429,7 @@ pub(crate) fn parse(buf: &mut BytesMut, spare: &mut HeaderMap, seen: &mut FieldC
         spans.push((range(name), range(h.value)));
     }
     let head = buf.split_to(len).freeze();
-    // A connection that closes after this request has no next one to reuse fields for.
-    let seen = (!close).then_some(seen);
-    let request = build(&head, path, &spans, method, spare, seen);
+    let request = build(&head, path, &spans, method, spare);
     match request {
         Some(req) => Parsed::Request(req, close),
         None => {
@@ -457,25 +452,14 @@ fn build(
     spans: &[(std::ops::Range<usize>, std::ops::Range<usize>)],
     method: Method,
     spare: &mut HeaderMap,
-    seen: Option<&mut FieldCache>,
 ) -> Option<Request<Inbound>> {
     let uri = Uri::from_maybe_shared(head.slice(path)).ok()?;
     let mut headers = std::mem::take(spare);
     headers.reserve(spans.len());
-    match seen {
-        Some(seen) => {
-            for (i, (name, value)) in spans.iter().enumerate() {
-                let (name, value) = seen.field(i, head, name.clone(), value.clone())?;
-                headers.append(name, value);
-            }
-        }
-        None => {
-            for (name, value) in spans {
-                let name = HeaderName::from_bytes(&head[name.clone()]).ok()?;
-                let value = HeaderValue::from_maybe_shared(head.slice(value.clone())).ok()?;
-                headers.append(name, value);
-            }
-        }
+    for (name, value) in spans {
+        let name = HeaderName::from_bytes(&head[name.clone()]).ok()?;
+        let value = HeaderValue::from_maybe_shared(head.slice(value.clone())).ok()?;
+        headers.append(name, value);
     }
     let mut req = Request::new(Inbound::Empty);
     *req.method_mut() = method;

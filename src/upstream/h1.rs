@@ -25,7 +25,7 @@ pub mod differential;
 
 use super::pool::Pool;
 use crate::error::ProxyError;
-use crate::proxy::headers::{FieldCache, Forwarded};
+use crate::proxy::headers::Forwarded;
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
@@ -66,8 +66,6 @@ pub struct Conn {
     /// store), where a timer per request was inserted into and removed from tokio's timer
     /// wheel every time (~500 instructions per request).
     timer: Pin<Box<Sleep>>,
-    /// The fields of the last response, for the next one's (see [`FieldCache`]).
-    seen: FieldCache,
 }
 
 /// Why an exchange failed.
@@ -120,7 +118,6 @@ impl Conn {
             buf: BytesMut::new(),
             out: Vec::new(),
             timer: Box::pin(tokio::time::sleep_until(deadline)),
-            seen: FieldCache::default(),
         })
     }
 
@@ -154,7 +151,6 @@ impl Conn {
             &mut self.stream,
             &mut self.buf,
             &mut self.out,
-            &mut self.seen,
             req,
             forwarded,
             reused
@@ -173,7 +169,6 @@ impl Conn {
         stream: &mut TcpStream,
         buf: &mut BytesMut,
         out: &mut Vec<u8>,
-        seen: &mut FieldCache,
         req: &Request<super::body::RequestBody>,
         forwarded: Option<&Forwarded>,
         reused: bool,
@@ -190,7 +185,7 @@ impl Conn {
         loop {
             if !buf.is_empty() {
                 answered = true;
-                match parse_head(buf, head_request, seen) {
+                match parse_head(buf, head_request) {
                     Ok(Some(h))
                         if h.response.status().is_informational()
                             && h.response.status() != StatusCode::SWITCHING_PROTOCOLS =>
@@ -273,11 +268,7 @@ pub fn is_idempotent(m: &Method) -> bool {
 }
 
 /// A response head from the front of `buf` (taken out of it), `None` while incomplete.
-fn parse_head(
-    buf: &mut BytesMut,
-    head_request: bool,
-    seen: &mut FieldCache,
-) -> Result<Option<Head>, ProxyError> {
+fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, ProxyError> {
     let bad = |what: &str| {
         tracing::debug!(what, "invalid response from upstream");
         ProxyError::UpstreamReset
@@ -327,11 +318,11 @@ fn parse_head(
     let mut length: Option<u64> = None;
     let mut chunked = None;
     let mut close = version == Version::HTTP_10;
-    for (i, &(n0, n1, v0, v1)) in at.iter().enumerate() {
+    for &(n0, n1, v0, v1) in &at {
         let (n0, n1, v0, v1) = (n0 as usize, n1 as usize, v0 as usize, v1 as usize);
-        let (name, value) = seen
-            .field(i, &head, n0..n1, v0..v1)
-            .ok_or_else(|| bad("header field"))?;
+        let name = HeaderName::from_bytes(&head[n0..n1]).map_err(|_| bad("header name"))?;
+        let value =
+            HeaderValue::from_maybe_shared(head.slice(v0..v1)).map_err(|_| bad("header value"))?;
         if name == CONTENT_LENGTH {
             let v = parse_length(value.as_bytes()).ok_or_else(|| bad("content-length"))?;
             if length.is_some_and(|l| l != v) {
@@ -711,7 +702,7 @@ mod tests {
 
     fn head(raw: &[u8], head_request: bool) -> Result<Option<Head>, ProxyError> {
         let mut buf = BytesMut::from(raw);
-        parse_head(&mut buf, head_request, &mut FieldCache::default())
+        parse_head(&mut buf, head_request)
     }
 
     #[test]

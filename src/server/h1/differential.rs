@@ -15,11 +15,7 @@ use bytes::BytesMut;
 pub fn own_view(data: &[u8]) -> Vec<(usize, String)> {
     let mut buf = BytesMut::from(data);
     let mut served = Vec::new();
-    // One cache for the whole input, as for a connection: a request's fields may come from
-    // the one before.
-    let mut seen = crate::proxy::headers::FieldCache::default();
-    while let Parsed::Request(req, close) = parse(&mut buf, &mut http::HeaderMap::new(), &mut seen)
-    {
+    while let Parsed::Request(req, close) = parse(&mut buf, &mut http::HeaderMap::new()) {
         served.push((data.len() - buf.len(), describe(&req)));
         if close {
             break;

@@ -37,10 +37,8 @@ fn split(data: &[u8]) -> (Method, &[u8]) {
 /// it; `None` where ours refuses it or it ends early.
 pub fn ours(data: &[u8], method: &Method) -> Option<Read> {
     let mut buf = BytesMut::from(data);
-    // One cache for the informational answers and the final one, as on a connection.
-    let mut seen = crate::proxy::headers::FieldCache::default();
     let head = loop {
-        let h = parse_head(&mut buf, method == Method::HEAD, &mut seen).ok()??;
+        let h = parse_head(&mut buf, method == Method::HEAD).ok()??;
         let status = h.response.status();
         if !status.is_informational() {
             break h;
