@@ -551,9 +551,9 @@ def main():
                 [f"## HTTP/1.1 CPU per request ({a.rounds} interleaved rounds of {a.duration} s; median [min–max])\n",
                  "| proxy | keep-alive µs | user / kernel | / nginx | new connection µs | user / kernel | / nginx |",
                  "|---|---|---|---|---|---|---|"]
-                + [f"| {n} | {fmt(R[n]['cpu'], '', 1)} | {med(R[n]['usr']):.1f} / {med(R[n]['sys']):.1f} | "
+                + [f"| {n} | {fmt(R[n]['cpu'], '', 1)} | {user_kernel(R[n])} | "
                    f"{vs(n, 'cpu', 'nginx')} | {fmt(R[n]['cpu_close'], '', 1)} | "
-                   f"{med(R[n]['usr_cpu_close']):.1f} / {med(R[n]['sys_cpu_close']):.1f} | "
+                   f"{user_kernel(R[n], 'cpu_close')} | "
                    f"{vs(n, 'cpu_close', 'nginx')} |" for n in targets]) + "\n"
             emit(report)
             return

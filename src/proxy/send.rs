@@ -93,7 +93,7 @@ impl<'s> Attempts<'s> {
         }
     }
 
-    /// No attempt has been made yet.
+    /// The current attempt is the request's first (no retry yet).
     pub(super) fn first(&self) -> bool {
         self.attempt == 0
     }

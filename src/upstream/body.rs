@@ -442,7 +442,7 @@ pub enum RequestBody {
     /// No body (GET, HEAD, …, or a client body that was empty).
     Empty,
     /// The client's body, streamed as it arrives. Boxed: every request moves a
-    /// `RequestBody`, most of them `Empty` (328 bytes for the request, 272 boxed).
+    /// `RequestBody`, most of them `Empty` (328 bytes for the request, 264 boxed).
     Stream(Box<ClientBody>, Idle),
     /// The client's body behind a [`Replayable`] slot, for requests that may be retried.
     Replayable(Replayable, Idle),
