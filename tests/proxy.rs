@@ -349,6 +349,41 @@ async fn shutdown_drains_and_stops_accepting() {
     );
 }
 
+/// What is still running when the drain timeout passes is cut: the drain ends, and the
+/// client's connection closes without an answer, even though the process (here, the test's
+/// runtime) lives on.
+#[tokio::test]
+async fn the_drain_timeout_cuts_what_is_left() {
+    let origin = Origin::start("stable").await;
+    let yaml = format!(
+        r#"
+listeners: [{{ address: "127.0.0.1:0" }}]
+proxy: {{ drain_timeout: 300ms }}
+routes:
+  - name: app
+    versions:
+      stable: {{ endpoints: ["{}"] }}
+"#,
+        origin.addr
+    );
+    let proxy = Proxy::start(&yaml).await;
+    let url = proxy.url("/sleep/30000");
+    let slow = tokio::spawn(async move { TestClient::http1().try_get(&url).await });
+    wait_for("request at the origin", || !origin.seen().is_empty()).await;
+    tokio::time::timeout(std::time::Duration::from_secs(15), proxy.stop())
+        .await
+        .expect("the drain did not end at its timeout");
+    let cut = tokio::time::timeout(std::time::Duration::from_secs(15), slow)
+        .await
+        .expect("the client's connection was left open after the drain")
+        .unwrap();
+    assert!(
+        cut.is_none(),
+        "a request past the drain timeout was answered: {:?}",
+        cut.map(|r| r.status)
+    );
+}
+
 #[tokio::test]
 async fn per_core_workers_share_the_port_and_drain() {
     let (stable, canary) = (Origin::start("stable").await, Origin::start("canary").await);

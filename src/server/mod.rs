@@ -6,6 +6,7 @@ pub mod h1;
 pub mod h1guard;
 mod h2;
 mod park;
+mod tasks;
 
 pub use park::set_heap_release;
 
@@ -456,9 +457,9 @@ async fn accept_loop(
         H2_MAX_PENDING_RESET_STREAMS,
         H2_MAX_HEADER_LIST_SIZE,
     );
-    // Every connection task lives here: the drain waits for them, and what is left after the
-    // drain timeout is aborted with the set.
-    let mut conns = JoinSet::new();
+    // Every connection task is counted here: the drain waits for them, and what is left after
+    // the drain timeout is aborted.
+    let conns = tasks::Tasks::new();
     // Idle plain HTTP/1 connections wait here between requests, with no task of their own.
     let (mut lot, to_lot) = park::Lot::new(state.metrics.clone(), limits.idle_timeout);
     let ctx = Arc::new(ConnCtx {
@@ -485,9 +486,6 @@ async fn accept_loop(
             if stopped.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(Accepted::Stop);
             }
-            // Finished tasks are reaped as they end, not at the next accept: a finished
-            // task keeps its whole allocation (about 1 KiB) until it is joined.
-            while let Poll::Ready(Some(_)) = conns.poll_join_next(cx) {}
             if let Poll::Ready(p) = lot.poll_next(cx) {
                 return Poll::Ready(Accepted::Resumed(p));
             }
@@ -564,7 +562,7 @@ async fn accept_loop(
     drop(lot);
     drop(listener);
     let drained = tokio::time::timeout(ctx.limits.drain_timeout, async {
-        while conns.join_next().await.is_some() {}
+        conns.wait().await;
     })
     .await;
     if drained.is_err() {
