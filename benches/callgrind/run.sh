@@ -9,12 +9,17 @@
 #   TLS=1 benches/callgrind/run.sh BIN        the same over TLS 1.3 (self-signed P-256), ALPN
 #                                             http/1.1: curl, one keep-alive connection
 #   TLS=1 NO_ALPN=1 benches/callgrind/run.sh BIN   the same, the client offering no ALPN
+#   PEERS=1 benches/callgrind/run.sh BIN      also nginx and HAProxy under the same client (plain
+#                                             HTTP/1.1 or, with H2=1, h2c; not with TLS)
 #
 # For each binary and each config (full feature path: 4 rules + sticky cookie + 90/10; simple:
 # one version), canaryd runs under `valgrind --tool=callgrind` with --workers 1 in front of two
 # `canaryd backend` origins, oha sends 1000 and then (in a fresh process) 6000 keep-alive
 # requests with 8 connections, and the figure is (Ir(6000) - Ir(1000)) / 5000: start-up and
-# shutdown cancel out. Profiles stay in target/callgrind/ for callgrind_annotate.
+# shutdown cancel out. Profiles stay in target/callgrind/ for callgrind_annotate. With PEERS=1,
+# nginx (one worker, master_process off, upstream keepalive, split_clients 90/10 on $request_id
+# for "full") and HAProxy (one thread, http-reuse always, roundrobin 90/10) are counted the same
+# way in front of the same origins: what each proxy executes for the same request.
 set -euo pipefail
 [ $# -ge 1 ] || { echo "usage: $0 BIN [BIN...]" >&2; exit 2; }
 command -v valgrind >/dev/null || { apt-get update -qq && apt-get install -y -qq valgrind >/dev/null; }
@@ -67,6 +72,24 @@ Y
   fi
 }
 
+drive() { # $1 = port, $2 = requests: the client of every mode
+  local p=$1 n=$2 scheme=http
+  [ -z "${TLS:-}" ] || scheme=https
+  for _ in $(seq 300); do curl -sk -o /dev/null "$scheme://127.0.0.1:$p/" && break; sleep 0.2; done
+  if [ -n "${TLS:-}" ]; then
+    # One connection, requests in sequence (curl offers ALPN; oha offers none).
+    for _ in $(seq "$n"); do printf 'url = "https://127.0.0.1:%s/"\noutput = "/dev/null"\n' "$p"; done > "$out/urls"
+    curl -sk --http1.1 ${NO_ALPN:+--no-alpn} -H "Cookie: theme=dark; session=4f1c9a7e2b; lang=en" \
+      -H "X-User-Group: customers" -K "$out/urls" >/dev/null 2>&1
+  elif [ -n "${H2:-}" ]; then
+    h2load -n "$n" -c 10 -m 100 -H "Cookie: theme=dark; session=4f1c9a7e2b; lang=en" \
+      -H "X-User-Group: customers" "http://127.0.0.1:$p/" >/dev/null 2>&1
+  else
+    oha --no-tui -n "$n" -c 8 ${NEW_CONN:+--disable-keepalive} -H "Cookie: theme=dark; session=4f1c9a7e2b; lang=en" \
+      -H "X-User-Group: customers" "http://127.0.0.1:$p/" >/dev/null 2>&1
+  fi
+}
+
 printf '%-40s %-7s %s\n' binary config "instructions per request"
 i=0
 for bin in "$@"; do
@@ -79,23 +102,80 @@ for bin in "$@"; do
       file="$out/cg.$i.$conf.$n"
       CANARYD_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$file" \
         "$bin" run --workers 1 -c "$out/c.yaml" >/dev/null 2>&1 & pid=$!
-      scheme=http; [ -z "${TLS:-}" ] || scheme=https
-      for _ in $(seq 300); do curl -sk -o /dev/null "$scheme://127.0.0.1:$p/" && break; sleep 0.2; done
-      if [ -n "${TLS:-}" ]; then
-        # One connection, requests in sequence (curl offers ALPN; oha offers none).
-        for _ in $(seq "$n"); do printf 'url = "https://127.0.0.1:%s/"\noutput = "/dev/null"\n' "$p"; done > "$out/urls"
-        curl -sk --http1.1 ${NO_ALPN:+--no-alpn} -H "Cookie: theme=dark; session=4f1c9a7e2b; lang=en" \
-          -H "X-User-Group: customers" -K "$out/urls" >/dev/null 2>&1
-      elif [ -n "${H2:-}" ]; then
-        h2load -n "$n" -c 10 -m 100 -H "Cookie: theme=dark; session=4f1c9a7e2b; lang=en" \
-          -H "X-User-Group: customers" "http://127.0.0.1:$p/" >/dev/null 2>&1
-      else
-        oha --no-tui -n "$n" -c 8 ${NEW_CONN:+--disable-keepalive} -H "Cookie: theme=dark; session=4f1c9a7e2b; lang=en" \
-          -H "X-User-Group: customers" "http://127.0.0.1:$p/" >/dev/null 2>&1
-      fi
+      drive "$p" "$n"
       kill -TERM "$pid"; wait "$pid" || true
       ir[$n]=$(grep -E '^summary:' "$file" | awk '{print $2}')
     done
     printf '%-40s %-7s %d\n' "$bin" "$conf" $(( (ir[6000] - ir[1000]) / 5000 ))
   done
 done
+
+if [ -n "${PEERS:-}" ]; then
+  [ -z "${TLS:-}" ] || { echo "PEERS=1 is not measured over TLS" >&2; exit 2; }
+  command -v nginx >/dev/null || { apt-get update -qq && apt-get install -y -qq nginx >/dev/null; }
+  command -v haproxy >/dev/null || { apt-get update -qq && apt-get install -y -qq haproxy >/dev/null; }
+  mkdir -p "$out/nginx"
+  nginx_conf() { # $1 = port, $2 = full|simple
+    local h2=""; [ -z "${H2:-}" ] || h2=" http2"
+    local pool="stable"; [ "$2" = simple ] || pool='$pool'
+    cat <<C
+worker_processes 1; master_process off; daemon off; pid $out/nginx/pid; error_log stderr error;
+events { worker_connections 1000; }
+http {
+  access_log off; keepalive_requests 10000000;
+  client_body_temp_path $out/nginx/b; proxy_temp_path $out/nginx/p; fastcgi_temp_path $out/nginx/f;
+  uwsgi_temp_path $out/nginx/u; scgi_temp_path $out/nginx/s;
+  upstream stable { server 127.0.0.1:$o1; keepalive 128; }
+  upstream canary { server 127.0.0.1:$o2; keepalive 128; }
+  split_clients "\${request_id}" \$pool { 10% canary; * stable; }
+  server { listen 127.0.0.1:$1$h2; location / { proxy_pass http://$pool; proxy_http_version 1.1;
+    proxy_set_header Connection ""; } }
+}
+C
+  }
+  haproxy_conf() { # $1 = port, $2 = full|simple
+    local h2=""; [ -z "${H2:-}" ] || h2=" proto h2"
+    local canary="  server canary 127.0.0.1:$o2 weight 10"; [ "$2" = full ] || canary=""
+    cat <<C
+global
+  nbthread 1
+  maxconn 1000
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+  option http-keep-alive
+  http-reuse always
+frontend fe
+  bind 127.0.0.1:$1$h2
+  default_backend be
+backend be
+  balance roundrobin
+  server stable 127.0.0.1:$o1 weight 90
+$canary
+C
+  }
+  for peer in nginx haproxy; do
+    for conf in full simple; do
+      declare -A ir=()
+      for n in 1000 6000; do
+        p=$(port)
+        file="$out/cg.$peer.$conf.$n"
+        if [ $peer = nginx ]; then
+          nginx_conf "$p" "$conf" > "$out/nginx/n.conf"
+          valgrind --tool=callgrind --callgrind-out-file="$file" \
+            nginx -c "$out/nginx/n.conf" -p "$out/nginx" >/dev/null 2>&1 & pid=$!
+        else
+          haproxy_conf "$p" "$conf" > "$out/h.cfg"
+          valgrind --tool=callgrind --callgrind-out-file="$file" \
+            haproxy -db -f "$out/h.cfg" >/dev/null 2>&1 & pid=$!
+        fi
+        drive "$p" "$n"
+        kill -TERM "$pid"; wait "$pid" || true
+        ir[$n]=$(grep -E '^summary:' "$file" | awk '{print $2}')
+      done
+      printf '%-40s %-7s %d\n' "$peer" "$conf" $(( (ir[6000] - ir[1000]) / 5000 ))
+    done
+  done
+fi
