@@ -115,18 +115,7 @@ async fn wait_parked(proxy: &Proxy, n: f64) {
 
 async fn one_origin(extra: &str) -> (Origin, Proxy) {
     let origin = Origin::start("stable").await;
-    let yaml = format!(
-        r#"
-listeners: [{{ address: "127.0.0.1:0" }}]
-{extra}
-routes:
-  - name: app
-    versions:
-      stable: {{ endpoints: ["{}"] }}
-"#,
-        origin.addr
-    );
-    let proxy = Proxy::start(&yaml).await;
+    let proxy = Proxy::start(&one_version_yaml(&origin, extra)).await;
     (origin, proxy)
 }
 

@@ -355,17 +355,7 @@ async fn shutdown_drains_and_stops_accepting() {
 #[tokio::test]
 async fn the_drain_timeout_cuts_what_is_left() {
     let origin = Origin::start("stable").await;
-    let yaml = format!(
-        r#"
-listeners: [{{ address: "127.0.0.1:0" }}]
-proxy: {{ drain_timeout: 300ms }}
-routes:
-  - name: app
-    versions:
-      stable: {{ endpoints: ["{}"] }}
-"#,
-        origin.addr
-    );
+    let yaml = one_version_yaml(&origin, "proxy: { drain_timeout: 300ms }");
     let proxy = Proxy::start(&yaml).await;
     let url = proxy.url("/sleep/30000");
     let slow = tokio::spawn(async move { TestClient::http1().try_get(&url).await });

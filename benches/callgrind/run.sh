@@ -29,6 +29,7 @@ out=$(cd "$(dirname "$0")/../.." && pwd)/target/callgrind
 mkdir -p "$out"
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 o1=$(port); o2=$(port)
+export CANARYD_LOG=warn  # canaryd under callgrind, and the origins
 CANARYD_LOG=warn "$1" backend --name stable --listen "127.0.0.1:$o1" >/dev/null 2>&1 & b1=$!
 CANARYD_LOG=warn "$1" backend --name canary --listen "127.0.0.1:$o2" >/dev/null 2>&1 & b2=$!
 trap 'kill $b1 $b2 2>/dev/null || true' EXIT
@@ -90,6 +91,16 @@ drive() { # $1 = port, $2 = requests: the client of every mode
   fi
 }
 
+count() { # $1 = profile file, $2 = port, $3 = requests, the rest = the proxy's command:
+  # runs it under callgrind while `drive` sends the requests, then prints its instruction count
+  local file=$1 p=$2 n=$3 pid
+  shift 3
+  valgrind --tool=callgrind --callgrind-out-file="$file" "$@" >/dev/null 2>&1 & pid=$!
+  drive "$p" "$n"
+  kill -TERM "$pid"; wait "$pid" || true
+  grep -E '^summary:' "$file" | awk '{print $2}'
+}
+
 printf '%-40s %-7s %s\n' binary config "instructions per request"
 i=0
 for bin in "$@"; do
@@ -99,12 +110,7 @@ for bin in "$@"; do
     for n in 1000 6000; do
       p=$(port)
       config "$p" "$conf" > "$out/c.yaml"
-      file="$out/cg.$i.$conf.$n"
-      CANARYD_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$file" \
-        "$bin" run --workers 1 -c "$out/c.yaml" >/dev/null 2>&1 & pid=$!
-      drive "$p" "$n"
-      kill -TERM "$pid"; wait "$pid" || true
-      ir[$n]=$(grep -E '^summary:' "$file" | awk '{print $2}')
+      ir[$n]=$(count "$out/cg.$i.$conf.$n" "$p" "$n" "$bin" run --workers 1 -c "$out/c.yaml")
     done
     printf '%-40s %-7s %d\n' "$bin" "$conf" $(( (ir[6000] - ir[1000]) / 5000 ))
   done
@@ -164,16 +170,11 @@ C
         file="$out/cg.$peer.$conf.$n"
         if [ $peer = nginx ]; then
           nginx_conf "$p" "$conf" > "$out/nginx/n.conf"
-          valgrind --tool=callgrind --callgrind-out-file="$file" \
-            nginx -c "$out/nginx/n.conf" -p "$out/nginx" >/dev/null 2>&1 & pid=$!
+          ir[$n]=$(count "$file" "$p" "$n" nginx -c "$out/nginx/n.conf" -p "$out/nginx")
         else
           haproxy_conf "$p" "$conf" > "$out/h.cfg"
-          valgrind --tool=callgrind --callgrind-out-file="$file" \
-            haproxy -db -f "$out/h.cfg" >/dev/null 2>&1 & pid=$!
+          ir[$n]=$(count "$file" "$p" "$n" haproxy -db -f "$out/h.cfg")
         fi
-        drive "$p" "$n"
-        kill -TERM "$pid"; wait "$pid" || true
-        ir[$n]=$(grep -E '^summary:' "$file" | awk '{print $2}')
       done
       printf '%-40s %-7s %d\n' "$peer" "$conf" $(( (ir[6000] - ir[1000]) / 5000 ))
     done

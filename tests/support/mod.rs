@@ -404,6 +404,22 @@ impl Proxy {
     }
 }
 
+/// YAML for one route with a single version on `origin`; `extra` goes at the top level
+/// (e.g. `proxy: { drain_timeout: 300ms }`).
+pub fn one_version_yaml(origin: &Origin, extra: &str) -> String {
+    format!(
+        r#"
+listeners: [{{ address: "127.0.0.1:0" }}]
+{extra}
+routes:
+  - name: app
+    versions:
+      stable: {{ endpoints: ["{}"] }}
+"#,
+        origin.addr
+    )
+}
+
 /// YAML for one route with a stable and a canary origin.
 pub fn split_yaml(stable: &Origin, canary: &Origin, canary_weight: &str, extra: &str) -> String {
     format!(
