@@ -30,8 +30,8 @@ mkdir -p "$out"
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 o1=$(port); o2=$(port)
 export CANARYD_LOG=warn  # canaryd under callgrind, and the origins
-CANARYD_LOG=warn "$1" backend --name stable --listen "127.0.0.1:$o1" >/dev/null 2>&1 & b1=$!
-CANARYD_LOG=warn "$1" backend --name canary --listen "127.0.0.1:$o2" >/dev/null 2>&1 & b2=$!
+"$1" backend --name stable --listen "127.0.0.1:$o1" >/dev/null 2>&1 & b1=$!
+"$1" backend --name canary --listen "127.0.0.1:$o2" >/dev/null 2>&1 & b2=$!
 trap 'kill $b1 $b2 2>/dev/null || true' EXIT
 sleep 0.5
 
@@ -118,8 +118,11 @@ done
 
 if [ -n "${PEERS:-}" ]; then
   [ -z "${TLS:-}" ] || { echo "PEERS=1 is not measured over TLS" >&2; exit 2; }
-  command -v nginx >/dev/null || { apt-get update -qq && apt-get install -y -qq nginx >/dev/null; }
-  command -v haproxy >/dev/null || { apt-get update -qq && apt-get install -y -qq haproxy >/dev/null; }
+  if ! command -v nginx >/dev/null || ! command -v haproxy >/dev/null; then
+    # The packages benches/load/run.sh installs; Debian starts their services, not ours to run.
+    apt-get update -qq && apt-get install -y -qq --no-install-recommends nginx-light haproxy >/dev/null
+    (service nginx stop; service haproxy stop) >/dev/null 2>&1 || true
+  fi
   mkdir -p "$out/nginx"
   nginx_conf() { # $1 = port, $2 = full|simple
     local h2=""; [ -z "${H2:-}" ] || h2=" http2"

@@ -187,9 +187,10 @@ where
             let answer = match &t.endpoint().pool {
                 Some(pool) => {
                     // The first attempt's clock is the request's own (one clock read less).
-                    let from = match attempts.first() {
-                        true => tokio::time::Instant::from_std(ctx.start),
-                        false => tokio::time::Instant::now(),
+                    let from = if attempts.first() {
+                        tokio::time::Instant::from_std(ctx.start)
+                    } else {
+                        tokio::time::Instant::now()
                     };
                     let sent = pool.send(worker, req, out.forwarded.as_ref(), from + timeout);
                     attempts.pooled(sent.await)

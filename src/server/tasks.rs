@@ -16,7 +16,7 @@ use std::task::{Context, Poll};
 use tokio::sync::Notify;
 use tokio::task::AbortHandle;
 
-/// Running connection tasks. Dropping the set does not stop them: [`Tasks::drain`] does.
+/// Running connection tasks. Dropping the set does not stop them: [`Tasks::shutdown`] does.
 pub(crate) struct Tasks {
     shared: Arc<Shared>,
 }
